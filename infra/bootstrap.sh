@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Create <repo>/.venv and install infra/requirements.txt into it.
+# Idempotent: pip runs only when the requirements file changed since the last
+# successful install (hash stamp in .venv/.requirements.sha256).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+req="$root/infra/requirements.txt"
+stamp="$venv/.requirements.sha256"
+
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "bootstrap: python3 not found; install Python 3 (with the venv module) first" >&2
+  exit 1
+fi
+
+created=""
+if [[ ! -x "$venv/bin/python" ]]; then
+  # Debian/Ubuntu need the python3-venv package for this; don't leave a half-made venv.
+  python3 -m venv "$venv" || { rm -rf "$venv"; echo "bootstrap: python3 -m venv $venv failed" >&2; exit 1; }
+  created="created $venv; "
+fi
+
+# hashlib rather than sha256sum, which macOS lacks.
+want="$(python3 -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$req")"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  echo "bootstrap: ${created}$venv is up to date"
+  exit 0
+fi
+
+# Quiet unless it fails: capture pip's output and show it only on error.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+if ! { "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip &&
+       "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "bootstrap: pip install -r $req failed" >&2
+  exit 1
+fi
+echo "$want" >"$stamp"
+echo "bootstrap: ${created}installed $req into $venv"

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Run the moto AWS emulator on 127.0.0.1 for the tests and the local stack.
+
+    python infra/emulator.py [--port N] [--watch-stdin] [--pidfile F]
+
+Once the server answers HTTP, prints exactly one JSON line on stdout:
+    {"endpoint": "http://127.0.0.1:PORT", "pid": PID}
+Everything else (errors, moto/werkzeug logs) goes to stderr.
+Stops on SIGTERM/SIGINT/SIGHUP, and with --watch-stdin also when stdin hits
+EOF, so a parent holding the write end of our stdin takes us down when it dies.
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+
+HOST = "127.0.0.1"
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+# moto only needs *some* region and credentials; never pick up real ones.
+for key, value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}.items():
+    os.environ.setdefault(key, value)
+for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    os.environ.pop(key, None)
+
+
+def die(msg: str) -> None:
+    print(f"emulator: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def start_server(port: int):
+    from moto.server import ThreadedMotoServer
+
+    # ThreadedMotoServer.start() binds in a worker thread and waits on an event
+    # that is never set if the bind fails (port in use): it would hang forever.
+    # Run start() in its own thread and notice the bind thread's exception.
+    failed = threading.Event()
+    default_hook = threading.excepthook
+
+    def hook(args):
+        failed.set()
+        default_hook(args)  # prints the traceback to stderr
+
+    threading.excepthook = hook
+    # verbose=False: start() would otherwise print a banner to stdout.
+    # port=0 works: the OS picks a free port, get_host_and_port() reports it.
+    server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
+    starter = threading.Thread(target=server.start, daemon=True)
+    starter.start()
+    while starter.is_alive() and not failed.is_set():
+        starter.join(0.05)
+    threading.excepthook = default_hook
+    if failed.is_set():
+        die(f"could not start moto on {HOST}:{port}")
+    return server
+
+
+def wait_ready(endpoint: str, timeout: float = 30.0) -> None:
+    # No proxies: an HTTP(S)_PROXY in the environment must not catch 127.0.0.1.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with opener.open(f"{endpoint}/moto-api/", timeout=2) as resp:
+                resp.read()
+                return
+        except OSError as err:
+            if time.monotonic() > deadline:
+                die(f"{endpoint} not answering after {timeout:.0f}s: {err}")
+            time.sleep(0.05)
+
+
+def watch_stdin() -> None:
+    # Drain stdin until EOF, then signal ourselves like a SIGTERM would.
+    # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader
+    # makes interpreter shutdown abort ("could not acquire lock for <stdin>").
+    while os.read(0, 65536):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="0 (default): any free port")
+    parser.add_argument("--watch-stdin", action="store_true", help="exit at EOF on stdin")
+    parser.add_argument("--pidfile", help="write our pid here while running")
+    args = parser.parse_args()
+
+    # stdout carries only the JSON line: route any stray print() to stderr.
+    out, sys.stdout = sys.stdout, sys.stderr
+    # werkzeug logs every request at INFO; keep warnings and errors, on stderr.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    # Block the stop signals in every thread (threads inherit the mask, so do it
+    # first); the main thread collects them with sigwait(). No signal handler
+    # runs at an arbitrary point, so there is no locking hazard.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    server = start_server(args.port)
+    port = server.get_host_and_port()[1]
+    # Some moto services build URLs pointing back at the server from MOTO_PORT.
+    os.environ["MOTO_PORT"] = str(port)
+    endpoint = f"http://{HOST}:{port}"
+    wait_ready(endpoint)
+
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    if args.watch_stdin:
+        threading.Thread(target=watch_stdin, daemon=True).start()
+
+    out.write(json.dumps({"endpoint": endpoint, "pid": os.getpid()}) + "\n")
+    out.flush()
+
+    signal.sigwait(STOP_SIGNALS)
+    server.stop()
+    if args.pidfile:
+        try:
+            with open(args.pidfile) as f:
+                ours = f.read().strip() == str(os.getpid())
+            if ours:
+                os.remove(args.pidfile)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+//! The one table of retention classes. Every `expires_at`, every S3 lifecycle rule
+//! and every TTL setting follows from it; a test holds template.yaml to it.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The DynamoDB TTL attribute (epoch seconds) on the main table.
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// S3 object tag naming an object's retention class; lifecycle rules filter on it.
+pub const S3_TAG_KEY: &str = "retention-class";
+
+/// Days a noncurrent object version lives after it stops being current. Buckets are
+/// versioned, so without this rule an "expired" object would linger as an old version.
+pub const NONCURRENT_VERSION_DAYS: i32 = 1;
+
+/// Days before an unfinished multipart upload (which holds data) is aborted.
+pub const ABORT_INCOMPLETE_MULTIPART_DAYS: i32 = 1;
+
+/// How long a class of data is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Minutes(i64),
+    Days(i64),
+    /// Kept with no automatic expiry, for at least this many days (the audit log:
+    /// no TTL, no delete permission).
+    AtLeastDays(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetentionClass {
+    /// Export-run log items: "logs of export operations … up to 90 days".
+    ExportLog,
+    /// Uploaded import data, default class: "deleted automatically after one month".
+    #[serde(rename = "import-30d")]
+    Import30d,
+    /// Uploaded import data, the configurable longer class.
+    #[serde(rename = "import-90d")]
+    Import90d,
+    /// Data-subject access bundles in the dsar-results bucket.
+    DsarResult,
+    /// OAuth `state` + PKCE verifier between redirect and callback.
+    OauthState,
+    /// Idempotency records for at-least-once events.
+    Idempotency,
+    /// One-time verification codes for data-subject self-service.
+    VerificationCode,
+    /// The hash-chained audit log.
+    Audit,
+}
+
+impl RetentionClass {
+    pub const ALL: [RetentionClass; 8] = [
+        RetentionClass::ExportLog,
+        RetentionClass::Import30d,
+        RetentionClass::Import90d,
+        RetentionClass::DsarResult,
+        RetentionClass::OauthState,
+        RetentionClass::Idempotency,
+        RetentionClass::VerificationCode,
+        RetentionClass::Audit,
+    ];
+
+    pub fn period(self) -> Period {
+        match self {
+            RetentionClass::ExportLog => Period::Days(90),
+            RetentionClass::Import30d => Period::Days(30),
+            RetentionClass::Import90d => Period::Days(90),
+            RetentionClass::DsarResult => Period::Days(7),
+            RetentionClass::OauthState => Period::Minutes(10),
+            RetentionClass::Idempotency => Period::Days(1),
+            RetentionClass::VerificationCode => Period::Minutes(15),
+            // Two years is the floor the product promises; regulated tenants often
+            // need six or seven, so the log is never deleted automatically.
+            RetentionClass::Audit => Period::AtLeastDays(730),
+        }
+    }
+
+    /// The stable name, used as the S3 tag value and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            RetentionClass::ExportLog => "export-log",
+            RetentionClass::Import30d => "import-30d",
+            RetentionClass::Import90d => "import-90d",
+            RetentionClass::DsarResult => "dsar-result",
+            RetentionClass::OauthState => "oauth-state",
+            RetentionClass::Idempotency => "idempotency",
+            RetentionClass::VerificationCode => "verification-code",
+            RetentionClass::Audit => "audit",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|class| class.name() == name)
+    }
+
+    /// Where the class lives and so which mechanism deletes it.
+    pub fn store(self) -> Store {
+        match self {
+            RetentionClass::Import30d | RetentionClass::Import90d => Store::ImportsBucket,
+            RetentionClass::DsarResult => Store::DsarResultsBucket,
+            RetentionClass::Audit => Store::AuditTable,
+            RetentionClass::ExportLog
+            | RetentionClass::OauthState
+            | RetentionClass::Idempotency
+            | RetentionClass::VerificationCode => Store::Table,
+        }
+    }
+
+    /// The retention as a duration, or `None` when nothing expires automatically.
+    pub fn duration(self) -> Option<Duration> {
+        match self.period() {
+            Period::Minutes(minutes) => Some(Duration::minutes(minutes)),
+            Period::Days(days) => Some(Duration::days(days)),
+            Period::AtLeastDays(_) => None,
+        }
+    }
+
+    /// Whole days, for S3 lifecycle rules (which count in days).
+    pub fn days(self) -> Option<i64> {
+        match self.period() {
+            Period::Days(days) => Some(days),
+            Period::Minutes(_) | Period::AtLeastDays(_) => None,
+        }
+    }
+
+    /// When an item of this class created at `now` expires, as the epoch seconds the
+    /// TTL attribute holds.
+    pub fn expires_at(self, now: DateTime<Utc>) -> Option<i64> {
+        self.duration().map(|d| (now + d).timestamp())
+    }
+
+    /// The import classes a tenant may choose between.
+    pub fn import_classes() -> [RetentionClass; 2] {
+        [RetentionClass::Import30d, RetentionClass::Import90d]
+    }
+}
+
+/// The store whose own mechanism enforces a class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// DynamoDB TTL on `expires_at`, with reads filtering expired items.
+    Table,
+    /// No TTL: kept at least the stated period.
+    AuditTable,
+    /// One lifecycle rule per class, by object tag.
+    ImportsBucket,
+    /// One lifecycle rule for the whole bucket.
+    DsarResultsBucket,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for class in RetentionClass::ALL {
+            assert_eq!(RetentionClass::from_name(class.name()), Some(class));
+            let json = serde_json::to_string(&class).unwrap();
+            assert_eq!(json, format!("\"{}\"", class.name()));
+        }
+    }
+
+    #[test]
+    fn expiry_is_computed_from_the_period() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(
+            RetentionClass::ExportLog.expires_at(now),
+            Some(1_700_000_000 + 90 * 86_400)
+        );
+        assert_eq!(
+            RetentionClass::OauthState.expires_at(now),
+            Some(1_700_000_000 + 600)
+        );
+        assert_eq!(RetentionClass::Audit.expires_at(now), None);
+    }
+
+    #[test]
+    fn promised_numbers() {
+        assert_eq!(RetentionClass::ExportLog.days(), Some(90));
+        assert_eq!(RetentionClass::Import30d.days(), Some(30));
+        assert_eq!(RetentionClass::Import90d.days(), Some(90));
+        assert_eq!(RetentionClass::DsarResult.days(), Some(7));
+        assert!(matches!(RetentionClass::Audit.period(), Period::AtLeastDays(d) if d >= 730));
+    }
+}

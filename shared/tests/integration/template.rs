@@ -1,0 +1,207 @@
+//! template.yaml is held to the code: retention numbers, TTL settings and the
+//! functions' environment. No emulator needed.
+
+use custody::config::vars;
+use custody::retention::{
+    ABORT_INCOMPLETE_MULTIPART_DAYS, NONCURRENT_VERSION_DAYS, RetentionClass, S3_TAG_KEY, Store,
+    TTL_ATTRIBUTE,
+};
+use serde_yaml::Value;
+
+fn template() -> Value {
+    custody_local::provision::load_template(&custody_local::template_path()).unwrap()
+}
+
+fn resource<'a>(template: &'a Value, logical: &str) -> &'a Value {
+    template["Resources"]
+        .get(logical)
+        .unwrap_or_else(|| panic!("template has no {logical}"))
+}
+
+fn rules<'a>(template: &'a Value, bucket: &str) -> &'a Vec<Value> {
+    resource(template, bucket)["Properties"]["LifecycleConfiguration"]["Rules"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{bucket} has no lifecycle rules"))
+}
+
+fn tag_class(rule: &Value) -> Option<RetentionClass> {
+    let filters = rule.get("TagFilters")?.as_sequence()?;
+    let tag = filters
+        .iter()
+        .find(|t| t["Key"].as_str() == Some(S3_TAG_KEY))?;
+    let name = tag["Value"].as_str()?;
+    Some(
+        RetentionClass::from_name(name)
+            .unwrap_or_else(|| panic!("lifecycle rule names unknown class {name}")),
+    )
+}
+
+#[test]
+fn template_matches_retention() {
+    let template = template();
+
+    // Imports: one rule per class, with the class's days; every class has one.
+    let import_rules = rules(&template, "ImportsBucket");
+    let mut covered = Vec::new();
+    for rule in import_rules {
+        let id = rule["Id"].as_str().unwrap_or("?");
+        if let Some(class) = tag_class(rule) {
+            assert_eq!(
+                class.store(),
+                Store::ImportsBucket,
+                "rule {id} is for {class:?}"
+            );
+            assert_eq!(
+                rule["ExpirationInDays"].as_i64(),
+                class.days(),
+                "rule {id}: template days differ from retention::{class:?}"
+            );
+            covered.push(class);
+        }
+        if let Some(days) = rule.get("NoncurrentVersionExpiration") {
+            assert_eq!(
+                days["NoncurrentDays"].as_i64(),
+                Some(i64::from(NONCURRENT_VERSION_DAYS)),
+                "rule {id}"
+            );
+        }
+        if let Some(abort) = rule.get("AbortIncompleteMultipartUpload") {
+            assert_eq!(
+                abort["DaysAfterInitiation"].as_i64(),
+                Some(i64::from(ABORT_INCOMPLETE_MULTIPART_DAYS)),
+                "rule {id}"
+            );
+        }
+        // Expiring current versions without expiring noncurrent ones would keep the
+        // data as an old version: every expiring rule must cover both.
+        if rule.get("ExpirationInDays").is_some() {
+            assert!(
+                rule.get("NoncurrentVersionExpiration").is_some(),
+                "rule {id} leaves old versions"
+            );
+        }
+    }
+    for class in RetentionClass::ALL
+        .into_iter()
+        .filter(|c| c.store() == Store::ImportsBucket)
+    {
+        assert!(covered.contains(&class), "no lifecycle rule for {class:?}");
+    }
+    assert!(
+        import_rules
+            .iter()
+            .any(|r| r.get("AbortIncompleteMultipartUpload").is_some()),
+        "unfinished uploads must be aborted"
+    );
+
+    // DSAR results: the whole bucket expires with its class.
+    let dsar_rules = rules(&template, "DsarResultsBucket");
+    let expiring: Vec<_> = dsar_rules
+        .iter()
+        .filter(|r| r.get("ExpirationInDays").is_some())
+        .collect();
+    assert_eq!(expiring.len(), 1);
+    assert_eq!(
+        expiring[0]["ExpirationInDays"].as_i64(),
+        RetentionClass::DsarResult.days()
+    );
+    assert!(
+        expiring[0].get("Prefix").is_none() && expiring[0].get("TagFilters").is_none(),
+        "whole bucket"
+    );
+    assert_eq!(
+        expiring[0]["NoncurrentVersionExpiration"]["NoncurrentDays"].as_i64(),
+        Some(i64::from(NONCURRENT_VERSION_DAYS))
+    );
+
+    // The main table's TTL is on the attribute the code writes.
+    let ttl = &resource(&template, "CustodyTable")["Properties"]["TimeToLiveSpecification"];
+    assert_eq!(ttl["AttributeName"].as_str(), Some(TTL_ATTRIBUTE));
+    assert_eq!(ttl["Enabled"].as_bool(), Some(true));
+    for class in RetentionClass::ALL
+        .into_iter()
+        .filter(|c| c.store() == Store::Table)
+    {
+        assert!(
+            class.duration().is_some(),
+            "{class:?} lives in the table and must expire"
+        );
+    }
+
+    // The audit log never expires by itself.
+    let audit = &resource(&template, "AuditTable")["Properties"];
+    assert!(
+        audit.get("TimeToLiveSpecification").is_none(),
+        "audit table must have no TTL"
+    );
+    assert_eq!(audit["DeletionProtectionEnabled"].as_bool(), Some(true));
+    assert!(RetentionClass::Audit.duration().is_none());
+}
+
+#[test]
+fn globals_carry_every_config_variable() {
+    let template = template();
+    let variables = template["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping()
+        .expect("Globals.Function.Environment.Variables");
+    for name in vars::REQUIRED {
+        assert!(
+            variables.contains_key(Value::String(name.to_owned())),
+            "template Globals lacks {name}"
+        );
+    }
+}
+
+#[test]
+fn functions_run_on_arm64_al2023() {
+    let template = template();
+    let globals = &template["Globals"]["Function"];
+    assert_eq!(globals["Runtime"].as_str(), Some("provided.al2023"));
+    assert_eq!(globals["Architectures"][0].as_str(), Some("arm64"));
+}
+
+#[test]
+fn buckets_are_tls_only_and_imports_require_kms() {
+    let template = template();
+    for policy in ["ImportsBucketPolicy", "DsarResultsBucketPolicy"] {
+        let statements = resource(&template, policy)["Properties"]["PolicyDocument"]["Statement"]
+            .as_sequence()
+            .unwrap();
+        assert!(
+            statements
+                .iter()
+                .any(|s| s["Effect"].as_str() == Some("Deny")
+                    && s["Condition"]["Bool"]["aws:SecureTransport"].as_str() == Some("false")),
+            "{policy} must deny plain HTTP"
+        );
+    }
+    let imports =
+        resource(&template, "ImportsBucketPolicy")["Properties"]["PolicyDocument"]["Statement"]
+            .as_sequence()
+            .unwrap();
+    assert!(imports.iter().any(|s| s["Effect"].as_str() == Some("Deny")
+        && s["Action"].as_str() == Some("s3:PutObject")
+        && s["Condition"]["StringNotEqualsIfExists"]["s3:x-amz-server-side-encryption"].as_str()
+            == Some("aws:kms")));
+    for bucket in ["ImportsBucket", "DsarResultsBucket"] {
+        let props = &resource(&template, bucket)["Properties"];
+        assert_eq!(
+            props["VersioningConfiguration"]["Status"].as_str(),
+            Some("Enabled")
+        );
+        let sse = &props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"];
+        assert_eq!(sse["SSEAlgorithm"].as_str(), Some("aws:kms"), "{bucket}");
+        for flag in [
+            "BlockPublicAcls",
+            "BlockPublicPolicy",
+            "IgnorePublicAcls",
+            "RestrictPublicBuckets",
+        ] {
+            assert_eq!(
+                props["PublicAccessBlockConfiguration"][flag].as_bool(),
+                Some(true),
+                "{bucket} {flag}"
+            );
+        }
+    }
+}
