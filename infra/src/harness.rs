@@ -63,6 +63,13 @@ impl TestStack {
         custody::seal::Sealer::new(self.clients.kms.clone(), &self.config.data_key_id)
     }
 
+    pub fn schedules(&self) -> custody::schedule::ExportSchedules {
+        custody::schedule::ExportSchedules::new(
+            self.clients.scheduler.clone(),
+            &self.config.schedule_group,
+        )
+    }
+
     pub fn system_clock() -> SharedClock {
         Arc::new(custody::clock::SystemClock)
     }

@@ -7,8 +7,12 @@
 //! `Globals` environment resolved against what was created.
 
 pub mod emulator;
+pub mod event_sources;
+pub mod gateway;
 pub mod harness;
+pub mod local_jwt;
 pub mod provision;
+pub mod runtime_api;
 
 use std::path::PathBuf;
 

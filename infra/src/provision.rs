@@ -74,13 +74,14 @@ pub fn load_template(path: &Path) -> Result<Value, ProvisionError> {
 }
 
 /// Creation order: a resource may refer only to kinds created before it.
-const ORDER: [&str; 6] = [
+const ORDER: [&str; 7] = [
     "AWS::KMS::Key",
     "AWS::KMS::Alias",
     "AWS::SecretsManager::Secret",
     "AWS::DynamoDB::Table",
     "AWS::S3::Bucket",
     "AWS::S3::BucketPolicy",
+    "AWS::Scheduler::ScheduleGroup",
 ];
 
 struct Resolver<'a> {
@@ -246,6 +247,9 @@ pub async fn provision(
                     create_table(&clients, &resolver, &logical, props).await?
                 }
                 "AWS::S3::Bucket" => create_bucket(&clients, &resolver, &logical, props).await?,
+                "AWS::Scheduler::ScheduleGroup" => {
+                    create_schedule_group(&clients, &resolver, &logical, props).await?
+                }
                 "AWS::S3::BucketPolicy" => {
                     put_bucket_policy(&clients, &resolver, &logical, props, &mut adjusted).await?
                 }
@@ -815,5 +819,27 @@ async fn put_bucket_policy(
         kind: "AWS::S3::BucketPolicy".into(),
         id: bucket.clone(),
         arn: format!("arn:aws:s3:::{bucket}"),
+    })
+}
+
+async fn create_schedule_group(
+    clients: &Clients,
+    resolver: &Resolver<'_>,
+    logical: &str,
+    props: &Value,
+) -> Result<Physical, ProvisionError> {
+    let name = prop_str(resolver, props, "Name")?
+        .ok_or_else(|| template_err(format!("{logical}: Name")))?;
+    let out = clients
+        .scheduler
+        .create_schedule_group()
+        .name(&name)
+        .send()
+        .await
+        .map_err(|e| aws_err(logical, &e))?;
+    Ok(Physical {
+        kind: "AWS::Scheduler::ScheduleGroup".into(),
+        id: name,
+        arn: out.schedule_group_arn,
     })
 }

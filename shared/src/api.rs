@@ -416,6 +416,15 @@ pub fn path_param(req: &Request, name: &str) -> Result<String, Problem> {
         .ok_or_else(|| Problem::bad_request(name, format!("missing path parameter '{name}'")))
 }
 
+/// The API Gateway v2 route key of the request (`"GET /connections"`,
+/// `"DELETE /connections/{provider}"`), which HTTP functions dispatch on.
+pub fn route_key(req: &Request) -> Option<String> {
+    match req.request_context_ref() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) => ctx.route_key.clone(),
+        _ => None,
+    }
+}
+
 /// `application/json` or `application/<anything>+json`, with any parameters.
 fn is_json_media_type(value: &str) -> bool {
     let essence = value.split(';').next().unwrap_or("").trim();

@@ -33,6 +33,7 @@ pub struct Clients {
     pub kms: aws_sdk_kms::Client,
     pub s3: aws_sdk_s3::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
+    pub scheduler: aws_sdk_scheduler::Client,
 }
 
 impl Clients {
@@ -42,6 +43,7 @@ impl Clients {
             kms: aws_sdk_kms::Client::new(config),
             s3: s3_client(config),
             secrets: aws_sdk_secretsmanager::Client::new(config),
+            scheduler: aws_sdk_scheduler::Client::new(config),
         }
     }
 }

@@ -15,9 +15,10 @@ pub mod vars {
     pub const DATA_KEY_ID: &str = "CUSTODY_DATA_KEY_ID";
     pub const SIGNING_KEY_ID: &str = "CUSTODY_SIGNING_KEY_ID";
     pub const PSEUDONYM_SECRET_ID: &str = "CUSTODY_PSEUDONYM_SECRET_ID";
+    pub const SCHEDULE_GROUP: &str = "CUSTODY_SCHEDULE_GROUP";
 
     /// Every variable `Config` requires.
-    pub const REQUIRED: [&str; 7] = [
+    pub const REQUIRED: [&str; 8] = [
         TABLE,
         AUDIT_TABLE,
         IMPORTS_BUCKET,
@@ -25,6 +26,7 @@ pub mod vars {
         DATA_KEY_ID,
         SIGNING_KEY_ID,
         PSEUDONYM_SECRET_ID,
+        SCHEDULE_GROUP,
     ];
 }
 
@@ -47,6 +49,8 @@ pub struct Config {
     pub data_key_id: String,
     pub signing_key_id: String,
     pub pseudonym_secret_id: String,
+    /// EventBridge Scheduler group holding one export schedule per tenant.
+    pub schedule_group: String,
 }
 
 impl Config {
@@ -72,6 +76,7 @@ impl Config {
             data_key_id: get(vars::DATA_KEY_ID)?,
             signing_key_id: get(vars::SIGNING_KEY_ID)?,
             pseudonym_secret_id: get(vars::PSEUDONYM_SECRET_ID)?,
+            schedule_group: get(vars::SCHEDULE_GROUP)?,
         })
     }
 
@@ -85,6 +90,7 @@ impl Config {
             (vars::DATA_KEY_ID, self.data_key_id.clone()),
             (vars::SIGNING_KEY_ID, self.signing_key_id.clone()),
             (vars::PSEUDONYM_SECRET_ID, self.pseudonym_secret_id.clone()),
+            (vars::SCHEDULE_GROUP, self.schedule_group.clone()),
         ]
     }
 }

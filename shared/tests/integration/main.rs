@@ -5,6 +5,7 @@
 mod audit;
 mod idempotency;
 mod provisioning;
+mod schedule;
 mod seal;
 mod store;
 mod template;

@@ -1,0 +1,503 @@
+//! Local event sources: what AWS would deliver to the functions and moto does not.
+//!
+//! - DynamoDB stream → functions: reads the table's stream with `GetRecords` and
+//!   invokes each function the template subscribes to it, applying the template's
+//!   `FilterCriteria` patterns (Lambda event-filtering syntax) and `BatchSize`.
+//! - S3 notifications → functions: polls the bucket's object versions and invokes the
+//!   functions whose template `S3` events match (event type and key prefix/suffix).
+//!
+//! Delivery is at least once, like AWS: a failed invocation is retried.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodbstreams::types::{AttributeValue as StreamValue, ShardIteratorType};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value as Json, json};
+use serde_yaml::Value;
+
+use crate::provision::Provisioned;
+use crate::runtime_api::LocalFunction;
+
+/// A function's subscription to the table stream.
+#[derive(Debug, Clone)]
+pub struct StreamSubscription {
+    pub function: String,
+    pub table_logical_id: String,
+    pub patterns: Vec<Json>,
+    pub batch_size: usize,
+}
+
+/// A function's subscription to a bucket's notifications.
+#[derive(Debug, Clone)]
+pub struct BucketSubscription {
+    pub function: String,
+    pub bucket_logical_id: String,
+    pub events: Vec<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+}
+
+fn binary_name(logical: &str, resource: &Value) -> String {
+    resource
+        .get("Metadata")
+        .and_then(|m| m.get("BuildProperties"))
+        .and_then(|b| b.get("Binary"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| logical.to_owned())
+}
+
+fn tag_target(value: &Value) -> Option<String> {
+    match value {
+        Value::Tagged(tagged) => tagged
+            .value
+            .as_str()
+            .map(|s| s.split('.').next().unwrap_or(s).to_owned()),
+        _ => None,
+    }
+}
+
+/// The stream and bucket subscriptions the template declares.
+pub fn subscriptions(template: &Value) -> (Vec<StreamSubscription>, Vec<BucketSubscription>) {
+    let mut streams = Vec::new();
+    let mut buckets = Vec::new();
+    let Some(resources) = template.get("Resources").and_then(Value::as_mapping) else {
+        return (streams, buckets);
+    };
+    for (logical, resource) in resources {
+        if resource.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let function = binary_name(logical.as_str().unwrap_or_default(), resource);
+        let Some(events) = resource
+            .get("Properties")
+            .and_then(|p| p.get("Events"))
+            .and_then(Value::as_mapping)
+        else {
+            continue;
+        };
+        for event in events.values() {
+            let props = &event["Properties"];
+            match event.get("Type").and_then(Value::as_str) {
+                Some("DynamoDB") => {
+                    let Some(table) = props.get("Stream").and_then(tag_target) else {
+                        continue;
+                    };
+                    let patterns = props
+                        .get("FilterCriteria")
+                        .and_then(|f| f.get("Filters"))
+                        .and_then(Value::as_sequence)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f.get("Pattern").and_then(Value::as_str))
+                        .filter_map(|p| serde_json::from_str(p).ok())
+                        .collect();
+                    streams.push(StreamSubscription {
+                        function: function.clone(),
+                        table_logical_id: table,
+                        patterns,
+                        batch_size: props
+                            .get("BatchSize")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(100) as usize,
+                    });
+                }
+                Some("S3") => {
+                    let Some(bucket) = props.get("Bucket").and_then(tag_target) else {
+                        continue;
+                    };
+                    let events = match props.get("Events") {
+                        Some(Value::String(e)) => vec![e.clone()],
+                        Some(Value::Sequence(list)) => list
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    let mut prefix = None;
+                    let mut suffix = None;
+                    for rule in props
+                        .get("Filter")
+                        .and_then(|f| f.get("S3Key"))
+                        .and_then(|k| k.get("Rules"))
+                        .and_then(Value::as_sequence)
+                        .into_iter()
+                        .flatten()
+                    {
+                        let value = rule.get("Value").and_then(Value::as_str).map(str::to_owned);
+                        match rule
+                            .get("Name")
+                            .and_then(Value::as_str)
+                            .map(str::to_ascii_lowercase)
+                            .as_deref()
+                        {
+                            Some("prefix") => prefix = value,
+                            Some("suffix") => suffix = value,
+                            _ => {}
+                        }
+                    }
+                    buckets.push(BucketSubscription {
+                        function: function.clone(),
+                        bucket_logical_id: bucket,
+                        events,
+                        prefix,
+                        suffix,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    (streams, buckets)
+}
+
+/// Lambda event filtering: does `record` match `pattern`? Supports literal value
+/// lists, `prefix`, `suffix`, `exists`, `anything-but` and `numeric` (=, <, >, …).
+pub fn matches(pattern: &Json, record: &Json) -> bool {
+    let Some(fields) = pattern.as_object() else {
+        return false;
+    };
+    fields.iter().all(|(name, rule)| {
+        let value = record.get(name);
+        match rule {
+            Json::Object(_) => value.is_some_and(|v| matches(rule, v)),
+            Json::Array(options) => options.iter().any(|option| matches_option(option, value)),
+            _ => false,
+        }
+    })
+}
+
+fn matches_option(option: &Json, value: Option<&Json>) -> bool {
+    match option {
+        Json::Object(op) => {
+            if let Some(exists) = op.get("exists").and_then(Json::as_bool) {
+                return value.is_some() == exists;
+            }
+            let Some(value) = value else {
+                return false;
+            };
+            if let Some(prefix) = op.get("prefix").and_then(Json::as_str) {
+                return value.as_str().is_some_and(|v| v.starts_with(prefix));
+            }
+            if let Some(suffix) = op.get("suffix").and_then(Json::as_str) {
+                return value.as_str().is_some_and(|v| v.ends_with(suffix));
+            }
+            if let Some(excluded) = op.get("anything-but") {
+                let excluded: Vec<&Json> = match excluded {
+                    Json::Array(list) => list.iter().collect(),
+                    single => vec![single],
+                };
+                return !excluded.contains(&value);
+            }
+            if let Some(Json::Array(terms)) = op.get("numeric") {
+                let Some(number) = value
+                    .as_f64()
+                    .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+                else {
+                    return false;
+                };
+                return terms.chunks(2).all(|pair| {
+                    match (
+                        pair.first().and_then(Json::as_str),
+                        pair.get(1).and_then(Json::as_f64),
+                    ) {
+                        (Some("="), Some(x)) => number == x,
+                        (Some("<"), Some(x)) => number < x,
+                        (Some("<="), Some(x)) => number <= x,
+                        (Some(">"), Some(x)) => number > x,
+                        (Some(">="), Some(x)) => number >= x,
+                        _ => false,
+                    }
+                });
+            }
+            false
+        }
+        literal => value == Some(literal),
+    }
+}
+
+/// A stream attribute value in the JSON shape Lambda delivers (`{"S": "…"}`).
+pub fn attribute_json(value: &StreamValue) -> Json {
+    match value {
+        StreamValue::S(s) => json!({"S": s}),
+        StreamValue::N(n) => json!({"N": n}),
+        StreamValue::B(b) => json!({"B": STANDARD.encode(b.as_ref())}),
+        StreamValue::Bool(b) => json!({"BOOL": b}),
+        StreamValue::Null(n) => json!({"NULL": n}),
+        StreamValue::Ss(list) => json!({"SS": list}),
+        StreamValue::Ns(list) => json!({"NS": list}),
+        StreamValue::Bs(list) => {
+            json!({"BS": list.iter().map(|b| STANDARD.encode(b.as_ref())).collect::<Vec<_>>()})
+        }
+        StreamValue::L(list) => json!({"L": list.iter().map(attribute_json).collect::<Vec<_>>()}),
+        StreamValue::M(map) => json!({"M": image_json(map)}),
+        _ => Json::Null,
+    }
+}
+
+fn image_json(map: &HashMap<String, StreamValue>) -> Json {
+    Json::Object(
+        map.iter()
+            .map(|(k, v)| (k.clone(), attribute_json(v)))
+            .collect(),
+    )
+}
+
+fn record_json(record: &aws_sdk_dynamodbstreams::types::Record, stream_arn: &str) -> Json {
+    let mut out = json!({
+        "eventID": record.event_id(),
+        "eventName": record.event_name().map(|e| e.as_str()),
+        "eventVersion": record.event_version(),
+        "eventSource": "aws:dynamodb",
+        "awsRegion": crate::REGION,
+        "eventSourceARN": stream_arn,
+    });
+    if let Some(data) = record.dynamodb() {
+        let mut dynamodb = json!({
+            "SequenceNumber": data.sequence_number(),
+            "SizeBytes": data.size_bytes(),
+            "StreamViewType": data.stream_view_type().map(|s| s.as_str()),
+        });
+        if let Some(at) = data.approximate_creation_date_time() {
+            dynamodb["ApproximateCreationDateTime"] = json!(at.secs());
+        }
+        if let Some(keys) = data.keys() {
+            dynamodb["Keys"] = image_json(keys);
+        }
+        if let Some(image) = data.new_image() {
+            dynamodb["NewImage"] = image_json(image);
+        }
+        if let Some(image) = data.old_image() {
+            dynamodb["OldImage"] = image_json(image);
+        }
+        out["dynamodb"] = dynamodb;
+    }
+    if let Some(identity) = record.user_identity() {
+        out["userIdentity"] =
+            json!({"type": identity.r#type(), "principalId": identity.principal_id()});
+    }
+    out
+}
+
+async fn invoke_with_retries(function: &LocalFunction, event: &Json) {
+    for attempt in 1..=3u64 {
+        match function.invoke(event).await {
+            Ok(_) => return,
+            Err(err) => {
+                tracing::warn!(function = function.name(), attempt, error = %err, "event delivery failed");
+                tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+            }
+        }
+    }
+}
+
+/// Runs the stream and bucket pumps until the task is dropped.
+pub async fn run(
+    sdk: aws_config::SdkConfig,
+    provisioned: Provisioned,
+    template: Value,
+    functions: HashMap<String, Arc<LocalFunction>>,
+    poll: Duration,
+) {
+    let (streams, buckets) = subscriptions(&template);
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let streams_client = aws_sdk_dynamodbstreams::Client::new(&sdk);
+    let s3 = custody::aws::s3_client(&sdk);
+
+    // Stream shard iterators start at the current end: only changes from now on.
+    let mut iterators: HashMap<String, (String, Option<String>)> = HashMap::new();
+    for table in streams
+        .iter()
+        .map(|s| s.table_logical_id.clone())
+        .collect::<HashSet<_>>()
+    {
+        let Some(physical) = provisioned.resources.get(&table) else {
+            continue;
+        };
+        let Ok(out) = ddb.describe_table().table_name(&physical.id).send().await else {
+            continue;
+        };
+        let Some(stream_arn) = out.table.and_then(|t| t.latest_stream_arn) else {
+            continue;
+        };
+        iterators.insert(table, (stream_arn, None));
+    }
+    let mut seen_versions: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut first_bucket_poll = true;
+    loop {
+        for (table, (stream_arn, shard_iterators)) in iterators.iter_mut() {
+            if shard_iterators.is_none() {
+                if let Ok(desc) = streams_client
+                    .describe_stream()
+                    .stream_arn(stream_arn.as_str())
+                    .send()
+                    .await
+                {
+                    let shards = desc
+                        .stream_description()
+                        .map(|d| d.shards().to_vec())
+                        .unwrap_or_default();
+                    if let Some(shard) = shards.last() {
+                        if let Ok(it) = streams_client
+                            .get_shard_iterator()
+                            .stream_arn(stream_arn.as_str())
+                            .shard_id(shard.shard_id().unwrap_or_default())
+                            .shard_iterator_type(ShardIteratorType::Latest)
+                            .send()
+                            .await
+                        {
+                            *shard_iterators = it.shard_iterator;
+                        }
+                    }
+                }
+                continue;
+            }
+            let Some(iterator) = shard_iterators.clone() else {
+                continue;
+            };
+            let Ok(out) = streams_client
+                .get_records()
+                .shard_iterator(iterator)
+                .send()
+                .await
+            else {
+                continue;
+            };
+            *shard_iterators = out.next_shard_iterator.clone();
+            let records: Vec<Json> = out
+                .records()
+                .iter()
+                .map(|r| record_json(r, stream_arn))
+                .collect();
+            if records.is_empty() {
+                continue;
+            }
+            for subscription in streams.iter().filter(|s| &s.table_logical_id == table) {
+                let Some(function) = functions.get(&subscription.function) else {
+                    continue;
+                };
+                let selected: Vec<Json> = records
+                    .iter()
+                    .filter(|r| {
+                        subscription.patterns.is_empty()
+                            || subscription.patterns.iter().any(|p| matches(p, r))
+                    })
+                    .cloned()
+                    .collect();
+                for batch in selected.chunks(subscription.batch_size.max(1)) {
+                    invoke_with_retries(function, &json!({"Records": batch})).await;
+                }
+            }
+        }
+
+        for subscription in &buckets {
+            let Some(bucket) = provisioned
+                .resources
+                .get(&subscription.bucket_logical_id)
+                .map(|p| p.id.clone())
+            else {
+                continue;
+            };
+            let Ok(out) = s3
+                .list_object_versions()
+                .bucket(&bucket)
+                .set_prefix(subscription.prefix.clone())
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let seen = seen_versions
+                .entry(format!("{}:{bucket}", subscription.function))
+                .or_default();
+            for version in out.versions() {
+                let key = version.key().unwrap_or_default().to_owned();
+                let id = format!("{key}@{}", version.version_id().unwrap_or("null"));
+                if !seen.insert(id) || first_bucket_poll {
+                    continue;
+                }
+                if subscription
+                    .suffix
+                    .as_deref()
+                    .is_some_and(|s| !key.ends_with(s))
+                {
+                    continue;
+                }
+                if !subscription
+                    .events
+                    .iter()
+                    .any(|e| e.starts_with("s3:ObjectCreated"))
+                {
+                    continue;
+                }
+                let Some(function) = functions.get(&subscription.function) else {
+                    continue;
+                };
+                let event = json!({"Records": [{
+                    "eventVersion": "2.1",
+                    "eventSource": "aws:s3",
+                    "awsRegion": crate::REGION,
+                    "eventTime": chrono::Utc::now().to_rfc3339(),
+                    "eventName": "ObjectCreated:Put",
+                    "userIdentity": {"principalId": "local"},
+                    "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+                    "responseElements": {"x-amz-request-id": "local", "x-amz-id-2": "local"},
+                    "s3": {
+                        "s3SchemaVersion": "1.0",
+                        "configurationId": "local",
+                        "bucket": {"name": bucket, "ownerIdentity": {"principalId": "local"}, "arn": format!("arn:aws:s3:::{bucket}")},
+                        "object": {
+                            "key": url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>().replace("%2F", "/"),
+                            "size": version.size().unwrap_or(0),
+                            "eTag": version.e_tag().unwrap_or_default().trim_matches('"'),
+                            "versionId": version.version_id(),
+                            "sequencer": "0"
+                        }
+                    }
+                }]});
+                invoke_with_retries(function, &event).await;
+            }
+        }
+        first_bucket_poll = false;
+        tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_patterns() {
+        let record = json!({
+            "eventName": "REMOVE",
+            "userIdentity": {"type": "Service", "principalId": "dynamodb.amazonaws.com"},
+            "dynamodb": {"OldImage": {"kind": {"S": "import"}, "status": {"S": "approved"}}}
+        });
+        assert!(matches(&json!({"eventName": ["REMOVE"]}), &record));
+        assert!(matches(
+            &json!({"userIdentity": {"type": ["Service"], "principalId": ["dynamodb.amazonaws.com"]}}),
+            &record
+        ));
+        assert!(!matches(
+            &json!({"eventName": ["INSERT", "MODIFY"]}),
+            &record
+        ));
+        assert!(matches(
+            &json!({"dynamodb": {"OldImage": {"kind": {"S": [{"prefix": "imp"}]}}}}),
+            &record
+        ));
+        assert!(matches(
+            &json!({"dynamodb": {"NewImage": [{"exists": false}]}}),
+            &record
+        ));
+        assert!(!matches(
+            &json!({"dynamodb": {"OldImage": {"status": {"S": [{"anything-but": ["approved"]}]}}}}),
+            &record
+        ));
+    }
+}

@@ -1,0 +1,157 @@
+//! One EventBridge Scheduler schedule per tenant, in the stack's schedule group,
+//! invoking the export function with `{"tenant_id": …}`.
+//!
+//! The export settings API creates or updates it; disconnecting, uninstalling and
+//! deleting the account remove it. Removing is idempotent: a schedule that is already
+//! gone is not an error (events are delivered at least once).
+
+use aws_sdk_scheduler::types::{FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target};
+
+use crate::aws::error_text;
+use crate::tenant::TenantId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("schedule request was invalid: {0}")]
+    Invalid(String),
+    #[error("EventBridge Scheduler call failed: {0}")]
+    Scheduler(String),
+}
+
+/// What to run and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleSpec {
+    /// `cron(…)`, `rate(…)` or `at(…)` in Scheduler syntax.
+    pub expression: String,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
+    pub timezone: String,
+    /// ARN of the function to invoke, and of the role Scheduler assumes to do it.
+    pub target_arn: String,
+    pub role_arn: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleInfo {
+    pub expression: String,
+    pub timezone: Option<String>,
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExportSchedules {
+    client: aws_sdk_scheduler::Client,
+    group: String,
+}
+
+impl ExportSchedules {
+    pub fn new(client: aws_sdk_scheduler::Client, group: impl Into<String>) -> Self {
+        Self {
+            client,
+            group: group.into(),
+        }
+    }
+
+    /// The schedule's name: one per tenant within the group.
+    pub fn name(tenant: &TenantId) -> String {
+        format!("export-{tenant}")
+    }
+
+    /// Creates the tenant's schedule, or updates it if it exists.
+    pub async fn upsert(
+        &self,
+        tenant: &TenantId,
+        spec: &ScheduleSpec,
+    ) -> Result<(), ScheduleError> {
+        let input = serde_json::json!({ "tenant_id": tenant.as_str() }).to_string();
+        let target = Target::builder()
+            .arn(&spec.target_arn)
+            .role_arn(&spec.role_arn)
+            .input(input)
+            .build()
+            .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+        let window = FlexibleTimeWindow::builder()
+            .mode(FlexibleTimeWindowMode::Off)
+            .build()
+            .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+        let name = Self::name(tenant);
+        let exists = self.get(tenant).await?.is_some();
+        let result = if exists {
+            self.client
+                .update_schedule()
+                .name(&name)
+                .group_name(&self.group)
+                .schedule_expression(&spec.expression)
+                .schedule_expression_timezone(&spec.timezone)
+                .state(ScheduleState::Enabled)
+                .flexible_time_window(window)
+                .target(target)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| error_text(&e))
+        } else {
+            self.client
+                .create_schedule()
+                .name(&name)
+                .group_name(&self.group)
+                .schedule_expression(&spec.expression)
+                .schedule_expression_timezone(&spec.timezone)
+                .state(ScheduleState::Enabled)
+                .flexible_time_window(window)
+                .target(target)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| error_text(&e))
+        };
+        result.map_err(ScheduleError::Scheduler)
+    }
+
+    /// The tenant's schedule, if there is one.
+    pub async fn get(&self, tenant: &TenantId) -> Result<Option<ScheduleInfo>, ScheduleError> {
+        match self
+            .client
+            .get_schedule()
+            .name(Self::name(tenant))
+            .group_name(&self.group)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ScheduleInfo {
+                expression: out.schedule_expression.unwrap_or_default(),
+                timezone: out.schedule_expression_timezone,
+                enabled: out.state != Some(ScheduleState::Disabled),
+            })),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(ScheduleError::Scheduler(error_text(&err))),
+        }
+    }
+
+    /// Removes the tenant's schedule. Returns whether one existed.
+    pub async fn delete(&self, tenant: &TenantId) -> Result<bool, ScheduleError> {
+        match self
+            .client
+            .delete_schedule()
+            .name(Self::name(tenant))
+            .group_name(&self.group)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(ScheduleError::Scheduler(error_text(&err))),
+        }
+    }
+}
