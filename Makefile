@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 PY := .venv/bin/python
 LOCAL := .local
 
-.PHONY: venv lint test up down fmt
+.PHONY: venv lint test up down fmt bench
 
 venv:
 	@infra/bootstrap.sh
@@ -32,6 +32,12 @@ lint: venv
 # CUSTODY_EMULATOR_ENDPOINT is unset).
 test: venv lint
 	infra/with-emulator.sh cargo test --workspace --all-targets
+
+# Cold start, first invocation, size and throughput (docs/PERFORMANCE.md): prints
+# the tables and writes docs/bench-results.json. Niced so it never starves other
+# work; it builds the host release binaries and the arm64 ones (slow: LTO).
+bench: venv
+	nice -n 19 cargo run -q -p custody-bench -- --out docs/bench-results.json
 
 # Emulator in the background (own session: Ctrl-C in this terminal does not
 # reach it), resources provisioned from template.yaml, env saved to .local/env.

@@ -341,17 +341,16 @@ pub async fn run(
                         .stream_description()
                         .map(|d| d.shards().to_vec())
                         .unwrap_or_default();
-                    if let Some(shard) = shards.last() {
-                        if let Ok(it) = streams_client
+                    if let Some(shard) = shards.last()
+                        && let Ok(it) = streams_client
                             .get_shard_iterator()
                             .stream_arn(stream_arn.as_str())
                             .shard_id(shard.shard_id().unwrap_or_default())
                             .shard_iterator_type(ShardIteratorType::Latest)
                             .send()
                             .await
-                        {
-                            *shard_iterators = it.shard_iterator;
-                        }
+                    {
+                        *shard_iterators = it.shard_iterator;
                     }
                 }
                 continue;

@@ -133,9 +133,12 @@ impl Gateway {
         }
     }
 
-    /// Serves on a free loopback port; returns the address.
-    pub async fn serve(self) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    /// Serves on `listener` (bound first, so functions can be told the base URL
+    /// before the gateway knows them); returns the address.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let address = listener.local_addr()?;
         let gateway = Arc::new(self);
         let app = axum::Router::new().fallback(

@@ -13,6 +13,7 @@ pub mod harness;
 pub mod local_jwt;
 pub mod provision;
 pub mod runtime_api;
+pub mod stack;
 
 use std::path::PathBuf;
 

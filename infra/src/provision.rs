@@ -87,6 +87,27 @@ const ORDER: [&str; 7] = [
 struct Resolver<'a> {
     stage: &'a str,
     resources: &'a BTreeMap<String, Physical>,
+    /// Template parameters other than `Stage`: their `Default`, else `local-<name>`.
+    parameters: BTreeMap<String, String>,
+}
+
+fn parameters(template: &Value) -> BTreeMap<String, String> {
+    template
+        .get("Parameters")
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, spec)| {
+            let name = name.as_str()?.to_owned();
+            let value = match spec.get("Default") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::Bool(b)) => b.to_string(),
+                _ => format!("local-{name}"),
+            };
+            Some((name, value))
+        })
+        .collect()
 }
 
 impl Resolver<'_> {
@@ -98,7 +119,13 @@ impl Resolver<'_> {
             "AWS::Partition" => "aws".to_owned(),
             "AWS::URLSuffix" => "amazonaws.com".to_owned(),
             "AWS::StackName" => format!("custody-{}", self.stage),
-            other => return self.resources.get(other).map(|p| p.id.clone()),
+            other => {
+                return self
+                    .resources
+                    .get(other)
+                    .map(|p| p.id.clone())
+                    .or_else(|| self.parameters.get(other).cloned());
+            }
         })
     }
 
@@ -236,6 +263,7 @@ pub async fn provision(
             let resolver = Resolver {
                 stage,
                 resources: &resources,
+                parameters: parameters(&template),
             };
             let physical = match kind {
                 "AWS::KMS::Key" => create_key(&clients, &logical, props).await?,
@@ -271,6 +299,7 @@ pub async fn provision(
     let resolver = Resolver {
         stage,
         resources: &resources,
+        parameters: parameters(&template),
     };
     let mut environment = BTreeMap::new();
     if let Some(vars) = template
@@ -842,4 +871,84 @@ async fn create_schedule_group(
         id: name,
         arn: out.schedule_group_arn,
     })
+}
+
+/// Physical ids for resources the emulator does not run (functions, roles, the HTTP
+/// API), so references to them in a function's environment still resolve locally.
+fn synthetic(logical: &str, resource: &Value) -> Option<Physical> {
+    let kind = resource.get("Type").and_then(Value::as_str)?;
+    let name = resource
+        .get("Metadata")
+        .and_then(|m| m.get("BuildProperties"))
+        .and_then(|b| b.get("Binary"))
+        .and_then(Value::as_str)
+        .unwrap_or(logical)
+        .to_owned();
+    let (id, arn) = match kind {
+        "AWS::Serverless::Function" | "AWS::Lambda::Function" => (
+            name.clone(),
+            format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"),
+        ),
+        "AWS::IAM::Role" => (
+            logical.to_owned(),
+            format!("arn:aws:iam::{ACCOUNT_ID}:role/{logical}"),
+        ),
+        other => (
+            logical.to_owned(),
+            format!("arn:aws:local:{REGION}:{ACCOUNT_ID}:{other}/{logical}"),
+        ),
+    };
+    Some(Physical {
+        kind: kind.to_owned(),
+        id,
+        arn,
+    })
+}
+
+/// The environment a function runs with: the template's `Globals` plus the function's
+/// own `Environment`, resolved against what was provisioned.
+pub fn function_environment(
+    template: &Value,
+    provisioned: &Provisioned,
+    binary: &str,
+) -> Result<BTreeMap<String, String>, ProvisionError> {
+    let declared = template
+        .get("Resources")
+        .and_then(Value::as_mapping)
+        .ok_or_else(|| template_err("no Resources"))?;
+    let mut resources = provisioned.resources.clone();
+    let mut function = None;
+    for (logical, resource) in declared {
+        let logical = logical.as_str().unwrap_or_default();
+        if !resources.contains_key(logical)
+            && let Some(physical) = synthetic(logical, resource)
+        {
+            if physical.kind == "AWS::Serverless::Function" && physical.id == binary {
+                function = Some(resource);
+            }
+            resources.insert(logical.to_owned(), physical);
+        }
+    }
+    let function =
+        function.ok_or_else(|| template_err(format!("no function with binary {binary}")))?;
+    let resolver = Resolver {
+        stage: &provisioned.stage,
+        resources: &resources,
+        parameters: parameters(template),
+    };
+    let mut environment = provisioned.environment.clone();
+    if let Some(vars) = function
+        .get("Properties")
+        .and_then(|p| p.get("Environment"))
+        .and_then(|e| e.get("Variables"))
+        .and_then(Value::as_mapping)
+    {
+        for (name, value) in vars {
+            environment.insert(
+                name.as_str().unwrap_or_default().to_owned(),
+                resolver.string(value)?,
+            );
+        }
+    }
+    Ok(environment)
 }

@@ -42,10 +42,13 @@ struct Pending {
     deadline_ms: i64,
 }
 
+/// The function's answer: its response body, or `(errorType, errorMessage)`.
+type Answer = Result<Vec<u8>, (String, String)>;
+
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Pending>,
-    in_flight: HashMap<String, oneshot::Sender<Result<Vec<u8>, (String, String)>>>,
+    in_flight: HashMap<String, oneshot::Sender<Answer>>,
     init_error: Option<String>,
 }
 
@@ -302,7 +305,7 @@ async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCod
     StatusCode::ACCEPTED
 }
 
-fn complete(shared: &Shared, id: &str, answer: Result<Vec<u8>, (String, String)>) -> StatusCode {
+fn complete(shared: &Shared, id: &str, answer: Answer) -> StatusCode {
     let waiter = shared
         .queue
         .lock()

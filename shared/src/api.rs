@@ -605,6 +605,164 @@ impl From<crate::idempotency::IdempotencyError> for Problem {
     }
 }
 
+impl From<crate::schedule::ScheduleError> for Problem {
+    fn from(err: crate::schedule::ScheduleError) -> Self {
+        // Expressions and time zones are validated before they reach Scheduler, so a
+        // refusal here is ours (or the service's), never the caller's.
+        tracing::error!(error = %err, "schedule error");
+        Problem::internal()
+    }
+}
+
+impl From<crate::oauth::OauthError> for Problem {
+    fn from(err: crate::oauth::OauthError) -> Self {
+        use crate::oauth::OauthError;
+        match err {
+            OauthError::UnknownProvider => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-provider",
+                "Unknown provider",
+                "no OAuth provider of this name is configured",
+            )
+            .with_field("provider"),
+            OauthError::NotConnected(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-connected",
+                "Not connected",
+                err.to_string(),
+            ),
+            OauthError::NeedsReconsent(_) => Problem::new(
+                StatusCode::CONFLICT,
+                "needs-reconsent",
+                "Connection needs re-authorization",
+                err.to_string(),
+            ),
+            // The provider's fault, not the caller's nor ours.
+            OauthError::InvalidGrant(_) | OauthError::Provider { .. } => {
+                tracing::warn!(error = %err, "OAuth provider error");
+                Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "provider-error",
+                    "Provider error",
+                    "the OAuth provider refused or failed the request",
+                )
+            }
+            OauthError::RefreshBusy(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "refresh-in-progress",
+                "Try again",
+                err.to_string(),
+            ),
+            OauthError::Seal(e) => e.into(),
+            OauthError::Store(e) => e.into(),
+            OauthError::Audit(e) => e.into(),
+            OauthError::Config(_) | OauthError::Schedule(_) => {
+                tracing::error!(error = %err, "oauth error");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+impl From<crate::oauth::flow::StartError> for Problem {
+    fn from(err: crate::oauth::flow::StartError) -> Self {
+        use crate::oauth::flow::StartError;
+        match err {
+            StartError::ReturnUrlNotAllowed | StartError::ReturnUrlInvalid => {
+                Problem::bad_request("return_url", err.to_string())
+            }
+            StartError::Oauth(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::oauth::webhook::WebhookError> for Problem {
+    fn from(err: crate::oauth::webhook::WebhookError) -> Self {
+        use crate::oauth::webhook::WebhookError;
+        match err {
+            WebhookError::BadSignature => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "bad-signature",
+                "Bad signature",
+                err.to_string(),
+            ),
+            WebhookError::TooLarge => {
+                Problem::payload_too_large(crate::oauth::webhook::MAX_BODY_BYTES)
+            }
+            WebhookError::Malformed(field) => Problem::bad_request(field, err.to_string()),
+            WebhookError::Stale => Problem::bad_request("timestamp", err.to_string()),
+            WebhookError::ReplayedId => Problem::conflict(err.to_string()).with_field("webhookId"),
+            WebhookError::Oauth(e) => e.into(),
+            WebhookError::Config(_) => {
+                tracing::error!(error = %err, "webhook configuration error");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+impl From<crate::imports::ImportError> for Problem {
+    fn from(err: crate::imports::ImportError) -> Self {
+        use crate::imports::ImportError;
+        match err {
+            ImportError::NotFound => Problem::not_found(),
+            ImportError::State(_) | ImportError::Contended => Problem::conflict(err.to_string()),
+            ImportError::Store(e) => e.into(),
+            ImportError::S3(_) => {
+                tracing::error!(error = %err, "import storage error");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+impl From<crate::webhook::WebhookError> for Problem {
+    fn from(err: crate::webhook::WebhookError) -> Self {
+        use crate::webhook::WebhookError;
+        match err {
+            WebhookError::InvalidUrl(_) => Problem::bad_request("destination.url", err.to_string()),
+            WebhookError::WeakSecret => Problem::bad_request("destination.secret", err.to_string()),
+            // The customer's receiver failed: neither the caller's request nor our fault.
+            WebhookError::Refused { .. } | WebhookError::Exhausted { .. } => {
+                tracing::warn!(error = %err, "destination webhook failed");
+                Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "destination-failed",
+                    "Destination failed",
+                    err.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl From<crate::privacy::PrivacyError> for Problem {
+    fn from(err: crate::privacy::PrivacyError) -> Self {
+        use crate::privacy::PrivacyError;
+        match err {
+            PrivacyError::UnknownTimeZone => Problem::bad_request("time_zone", err.to_string()),
+            PrivacyError::ReasonMissing | PrivacyError::TextTooLong => {
+                Problem::bad_request("reason", err.to_string())
+            }
+            PrivacyError::ExtensionTooLong(_) | PrivacyError::ExtensionTooShort(_) => {
+                Problem::bad_request("months", err.to_string())
+            }
+            PrivacyError::InvalidPurpose => Problem::bad_request("purpose", err.to_string()),
+            PrivacyError::AlreadyExtended
+            | PrivacyError::PastDue
+            | PrivacyError::InvalidTransition { .. }
+            | PrivacyError::NotOpen => Problem::conflict(err.to_string()),
+        }
+    }
+}
+
+impl From<crate::certificate::CertificateError> for Problem {
+    fn from(err: crate::certificate::CertificateError) -> Self {
+        tracing::error!(error = %err, "certificate error");
+        Problem::internal()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

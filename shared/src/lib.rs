@@ -6,14 +6,24 @@
 pub mod api;
 pub mod audit;
 pub mod aws;
+pub mod certificate;
 pub mod clock;
 pub mod config;
+pub mod highlevel;
+pub mod http;
 pub mod idempotency;
+pub mod imports;
+pub mod oauth;
+pub mod privacy;
 pub mod retention;
+pub mod schedule;
 pub mod seal;
+pub mod sink;
 pub mod store;
 pub mod subject;
+pub mod subject_index;
 pub mod telemetry;
 pub mod tenant;
+pub mod webhook;
 
 pub use tenant::TenantId;

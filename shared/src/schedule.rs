@@ -37,6 +37,21 @@ pub struct ScheduleInfo {
     pub enabled: bool,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_scheduler_limit() {
+        let short = TenantId::parse("acme").unwrap();
+        assert_eq!(ExportSchedules::name(&short), "export-acme");
+        let long_a = TenantId::parse(&"a".repeat(64)).unwrap();
+        let long_b = TenantId::parse(&format!("{}b", "a".repeat(63))).unwrap();
+        assert!(ExportSchedules::name(&long_a).len() <= 64);
+        assert_ne!(ExportSchedules::name(&long_a), ExportSchedules::name(&long_b));
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ExportSchedules {
     client: aws_sdk_scheduler::Client,
@@ -51,9 +66,18 @@ impl ExportSchedules {
         }
     }
 
-    /// The schedule's name: one per tenant within the group.
+    /// The schedule's name: one per tenant within the group. Scheduler names are at
+    /// most 64 characters; a tenant id too long for `export-<tenant>` gets a prefix of
+    /// it plus a hash, still unique and stable.
     pub fn name(tenant: &TenantId) -> String {
-        format!("export-{tenant}")
+        const MAX: usize = 64;
+        let plain = format!("export-{tenant}");
+        if plain.len() <= MAX {
+            return plain;
+        }
+        use sha2::Digest as _;
+        let hash = hex::encode(sha2::Sha256::digest(tenant.as_str().as_bytes()));
+        format!("export-{}-{}", &tenant.as_str()[..40], &hash[..16])
     }
 
     /// Creates the tenant's schedule, or updates it if it exists.
@@ -62,7 +86,13 @@ impl ExportSchedules {
         tenant: &TenantId,
         spec: &ScheduleSpec,
     ) -> Result<(), ScheduleError> {
-        let input = serde_json::json!({ "tenant_id": tenant.as_str() }).to_string();
+        // Scheduler fills in the scheduled time, so the export can tell a redelivered
+        // event (same time) from the next one.
+        let input = serde_json::json!({
+            "tenant_id": tenant.as_str(),
+            "scheduled_time": "<aws.scheduler.scheduled-time>",
+        })
+        .to_string();
         let target = Target::builder()
             .arn(&spec.target_arn)
             .role_arn(&spec.role_arn)

@@ -25,6 +25,8 @@ pub const MAX_PLAINTEXT_BYTES: usize = 4096;
 pub enum Purpose {
     OauthAccessToken,
     OauthRefreshToken,
+    /// PKCE verifier held in the OAuth state between redirect and callback.
+    OauthPkceVerifier,
     DestinationPassword,
     WebhookSecret,
 }
@@ -34,6 +36,7 @@ impl Purpose {
         match self {
             Purpose::OauthAccessToken => "oauth_access_token",
             Purpose::OauthRefreshToken => "oauth_refresh_token",
+            Purpose::OauthPkceVerifier => "oauth_pkce_verifier",
             Purpose::DestinationPassword => "destination_password",
             Purpose::WebhookSecret => "webhook_secret",
         }

@@ -46,8 +46,35 @@ pub mod keys {
         format!("RUN#{run_id}")
     }
 
+    /// A tenant's export settings (one item).
+    pub fn export_settings() -> String {
+        "EXPORT#SETTINGS".to_owned()
+    }
+
+    /// A tenant's export state: the run lease and the active run.
+    pub fn export_state() -> String {
+        "EXPORT#STATE".to_owned()
+    }
+
+    /// The conversation ids a run discovered on one page (its work list). Not under
+    /// `RUN#`, so listing runs never returns these.
+    pub fn export_run_page(run_id: &str, page: u32) -> String {
+        format!("RUNPAGE#{run_id}#{page:06}")
+    }
+
+    /// One file a run wrote (path, count, hash), for its checkpoint and manifest.
+    pub fn export_run_file(run_id: &str, conversation_id: &str) -> String {
+        format!("RUNFILE#{run_id}#{conversation_id}")
+    }
+
     pub fn import(import_id: &str) -> String {
         format!("IMP#{import_id}")
+    }
+
+    /// Marker that lives as long as an import's stored data (its own prefix, so a
+    /// listing of `IMP#` never meets it).
+    pub fn import_data(import_id: &str) -> String {
+        format!("IMPDATA#{import_id}")
     }
 
     pub fn privacy_request(request_id: &str) -> String {
@@ -60,6 +87,22 @@ pub mod keys {
 
     pub fn oauth_state(nonce: &str) -> String {
         format!("STATE#{nonce}")
+    }
+
+    /// Which tenants hold a connection to a HighLevel location (for the UNINSTALL
+    /// webhook, which names the location only). Sort key: [`tenant`].
+    pub fn highlevel_location(location_id: &str) -> String {
+        format!("LOC#{location_id}")
+    }
+
+    /// Which tenants hold an agency-level connection to a HighLevel company.
+    pub fn highlevel_company(company_id: &str) -> String {
+        format!("CO#{company_id}")
+    }
+
+    /// Receipt of a provider webhook delivery, for replay protection.
+    pub fn webhook_receipt(provider: &str, webhook_id: &str) -> String {
+        format!("WH#{provider}#{webhook_id}")
     }
 
     pub fn idempotency(tenant: &TenantId, key: &str) -> String {
@@ -216,6 +259,16 @@ impl Store {
         // `None` fields would be stored as NULL attributes: a NULL `expires_at` defeats
         // the expiry filter and a NULL index key is rejected, so absent means absent.
         item.retain(|_, value| !matches!(value, AttributeValue::Null(_)));
+        // These attributes are the store's own; an entity field of the same name would
+        // be silently overwritten, so refuse it loudly instead.
+        for reserved in ["pk", "sk", "kind", SUBJECT_PK, SUBJECT_SK] {
+            if item.contains_key(reserved) {
+                return Err(StoreError::Encode(format!(
+                    "{} has a field named `{reserved}`, which the store reserves",
+                    E::KIND
+                )));
+            }
+        }
         item.remove(TTL_ATTRIBUTE);
         item.extend(entity.key().to_item());
         item.insert("kind".to_owned(), AttributeValue::S(E::KIND.to_owned()));

@@ -1,0 +1,379 @@
+//! `custody-bench [--runs N] [--out FILE] [--skip-size]`: the benchmarks behind
+//! `make bench` (method in docs/PERFORMANCE.md). Prints Markdown tables and writes
+//! the JSON results.
+//!
+//! `custody-bench workload <export|import|dsar> <size>`: one throughput run, in its
+//! own process so its peak RSS is its own.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use custody_bench::build::{BASELINE_BINARY, BASELINE_PACKAGE, Profile, host_binaries};
+use custody_bench::cold_start::{self, Kind, Subject};
+use custody_bench::discover::{Function, Workspace, discover};
+use custody_bench::first_invocation::{self, LocalStack, pick_event};
+use custody_bench::report::{
+    ColdStart, ColdStartRow, FirstInvocationRow, MEASURED, Results, Size, SizeRowStatus, markdown,
+};
+use custody_bench::stats::ratio;
+use custody_bench::workloads::{self, Workload};
+use custody_bench::{BenchError, machine, python, repo_root, size, venv_python};
+
+const PYTHON_BASELINE: &str = "python-boto3";
+/// A process that has not polled after this long has failed its init.
+const POLL_LIMIT: Duration = Duration::from_secs(20);
+
+struct Options {
+    runs: usize,
+    out: PathBuf,
+    skip_size: bool,
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: custody-bench [--runs N] [--out FILE] [--skip-size]\n       custody-bench workload <export|import|dsar> <size>"
+    );
+    ExitCode::from(2)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("workload") {
+        return workload(&args[1..]).await;
+    }
+    let root = repo_root();
+    let mut options = Options {
+        runs: 20,
+        out: root.join("docs/bench-results.json"),
+        skip_size: false,
+    };
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        match flag.as_str() {
+            "--runs" => match rest.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => options.runs = n,
+                _ => return usage(),
+            },
+            "--out" => match rest.next() {
+                Some(path) => options.out = PathBuf::from(path),
+                None => return usage(),
+            },
+            "--skip-size" => options.skip_size = true,
+            _ => return usage(),
+        }
+    }
+    match bench(&root, &options).await {
+        Ok(results) => {
+            println!("{}", markdown(&results));
+            println!("results written to {}", options.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("custody-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn workload(args: &[String]) -> ExitCode {
+    let (Some(workload), Some(size)) = (
+        args.first().and_then(|name| Workload::parse(name)),
+        args.get(1).and_then(|size| size.parse().ok()),
+    ) else {
+        return usage();
+    };
+    match workloads::run(workload, size).await {
+        Ok(metrics) => {
+            println!("{metrics}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("custody-bench workload: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(root: &Path, options: &Options) -> Result<Results, BenchError> {
+    let workspace = discover(root)?;
+    let python = venv_python();
+    let machine = machine::describe(root, python::versions(&python)?);
+
+    eprintln!("== host release build (timing)");
+    let (baseline, built) = build_host(&workspace)?;
+    let launcher = python::launcher(root, &python, &workspace.target_dir.join("bench/python"))?;
+
+    eprintln!("== provisioning the local emulator from template.yaml");
+    let stack = LocalStack::provision(root, &custody_local::harness::unique_stage()).await?;
+
+    eprintln!("== cold start: {} runs each", options.runs);
+    let mut subjects = vec![
+        Subject {
+            name: BASELINE_BINARY.into(),
+            kind: Kind::RustBaseline,
+            program: baseline,
+            env: stack.environment(BASELINE_BINARY),
+        },
+        Subject {
+            name: PYTHON_BASELINE.into(),
+            kind: Kind::PythonBaseline,
+            program: launcher,
+            env: stack.environment(BASELINE_BINARY),
+        },
+    ];
+    for (function, binary) in &built {
+        if let Ok(program) = binary {
+            subjects.push(Subject {
+                name: function.binary.clone(),
+                kind: Kind::Function,
+                program: program.clone(),
+                env: stack.environment(&function.binary),
+            });
+        }
+    }
+    let measured = cold_start::measure(&subjects, options.runs, POLL_LIMIT).await;
+    let median_of = |name: &str| {
+        subjects
+            .iter()
+            .zip(&measured)
+            .find(|(s, _)| s.name == name)
+            .and_then(|(_, m)| m.as_ref().ok())
+            .map(|(summary, _)| summary.median_ms)
+    };
+    let (hello, python_median) = (median_of(BASELINE_BINARY), median_of(PYTHON_BASELINE));
+    let mut cold_rows: Vec<ColdStartRow> = subjects
+        .iter()
+        .zip(&measured)
+        .map(|(subject, result)| match result {
+            Ok((summary, _)) => ColdStartRow {
+                name: subject.name.clone(),
+                kind: subject.kind,
+                status: MEASURED.into(),
+                vs_hello_lambda: hello.and_then(|h| ratio(summary.median_ms, h)),
+                vs_python: python_median.and_then(|p| ratio(summary.median_ms, p)),
+                summary: Some(summary.clone()),
+            },
+            Err(err) => ColdStartRow {
+                name: subject.name.clone(),
+                kind: subject.kind,
+                status: format!("failed: {err}"),
+                summary: None,
+                vs_hello_lambda: None,
+                vs_python: None,
+            },
+        })
+        .collect();
+    for (function, binary) in &built {
+        if let Err(reason) = binary {
+            cold_rows.push(ColdStartRow {
+                name: function.binary.clone(),
+                kind: Kind::Function,
+                status: reason.clone(),
+                summary: None,
+                vs_hello_lambda: None,
+                vs_python: None,
+            });
+        }
+    }
+
+    eprintln!("== first invocation");
+    let mut first_rows = Vec::new();
+    for (function, binary) in &built {
+        let row = match binary {
+            Err(reason) => FirstInvocationRow {
+                function: function.binary.clone(),
+                status: reason.clone(),
+                measured: None,
+            },
+            Ok(program) => first_invocation_row(root, &stack, function, program).await,
+        };
+        first_rows.push(row);
+    }
+
+    let size = if options.skip_size {
+        skipped_size("skipped (--skip-size)")
+    } else {
+        eprintln!("== arm64 release build (size); LTO on two cores takes minutes");
+        measure_size(&workspace, &python, &built)
+    };
+
+    eprintln!("== throughput");
+    let harness = std::env::current_exe().map_err(|e| BenchError::Measurement(e.to_string()))?;
+    let throughput = Workload::ALL
+        .into_iter()
+        .flat_map(|w| workloads::rows(w, &workspace.functions, &harness))
+        .collect();
+
+    let results = Results {
+        generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        machine,
+        cold_start: ColdStart {
+            runs: options.runs,
+            build: "cargo build --release (host target; LTO, codegen-units 1, stripped)".into(),
+            rows: cold_rows,
+        },
+        first_invocation: first_rows,
+        size,
+        throughput,
+    };
+    let json = serde_json::to_string_pretty(&results)
+        .map_err(|e| BenchError::Measurement(e.to_string()))?;
+    std::fs::write(&options.out, json + "\n").map_err(|e| BenchError::file(&options.out, e))?;
+    Ok(results)
+}
+
+type Built = Vec<(Function, Result<PathBuf, String>)>;
+
+/// The baseline and every ready function, in one cargo invocation; if that fails
+/// (a function mid-work that does not compile), one by one, so the others are
+/// still measured.
+fn build_host(workspace: &Workspace) -> Result<(PathBuf, Built), BenchError> {
+    let baseline = (BASELINE_PACKAGE.to_owned(), BASELINE_BINARY.to_owned());
+    let ready: Vec<&Function> = workspace
+        .functions
+        .iter()
+        .filter(|f| f.pending.is_none())
+        .collect();
+    let mut wanted = vec![baseline.clone()];
+    wanted.extend(ready.iter().map(|f| (f.package.clone(), f.binary.clone())));
+    let all = host_binaries(workspace, &wanted, Profile::Release);
+    let baseline_path = match &all {
+        Ok(paths) => paths[0].clone(),
+        Err(_) => host_binaries(workspace, &[baseline], Profile::Release)?.remove(0),
+    };
+    let built = workspace
+        .functions
+        .iter()
+        .map(|function| {
+            let result = match (&function.pending, &all) {
+                (Some(reason), _) => Err(reason.clone()),
+                (None, Ok(paths)) => Ok(paths[1 + ready
+                    .iter()
+                    .position(|f| f.binary == function.binary)
+                    .unwrap_or(0)]
+                .clone()),
+                (None, Err(_)) => host_binaries(
+                    workspace,
+                    &[(function.package.clone(), function.binary.clone())],
+                    Profile::Release,
+                )
+                .map(|mut paths| paths.remove(0))
+                .map_err(|e| format!("does not build: {e}")),
+            };
+            (function.clone(), result)
+        })
+        .collect();
+    Ok((baseline_path, built))
+}
+
+async fn first_invocation_row(
+    root: &Path,
+    stack: &LocalStack,
+    function: &Function,
+    program: &Path,
+) -> FirstInvocationRow {
+    let events = root.join("events").join(&function.binary);
+    let (path, event) = match pick_event(&events) {
+        Ok(found) => found,
+        Err(reason) => {
+            return FirstInvocationRow {
+                function: function.binary.clone(),
+                status: format!("skipped: {reason}"),
+                measured: None,
+            };
+        }
+    };
+    let event_file = path
+        .strip_prefix(root)
+        .unwrap_or(&path)
+        .display()
+        .to_string();
+    let env = stack.environment(&function.binary);
+    match first_invocation::measure(&function.binary, program, &env, &event_file, &event).await {
+        Ok(measured) => FirstInvocationRow {
+            function: function.binary.clone(),
+            status: MEASURED.into(),
+            measured: Some(measured),
+        },
+        Err(err) => FirstInvocationRow {
+            function: function.binary.clone(),
+            status: format!("failed: {err}"),
+            measured: None,
+        },
+    }
+}
+
+fn skipped_size(reason: &str) -> Size {
+    Size {
+        build: reason.to_owned(),
+        build_seconds: None,
+        goal_bytes: size::GOAL_BYTES,
+        rows: Vec::new(),
+        duplicates: Vec::new(),
+        heaviest_crates: Vec::new(),
+        weight_method: String::new(),
+    }
+}
+
+fn measure_size(workspace: &Workspace, python: &Path, built: &Built) -> Size {
+    let mut wanted = vec![(BASELINE_PACKAGE.to_owned(), BASELINE_BINARY.to_owned())];
+    wanted.extend(
+        built
+            .iter()
+            .filter(|(_, b)| b.is_ok())
+            .map(|(f, _)| (f.package.clone(), f.binary.clone())),
+    );
+    let (command, took) = match size::build_arm64(workspace, &wanted) {
+        Ok(done) => done,
+        Err(err) => return skipped_size(&format!("failed: {err}")),
+    };
+    let mut rows: Vec<SizeRowStatus> = wanted
+        .iter()
+        .map(
+            |(_, binary)| match size::measure(workspace, python, binary) {
+                Ok(row) => SizeRowStatus {
+                    binary: binary.clone(),
+                    status: MEASURED.into(),
+                    measured: Some(row),
+                },
+                Err(err) => SizeRowStatus {
+                    binary: binary.clone(),
+                    status: format!("failed: {err}"),
+                    measured: None,
+                },
+            },
+        )
+        .collect();
+    rows.extend(built.iter().filter_map(|(f, b)| {
+        b.as_ref().err().map(|reason| SizeRowStatus {
+            binary: f.binary.clone(),
+            status: reason.clone(),
+            measured: None,
+        })
+    }));
+    // Every function links the `custody` crate; before any function stands, its
+    // dependencies are what the functions will weigh.
+    let mut packages: Vec<String> = wanted[1..].iter().map(|(p, _)| p.clone()).collect();
+    if packages.is_empty() {
+        packages.push("custody".into());
+    }
+    let duplicates = size::duplicates(&workspace.root, &packages).unwrap_or_else(|err| {
+        eprintln!("cargo tree -d: {err}");
+        Vec::new()
+    });
+    let heaviest_crates = size::heaviest_crates(workspace, &packages, 15).unwrap_or_else(|err| {
+        eprintln!("crate weights: {err}");
+        Vec::new()
+    });
+    Size {
+        build: command,
+        build_seconds: Some(took.as_secs_f64().round()),
+        goal_bytes: size::GOAL_BYTES,
+        rows,
+        duplicates,
+        heaviest_crates,
+        weight_method: "size of each crate's arm64 release .rlib (object code + LTO bitcode), a proxy: cargo-bloat needs an unstripped second build".into(),
+    }
+}

@@ -1,0 +1,238 @@
+//! Throughput rows (issue 8, items 3–5): export, import and DSAR at two sizes each.
+//!
+//! Each size runs in a child process (`custody-bench workload <name> <size>`), so
+//! its peak RSS (`VmHWM`) is its own and not the harness's. A workload is wired by
+//! filling in its arm of [`run`] with the function crate's library API (add the
+//! crate to this crate's dependencies); until then its rows say why they are empty.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::BenchError;
+use crate::discover::Function;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Messages from the simulated HighLevel (rate limiter on, 100 requests / 10 s
+    /// scaled to the run's length) to the embedded WebDAV server: share of the rate
+    /// ceiling used, 429 count, messages/s, peak RSS. Goal: RSS at 5 000 and 50 000
+    /// within 10 % of each other.
+    Export,
+    /// A generated CSV through the S3 path to a local destination: rows/s, peak RSS.
+    /// Goal: ≤ 64 MB, and not growing from 100 000 to 1 000 000 rows.
+    Import,
+    /// Export and erase a subject with 10 records in tables of 1 000 and 100 000
+    /// items: DynamoDB request count and time. Goal: the same request count.
+    Dsar,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 3] = [Workload::Export, Workload::Import, Workload::Dsar];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Export => "export",
+            Workload::Import => "import",
+            Workload::Dsar => "dsar",
+        }
+    }
+
+    /// The function binary it exercises.
+    pub fn function(self) -> &'static str {
+        self.name()
+    }
+
+    pub fn sizes(self) -> &'static [u64] {
+        match self {
+            Workload::Export => &[5_000, 50_000],
+            Workload::Import => &[100_000, 1_000_000],
+            Workload::Dsar => &[1_000, 100_000],
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Workload::Export => "messages",
+            Workload::Import => "CSV rows",
+            Workload::Dsar => "table items",
+        }
+    }
+
+    pub fn goal(self) -> &'static str {
+        match self {
+            Workload::Export => "peak RSS at 5 000 and 50 000 within 10 %; 0 × 429 at steady state",
+            Workload::Import => "peak RSS ≤ 64 MB and flat from 100 000 to 1 000 000 rows",
+            Workload::Dsar => "same DynamoDB request count at 1 000 and 100 000 items",
+        }
+    }
+
+    /// True once [`run`] measures it.
+    pub fn wired(self) -> bool {
+        match self {
+            Workload::Export | Workload::Import | Workload::Dsar => false,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+/// One row of the throughput table.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadRow {
+    pub workload: Workload,
+    pub function: String,
+    pub size: u64,
+    pub unit: String,
+    pub goal: String,
+    /// `measured`, or why not (`pending: …`, or the error).
+    pub status: String,
+    /// The workload's own numbers (rates, counts) plus `peak_rss_bytes`.
+    pub metrics: Option<Value>,
+}
+
+/// Measures every size of `workload`, or says why it cannot yet.
+pub fn rows(workload: Workload, functions: &[Function], harness: &Path) -> Vec<WorkloadRow> {
+    let function = functions.iter().find(|f| f.binary == workload.function());
+    let blocked = match function {
+        None => Some(format!(
+            "pending: function not built yet (no functions/{} crate)",
+            workload.function()
+        )),
+        Some(Function {
+            pending: Some(_), ..
+        }) => Some("pending: function not built yet".to_owned()),
+        Some(_) if !workload.wired() => Some(format!(
+            "pending: {} is built but its workload is not wired to the function's API yet (bench/src/workloads.rs)",
+            workload.function()
+        )),
+        Some(_) => None,
+    };
+    workload
+        .sizes()
+        .iter()
+        .map(|&size| {
+            let (status, metrics) = match &blocked {
+                Some(reason) => (reason.clone(), None),
+                None => match in_child(harness, workload, size) {
+                    Ok(metrics) => ("measured".to_owned(), Some(metrics)),
+                    Err(err) => (err.to_string(), None),
+                },
+            };
+            WorkloadRow {
+                workload,
+                function: workload.function().to_owned(),
+                size,
+                unit: workload.unit().to_owned(),
+                goal: workload.goal().to_owned(),
+                status,
+                metrics,
+            }
+        })
+        .collect()
+}
+
+/// Runs `custody-bench workload <name> <size>` and reads the JSON object it prints
+/// last.
+fn in_child(harness: &Path, workload: Workload, size: u64) -> Result<Value, BenchError> {
+    let mut command = Command::new(harness);
+    command.args(["workload", workload.name(), &size.to_string()]);
+    let shown = crate::build::describe(&command);
+    let output = command.output().map_err(|e| BenchError::Command {
+        command: shown.clone(),
+        detail: e.to_string(),
+    })?;
+    if !output.status.success() {
+        return Err(BenchError::Command {
+            command: shown,
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|line| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .filter(Value::is_object)
+        })
+        .ok_or_else(|| BenchError::Command {
+            command: shown,
+            detail: "printed no JSON result".to_owned(),
+        })
+}
+
+/// The child side: runs one size and returns its numbers with this process's peak
+/// RSS added.
+pub async fn run(workload: Workload, size: u64) -> Result<Value, BenchError> {
+    let mut metrics: Value = match workload {
+        // Each arm becomes a call into the function crate's library once it stands.
+        Workload::Export | Workload::Import | Workload::Dsar => not_wired(workload, size)?,
+    };
+    if let (Some(object), Some(rss)) = (metrics.as_object_mut(), peak_rss_bytes()) {
+        object.insert("peak_rss_bytes".into(), rss.into());
+    }
+    Ok(metrics)
+}
+
+fn not_wired(workload: Workload, size: u64) -> Result<Value, BenchError> {
+    Err(BenchError::Measurement(format!(
+        "the {} workload is not wired yet (size {size})",
+        workload.name()
+    )))
+}
+
+/// This process's peak resident set (`VmHWM` in /proc/self/status), Linux only.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_rss_covers_what_this_process_touched() {
+        let touched = vec![1u8; 64 * 1024 * 1024];
+        let peak = peak_rss_bytes().unwrap();
+        assert!(touched.iter().all(|&b| b == 1));
+        assert!(peak >= 64 * 1024 * 1024, "peak {peak}");
+    }
+
+    #[test]
+    fn unbuilt_functions_leave_their_rows_pending() {
+        let placeholder = Function {
+            package: "import".into(),
+            binary: "import".into(),
+            in_template: false,
+            pending: Some("pending: function not built yet".into()),
+        };
+        let rows = rows(Workload::Import, &[placeholder], Path::new("/nonexistent"));
+        assert_eq!(rows.len(), 2);
+        assert!(
+            rows.iter()
+                .all(|r| r.status.starts_with("pending: function not built yet"))
+        );
+        let rows = rows_for_missing();
+        assert!(rows[0].status.contains("no functions/dsar crate"));
+    }
+
+    fn rows_for_missing() -> Vec<WorkloadRow> {
+        rows(Workload::Dsar, &[], Path::new("/nonexistent"))
+    }
+}

@@ -1,0 +1,393 @@
+//! Account deletion (tenant offboarding).
+//!
+//! `DELETE /account` removes what must go at once — the OAuth connections (sealed
+//! tokens) with their account links, and the export schedule — then records an
+//! [`AccountDeletion`] job. The job's stream record starts [`purge`], which removes
+//! every item and object of the tenant, saving its progress after each page (its own
+//! write is the next stream record, so a purge longer than one invocation carries
+//! on), and ends with a signed certificate written to the audit log, which is kept.
+//!
+//! # Finding everything of a tenant
+//!
+//! The table purge is a filtered, paginated **scan** (`pk = T#<t>`, `pk` starting with
+//! `T#<t>#`, or `sk = T#<t>` for the provider-account links). Deliberately: key layouts
+//! are chosen by several modules (idempotency records, subject partitions, account
+//! links) and a registry of partitions or a tenant-wide GSI would have to be kept
+//! right by every writer, on every write, forever, for an operation that runs once
+//! in a tenant's life. The scan is complete whatever a module's key layout is,
+//! costs the table's size once, and resumes from its saved cursor. Tenant ids cannot
+//! contain `#`, so `T#acme#` never matches `T#acme2`.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use custody::audit::Event;
+use custody::certificate::{Certificate, ErasedStore, SCHEMA, Scope};
+use custody::privacy::{AccountDeletion, PurgeCounts, PurgeStatus, PurgeStep};
+use custody::store::{Condition, Item, Key, StoreError, keys};
+use custody::tenant::TenantId;
+use serde::{Deserialize, Serialize};
+
+use crate::Deps;
+use crate::files;
+use crate::process::{ACTOR, Budget, ProcessError, results_tenant_prefix};
+
+/// Items evaluated per scan page.
+const SCAN_PAGE: i32 = 500;
+/// BatchWriteItem's limit.
+const BATCH: usize = 25;
+
+/// What `DELETE /account` did at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub job_id: String,
+    pub connections_deleted: u64,
+    pub schedule_removed: bool,
+}
+
+/// Starts (or, for a repeated call, re-runs the immediate part of) the deletion.
+pub async fn start(deps: &Deps, tenant: &TenantId, actor: &str) -> Result<Started, ProcessError> {
+    let now = deps.now();
+    let key = AccountDeletion::key_of(tenant);
+    let job = match deps.store.get::<AccountDeletion>(&key).await? {
+        Some(job) => job,
+        None => {
+            let job = AccountDeletion {
+                tenant: tenant.clone(),
+                id: ulid::Ulid::new().to_string(),
+                status: PurgeStatus::Purging,
+                requested_at: now,
+                requested_by: actor.to_owned(),
+                steps_done: Vec::new(),
+                table_cursor: None,
+                counts: PurgeCounts::default(),
+                certificate: None,
+                updated_at: now,
+                version: 1,
+            };
+            match deps.store.create(&job).await {
+                Ok(()) => job,
+                Err(StoreError::AlreadyExists) => deps
+                    .store
+                    .get::<AccountDeletion>(&key)
+                    .await?
+                    .ok_or(ProcessError::Conflict)?,
+                Err(err) => return Err(err.into()),
+            }
+        }
+    };
+    let connections_deleted = delete_connections(deps, tenant).await?;
+    let schedule_removed = deps.schedules.delete(tenant).await?;
+    deps.audit
+        .append(
+            tenant,
+            Event::new(actor, "account.deletion_requested", AccountDeletion::RECORD)
+                .detail("job_id", job.id.clone())
+                .detail("connections_deleted", connections_deleted)
+                .detail("schedule_removed", schedule_removed),
+        )
+        .await?;
+    if connections_deleted > 0 {
+        let mut counted = job.clone();
+        counted.counts.connections += connections_deleted;
+        // Counting is best effort; the purge runs regardless of this write.
+        let _ = save(deps, &mut counted).await;
+    }
+    Ok(Started {
+        job_id: job.id,
+        connections_deleted,
+        schedule_removed,
+    })
+}
+
+/// Deletes the tenant's OAuth connections (sealed tokens) and their provider-account
+/// links, so no token can be used from this moment on.
+async fn delete_connections(deps: &Deps, tenant: &TenantId) -> Result<u64, ProcessError> {
+    let out = deps
+        .store
+        .client()
+        .query()
+        .table_name(deps.store.table())
+        .consistent_read(true)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+        .expression_attribute_values(":pk", AttributeValue::S(keys::tenant(tenant)))
+        .expression_attribute_values(":prefix", AttributeValue::S(keys::connection("")))
+        .send()
+        .await
+        .map_err(dynamo)?;
+    let mut deleted = 0;
+    for item in out.items.unwrap_or_default() {
+        if let Ok(connection) =
+            custody::store::Store::decode::<custody::oauth::Connection>(item.clone())
+        {
+            if let Some(location) = &connection.account.location_id {
+                deps.store
+                    .delete(&Key::new(
+                        keys::highlevel_location(location),
+                        keys::tenant(tenant),
+                    ))
+                    .await?;
+            }
+            if let Some(company) = &connection.account.company_id {
+                deps.store
+                    .delete(&Key::new(
+                        keys::highlevel_company(company),
+                        keys::tenant(tenant),
+                    ))
+                    .await?;
+            }
+        }
+        if let (Some(pk), Some(sk)) = (text(&item, "pk"), text(&item, "sk")) {
+            deps.store.delete(&Key::new(pk, sk)).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Where a purge run left the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeProgress {
+    /// Everything is gone and the certificate is in the audit log.
+    Done,
+    /// The budget ran out; the job's next stream record continues.
+    Stopped,
+}
+
+/// Runs the purge from where the job says it stopped.
+pub async fn purge(
+    deps: &Deps,
+    tenant: &TenantId,
+    budget: Budget,
+) -> Result<PurgeProgress, ProcessError> {
+    let key = AccountDeletion::key_of(tenant);
+    let Some(mut job) = deps.store.get::<AccountDeletion>(&key).await? else {
+        return Ok(PurgeProgress::Done);
+    };
+    let mut pages = 0;
+    while !job.steps_done.contains(&PurgeStep::Table) {
+        if budget.exhausted(pages) {
+            return Ok(PurgeProgress::Stopped);
+        }
+        let (deleted, next) = purge_table_page(deps, tenant, job.table_cursor.as_deref()).await?;
+        job.counts.table_items += deleted;
+        job.table_cursor = next;
+        if job.table_cursor.is_none() {
+            job.steps_done.push(PurgeStep::Table);
+        }
+        save(deps, &mut job).await?;
+        pages += 1;
+    }
+    for (step, bucket, prefix) in [
+        (
+            PurgeStep::ImportsBucket,
+            deps.config.imports_bucket.clone(),
+            custody::imports::tenant_prefix(tenant),
+        ),
+        (
+            PurgeStep::ResultsBucket,
+            deps.config.dsar_results_bucket.clone(),
+            results_tenant_prefix(tenant),
+        ),
+    ] {
+        if job.steps_done.contains(&step) {
+            continue;
+        }
+        if budget.exhausted(pages) {
+            return Ok(PurgeProgress::Stopped);
+        }
+        let deleted = files::delete_prefix_versions(deps, &bucket, &prefix).await?;
+        match step {
+            PurgeStep::ImportsBucket => job.counts.import_object_versions += deleted,
+            _ => job.counts.result_object_versions += deleted,
+        }
+        job.steps_done.push(step);
+        save(deps, &mut job).await?;
+        pages += 1;
+    }
+    if job.status == PurgeStatus::Purging {
+        let head = deps.audit.head(tenant).await?;
+        let now = deps.now();
+        let certificate = Certificate {
+            schema: SCHEMA.to_owned(),
+            certificate_id: ulid::Ulid::new().to_string(),
+            scope: Scope::Account,
+            tenant: tenant.to_string(),
+            request_id: job.id.clone(),
+            regulation: None,
+            subject_pseudonyms: Vec::new(),
+            received_at: job.requested_at,
+            erased_at: now,
+            issued_at: now,
+            erased: vec![
+                ErasedStore::new("custody-table", "connections", job.counts.connections),
+                ErasedStore::new("custody-table", "items", job.counts.table_items),
+                ErasedStore::new(
+                    "imports-bucket",
+                    "object_versions",
+                    job.counts.import_object_versions,
+                ),
+                ErasedStore::new(
+                    "dsar-results-bucket",
+                    "object_versions",
+                    job.counts.result_object_versions,
+                ),
+            ],
+            audit_entries: head.iter().map(custody::privacy::AuditRef::from).collect(),
+            audit_head_hash: head.map(|h| h.hash).unwrap_or_default(),
+            key_id: String::new(),
+            algorithm: String::new(),
+        };
+        job.certificate = Some(deps.signer.sign(certificate).await?);
+        job.status = PurgeStatus::Certified;
+        save(deps, &mut job).await?;
+    }
+    // The certificate goes to the audit log (kept) once: a rerun after a crash finds
+    // it at the head (nothing else of the tenant writes after the purge).
+    let head = deps.audit.head(tenant).await?;
+    let logged = head
+        .as_ref()
+        .is_some_and(|h| h.action == "account.purged" && h.target == job.id);
+    if !logged && let Some(signed) = &job.certificate {
+        deps.audit
+            .append(
+                tenant,
+                Event::new(ACTOR, "account.purged", job.id.clone())
+                    .detail("certificate", signed.document.clone())
+                    .detail("signature", signed.signature.clone())
+                    .detail("key_id", signed.key_id.clone())
+                    .detail("table_items", job.counts.table_items)
+                    .detail("import_object_versions", job.counts.import_object_versions)
+                    .detail("result_object_versions", job.counts.result_object_versions),
+            )
+            .await?;
+    }
+    // Last of the tenant's items.
+    deps.store.delete(&key).await?;
+    Ok(PurgeProgress::Done)
+}
+
+/// Deletes one scan page of the tenant's items (never the job itself) and returns
+/// how many and the cursor of the next page.
+async fn purge_table_page(
+    deps: &Deps,
+    tenant: &TenantId,
+    cursor: Option<&str>,
+) -> Result<(u64, Option<String>), ProcessError> {
+    let start = cursor
+        .map(serde_json::from_str::<HashMap<String, String>>)
+        .transpose()
+        .map_err(|e| ProcessError::Encode(e.to_string()))?
+        .map(|m| {
+            m.into_iter()
+                .map(|(k, v)| (k, AttributeValue::S(v)))
+                .collect::<Item>()
+        });
+    let out = deps
+        .store
+        .client()
+        .scan()
+        .table_name(deps.store.table())
+        .consistent_read(true)
+        .filter_expression("pk = :t OR begins_with(pk, :tp) OR sk = :t")
+        .expression_attribute_values(":t", AttributeValue::S(keys::tenant(tenant)))
+        .expression_attribute_values(
+            ":tp",
+            AttributeValue::S(format!("{}#", keys::tenant(tenant))),
+        )
+        .projection_expression("pk, sk")
+        .limit(SCAN_PAGE)
+        .set_exclusive_start_key(start)
+        .send()
+        .await
+        .map_err(dynamo)?;
+    let job_key = AccountDeletion::key_of(tenant);
+    let keys: Vec<Key> = out
+        .items
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|item| Some(Key::new(text(item, "pk")?, text(item, "sk")?)))
+        .filter(|key| *key != job_key)
+        .collect();
+    for chunk in keys.chunks(BATCH) {
+        batch_delete(deps, chunk).await?;
+    }
+    let next = out
+        .last_evaluated_key
+        .map(|key| {
+            let plain: HashMap<String, String> = key
+                .into_iter()
+                .filter_map(|(k, v)| v.as_s().ok().map(|s| (k, s.clone())))
+                .collect();
+            serde_json::to_string(&plain).map_err(|e| ProcessError::Encode(e.to_string()))
+        })
+        .transpose()?;
+    Ok((keys.len() as u64, next))
+}
+
+async fn batch_delete(deps: &Deps, chunk: &[Key]) -> Result<(), ProcessError> {
+    let mut requests: Vec<WriteRequest> = chunk
+        .iter()
+        .map(|key| {
+            let delete = DeleteRequest::builder()
+                .key("pk", AttributeValue::S(key.pk.clone()))
+                .key("sk", AttributeValue::S(key.sk.clone()))
+                .build()
+                .map_err(|e| ProcessError::Encode(e.to_string()))?;
+            Ok(WriteRequest::builder().delete_request(delete).build())
+        })
+        .collect::<Result<_, ProcessError>>()?;
+    for attempt in 0..8u32 {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50 << attempt.min(5))).await;
+        }
+        let out = deps
+            .store
+            .client()
+            .batch_write_item()
+            .request_items(deps.store.table(), requests)
+            .send()
+            .await
+            .map_err(dynamo)?;
+        requests = out
+            .unprocessed_items
+            .and_then(|mut m| m.remove(deps.store.table()))
+            .unwrap_or_default();
+    }
+    if requests.is_empty() {
+        Ok(())
+    } else {
+        Err(ProcessError::Store(StoreError::Dynamo(
+            "unprocessed deletes after retries".into(),
+        )))
+    }
+}
+
+async fn save(deps: &Deps, job: &mut AccountDeletion) -> Result<(), ProcessError> {
+    let expected = job.version;
+    job.version += 1;
+    job.updated_at = deps.now();
+    let condition = Condition::new("#v = :v")
+        .name("#v", "version")
+        .value(":v", AttributeValue::N(expected.to_string()));
+    match deps.store.put_if(job, condition).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::ConditionFailed) => Err(ProcessError::Conflict),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn text(item: &Item, name: &str) -> Option<String> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn dynamo<E, R>(err: aws_sdk_dynamodb::error::SdkError<E, R>) -> ProcessError
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    ProcessError::Store(StoreError::Dynamo(custody::aws::error_text(&err)))
+}

@@ -1,0 +1,307 @@
+//! The `dsar` function: data-subject access and erasure requests, consent records,
+//! verification of subjects, certificates of deletion and account deletion.
+//!
+//! Two triggers, both functions of (deps, event):
+//! - [`handle_http`]: the `/privacy/*` and `DELETE /account` routes (API Gateway v2
+//!   with the JWT authorizer; `GET /privacy/public-key` is public);
+//! - [`handle_stream`]: the table's stream, filtered in the template to privacy
+//!   requests whose status became `pending` / `in_processing` and account deletions
+//!   that are `purging`. Every processing step records its completion on the item,
+//!   and every such write is itself a stream record, so a run that stops (deadline,
+//!   crash) is continued by the next record; duplicates find the step done.
+
+pub mod account;
+pub mod files;
+pub mod process;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use custody::audit::AuditLog;
+use custody::certificate::CertificateSigner;
+use custody::clock::SharedClock;
+use custody::config::Config;
+use custody::idempotency::Idempotency;
+use custody::imports::Imports;
+use custody::schedule::ExportSchedules;
+use custody::seal::Sealer;
+use custody::store::Store;
+use custody::subject::PseudonymKey;
+use custody::tenant::TenantId;
+use custody::webhook::Sender;
+use lambda_http::{Body, Request, Response};
+use secrecy::SecretSlice;
+use serde::{Deserialize, Serialize};
+
+pub use process::{Budget, Progress};
+
+/// The function's own settings, read once at cold start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsarConfig {
+    /// How long a presigned link to an access bundle is valid.
+    pub link_ttl: Duration,
+    /// Admit `http://127.0.0.1` verification webhooks (the local stack only).
+    pub allow_insecure_loopback_webhooks: bool,
+}
+
+pub mod vars {
+    pub const LINK_TTL_SECONDS: &str = "CUSTODY_DSAR_LINK_TTL_SECONDS";
+    pub const ALLOW_LOOPBACK_WEBHOOKS: &str = "CUSTODY_DSAR_ALLOW_LOOPBACK_WEBHOOKS";
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DsarConfigError {
+    #[error("environment variable {0} is not set")]
+    Missing(&'static str),
+    #[error("environment variable {0} must be {1}")]
+    Invalid(&'static str, &'static str),
+}
+
+impl DsarConfig {
+    /// Longest link lifetime accepted: a bundle link should be short-lived.
+    pub const MAX_LINK_TTL_SECONDS: u64 = 3600;
+
+    pub fn from_env() -> Result<Self, DsarConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, DsarConfigError> {
+        let ttl = lookup(vars::LINK_TTL_SECONDS)
+            .ok_or(DsarConfigError::Missing(vars::LINK_TTL_SECONDS))?;
+        let ttl: u64 = ttl
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s| (1..=Self::MAX_LINK_TTL_SECONDS).contains(s))
+            .ok_or(DsarConfigError::Invalid(
+                vars::LINK_TTL_SECONDS,
+                "a number of seconds from 1 to 3600",
+            ))?;
+        let loopback = match lookup(vars::ALLOW_LOOPBACK_WEBHOOKS)
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(DsarConfigError::Invalid(
+                    vars::ALLOW_LOOPBACK_WEBHOOKS,
+                    "true or false",
+                ));
+            }
+        };
+        Ok(Self {
+            link_ttl: Duration::from_secs(ttl),
+            allow_insecure_loopback_webhooks: loopback,
+        })
+    }
+}
+
+/// Everything the handlers need, built once per cold start.
+#[derive(Clone)]
+pub struct Deps {
+    pub config: Config,
+    pub dsar: DsarConfig,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub idempotency: Idempotency,
+    pub imports: Imports,
+    pub s3: aws_sdk_s3::Client,
+    pub sealer: Sealer,
+    pub signer: CertificateSigner,
+    pub schedules: ExportSchedules,
+    pub webhooks: Sender,
+    /// The application secret tenant pseudonym keys derive from.
+    pub app_secret: Arc<SecretSlice<u8>>,
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("config", &self.config)
+            .field("dsar", &self.dsar)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deps {
+    /// Builds the dependencies from SDK clients and the loaded app secret.
+    pub fn new(
+        config: Config,
+        dsar: DsarConfig,
+        clients: &custody::aws::Clients,
+        app_secret: SecretSlice<u8>,
+        http: reqwest::Client,
+        clock: SharedClock,
+    ) -> Self {
+        let store = Store::new(clients.dynamodb.clone(), &config.table, clock.clone());
+        Self {
+            audit: AuditLog::new(clients.dynamodb.clone(), &config.audit_table, clock.clone()),
+            idempotency: Idempotency::new(store.clone()),
+            imports: Imports::new(store.clone(), clients.s3.clone(), &config.imports_bucket),
+            s3: clients.s3.clone(),
+            sealer: Sealer::new(clients.kms.clone(), &config.data_key_id),
+            signer: CertificateSigner::new(clients.kms.clone(), &config.signing_key_id),
+            schedules: ExportSchedules::new(clients.scheduler.clone(), &config.schedule_group),
+            webhooks: Sender::new(http, custody::webhook::RetryPolicy::default()),
+            app_secret: Arc::new(app_secret),
+            store,
+            config,
+            dsar,
+            clock,
+        }
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    pub fn pseudonym_key(&self, tenant: &TenantId) -> PseudonymKey {
+        PseudonymKey::derive(&self.app_secret, tenant)
+    }
+}
+
+/// The HTTP entry point: dispatches on the route key; every error is problem+json.
+pub async fn handle_http(deps: &Deps, req: Request) -> Response<Body> {
+    match routes::dispatch(deps, &req).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// The API Gateway v2 (payload 2.0) response for `response`, for the runtime that
+/// serves both the HTTP API and the stream.
+pub fn http_response_json(response: Response<Body>) -> serde_json::Value {
+    use base64::Engine as _;
+    let (parts, body) = response.into_parts();
+    let mut headers = serde_json::Map::new();
+    for name in parts.headers.keys() {
+        let joined = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        headers.insert(name.as_str().to_owned(), joined.into());
+    }
+    let (body, encoded) = match body {
+        Body::Text(text) => (Some(text), false),
+        Body::Binary(bytes) => (
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            true,
+        ),
+        _ => (None, false),
+    };
+    serde_json::json!({
+        "statusCode": parts.status.as_u16(),
+        "headers": headers,
+        "body": body,
+        "isBase64Encoded": encoded,
+    })
+}
+
+/// `{"batchItemFailures": [{"itemIdentifier": <sequence number>}]}`: the records the
+/// event source must deliver again (the template enables `ReportBatchItemFailures`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamResponse {
+    pub batch_item_failures: Vec<ItemFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemFailure {
+    pub item_identifier: String,
+}
+
+/// The fields of a stream image the handler dispatches on.
+#[derive(Debug, Deserialize)]
+struct StreamImage {
+    pk: String,
+    sk: String,
+    kind: String,
+}
+
+/// The stream entry point. Each record is handled on its own; a failed one is
+/// reported for redelivery (and, with bisecting, alone), the others are not.
+pub async fn handle_stream(deps: &Deps, event: StreamEvent, budget: Budget) -> StreamResponse {
+    let mut response = StreamResponse::default();
+    for record in event.records {
+        let image: Result<StreamImage, _> =
+            serde_dynamo::from_item(record.change.new_image.clone());
+        let Ok(image) = image else {
+            tracing::warn!(event_id = %record.event_id, "stream record without a readable new image; skipped");
+            continue;
+        };
+        let Some(tenant) = tenant_of(&image.pk) else {
+            tracing::warn!(event_id = %record.event_id, "stream record outside a tenant partition; skipped");
+            continue;
+        };
+        let result = match image.kind.as_str() {
+            "privacy_request" => match image.sk.strip_prefix("DSAR#") {
+                Some(id) => process::process_request(deps, &tenant, id, budget)
+                    .await
+                    .map(|_| ()),
+                None => Ok(()),
+            },
+            "account_deletion" => account::purge(deps, &tenant, budget).await.map(|_| ()),
+            _ => Ok(()),
+        };
+        if let Err(err) = result {
+            tracing::error!(event_id = %record.event_id, error = %err, "stream record failed; it will be retried");
+            response.batch_item_failures.push(ItemFailure {
+                item_identifier: record
+                    .change
+                    .sequence_number
+                    .clone()
+                    .unwrap_or_else(|| record.event_id.clone()),
+            });
+        }
+    }
+    response
+}
+
+/// The tenant of a `T#<tenant>` partition key.
+fn tenant_of(pk: &str) -> Option<TenantId> {
+    let rest = pk.strip_prefix("T#")?;
+    let id = rest.split('#').next()?;
+    TenantId::parse(id).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_names_a_missing_or_invalid_variable() {
+        let missing = DsarConfig::from_lookup(|_| None).unwrap_err();
+        assert_eq!(missing, DsarConfigError::Missing(vars::LINK_TTL_SECONDS));
+        assert!(missing.to_string().contains(vars::LINK_TTL_SECONDS));
+        for bad in ["0", "3601", "soon"] {
+            let err = DsarConfig::from_lookup(|name| {
+                (name == vars::LINK_TTL_SECONDS).then(|| bad.to_owned())
+            })
+            .unwrap_err();
+            assert!(
+                matches!(err, DsarConfigError::Invalid(vars::LINK_TTL_SECONDS, _)),
+                "{bad}"
+            );
+        }
+        let ok = DsarConfig::from_lookup(|name| match name {
+            vars::LINK_TTL_SECONDS => Some("900".into()),
+            _ => Some("true".into()),
+        })
+        .unwrap();
+        assert_eq!(ok.link_ttl, Duration::from_secs(900));
+        assert!(ok.allow_insecure_loopback_webhooks);
+        assert_eq!(
+            tenant_of("T#acme#S#ps_x").map(|t| t.to_string()),
+            Some("acme".to_owned())
+        );
+        assert!(tenant_of("LOC#x").is_none());
+    }
+}

@@ -1,0 +1,47 @@
+//! Wiring only: config, clients, then one of two runtimes by the event's shape (the
+//! HTTP API and the table stream invoke the same function).
+
+use std::time::Duration;
+
+use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use dsar::{Budget, Deps, DsarConfig};
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::Value;
+
+/// Time kept back from the deadline for the step in flight to finish and record itself.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    custody::telemetry::init();
+    let config = custody::config::Config::from_env()?;
+    let dsar = DsarConfig::from_env()?;
+    let sdk = custody::aws::sdk_config().await;
+    let clients = custody::aws::Clients::new(&sdk);
+    let app_secret =
+        custody::subject::load_app_secret(&clients.secrets, &config.pseudonym_secret_id).await?;
+    let http = custody::http::client()?;
+    let deps = Deps::new(
+        config,
+        dsar,
+        &clients,
+        app_secret,
+        http,
+        custody::clock::system(),
+    );
+    let deps = &deps;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let (payload, context) = event.into_parts();
+        if payload.get("Records").is_some() {
+            let stream: StreamEvent = serde_json::from_value(payload)?;
+            let budget = Budget::from_deadline_ms(context.deadline, deps.now(), DEADLINE_MARGIN);
+            let response = dsar::handle_stream(deps, stream, budget).await;
+            Ok::<Value, lambda_runtime::Error>(serde_json::to_value(response)?)
+        } else {
+            let request = lambda_http::request::from_str(&payload.to_string())?;
+            let response = dsar::handle_http(deps, request).await;
+            Ok(dsar::http_response_json(response))
+        }
+    }))
+    .await
+}

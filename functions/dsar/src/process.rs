@@ -1,0 +1,853 @@
+//! Processing a privacy request: pending → in_processing → complete, one recorded
+//! step at a time.
+//!
+//! Each step's side effects and its audit entry run under an idempotency claim keyed
+//! by (request, step), and its completion is recorded on the request with a
+//! version-conditional write. So a duplicate event finds the step done (or replays
+//! the claim's stored result), and a run that stopped between steps — a crash, the
+//! Lambda deadline — continues at the first step not recorded.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption;
+use chrono::{DateTime, Utc};
+use custody::audit::{Event, Outcome};
+use custody::certificate::{Certificate, ErasedStore, SCHEMA, Scope, SignedCertificate};
+use custody::idempotency::{MAX_INVOCATION, RunError};
+use custody::imports::{Import, ObjectKey};
+use custody::privacy::{
+    AuditRef, BundleInfo, ConsentRecord, ErasureCounts, ErasurePlan, PrivacyRequest, RequestKind,
+    Status, Step,
+};
+use custody::retention::{RetentionClass, S3_TAG_KEY};
+use custody::store::{Condition, Item, Key, StoreError, keys};
+use custody::subject_index::{Source, SubjectRef};
+use custody::tenant::TenantId;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::Deps;
+use crate::files::{self, SubjectMatcher};
+
+/// The audit actor of processing.
+pub const ACTOR: &str = "system:dsar";
+/// Failed runs after which a request is marked `error` (it stays retryable).
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Version tag of the access bundle format (documented in docs/ARCHITECTURE.md).
+pub const BUNDLE_SCHEMA: &str = "custody.dsar.bundle/v1";
+/// Attributes never copied into a bundle from an item of unknown kind.
+const SECRET_ATTRIBUTE_HINTS: [&str; 4] = ["token", "secret", "sealed", "password"];
+
+/// How much one invocation may do before it leaves the rest to the next.
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    /// Until the invocation's deadline (minus a margin for the last step).
+    Until(Instant),
+    /// At most this many steps (and purge pages); used to stop a run between steps.
+    Steps(u32),
+    Unlimited,
+}
+
+impl Budget {
+    /// A budget ending `margin` before a Lambda deadline given in epoch milliseconds.
+    pub fn from_deadline_ms(deadline_ms: u64, now: DateTime<Utc>, margin: Duration) -> Self {
+        let left = deadline_ms.saturating_sub(now.timestamp_millis().max(0) as u64);
+        let usable = Duration::from_millis(left).saturating_sub(margin);
+        Budget::Until(Instant::now() + usable)
+    }
+
+    pub fn exhausted(&self, done: u32) -> bool {
+        match self {
+            Budget::Until(at) => Instant::now() >= *at,
+            Budget::Steps(max) => done >= *max,
+            Budget::Unlimited => false,
+        }
+    }
+
+    /// The time left, for idempotency claims (which expire with the invocation).
+    pub fn remaining(&self) -> Duration {
+        match self {
+            Budget::Until(at) => at.saturating_duration_since(Instant::now()),
+            Budget::Steps(_) | Budget::Unlimited => MAX_INVOCATION,
+        }
+    }
+}
+
+/// Where a run left a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Complete (now or before), or denied.
+    Finished(Status),
+    /// The request may not run (identity unverified, or gone).
+    NotRunnable(Option<Status>),
+    /// The budget ran out; the next stream record continues.
+    Stopped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] custody::audit::AuditError),
+    #[error(transparent)]
+    Files(#[from] files::FileError),
+    #[error(transparent)]
+    Certificate(#[from] custody::certificate::CertificateError),
+    #[error(transparent)]
+    Idempotency(#[from] custody::idempotency::IdempotencyError),
+    #[error(transparent)]
+    Imports(#[from] custody::imports::ImportError),
+    #[error(transparent)]
+    Privacy(#[from] custody::privacy::PrivacyError),
+    #[error(transparent)]
+    Schedule(#[from] custody::schedule::ScheduleError),
+    #[error("the request changed concurrently; retry")]
+    Conflict,
+    #[error("S3 call failed: {0}")]
+    S3(String),
+    #[error("bundle could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl<E: Into<ProcessError>> From<RunError<E>> for ProcessError {
+    fn from(err: RunError<E>) -> Self {
+        match err {
+            RunError::Idempotency(e) => ProcessError::Idempotency(e),
+            RunError::Work(e) => e.into(),
+        }
+    }
+}
+
+/// Runs the request's remaining steps within `budget`.
+pub async fn process_request(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+    budget: Budget,
+) -> Result<Progress, ProcessError> {
+    let key = PrivacyRequest::key_of(tenant, id);
+    let Some(mut request) = deps.store.get::<PrivacyRequest>(&key).await? else {
+        return Ok(Progress::NotRunnable(None));
+    };
+    match request.status {
+        Status::Complete | Status::Denied => return Ok(Progress::Finished(request.status)),
+        Status::Pending => {
+            request.move_to(Status::InProcessing, deps.now())?;
+            save(deps, &mut request).await?;
+        }
+        Status::InProcessing => {}
+        other => return Ok(Progress::NotRunnable(Some(other))),
+    }
+    match run_steps(deps, &mut request, budget).await {
+        Ok(progress) => Ok(progress),
+        Err(err) => {
+            record_failure(deps, tenant, id, &err).await;
+            Err(err)
+        }
+    }
+}
+
+async fn run_steps(
+    deps: &Deps,
+    request: &mut PrivacyRequest,
+    budget: Budget,
+) -> Result<Progress, ProcessError> {
+    let mut ran = 0;
+    for &step in Step::sequence(request.kind) {
+        if request.step_done(step) {
+            continue;
+        }
+        if budget.exhausted(ran) {
+            return Ok(Progress::Stopped);
+        }
+        match step {
+            Step::Bundle => bundle_step(deps, request, budget).await?,
+            Step::Plan => plan_step(deps, request).await?,
+            Step::EraseFiles => erase_files_step(deps, request, budget).await?,
+            Step::EraseResults => erase_results_step(deps, request, budget).await?,
+            Step::EraseItems => erase_items_step(deps, request, budget).await?,
+            Step::Certify => certify_step(deps, request, budget).await?,
+        }
+        request.steps_done.push(step);
+        save(deps, request).await?;
+        ran += 1;
+    }
+    if budget.exhausted(ran) {
+        return Ok(Progress::Stopped);
+    }
+    let completed = audited(deps, request, "complete", budget, || {
+        base_event(request, "privacy_request.completed")
+    })
+    .await?;
+    request.audit.push(completed);
+    request.move_to(Status::Complete, deps.now())?;
+    request.completed_at = Some(deps.now());
+    request.last_error = None;
+    if request.kind == RequestKind::Erasure {
+        // Free text may name the subject; the request keeps pseudonyms only.
+        request.note = None;
+    }
+    save(deps, request).await?;
+    Ok(Progress::Finished(Status::Complete))
+}
+
+/// Writes the request if nobody else wrote it since it was read.
+pub(crate) async fn save(deps: &Deps, request: &mut PrivacyRequest) -> Result<(), ProcessError> {
+    let expected = request.version;
+    request.version += 1;
+    request.updated_at = deps.now();
+    let condition = Condition::new("#v = :v")
+        .name("#v", "version")
+        .value(":v", AttributeValue::N(expected.to_string()));
+    match deps.store.put_if(request, condition).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::ConditionFailed) => Err(ProcessError::Conflict),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Counts a failed run on the request; after [`MAX_ATTEMPTS`] it becomes `error`
+/// (audited). Best effort: the stream redelivers the record either way.
+async fn record_failure(deps: &Deps, tenant: &TenantId, id: &str, err: &ProcessError) {
+    if matches!(err, ProcessError::Conflict) {
+        return;
+    }
+    let key = PrivacyRequest::key_of(tenant, id);
+    let Ok(Some(mut request)) = deps.store.get::<PrivacyRequest>(&key).await else {
+        return;
+    };
+    request.attempts += 1;
+    // The error's kind, not its text: texts from S3 or parsers could quote data.
+    request.last_error = Some(error_kind(err).to_owned());
+    let failed = request.attempts >= MAX_ATTEMPTS && request.status == Status::InProcessing;
+    if failed {
+        request.status = Status::Error;
+    }
+    if save(deps, &mut request).await.is_ok() && failed {
+        let event = base_event(&request, "privacy_request.failed")
+            .outcome(Outcome::Failure)
+            .detail("error", error_kind(err));
+        if let Err(e) = deps.audit.append(tenant, event).await {
+            tracing::error!(error = %e, "audit of a failed request could not be written");
+        }
+    }
+}
+
+fn error_kind(err: &ProcessError) -> &'static str {
+    match err {
+        ProcessError::Store(_) => "store",
+        ProcessError::Audit(_) => "audit",
+        ProcessError::Files(_) => "files",
+        ProcessError::Certificate(_) => "certificate",
+        ProcessError::Idempotency(_) => "idempotency",
+        ProcessError::Imports(_) => "imports",
+        ProcessError::Privacy(_) => "state",
+        ProcessError::Schedule(_) => "schedule",
+        ProcessError::Conflict => "conflict",
+        ProcessError::S3(_) => "s3",
+        ProcessError::Encode(_) => "encode",
+    }
+}
+
+/// An audit event about the request: ids and pseudonyms only.
+pub(crate) fn base_event(request: &PrivacyRequest, action: &str) -> Event {
+    let mut event = Event::new(
+        ACTOR,
+        action,
+        custody::store::keys::privacy_request(&request.id),
+    )
+    .detail("kind", request.kind.as_str())
+    .detail("regulation", request.regulation.as_str());
+    if let Some(first) = request.pseudonyms.first() {
+        event = event.subject(first.clone());
+    }
+    if request.pseudonyms.len() > 1 {
+        event = event.detail("pseudonyms", request.pseudonyms.clone());
+    }
+    event
+}
+
+/// Appends an audit event once per (request, step): a duplicate run replays the
+/// stored reference instead of appending again.
+async fn audited(
+    deps: &Deps,
+    request: &PrivacyRequest,
+    step: &str,
+    budget: Budget,
+    event: impl FnOnce() -> Event,
+) -> Result<AuditRef, ProcessError> {
+    let tenant = request.tenant.clone();
+    let event = event();
+    let outcome = deps
+        .idempotency
+        .run(
+            &tenant,
+            &format!("dsar:{}:{step}:audit", request.id),
+            &request.id,
+            budget.remaining(),
+            || async {
+                let entry = deps.audit.append(&tenant, event).await?;
+                Ok::<_, ProcessError>(AuditRef::from(&entry))
+            },
+        )
+        .await?;
+    Ok(outcome.into_inner())
+}
+
+/// Runs `work` once per key; a duplicate gets the stored result.
+async fn once<T, F, Fut>(
+    deps: &Deps,
+    tenant: &TenantId,
+    key: &str,
+    budget: Budget,
+    work: F,
+) -> Result<T, ProcessError>
+where
+    T: Serialize + for<'de> Deserialize<'de>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, ProcessError>>,
+{
+    let outcome = deps
+        .idempotency
+        .run(tenant, key, &key, budget.remaining(), work)
+        .await?;
+    Ok(outcome.into_inner())
+}
+
+// ---------------------------------------------------------------------------------
+// Gathering
+// ---------------------------------------------------------------------------------
+
+/// Everything the index says about the subject, deduplicated across pseudonyms.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Import objects holding the subject's rows.
+    pub objects: BTreeSet<String>,
+    /// Every indexed item (`pk`, `sk`) with its kind.
+    pub items: Vec<(Key, String)>,
+    /// Privacy requests about the subject (ids).
+    pub requests: BTreeSet<String>,
+}
+
+/// Reads the `by_subject` index for every pseudonym of the request and resolves the
+/// subject refs: one query per pseudonym plus one read per record found, so the
+/// cost follows the subject's records, never the table's size.
+pub async fn find(deps: &Deps, request: &PrivacyRequest) -> Result<Found, ProcessError> {
+    let mut found = Found::default();
+    let mut seen = HashSet::new();
+    for pseudonym in &request.pseudonyms {
+        for item in deps.store.subject_items(&request.tenant, pseudonym).await? {
+            let (Some(pk), Some(sk)) = (text(&item, "pk"), text(&item, "sk")) else {
+                continue;
+            };
+            let key = Key::new(pk, sk);
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let kind = text(&item, "kind").unwrap_or_default();
+            if kind == <SubjectRef as custody::store::Entity>::KIND
+                && let Some(subject_ref) = deps.store.get::<SubjectRef>(&key).await?
+            {
+                match subject_ref.source {
+                    Source::ImportObject => {
+                        if let Some(object) = subject_ref.object_key {
+                            found.objects.insert(object);
+                        }
+                    }
+                    Source::PrivacyRequest => {
+                        found.requests.insert(subject_ref.source_id);
+                    }
+                    Source::Consent => {}
+                }
+            }
+            found.items.push((key, kind));
+        }
+    }
+    Ok(found)
+}
+
+fn text(item: &Item, name: &str) -> Option<String> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+}
+
+/// The subject's rows of one import object, with the matcher the import used.
+async fn rows_of(
+    deps: &Deps,
+    request: &PrivacyRequest,
+    object: &str,
+    pseudonyms: &HashSet<String>,
+) -> Result<Vec<Map<String, Value>>, ProcessError> {
+    let key = deps.pseudonym_key(&request.tenant);
+    let matcher = SubjectMatcher {
+        key: &key,
+        pseudonyms,
+        default_country_code: default_country_code(deps, &request.tenant, object).await?,
+    };
+    let Some(bytes) = files::read_object(deps, object).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(files::split(object, &bytes, &matcher)?.matched)
+}
+
+/// The country code the import normalised national phone numbers with.
+async fn default_country_code(
+    deps: &Deps,
+    tenant: &TenantId,
+    object: &str,
+) -> Result<Option<String>, ProcessError> {
+    let Some(parsed) = ObjectKey::parse(object) else {
+        return Ok(None);
+    };
+    if parsed.tenant != *tenant {
+        return Ok(None);
+    }
+    Ok(deps
+        .store
+        .get::<Import>(&Import::key_of(tenant, &parsed.import_id))
+        .await?
+        .and_then(|import| import.default_country_code))
+}
+
+/// The results-bucket prefix of a tenant, and of one request.
+pub fn results_tenant_prefix(tenant: &TenantId) -> String {
+    format!("dsar/{tenant}/")
+}
+
+pub fn results_prefix(tenant: &TenantId, request_id: &str) -> String {
+    format!("dsar/{tenant}/{request_id}/")
+}
+
+pub fn bundle_key(tenant: &TenantId, request_id: &str) -> String {
+    format!("{}bundle.json", results_prefix(tenant, request_id))
+}
+
+// ---------------------------------------------------------------------------------
+// Access
+// ---------------------------------------------------------------------------------
+
+async fn bundle_step(
+    deps: &Deps,
+    request: &mut PrivacyRequest,
+    budget: Budget,
+) -> Result<(), ProcessError> {
+    let snapshot = request.clone();
+    let (info, audit): (BundleInfo, AuditRef) = once(
+        deps,
+        &request.tenant,
+        &format!("dsar:{}:bundle", request.id),
+        budget,
+        || async {
+            let bundle = build_bundle(deps, &snapshot).await?;
+            let records = bundle
+                .get("record_count")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let bytes = serde_json::to_vec_pretty(&bundle)
+                .map_err(|e| ProcessError::Encode(e.to_string()))?;
+            let sha256 = hex::encode(Sha256::digest(&bytes));
+            let key = bundle_key(&snapshot.tenant, &snapshot.id);
+            let size = bytes.len() as u64;
+            deps.s3
+                .put_object()
+                .bucket(&deps.config.dsar_results_bucket)
+                .key(&key)
+                .body(ByteStream::from(bytes))
+                .content_type("application/json")
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(&deps.config.data_key_id)
+                .tagging(format!(
+                    "{S3_TAG_KEY}={}",
+                    RetentionClass::DsarResult.name()
+                ))
+                .send()
+                .await
+                .map_err(|e| ProcessError::S3(custody::aws::error_text(&e)))?;
+            let entry = deps
+                .audit
+                .append(
+                    &snapshot.tenant,
+                    base_event(&snapshot, "privacy_request.exported")
+                        .detail("records", records)
+                        .detail("bytes", size)
+                        .detail("sha256", sha256.clone()),
+                )
+                .await?;
+            let info = BundleInfo {
+                key,
+                sha256,
+                bytes: size,
+                records,
+                created_at: deps.now(),
+            };
+            Ok((info, AuditRef::from(&entry)))
+        },
+    )
+    .await?;
+    request.bundle = Some(info);
+    request.audit.push(audit);
+    Ok(())
+}
+
+/// The access bundle: a JSON document (schema [`BUNDLE_SCHEMA`]) of every record held
+/// about the subject.
+pub async fn build_bundle(deps: &Deps, request: &PrivacyRequest) -> Result<Value, ProcessError> {
+    let found = find(deps, request).await?;
+    let pseudonyms: HashSet<String> = request.pseudonyms.iter().cloned().collect();
+    let mut record_count = 0u64;
+
+    let mut imported = Vec::new();
+    for object in &found.objects {
+        let rows = rows_of(deps, request, object, &pseudonyms).await?;
+        if rows.is_empty() {
+            continue;
+        }
+        record_count += rows.len() as u64;
+        let parsed = ObjectKey::parse(object);
+        imported.push(json!({
+            "import_id": parsed.as_ref().map(|k| k.import_id.clone()),
+            "object": parsed.as_ref().map(|k| k.name.clone()),
+            "format": match files::format_of(object) {
+                custody::imports::Format::Csv => "csv",
+                _ => "jsonl",
+            },
+            "rows": rows,
+        }));
+    }
+
+    let mut consent = Vec::new();
+    let mut other = Vec::new();
+    for (key, kind) in &found.items {
+        match kind.as_str() {
+            k if k == <SubjectRef as custody::store::Entity>::KIND => {}
+            k if k == <ConsentRecord as custody::store::Entity>::KIND => {
+                if let Some(record) = deps.store.get::<ConsentRecord>(key).await? {
+                    record_count += 1;
+                    consent.push(json!({
+                        "purpose": record.purpose,
+                        "state": record.current.state,
+                        "at": record.current.at,
+                        "source": record.current.source,
+                        "policy_version": record.current.policy_version,
+                        "history": record.history.iter().map(|c| json!({
+                            "state": c.state, "at": c.at, "source": c.source,
+                            "policy_version": c.policy_version,
+                        })).collect::<Vec<_>>(),
+                    }));
+                }
+            }
+            _ => {
+                if let Some(item) = deps.store.get_item(key).await? {
+                    record_count += 1;
+                    other.push(sanitised(item));
+                }
+            }
+        }
+    }
+
+    let mut requests = Vec::new();
+    for id in &found.requests {
+        let key = PrivacyRequest::key_of(&request.tenant, id);
+        if let Some(r) = deps.store.get::<PrivacyRequest>(&key).await? {
+            record_count += 1;
+            requests.push(json!({
+                "id": r.id,
+                "kind": r.kind,
+                "regulation": r.regulation,
+                "status": r.status,
+                "received_at": r.deadlines.received_at,
+                "due_at": r.deadlines.due_at,
+                "completed_at": r.completed_at,
+                "note": r.note,
+            }));
+        }
+    }
+
+    let mut connections = Vec::new();
+    if request.account_holder {
+        let page = deps
+            .store
+            .client()
+            .query()
+            .table_name(deps.store.table())
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", AttributeValue::S(keys::tenant(&request.tenant)))
+            .expression_attribute_values(":prefix", AttributeValue::S(keys::connection("")))
+            .send()
+            .await
+            .map_err(|e| ProcessError::Store(StoreError::Dynamo(custody::aws::error_text(&e))))?;
+        for item in page.items.unwrap_or_default() {
+            record_count += 1;
+            connections.push(sanitised(item));
+        }
+    }
+
+    Ok(json!({
+        "schema": BUNDLE_SCHEMA,
+        "generated_at": deps.now(),
+        "tenant": request.tenant,
+        "request": {
+            "id": request.id,
+            "regulation": request.regulation,
+            "received_at": request.deadlines.received_at,
+        },
+        "subject": { "pseudonyms": request.pseudonyms },
+        "record_count": record_count,
+        "imported_records": imported,
+        "consent": consent,
+        "privacy_requests": requests,
+        "connections": connections,
+        "other_records": other,
+    }))
+}
+
+/// An item as JSON without keys, index attributes or anything secret-looking.
+fn sanitised(item: Item) -> Value {
+    let value: Value = serde_dynamo::from_item(item).unwrap_or(Value::Null);
+    let Value::Object(map) = value else {
+        return Value::Null;
+    };
+    Value::Object(
+        map.into_iter()
+            .filter(|(name, _)| {
+                let lower = name.to_ascii_lowercase();
+                !matches!(
+                    lower.as_str(),
+                    "pk" | "sk" | "subject_pk" | "subject_sk" | "lease_owner"
+                ) && !SECRET_ATTRIBUTE_HINTS
+                    .iter()
+                    .any(|hint| lower.contains(hint))
+            })
+            .collect(),
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// Erasure
+// ---------------------------------------------------------------------------------
+
+async fn plan_step(deps: &Deps, request: &mut PrivacyRequest) -> Result<(), ProcessError> {
+    let found = find(deps, request).await?;
+    request.plan = Some(ErasurePlan {
+        objects: found.objects.into_iter().collect(),
+        items: found
+            .items
+            .into_iter()
+            .map(|(key, _)| (key.pk, key.sk))
+            .collect(),
+        earlier_requests: found
+            .requests
+            .into_iter()
+            .filter(|id| *id != request.id)
+            .collect(),
+    });
+    request.erased = Some(ErasureCounts::default());
+    Ok(())
+}
+
+/// Rewrites every planned object without the subject; each object once.
+async fn erase_files_step(
+    deps: &Deps,
+    request: &mut PrivacyRequest,
+    budget: Budget,
+) -> Result<(), ProcessError> {
+    let plan = request.plan.clone().unwrap_or_default();
+    let pseudonyms: HashSet<String> = request.pseudonyms.iter().cloned().collect();
+    let key = deps.pseudonym_key(&request.tenant);
+    let mut counts = request.erased.clone().unwrap_or_default();
+    for object in &plan.objects {
+        let object_id = hex::encode(&Sha256::digest(object.as_bytes())[..12]);
+        let erased: (u64, bool, u64) = once(
+            deps,
+            &request.tenant,
+            &format!("dsar:{}:file:{object_id}", request.id),
+            budget,
+            || async {
+                let matcher = SubjectMatcher {
+                    key: &key,
+                    pseudonyms: &pseudonyms,
+                    default_country_code: default_country_code(deps, &request.tenant, object)
+                        .await?,
+                };
+                let outcome = files::erase_from_object(deps, object, &matcher).await?;
+                Ok((
+                    outcome.rows_removed,
+                    outcome.rewritten,
+                    outcome.versions_deleted,
+                ))
+            },
+        )
+        .await?;
+        counts.import_rows += erased.0;
+        counts.import_objects += u64::from(erased.1);
+        counts.import_versions_deleted += erased.2;
+    }
+    let entry = audited(deps, request, "erase_files", budget, || {
+        base_event(request, "privacy_request.files_erased")
+            .detail("objects", plan.objects.len())
+            .detail("rows", counts.import_rows)
+            .detail("versions_deleted", counts.import_versions_deleted)
+    })
+    .await?;
+    request.audit.push(entry);
+    request.erased = Some(counts);
+    Ok(())
+}
+
+/// Deletes every version of the access bundles of earlier requests of the subject.
+async fn erase_results_step(
+    deps: &Deps,
+    request: &mut PrivacyRequest,
+    budget: Budget,
+) -> Result<(), ProcessError> {
+    let plan = request.plan.clone().unwrap_or_default();
+    let deleted: u64 = once(
+        deps,
+        &request.tenant,
+        &format!("dsar:{}:erase_results", request.id),
+        budget,
+        || async {
+            let mut deleted = 0;
+            for id in &plan.earlier_requests {
+                deleted += files::delete_prefix_versions(
+                    deps,
+                    &deps.config.dsar_results_bucket,
+                    &results_prefix(&request.tenant, id),
+                )
+                .await?;
+            }
+            Ok(deleted)
+        },
+    )
+    .await?;
+    let mut counts = request.erased.clone().unwrap_or_default();
+    counts.result_versions_deleted = deleted;
+    request.erased = Some(counts);
+    Ok(())
+}
+
+/// Deletes consent records, index entries and other indexed items; removes the
+/// free-text notes of earlier requests (which stay, pseudonymous, as the record that
+/// they were answered).
+async fn erase_items_step(
+    deps: &Deps,
+    request: &mut PrivacyRequest,
+    budget: Budget,
+) -> Result<(), ProcessError> {
+    let plan = request.plan.clone().unwrap_or_default();
+    let mut counts = request.erased.clone().unwrap_or_default();
+    for (pk, sk) in &plan.items {
+        deps.store.delete(&Key::new(pk.clone(), sk.clone())).await?;
+        if sk.starts_with("REF#") {
+            counts.index_entries += 1;
+        } else if sk.starts_with(&keys::consent("")) {
+            counts.consent_records += 1;
+        } else {
+            counts.other_items += 1;
+        }
+    }
+    for id in &plan.earlier_requests {
+        let key = PrivacyRequest::key_of(&request.tenant, id);
+        // A concurrent write to the earlier request retries through the stream.
+        if let Some(mut earlier) = deps.store.get::<PrivacyRequest>(&key).await?
+            && earlier.note.is_some()
+        {
+            earlier.note = None;
+            save(deps, &mut earlier).await?;
+        }
+        counts.requests_scrubbed += 1;
+    }
+    let entry = audited(deps, request, "erase_items", budget, || {
+        base_event(request, "privacy_request.items_erased")
+            .detail("consent_records", counts.consent_records)
+            .detail("index_entries", counts.index_entries)
+            .detail("other_items", counts.other_items)
+            .detail("result_versions_deleted", counts.result_versions_deleted)
+    })
+    .await?;
+    request.audit.push(entry);
+    request.erased = Some(counts);
+    Ok(())
+}
+
+/// Logs the erasure and signs the certificate over it.
+async fn certify_step(
+    deps: &Deps,
+    request: &mut PrivacyRequest,
+    budget: Budget,
+) -> Result<(), ProcessError> {
+    let snapshot = request.clone();
+    let (signed, audit): (SignedCertificate, AuditRef) = once(
+        deps,
+        &request.tenant,
+        &format!("dsar:{}:certify", request.id),
+        budget,
+        || async {
+            let counts = snapshot.erased.clone().unwrap_or_default();
+            let entry = deps
+                .audit
+                .append(
+                    &snapshot.tenant,
+                    base_event(&snapshot, "privacy_request.erased")
+                        .detail("import_rows", counts.import_rows)
+                        .detail("consent_records", counts.consent_records),
+                )
+                .await?;
+            let mut audit_entries = snapshot.audit.clone();
+            audit_entries.push(AuditRef::from(&entry));
+            let now = deps.now();
+            let certificate = Certificate {
+                schema: SCHEMA.to_owned(),
+                certificate_id: ulid::Ulid::new().to_string(),
+                scope: Scope::Subject,
+                tenant: snapshot.tenant.to_string(),
+                request_id: snapshot.id.clone(),
+                regulation: Some(snapshot.regulation.as_str().to_owned()),
+                subject_pseudonyms: snapshot.pseudonyms.clone(),
+                received_at: snapshot.deadlines.received_at,
+                erased_at: now,
+                issued_at: now,
+                erased: erased_stores(&counts),
+                audit_entries,
+                audit_head_hash: entry.hash.clone(),
+                key_id: String::new(),
+                algorithm: String::new(),
+            };
+            let signed = deps.signer.sign(certificate).await?;
+            Ok((signed, AuditRef::from(&entry)))
+        },
+    )
+    .await?;
+    request.certificate = Some(signed);
+    request.audit.push(audit);
+    Ok(())
+}
+
+fn erased_stores(counts: &ErasureCounts) -> Vec<ErasedStore> {
+    vec![
+        ErasedStore::new("imports-bucket", "rows", counts.import_rows),
+        ErasedStore::new("imports-bucket", "objects_rewritten", counts.import_objects),
+        ErasedStore::new(
+            "imports-bucket",
+            "object_versions_deleted",
+            counts.import_versions_deleted,
+        ),
+        ErasedStore::new(
+            "dsar-results-bucket",
+            "object_versions_deleted",
+            counts.result_versions_deleted,
+        ),
+        ErasedStore::new("custody-table", "consent_records", counts.consent_records),
+        ErasedStore::new("custody-table", "index_entries", counts.index_entries),
+        ErasedStore::new("custody-table", "other_items", counts.other_items),
+        ErasedStore::new(
+            "custody-table",
+            "request_notes_removed",
+            counts.requests_scrubbed,
+        ),
+    ]
+}

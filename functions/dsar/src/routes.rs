@@ -1,0 +1,1113 @@
+//! The HTTP routes. Roles: admins create, extend and erase, manage consent, settings
+//! and the account; viewers (and up) read status and certificates; any caller of the
+//! tenant may submit a subject's verification code (the code is the proof).
+//! `GET /privacy/public-key` is public so anyone can verify a certificate.
+
+use std::collections::HashSet;
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_s3::presigning::PresigningConfig;
+use chrono::{DateTime, Duration, Utc};
+use custody::api::{
+    Caller, Problem, Role, caller, ensure_owned, json_body, json_response, path_param, route_key,
+};
+use custody::audit::{Event, Outcome};
+use custody::privacy::{
+    ConsentChange, ConsentRecord, ConsentState, Deadlines, ExtensionLength, MAX_TEXT_LEN,
+    MAX_VERIFICATION_ATTEMPTS, PrivacyError, PrivacyRequest, PrivacySettings, Regulation,
+    RequestKind, Status, TenantZone, VerificationCode, WebhookTarget, days_left, extend_deadlines,
+    validate_purpose,
+};
+use custody::retention::RetentionClass;
+use custody::seal::{Purpose, SealContext};
+use custody::store::{Condition, Entity, Store, StoreError, keys};
+use custody::subject::{Identifier, IdentifierKind};
+use custody::subject_index::{Source, SubjectRef};
+use custody::tenant::TenantId;
+use http::StatusCode;
+use lambda_http::{Body, Request, RequestExt, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::process::{ProcessError, base_event};
+use crate::{Deps, account};
+
+/// Largest JSON body accepted.
+const MAX_BODY: usize = 16 * 1024;
+
+pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
+    let route = route_key(req).unwrap_or_default();
+    if route == "GET /privacy/public-key" {
+        return public_key(deps).await;
+    }
+    let caller = caller(req)?;
+    match route.as_str() {
+        "POST /privacy/export" => create(deps, req, &caller, RequestKind::Access).await,
+        "POST /privacy/delete" => create(deps, req, &caller, RequestKind::Erasure).await,
+        "GET /privacy/requests" => list(deps, &caller).await,
+        "GET /privacy/requests/{id}" => get_request(deps, req, &caller).await,
+        "POST /privacy/requests/{id}/verify" => verify(deps, req, &caller).await,
+        "POST /privacy/requests/{id}/extend" => extend(deps, req, &caller).await,
+        "GET /privacy/requests/{id}/certificate" => certificate(deps, req, &caller).await,
+        "GET /privacy/consent" => get_consent(deps, req, &caller).await,
+        "PUT /privacy/consent" => put_consent(deps, req, &caller).await,
+        "GET /privacy/settings" => get_settings(deps, &caller).await,
+        "PUT /privacy/settings" => put_settings(deps, req, &caller).await,
+        "DELETE /account" => delete_account(deps, req, &caller).await,
+        _ => Err(Problem::not_found()),
+    }
+}
+
+fn actor(caller: &Caller) -> String {
+    format!("user:{}", caller.subject)
+}
+
+fn problem(err: ProcessError) -> Problem {
+    match err {
+        ProcessError::Store(e) => e.into(),
+        ProcessError::Privacy(e) => e.into(),
+        ProcessError::Conflict => Problem::conflict("the request changed concurrently; try again"),
+        other => {
+            tracing::error!(error = %other, "privacy request processing failed");
+            Problem::internal()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Subjects
+// ---------------------------------------------------------------------------------
+
+/// How a caller names a data subject: at least one identifier.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectInput {
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub contact_id: Option<String>,
+    /// Country calling code for a national phone number (e.g. `44`).
+    #[serde(default)]
+    pub default_country_code: Option<String>,
+}
+
+impl SubjectInput {
+    /// The normalised identifiers, in the order email, phone, contact id. Errors name
+    /// the field, never the value.
+    fn identifiers(&self, field: &str) -> Result<Vec<Identifier>, Problem> {
+        let mut ids = Vec::new();
+        for (kind, value) in [
+            (IdentifierKind::Email, &self.email),
+            (IdentifierKind::Phone, &self.phone),
+            (IdentifierKind::ContactId, &self.contact_id),
+        ] {
+            if let Some(raw) = value {
+                let id = Identifier::new(kind, raw, self.default_country_code.as_deref())
+                    .map_err(|e| Problem::bad_request(format!("{field}.{kind}"), e.to_string()))?;
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            return Err(Problem::bad_request(
+                field,
+                "name the subject by at least one of email, phone or contact_id",
+            ));
+        }
+        Ok(ids)
+    }
+
+    fn pseudonyms(
+        &self,
+        deps: &Deps,
+        tenant: &TenantId,
+        field: &str,
+    ) -> Result<Vec<String>, Problem> {
+        let key = deps.pseudonym_key(tenant);
+        let mut seen = HashSet::new();
+        Ok(self
+            .identifiers(field)?
+            .iter()
+            .map(|id| key.pseudonym(id).to_string())
+            .filter(|p| seen.insert(p.clone()))
+            .collect())
+    }
+}
+
+fn check_text(field: &str, text: &str) -> Result<(), Problem> {
+    if text.chars().count() > MAX_TEXT_LEN {
+        return Err(Problem::bad_request(
+            field,
+            PrivacyError::TextTooLong.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// A request id from the path; anything that is not a ULID cannot exist (404).
+fn request_id(req: &Request) -> Result<String, Problem> {
+    let id = path_param(req, "id")?;
+    if id.len() != 26 || ulid::Ulid::from_string(&id).is_err() {
+        return Err(Problem::not_found());
+    }
+    Ok(id)
+}
+
+async fn load_request(deps: &Deps, caller: &Caller, id: &str) -> Result<PrivacyRequest, Problem> {
+    let request = deps
+        .store
+        .get::<PrivacyRequest>(&PrivacyRequest::key_of(&caller.tenant, id))
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    ensure_owned(caller, &request.tenant)?;
+    Ok(request)
+}
+
+async fn settings(deps: &Deps, tenant: &TenantId) -> Result<Option<PrivacySettings>, Problem> {
+    Ok(deps
+        .store
+        .get::<PrivacySettings>(&PrivacySettings::key_of(tenant))
+        .await?)
+}
+
+// ---------------------------------------------------------------------------------
+// Creating requests
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    subject: SubjectInput,
+    regulation: Regulation,
+    #[serde(default)]
+    note: Option<String>,
+    /// Send the subject a one-time code (through the tenant's verification webhook)
+    /// and run only once it is entered. Without it, the admin attests the identity.
+    #[serde(default)]
+    verify_subject: bool,
+    /// The subject is the tenant's account holder: connection data is theirs.
+    #[serde(default)]
+    account_holder: bool,
+    /// When the tenant received the request, if earlier than now: deadlines run from
+    /// receipt, not from filing.
+    #[serde(default)]
+    received_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize)]
+struct CodeMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    tenant: &'a str,
+    request_id: &'a str,
+    code: &'a str,
+    expires_at: DateTime<Utc>,
+}
+
+async fn create(
+    deps: &Deps,
+    req: &Request,
+    caller: &Caller,
+    kind: RequestKind,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let body: CreateBody = json_body(req, MAX_BODY)?;
+    let tenant = &caller.tenant;
+    let pseudonyms = body.subject.pseudonyms(deps, tenant, "subject")?;
+    if let Some(note) = &body.note {
+        check_text("note", note)?;
+    }
+    let now = deps.now();
+    let received_at = body.received_at.unwrap_or(now);
+    if received_at > now + Duration::minutes(5) {
+        return Err(Problem::bad_request(
+            "received_at",
+            "received_at is in the future",
+        ));
+    }
+    let settings = settings(deps, tenant).await?;
+    let webhook = match (&settings, body.verify_subject) {
+        (
+            Some(PrivacySettings {
+                verification_webhook: Some(hook),
+                ..
+            }),
+            true,
+        ) => Some(hook.clone()),
+        (_, true) => {
+            return Err(Problem::conflict(
+                "no verification webhook is configured (PUT /privacy/settings), so no code can reach the subject",
+            ));
+        }
+        (_, false) => None,
+    };
+    let zone = settings
+        .as_ref()
+        .map(PrivacySettings::zone)
+        .unwrap_or_default();
+    let free_of_charge = !requested_within_a_year(deps, tenant, &pseudonyms, received_at).await?;
+
+    let id = ulid::Ulid::new().to_string();
+    let deadlines = Deadlines::compute(body.regulation, received_at, zone);
+    let mut request = PrivacyRequest {
+        tenant: tenant.clone(),
+        id: id.clone(),
+        kind,
+        regulation: body.regulation,
+        status: Status::Received,
+        pseudonyms: pseudonyms.clone(),
+        account_holder: body.account_holder,
+        note: body.note.filter(|n| !n.trim().is_empty()),
+        time_zone: zone.name().to_owned(),
+        deadlines,
+        acknowledged_at: now,
+        acknowledged_in_time: now <= deadlines.ack_due,
+        extension: None,
+        free_of_charge,
+        requested_by: actor(caller),
+        steps_done: Vec::new(),
+        audit: Vec::new(),
+        bundle: None,
+        plan: None,
+        erased: None,
+        certificate: None,
+        denial_reason: None,
+        attempts: 0,
+        last_error: None,
+        completed_at: None,
+        updated_at: now,
+        version: 1,
+    };
+    let next = if webhook.is_some() {
+        Status::IdentityUnverified
+    } else {
+        Status::Pending
+    };
+    request.move_to(next, now)?;
+
+    // The request, its index entries and its code in one transaction: never a request
+    // without its refs, nor a code without its request.
+    let mut writes = vec![put(deps, &request, true)?];
+    for pseudonym in &pseudonyms {
+        let subject_ref = SubjectRef {
+            tenant: tenant.clone(),
+            pseudonym: pseudonym.clone(),
+            source: Source::PrivacyRequest,
+            source_id: id.clone(),
+            object_key: None,
+            count: 1,
+            expires_at: None,
+        };
+        writes.push(put(deps, &subject_ref, false)?);
+    }
+    let code = match &webhook {
+        Some(_) => {
+            let (code, stored) = VerificationCode::issue(tenant, &id, now);
+            writes.push(put(deps, &stored, false)?);
+            Some((code, stored.expires_at))
+        }
+        None => None,
+    };
+    deps.store
+        .client()
+        .transact_write_items()
+        .set_transact_items(Some(writes))
+        .send()
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %custody::aws::error_text(&e), "privacy request could not be stored");
+            Problem::internal()
+        })?;
+    deps.audit
+        .append(
+            tenant,
+            Event {
+                actor: actor(caller),
+                ..base_event(&request, "privacy_request.created")
+            }
+            .detail("due_at", request.deadlines.due_at.to_rfc3339())
+            .detail("verify_subject", webhook.is_some())
+            .detail("free_of_charge", free_of_charge),
+        )
+        .await?;
+    let mut delivered = None;
+    if let (Some(hook), Some((code, expires_at))) = (&webhook, &code) {
+        let ok = deliver_code(deps, tenant, hook, &id, code, *expires_at).await;
+        delivered = Some(ok);
+    }
+    json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "id": id,
+            "kind": kind,
+            "status": request.status,
+            "regulation": request.regulation,
+            "received_at": deadlines.received_at,
+            "ack_due": deadlines.ack_due,
+            "due_at": deadlines.due_at,
+            "product_due_at": deadlines.product_due_at,
+            "respond_by": deadlines.respond_by(),
+            "acknowledged_in_time": request.acknowledged_in_time,
+            "time_zone": request.time_zone,
+            "free_of_charge": free_of_charge,
+            "verification": webhook.as_ref().map(|_| json!({
+                "required": true,
+                "code_delivered": delivered.unwrap_or(false),
+            })),
+        }),
+    )
+}
+
+fn put<E: Entity>(deps: &Deps, entity: &E, new: bool) -> Result<TransactWriteItem, Problem> {
+    let item = Store::encode(entity)?;
+    let mut put = Put::builder()
+        .table_name(deps.store.table())
+        .set_item(Some(item));
+    if new {
+        put = put.condition_expression("attribute_not_exists(pk)");
+    }
+    let put = put.build().map_err(|e| {
+        tracing::error!(error = %e, "transaction item could not be built");
+        Problem::internal()
+    })?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+/// Whether the subject filed a request in the twelve months before `at` (the first
+/// one in a year is free of charge).
+async fn requested_within_a_year(
+    deps: &Deps,
+    tenant: &TenantId,
+    pseudonyms: &[String],
+    at: DateTime<Utc>,
+) -> Result<bool, Problem> {
+    let since = at - Duration::days(365);
+    for pseudonym in pseudonyms {
+        for item in deps.store.subject_items(tenant, pseudonym).await? {
+            let Some(sk) = item
+                .get(custody::store::SUBJECT_SK)
+                .and_then(|v| v.as_s().ok())
+            else {
+                continue;
+            };
+            let Some(id) = sk.strip_prefix(&format!("{}#", Source::PrivacyRequest.as_str())) else {
+                continue;
+            };
+            let filed = ulid::Ulid::from_string(id)
+                .ok()
+                .and_then(|u| DateTime::<Utc>::from_timestamp_millis(u.timestamp_ms() as i64));
+            if filed.is_some_and(|filed| filed >= since) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Sends the code to the tenant's verification webhook (signed). A failure is logged
+/// and reported in the response; the request waits, unverified.
+async fn deliver_code(
+    deps: &Deps,
+    tenant: &TenantId,
+    hook: &WebhookTarget,
+    request_id: &str,
+    code: &SecretString,
+    expires_at: i64,
+) -> bool {
+    let attempt = async {
+        let url = custody::webhook::destination_url(
+            &hook.url,
+            deps.dsar.allow_insecure_loopback_webhooks,
+        )
+        .map_err(|e| e.to_string())?;
+        let secret = deps
+            .sealer
+            .open(
+                &SealContext::new(tenant, Purpose::WebhookSecret, PrivacySettings::RECORD),
+                &hook.secret,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let message = CodeMessage {
+            kind: "privacy_request.verification_code",
+            tenant: tenant.as_str(),
+            request_id,
+            code: code.expose_secret(),
+            expires_at: DateTime::from_timestamp(expires_at, 0).unwrap_or_default(),
+        };
+        let body = serde_json::to_vec(&message).map_err(|e| e.to_string())?;
+        deps.webhooks
+            .deliver(
+                &url,
+                &secret,
+                &format!("{request_id}.verification"),
+                body.into(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match attempt.await {
+        Ok(_) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, request_id, "verification code could not be delivered");
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Reading requests
+// ---------------------------------------------------------------------------------
+
+async fn list(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    let now = deps.now();
+    let mut open: Vec<PrivacyRequest> = deps
+        .store
+        .query_all::<PrivacyRequest>(&keys::tenant(&caller.tenant), &keys::privacy_request(""))
+        .await?
+        .into_iter()
+        .filter(|r| r.status.is_open())
+        .collect();
+    open.sort_by_key(|r| r.deadlines.respond_by());
+    let requests: Vec<_> = open
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "kind": r.kind,
+                "regulation": r.regulation,
+                "status": r.status,
+                "received_at": r.deadlines.received_at,
+                "due_at": r.deadlines.due_at,
+                "respond_by": r.deadlines.respond_by(),
+                "days_left": days_left(r.deadlines.respond_by(), now),
+                "overdue": now > r.deadlines.respond_by(),
+                "extended": r.extension.is_some(),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "requests": requests }))
+}
+
+async fn get_request(
+    deps: &Deps,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    let id = request_id(req)?;
+    let request = load_request(deps, caller, &id).await?;
+    let now = deps.now();
+    let mut download = None;
+    if let Some(bundle) = &request.bundle {
+        let lives =
+            bundle.created_at + RetentionClass::DsarResult.duration().unwrap_or_default() > now;
+        let exists = lives
+            && deps
+                .s3
+                .head_object()
+                .bucket(&deps.config.dsar_results_bucket)
+                .key(&bundle.key)
+                .send()
+                .await
+                .is_ok();
+        if exists {
+            let presigning = PresigningConfig::expires_in(deps.dsar.link_ttl).map_err(|e| {
+                tracing::error!(error = %e, "presigning config");
+                Problem::internal()
+            })?;
+            let presigned = deps
+                .s3
+                .get_object()
+                .bucket(&deps.config.dsar_results_bucket)
+                .key(&bundle.key)
+                .presigned(presigning)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "bundle link could not be presigned");
+                    Problem::internal()
+                })?;
+            deps.audit
+                .append(
+                    &caller.tenant,
+                    Event::new(
+                        actor(caller),
+                        "privacy_request.bundle_link_issued",
+                        keys::privacy_request(&id),
+                    )
+                    .subject(request.pseudonyms.first().cloned().unwrap_or_default())
+                    .detail("expires_in_seconds", deps.dsar.link_ttl.as_secs()),
+                )
+                .await?;
+            download = Some(json!({
+                "url": presigned.uri(),
+                "expires_at": now + Duration::seconds(deps.dsar.link_ttl.as_secs() as i64),
+                "sha256": bundle.sha256,
+                "bytes": bundle.bytes,
+            }));
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "id": request.id,
+            "kind": request.kind,
+            "regulation": request.regulation,
+            "status": request.status,
+            "deadlines": request.deadlines,
+            "respond_by": request.deadlines.respond_by(),
+            "days_left": days_left(request.deadlines.respond_by(), now),
+            "acknowledged_at": request.acknowledged_at,
+            "acknowledged_in_time": request.acknowledged_in_time,
+            "extension": request.extension.as_ref().map(|e| json!({
+                "length": e.length, "extended_at": e.extended_at, "previous_due_at": e.previous_due_at,
+            })),
+            "free_of_charge": request.free_of_charge,
+            "steps_done": request.steps_done,
+            "erased": request.erased,
+            "certificate_available": request.certificate.is_some(),
+            "denial_reason": request.denial_reason,
+            "completed_at": request.completed_at,
+            "download": download,
+        }),
+    )
+}
+
+async fn certificate(
+    deps: &Deps,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    let id = request_id(req)?;
+    let request = load_request(deps, caller, &id).await?;
+    let signed = request.certificate.ok_or_else(Problem::not_found)?;
+    let document: serde_json::Value = serde_json::from_str(&signed.document).map_err(|e| {
+        tracing::error!(error = %e, "stored certificate is not JSON");
+        Problem::internal()
+    })?;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "certificate": document,
+            "document": signed.document,
+            "signature": signed.signature,
+            "key_id": signed.key_id,
+            "algorithm": signed.algorithm,
+            "public_key": "/privacy/public-key",
+        }),
+    )
+}
+
+async fn public_key(deps: &Deps) -> Result<Response<Body>, Problem> {
+    let key = deps.signer.public_key().await?;
+    json_response(StatusCode::OK, &key)
+}
+
+// ---------------------------------------------------------------------------------
+// Verification and extension
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    code: SecretString,
+}
+
+async fn verify(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    let id = request_id(req)?;
+    let body: VerifyBody = json_body(req, MAX_BODY)?;
+    let mut request = load_request(deps, caller, &id).await?;
+    let locked = || {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "verification-locked",
+            "Verification locked",
+            "too many wrong codes: the request is locked and will not run",
+        )
+    };
+    match request.status {
+        Status::IdentityUnverified => {}
+        Status::Denied if request.denial_reason.as_deref() == Some("verification_failed") => {
+            return Err(locked());
+        }
+        _ => {
+            return Err(Problem::conflict(
+                "the request is not waiting for verification",
+            ));
+        }
+    }
+    let code_key = VerificationCode::key_of(&caller.tenant, &id);
+    let Some(stored) = deps.store.get::<VerificationCode>(&code_key).await? else {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "verification-code-expired",
+            "Verification code expired",
+            "the verification code has expired; file a new request",
+        )
+        .with_field("code"));
+    };
+    if stored.attempts >= MAX_VERIFICATION_ATTEMPTS {
+        return Err(locked());
+    }
+    let now = deps.now();
+    if stored.matches(body.code.expose_secret()) {
+        // Single use: of two concurrent correct submissions one proceeds.
+        if deps
+            .store
+            .take::<VerificationCode>(&code_key)
+            .await?
+            .is_none()
+        {
+            return Err(Problem::conflict("the code was already used"));
+        }
+        request.move_to(Status::Pending, now)?;
+        crate::process::save(deps, &mut request)
+            .await
+            .map_err(problem)?;
+        deps.audit
+            .append(
+                &caller.tenant,
+                Event {
+                    actor: actor(caller),
+                    ..base_event(&request, "privacy_request.verified")
+                },
+            )
+            .await?;
+        return json_response(
+            StatusCode::OK,
+            &json!({ "id": id, "status": request.status }),
+        );
+    }
+    // Wrong: count the attempt (conditionally, so concurrent guesses all count).
+    let mut counted = stored.clone();
+    counted.attempts += 1;
+    let condition =
+        Condition::new("attempts = :a").value(":a", AttributeValue::N(stored.attempts.to_string()));
+    match deps.store.put_if(&counted, condition).await {
+        Ok(()) => {}
+        Err(StoreError::ConditionFailed) => {
+            return Err(Problem::conflict(
+                "another attempt is being checked; try again",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    deps.audit
+        .append(
+            &caller.tenant,
+            Event {
+                actor: actor(caller),
+                ..base_event(&request, "privacy_request.verification_failed")
+                    .outcome(Outcome::Failure)
+            },
+        )
+        .await?;
+    let left = MAX_VERIFICATION_ATTEMPTS.saturating_sub(counted.attempts);
+    if left == 0 {
+        request.move_to(Status::Denied, now)?;
+        request.denial_reason = Some("verification_failed".into());
+        crate::process::save(deps, &mut request)
+            .await
+            .map_err(problem)?;
+        deps.store.delete(&code_key).await?;
+        deps.audit
+            .append(
+                &caller.tenant,
+                Event {
+                    actor: actor(caller),
+                    ..base_event(&request, "privacy_request.denied")
+                        .outcome(Outcome::Denied)
+                        .detail("reason", "verification_failed")
+                },
+            )
+            .await?;
+        return Err(locked());
+    }
+    Err(Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "verification-failed",
+        "Verification failed",
+        format!("the code is wrong; {left} attempt(s) left"),
+    )
+    .with_field("code"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendBody {
+    reason: String,
+    #[serde(default)]
+    months: Option<u32>,
+    #[serde(default)]
+    days: Option<i64>,
+}
+
+async fn extend(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let id = request_id(req)?;
+    let body: ExtendBody = json_body(req, MAX_BODY)?;
+    let mut request = load_request(deps, caller, &id).await?;
+    if !request.status.is_open() {
+        return Err(Problem::conflict("the request is already answered"));
+    }
+    let length = match (request.regulation, body.months, body.days) {
+        (_, Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "days",
+                "give months or days, not both",
+            ));
+        }
+        (Regulation::Gdpr, Some(m), None) => ExtensionLength::Months(m),
+        (Regulation::Gdpr, None, None) => {
+            ExtensionLength::Months(custody::privacy::GDPR_MAX_EXTENSION_MONTHS)
+        }
+        (Regulation::Ccpa, None, Some(d)) => ExtensionLength::Days(d),
+        (Regulation::Ccpa, None, None) => {
+            ExtensionLength::Days(custody::privacy::CCPA_MAX_EXTENSION_DAYS)
+        }
+        (Regulation::Gdpr, None, Some(_)) => {
+            return Err(Problem::bad_request("days", "GDPR extends in months"));
+        }
+        (Regulation::Ccpa, Some(_), None) => {
+            return Err(Problem::bad_request("months", "CCPA extends in days"));
+        }
+    };
+    let zone: TenantZone = request.time_zone.parse().unwrap_or_default();
+    let now = deps.now();
+    let extended = extend_deadlines(
+        request.regulation,
+        &request.deadlines,
+        request.extension.is_some(),
+        zone,
+        length,
+        &body.reason,
+        now,
+    );
+    let extended = match extended {
+        Ok(d) => d,
+        Err(err) => {
+            deps.audit
+                .append(
+                    &caller.tenant,
+                    Event {
+                        actor: actor(caller),
+                        ..base_event(&request, "privacy_request.extension_refused")
+                            .outcome(Outcome::Denied)
+                            .detail("rule", err.to_string())
+                    },
+                )
+                .await?;
+            return Err(match (&err, request.regulation) {
+                (
+                    PrivacyError::ExtensionTooLong(_) | PrivacyError::ExtensionTooShort(_),
+                    Regulation::Ccpa,
+                ) => Problem::bad_request("days", err.to_string()),
+                _ => err.into(),
+            });
+        }
+    };
+    request.extension = Some(custody::privacy::Extension {
+        length,
+        reason: body.reason.trim().to_owned(),
+        extended_at: now,
+        extended_by: actor(caller),
+        previous_due_at: request.deadlines.due_at,
+    });
+    request.deadlines = extended;
+    crate::process::save(deps, &mut request)
+        .await
+        .map_err(problem)?;
+    deps.audit
+        .append(
+            &caller.tenant,
+            Event {
+                actor: actor(caller),
+                // The reason is free text and may name people: only that one was given.
+                ..base_event(&request, "privacy_request.extended")
+                    .detail("due_at", extended.due_at.to_rfc3339())
+                    .detail("reason_given", true)
+            },
+        )
+        .await?;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id,
+            "due_at": extended.due_at,
+            "product_due_at": extended.product_due_at,
+            "respond_by": extended.respond_by(),
+            "notice": "inform the subject of the extension and its reasons before the original due date",
+        }),
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// Consent
+// ---------------------------------------------------------------------------------
+
+async fn get_consent(
+    deps: &Deps,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let params = req.query_string_parameters();
+    let subject = SubjectInput {
+        email: params.first("email").map(str::to_owned),
+        phone: params.first("phone").map(str::to_owned),
+        contact_id: params.first("contact_id").map(str::to_owned),
+        default_country_code: params.first("default_country_code").map(str::to_owned),
+    };
+    let pseudonyms = subject.pseudonyms(deps, &caller.tenant, "query")?;
+    let mut records = Vec::new();
+    for pseudonym in &pseudonyms {
+        let found: Vec<ConsentRecord> = deps
+            .store
+            .query_all(
+                &keys::subject(&caller.tenant, pseudonym),
+                &keys::consent(""),
+            )
+            .await?;
+        records.extend(found);
+    }
+    deps.audit
+        .append(
+            &caller.tenant,
+            Event::new(actor(caller), "consent.read", "CONSENT#*")
+                .subject(pseudonyms.first().cloned().unwrap_or_default())
+                .detail("records", records.len()),
+        )
+        .await?;
+    let consent: Vec<_> = records
+        .iter()
+        .map(|r| json!({ "purpose": r.purpose, "current": r.current, "history": r.history, "version": r.version }))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "consent": consent }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentBody {
+    subject: SubjectInput,
+    purpose: String,
+    state: ConsentState,
+    source: String,
+    policy_version: String,
+    #[serde(default)]
+    at: Option<DateTime<Utc>>,
+}
+
+async fn put_consent(
+    deps: &Deps,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let body: ConsentBody = json_body(req, MAX_BODY)?;
+    validate_purpose(&body.purpose).map_err(|e| Problem::bad_request("purpose", e.to_string()))?;
+    for (field, text) in [
+        ("source", &body.source),
+        ("policy_version", &body.policy_version),
+    ] {
+        if text.trim().is_empty() || text.len() > 128 {
+            return Err(Problem::bad_request(
+                field,
+                format!("{field} must be 1-128 characters"),
+            ));
+        }
+    }
+    // Kept under the first identifier given (email, then phone, then contact id).
+    let pseudonyms = body.subject.pseudonyms(deps, &caller.tenant, "subject")?;
+    let pseudonym = pseudonyms
+        .first()
+        .cloned()
+        .ok_or_else(|| Problem::bad_request("subject", "no identifier"))?;
+    let now = deps.now();
+    let change = ConsentChange {
+        state: body.state,
+        at: body.at.unwrap_or(now).min(now),
+        source: body.source.trim().to_owned(),
+        policy_version: body.policy_version.trim().to_owned(),
+        recorded_by: actor(caller),
+    };
+    let key = ConsentRecord::key_of(&caller.tenant, &pseudonym, &body.purpose);
+    let mut written = None;
+    for _ in 0..5 {
+        let existing = deps.store.get::<ConsentRecord>(&key).await?;
+        let condition = match &existing {
+            Some(record) => Condition::new("version = :v")
+                .value(":v", AttributeValue::N(record.version.to_string())),
+            None => Condition::new("attribute_not_exists(pk)"),
+        };
+        let record = ConsentRecord::apply(
+            existing,
+            &caller.tenant,
+            &pseudonym,
+            &body.purpose,
+            change.clone(),
+        );
+        match deps.store.put_if(&record, condition).await {
+            Ok(()) => {
+                written = Some(record);
+                break;
+            }
+            Err(StoreError::ConditionFailed) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let record =
+        written.ok_or_else(|| Problem::conflict("consent changed concurrently; try again"))?;
+    let action = match body.state {
+        ConsentState::Granted => "consent.granted",
+        ConsentState::Withdrawn => "consent.withdrawn",
+    };
+    deps.audit
+        .append(
+            &caller.tenant,
+            Event::new(actor(caller), action, keys::consent(&body.purpose))
+                .subject(pseudonym)
+                .detail("policy_version", record.current.policy_version.clone())
+                .detail("version", record.version),
+        )
+        .await?;
+    json_response(
+        StatusCode::OK,
+        &json!({ "purpose": record.purpose, "current": record.current, "version": record.version, "history_length": record.history.len() }),
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// Settings and account
+// ---------------------------------------------------------------------------------
+
+async fn get_settings(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let current = settings(deps, &caller.tenant).await?;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "time_zone": current.as_ref().map(|s| s.time_zone.clone()).unwrap_or_else(|| "UTC".into()),
+            "verification_webhook": current.and_then(|s| s.verification_webhook).map(|h| json!({ "url": h.url })),
+        }),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsBody {
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    verification_webhook: Option<WebhookInput>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookInput {
+    url: String,
+    secret: SecretString,
+}
+
+async fn put_settings(
+    deps: &Deps,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let body: SettingsBody = json_body(req, MAX_BODY)?;
+    let zone: TenantZone = match &body.time_zone {
+        Some(name) => name
+            .parse()
+            .map_err(|e: PrivacyError| Problem::bad_request("time_zone", e.to_string()))?,
+        None => TenantZone::default(),
+    };
+    let webhook = match body.verification_webhook {
+        Some(input) => {
+            let url = custody::webhook::destination_url(
+                &input.url,
+                deps.dsar.allow_insecure_loopback_webhooks,
+            )
+            .map_err(|e| Problem::bad_request("verification_webhook.url", e.to_string()))?;
+            custody::webhook::check_secret(&input.secret)
+                .map_err(|e| Problem::bad_request("verification_webhook.secret", e.to_string()))?;
+            let sealed = deps
+                .sealer
+                .seal(
+                    &SealContext::new(
+                        &caller.tenant,
+                        Purpose::WebhookSecret,
+                        PrivacySettings::RECORD,
+                    ),
+                    &input.secret,
+                )
+                .await?;
+            Some(WebhookTarget {
+                url: url.to_string(),
+                secret: sealed,
+            })
+        }
+        None => None,
+    };
+    let settings = PrivacySettings {
+        tenant: caller.tenant.clone(),
+        time_zone: zone.name().to_owned(),
+        verification_webhook: webhook,
+        updated_at: deps.now(),
+    };
+    deps.store.put(&settings).await?;
+    deps.audit
+        .append(
+            &caller.tenant,
+            Event::new(
+                actor(caller),
+                "privacy_settings.updated",
+                PrivacySettings::RECORD,
+            )
+            .detail("time_zone", settings.time_zone.clone())
+            .detail(
+                "verification_webhook",
+                settings.verification_webhook.is_some(),
+            ),
+        )
+        .await?;
+    get_settings(deps, caller).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteAccountBody {
+    /// The tenant id, typed out: deleting an account cannot be undone.
+    confirm: String,
+}
+
+async fn delete_account(
+    deps: &Deps,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let body: DeleteAccountBody = json_body(req, MAX_BODY)?;
+    if body.confirm != caller.tenant.as_str() {
+        return Err(Problem::bad_request(
+            "confirm",
+            "confirm must be the tenant id of the account being deleted",
+        ));
+    }
+    let started = account::start(deps, &caller.tenant, &actor(caller))
+        .await
+        .map_err(problem)?;
+    json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "job_id": started.job_id,
+            "status": "purging",
+            "connections_deleted": started.connections_deleted,
+            "schedule_removed": started.schedule_removed,
+        }),
+    )
+}

@@ -1,0 +1,87 @@
+//! Invoking the export again, soon, without a new permission: a one-time EventBridge
+//! Scheduler schedule (`at(…)`, deleted after it fires) in the tenant schedules' group,
+//! through the same role that may invoke only this function.
+//!
+//! Used for "run now" and for continuing a run that reached the Lambda deadline. Why
+//! not `lambda:Invoke` on itself: that needs the function to hold
+//! `lambda:InvokeFunction` on its own ARN (and another SDK), while it already needs
+//! `scheduler:CreateSchedule` on its group and `iam:PassRole` for the scheduler role;
+//! Scheduler also retries a failed delivery, and one name per tenant means a repeated
+//! kick replaces the pending one instead of stacking invocations.
+
+use aws_sdk_scheduler::types::{
+    ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target,
+};
+use chrono::{DateTime, Utc};
+use custody::TenantId;
+use custody::aws::error_text;
+use custody::schedule::ScheduleError;
+use sha2::{Digest, Sha256};
+
+use crate::Deps;
+
+/// The tenant's one-time schedule name. Hashed: Scheduler names are at most 64
+/// characters and a tenant id alone may be 64.
+pub fn kick_name(tenant: &TenantId) -> String {
+    let digest = hex::encode(Sha256::digest(tenant.as_str().as_bytes()));
+    format!("export-kick-{}", &digest[..24])
+}
+
+/// The event the kick delivers (also `events/export/kick.json`).
+pub fn kick_input(tenant: &TenantId) -> String {
+    serde_json::json!({ "tenant_id": tenant.as_str(), "kick": true }).to_string()
+}
+
+/// Schedules one invocation of the export for `tenant` at `at` (UTC).
+pub async fn kick(deps: &Deps, tenant: &TenantId, at: DateTime<Utc>) -> Result<(), ScheduleError> {
+    let expression = format!("at({})", at.format("%Y-%m-%dT%H:%M:%S"));
+    let target = Target::builder()
+        .arn(&deps.config.function_arn)
+        .role_arn(&deps.config.scheduler_role_arn)
+        .input(kick_input(tenant))
+        .build()
+        .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+    let window = FlexibleTimeWindow::builder()
+        .mode(FlexibleTimeWindowMode::Off)
+        .build()
+        .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+    let name = kick_name(tenant);
+    let created = deps
+        .scheduler
+        .create_schedule()
+        .name(&name)
+        .group_name(&deps.schedule_group)
+        .schedule_expression(&expression)
+        .schedule_expression_timezone("UTC")
+        .state(ScheduleState::Enabled)
+        .action_after_completion(ActionAfterCompletion::Delete)
+        .flexible_time_window(window.clone())
+        .target(target.clone())
+        .send()
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_conflict_exception()) =>
+        {
+            // A kick is pending already: move it to the new time.
+            deps.scheduler
+                .update_schedule()
+                .name(&name)
+                .group_name(&deps.schedule_group)
+                .schedule_expression(&expression)
+                .schedule_expression_timezone("UTC")
+                .state(ScheduleState::Enabled)
+                .action_after_completion(ActionAfterCompletion::Delete)
+                .flexible_time_window(window)
+                .target(target)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| ScheduleError::Scheduler(error_text(&e)))
+        }
+        Err(err) => Err(ScheduleError::Scheduler(error_text(&err))),
+    }
+}

@@ -1,0 +1,48 @@
+//! Wiring only: configuration, clients and the token source, built once per cold
+//! start; every event goes to `export::handle_event`.
+
+use std::sync::Arc;
+
+use custody::aws::Clients;
+use custody::config::Config;
+use custody::oauth::{OauthConfig, OauthDeps};
+use export::tokens::OauthTokens;
+use export::worker::DEADLINE_MARGIN;
+use export::{Budget, Deps, ExportConfig, handle_event};
+use lambda_runtime::{LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    custody::telemetry::init();
+    let config = Config::from_env()?;
+    let export_config = ExportConfig::from_env()?;
+    let oauth_config = OauthConfig::from_env()?;
+    let sdk = custody::aws::sdk_config().await;
+    let clients = Clients::new(&sdk);
+    let http = custody::http::client()?;
+    let clock = custody::clock::system();
+
+    let store = custody::store::Store::new(clients.dynamodb.clone(), &config.table, clock.clone());
+    let oauth = OauthDeps::new(
+        oauth_config,
+        store,
+        custody::seal::Sealer::new(clients.kms.clone(), &config.data_key_id),
+        custody::audit::AuditLog::new(clients.dynamodb.clone(), &config.audit_table, clock.clone()),
+        clients.secrets.clone(),
+        http.clone(),
+    );
+    let tokens = Arc::new(OauthTokens { deps: oauth });
+    let deps = Deps::new(&config, &clients, export_config, http, tokens, clock);
+
+    lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        let deps = &deps;
+        async move {
+            let budget = Budget::from_deadline_ms(event.context.deadline, DEADLINE_MARGIN);
+            // Boxed: the worker future is deep enough to exceed the layout query limit.
+            Box::pin(handle_event(deps, event.payload, &budget))
+                .await
+                .map_err(lambda_runtime::Error::from)
+        }
+    }))
+    .await
+}

@@ -1,0 +1,293 @@
+//! The HTTP API: export settings (admin writes, viewer reads), run now (operator),
+//! and the export log (viewer).
+
+use custody::TenantId;
+use custody::api::{self, Caller, Problem, Role};
+use custody::audit::Event;
+use custody::schedule::ScheduleSpec;
+use custody::seal::{Purpose, SealContext};
+use custody::store::{PageRequest, keys};
+use http::StatusCode;
+use lambda_http::{Body, Request, RequestExt, Response};
+
+use crate::Deps;
+use crate::kick;
+use crate::model::{ExportRun, ExportState};
+use crate::settings::{
+    Destination, DestinationRequest, ExportSettings, MAX_BODY_BYTES, SettingsRequest,
+    password_record, validate,
+};
+
+/// Largest page of the export log.
+pub const MAX_RUNS_PAGE: i32 = 100;
+pub const DEFAULT_RUNS_PAGE: i32 = 20;
+
+pub async fn handle_http(deps: &Deps, req: Request) -> Response<Body> {
+    match route(deps, &req).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
+    let caller = api::caller(req)?;
+    match api::route_key(req).as_deref() {
+        Some("PUT /export/settings") => put_settings(deps, &caller, req).await,
+        Some("GET /export/settings") => get_settings(deps, &caller).await,
+        Some("DELETE /export/settings") => delete_settings(deps, &caller).await,
+        Some("POST /export/runs") => run_now(deps, &caller).await,
+        Some("GET /export/runs") => list_runs(deps, &caller, req).await,
+        _ => Err(Problem::not_found()),
+    }
+}
+
+fn actor(caller: &Caller) -> String {
+    format!("user:{}", caller.subject)
+}
+
+async fn put_settings(
+    deps: &Deps,
+    caller: &Caller,
+    req: &Request,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let request: SettingsRequest = api::json_body(req, MAX_BODY_BYTES)?;
+    validate(&request, deps.config.allow_http_loopback)?;
+    let tenant = &caller.tenant;
+    let existing = deps
+        .store
+        .get::<ExportSettings>(&ExportSettings::key_of(tenant))
+        .await?;
+
+    let destination = match request.destination {
+        DestinationRequest::Webdav {
+            url,
+            username,
+            password,
+        } => {
+            let password = match password {
+                Some(password) => {
+                    let context =
+                        SealContext::new(tenant, Purpose::DestinationPassword, password_record());
+                    deps.sealer.seal(&context, &password).await?
+                }
+                // Kept only for the same server and user: a password must never be
+                // sent to a destination it was not given for.
+                None => match existing.as_ref().map(|s| &s.destination) {
+                    Some(Destination::Webdav {
+                        url: old_url,
+                        username: old_user,
+                        password,
+                    }) if *old_url == url && *old_user == username => password.clone(),
+                    _ => {
+                        return Err(Problem::bad_request(
+                            "destination.password",
+                            "is required for a new WebDAV URL or username",
+                        ));
+                    }
+                },
+            };
+            Destination::Webdav {
+                url,
+                username,
+                password,
+            }
+        }
+        DestinationRequest::S3 {
+            bucket,
+            prefix,
+            role_arn,
+        } => Destination::S3 {
+            bucket,
+            prefix: prefix.unwrap_or_default().trim_matches('/').to_owned(),
+            role_arn,
+        },
+    };
+    let settings = ExportSettings {
+        tenant: tenant.clone(),
+        schedule: request.schedule,
+        channels: request.channels,
+        date_range: request.date_range,
+        destination,
+        updated_at: deps.store.clock().now(),
+        updated_by: actor(caller),
+    };
+    deps.store.put(&settings).await?;
+    deps.schedules
+        .upsert(
+            tenant,
+            &ScheduleSpec {
+                expression: settings.schedule.expression.clone(),
+                timezone: settings.schedule.timezone.clone(),
+                target_arn: deps.config.function_arn.clone(),
+                role_arn: deps.config.scheduler_role_arn.clone(),
+            },
+        )
+        .await?;
+    let destination_type = match settings.destination {
+        Destination::Webdav { .. } => "webdav",
+        Destination::S3 { .. } => "s3",
+    };
+    deps.audit
+        .append(
+            tenant,
+            Event::new(
+                actor(caller),
+                "export_settings.updated",
+                keys::export_settings(),
+            )
+            .detail("destination", destination_type)
+            .detail("schedule", settings.schedule.expression.clone())
+            .detail(
+                "channels",
+                serde_json::to_value(&settings.channels).unwrap_or_default(),
+            ),
+        )
+        .await?;
+    api::json_response(StatusCode::OK, &settings.view(true))
+}
+
+async fn get_settings(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    let settings = deps
+        .store
+        .get::<ExportSettings>(&ExportSettings::key_of(&caller.tenant))
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    let schedule = deps.schedules.get(&caller.tenant).await?;
+    api::json_response(
+        StatusCode::OK,
+        &settings.view(schedule.is_some_and(|s| s.enabled)),
+    )
+}
+
+async fn delete_settings(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let tenant = &caller.tenant;
+    // Schedule first: with settings gone but the schedule left, runs would only end
+    // as "not configured"; the other way round nothing would run and nothing show.
+    let had_schedule = deps.schedules.delete(tenant).await?;
+    let key = ExportSettings::key_of(tenant);
+    let existed = deps.store.get::<ExportSettings>(&key).await?.is_some();
+    deps.store.delete(&key).await?;
+    if existed || had_schedule {
+        deps.audit
+            .append(
+                tenant,
+                Event::new(
+                    actor(caller),
+                    "export_settings.deleted",
+                    keys::export_settings(),
+                ),
+            )
+            .await?;
+    }
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+async fn run_now(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Operator)?;
+    let tenant = &caller.tenant;
+    if deps
+        .store
+        .get::<ExportSettings>(&ExportSettings::key_of(tenant))
+        .await?
+        .is_none()
+    {
+        return Err(Problem::conflict(
+            "export settings are not configured; PUT /export/settings first",
+        ));
+    }
+    let state = deps
+        .store
+        .get::<ExportState>(&ExportState::key_of(tenant))
+        .await?;
+    let now = deps.store.clock().now();
+    if state
+        .as_ref()
+        .is_some_and(|s| s.lease_until_ms > now.timestamp_millis())
+    {
+        return Err(Problem::conflict("an export run is in progress"));
+    }
+    kick::kick(deps, tenant, now).await?;
+    let resumes = state.and_then(|s| s.active_run);
+    deps.audit
+        .append(
+            tenant,
+            Event::new(actor(caller), "export.requested", "EXPORT#RUN-NOW").detail(
+                "resumes",
+                resumes
+                    .clone()
+                    .map(serde_json::Value::from)
+                    .unwrap_or_default(),
+            ),
+        )
+        .await?;
+    api::json_response(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "status": "queued", "resumes_run": resumes }),
+    )
+}
+
+async fn list_runs(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    let params = req.query_string_parameters_ref();
+    let limit = match params.and_then(|p| p.first("limit")) {
+        None => DEFAULT_RUNS_PAGE,
+        Some(raw) => raw
+            .parse::<i32>()
+            .ok()
+            .filter(|l| (1..=MAX_RUNS_PAGE).contains(l))
+            .ok_or_else(|| {
+                Problem::bad_request("limit", format!("must be between 1 and {MAX_RUNS_PAGE}"))
+            })?,
+    };
+    let cursor = params.and_then(|p| p.first("cursor")).map(str::to_owned);
+    let page = runs_page(deps, &caller.tenant, limit, cursor).await?;
+    api::json_response(StatusCode::OK, &page)
+}
+
+/// One page of the export log, newest first. Expired runs (older than 90 days) are
+/// filtered by the store even before TTL deletes them.
+pub async fn runs_page(
+    deps: &Deps,
+    tenant: &TenantId,
+    limit: i32,
+    cursor: Option<String>,
+) -> Result<serde_json::Value, Problem> {
+    let page = deps
+        .store
+        .query::<ExportRun>(
+            &keys::tenant(tenant),
+            "RUN#",
+            &PageRequest {
+                limit: Some(limit),
+                cursor,
+                descending: true,
+            },
+        )
+        .await?;
+    let runs: Vec<serde_json::Value> = page.items.iter().map(run_view).collect();
+    Ok(serde_json::json!({ "runs": runs, "next_cursor": page.next_cursor }))
+}
+
+/// The log entry of a run: times, status, counts, errors. No checkpoint internals.
+pub fn run_view(run: &ExportRun) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": run.run_id,
+        "status": run.status,
+        "trigger": run.trigger,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "window": { "start": run.window_start, "end": run.window_end },
+        "channels": run.channels,
+        "conversations": run.conversations,
+        "messages": run.messages,
+        "bytes": run.bytes,
+        "requests": run.requests,
+        "invocations": run.invocations,
+        "errors": run.errors,
+    })
+}

@@ -1,0 +1,503 @@
+//! Export settings: what the admin sends, how it is validated (field by field), how
+//! it is stored (the WebDAV password sealed with KMS), and what is shown back (never
+//! the password).
+
+use chrono::{DateTime, Duration, Utc};
+use custody::TenantId;
+use custody::api::Problem;
+use custody::highlevel::Channel;
+use custody::seal::Sealed;
+use custody::sink::webdav_base_url;
+use custody::store::{Entity, Key, keys};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Largest accepted settings body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Default look-back of the first "since last run" export.
+pub const DEFAULT_INITIAL_DAYS: u32 = 30;
+const MAX_DAYS: u32 = 3650;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// `cron(…)` or `rate(…)` in EventBridge Scheduler syntax.
+    pub expression: String,
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DateRange {
+    /// Everything since the end of the last completed run's window (the first run
+    /// looks back `initial_days`). Consecutive windows touch, so nothing falls between.
+    SinceLastRun {
+        #[serde(default)]
+        initial_days: Option<u32>,
+    },
+    /// The last `days` days, every run.
+    Rolling { days: u32 },
+    /// A fixed period (ending no later than the run).
+    Fixed {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    },
+}
+
+impl DateRange {
+    /// The window `[start, end)` of a run starting at `now`.
+    pub fn window(
+        &self,
+        now: DateTime<Utc>,
+        last_window_end: Option<DateTime<Utc>>,
+    ) -> (Option<DateTime<Utc>>, DateTime<Utc>) {
+        match self {
+            DateRange::SinceLastRun { initial_days } => {
+                let start = last_window_end.unwrap_or_else(|| {
+                    now - Duration::days(i64::from(initial_days.unwrap_or(DEFAULT_INITIAL_DAYS)))
+                });
+                (Some(start), now)
+            }
+            DateRange::Rolling { days } => (Some(now - Duration::days(i64::from(*days))), now),
+            DateRange::Fixed { start, end } => (Some(*start), (*end).min(now)),
+        }
+    }
+}
+
+/// The destination as the admin sends it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DestinationRequest {
+    Webdav {
+        url: String,
+        username: String,
+        /// Required when the URL or username changes; omitted, the stored one is kept.
+        #[serde(default)]
+        password: Option<SecretString>,
+    },
+    S3 {
+        bucket: String,
+        #[serde(default)]
+        prefix: Option<String>,
+        /// The role in the customer's account to write with (recorded; see `sink::S3Sink`).
+        #[serde(default)]
+        role_arn: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsRequest {
+    pub schedule: Schedule,
+    pub channels: Vec<Channel>,
+    pub date_range: DateRange,
+    pub destination: DestinationRequest,
+}
+
+/// The destination as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Destination {
+    Webdav {
+        url: String,
+        username: String,
+        password: Sealed,
+    },
+    S3 {
+        bucket: String,
+        prefix: String,
+        #[serde(default)]
+        role_arn: Option<String>,
+    },
+}
+
+/// A tenant's export settings, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportSettings {
+    pub tenant: TenantId,
+    pub schedule: Schedule,
+    pub channels: Vec<Channel>,
+    pub date_range: DateRange,
+    pub destination: Destination,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+impl ExportSettings {
+    pub fn key_of(tenant: &TenantId) -> Key {
+        Key::new(keys::tenant(tenant), keys::export_settings())
+    }
+
+    /// What `GET /export/settings` shows: everything but the password.
+    pub fn view(&self, schedule_active: bool) -> serde_json::Value {
+        let destination = match &self.destination {
+            Destination::Webdav { url, username, .. } => serde_json::json!({
+                "type": "webdav",
+                "url": url,
+                "username": username,
+                "password_set": true,
+            }),
+            Destination::S3 {
+                bucket,
+                prefix,
+                role_arn,
+            } => serde_json::json!({
+                "type": "s3",
+                "bucket": bucket,
+                "prefix": prefix,
+                "role_arn": role_arn,
+            }),
+        };
+        serde_json::json!({
+            "schedule": self.schedule,
+            "schedule_active": schedule_active,
+            "channels": self.channels,
+            "date_range": self.date_range,
+            "destination": destination,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+impl Entity for ExportSettings {
+    const KIND: &'static str = "export_settings";
+
+    fn key(&self) -> Key {
+        Self::key_of(&self.tenant)
+    }
+}
+
+/// The record id used in the password's encryption context.
+pub fn password_record() -> String {
+    keys::export_settings()
+}
+
+/// Checks everything but the destination credentials' reuse, naming the field at fault.
+pub fn validate(request: &SettingsRequest, allow_http_loopback: bool) -> Result<(), Problem> {
+    validate_expression(&request.schedule.expression)?;
+    if request.schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
+        return Err(Problem::bad_request(
+            "schedule.timezone",
+            "must be an IANA time zone name such as Europe/Berlin or UTC",
+        ));
+    }
+    if request.channels.is_empty() {
+        return Err(Problem::bad_request(
+            "channels",
+            "choose at least one channel",
+        ));
+    }
+    let mut seen = request.channels.clone();
+    seen.sort();
+    seen.dedup();
+    if seen.len() != request.channels.len() {
+        return Err(Problem::bad_request(
+            "channels",
+            "a channel is listed twice",
+        ));
+    }
+    match &request.date_range {
+        DateRange::SinceLastRun { initial_days } => {
+            if initial_days.is_some_and(|d| d == 0 || d > MAX_DAYS) {
+                return Err(Problem::bad_request(
+                    "date_range.initial_days",
+                    format!("must be between 1 and {MAX_DAYS}"),
+                ));
+            }
+        }
+        DateRange::Rolling { days } => {
+            if *days == 0 || *days > MAX_DAYS {
+                return Err(Problem::bad_request(
+                    "date_range.days",
+                    format!("must be between 1 and {MAX_DAYS}"),
+                ));
+            }
+        }
+        DateRange::Fixed { start, end } => {
+            if start >= end {
+                return Err(Problem::bad_request(
+                    "date_range.end",
+                    "must be after date_range.start",
+                ));
+            }
+        }
+    }
+    match &request.destination {
+        DestinationRequest::Webdav {
+            url,
+            username,
+            password,
+        } => {
+            webdav_base_url(url, allow_http_loopback)
+                .map_err(|e| Problem::bad_request("destination.url", format!("URL {e}")))?;
+            if username.is_empty()
+                || username.len() > 256
+                || username.contains(':')
+                || username.chars().any(char::is_control)
+            {
+                return Err(Problem::bad_request(
+                    "destination.username",
+                    "must be 1-256 characters without ':' or control characters",
+                ));
+            }
+            if let Some(password) = password {
+                let length = password.expose_secret().len();
+                if length == 0 || length > 1024 {
+                    return Err(Problem::bad_request(
+                        "destination.password",
+                        "must be 1-1024 bytes",
+                    ));
+                }
+            }
+        }
+        DestinationRequest::S3 {
+            bucket,
+            prefix,
+            role_arn,
+        } => {
+            if !valid_bucket(bucket) {
+                return Err(Problem::bad_request(
+                    "destination.bucket",
+                    "must be a valid S3 bucket name (3-63 of a-z, 0-9, '.', '-')",
+                ));
+            }
+            if let Some(prefix) = prefix
+                && (prefix.len() > 512
+                    || prefix.split('/').any(|s| s == "." || s == "..")
+                    || prefix.chars().any(char::is_control))
+            {
+                return Err(Problem::bad_request(
+                    "destination.prefix",
+                    "must be at most 512 characters without '.' or '..' segments",
+                ));
+            }
+            if let Some(arn) = role_arn
+                && !valid_role_arn(arn)
+            {
+                return Err(Problem::bad_request(
+                    "destination.role_arn",
+                    "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `rate(N unit)` (at least hourly, so runs do not pile up) or a six-field `cron(…)`.
+fn validate_expression(expression: &str) -> Result<(), Problem> {
+    let field = "schedule.expression";
+    if let Some(inner) = expression
+        .strip_prefix("rate(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        let mut parts = inner.split_whitespace();
+        let (Some(value), Some(unit), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Problem::bad_request(
+                field,
+                "rate must be 'rate(<n> <unit>)'",
+            ));
+        };
+        let value: u32 =
+            value.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
+                Problem::bad_request(field, "rate value must be a positive integer")
+            })?;
+        let unit_ok = match unit {
+            "hour" | "day" => value == 1,
+            "hours" | "days" => value > 1,
+            "minutes" => value >= 60,
+            _ => false,
+        };
+        if !unit_ok {
+            return Err(Problem::bad_request(
+                field,
+                "rate unit must be hour(s) or day(s) (singular for 1), or at least 60 minutes",
+            ));
+        }
+        return Ok(());
+    }
+    if let Some(inner) = expression
+        .strip_prefix("cron(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        let fields: Vec<&str> = inner.split_whitespace().collect();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || ",-*?/#".contains(c);
+        if fields.len() != 6 || fields.iter().any(|f| !f.chars().all(allowed)) {
+            return Err(Problem::bad_request(
+                field,
+                "cron must have six fields: minutes hours day-of-month month day-of-week year",
+            ));
+        }
+        // Runs at most once an hour: the minutes field names fixed minutes.
+        if !fields[0].chars().all(|c| c.is_ascii_digit()) {
+            return Err(Problem::bad_request(
+                field,
+                "cron minutes must be a single number (exports run at most hourly)",
+            ));
+        }
+        return Ok(());
+    }
+    Err(Problem::bad_request(
+        field,
+        "must be 'cron(…)' or 'rate(…)'",
+    ))
+}
+
+fn valid_bucket(bucket: &str) -> bool {
+    let bytes = bucket.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && !bucket.contains("..")
+}
+
+fn valid_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[4].len() == 12
+        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && parts[5]
+            .strip_prefix("role/")
+            .is_some_and(|name| !name.is_empty() && name.len() <= 512)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> SettingsRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "schedule": {"expression": "cron(0 3 * * ? *)", "timezone": "Europe/Berlin"},
+            "channels": ["SMS", "Email"],
+            "date_range": {"mode": "since_last_run"},
+            "destination": {"type": "webdav", "url": "https://dav.example.com/x",
+                            "username": "u", "password": "p"}
+        })
+    }
+
+    fn field_of(json: serde_json::Value, loopback: bool) -> Option<String> {
+        validate(&request(json), loopback)
+            .err()
+            .and_then(|p| p.field)
+    }
+
+    #[test]
+    fn accepts_a_good_request() {
+        assert!(validate(&request(base()), false).is_ok());
+    }
+
+    #[test]
+    fn names_each_bad_field() {
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            (
+                "/schedule/expression",
+                "cron(* * * * ? *)".into(),
+                "schedule.expression",
+            ),
+            (
+                "/schedule/expression",
+                "rate(5 minutes)".into(),
+                "schedule.expression",
+            ),
+            (
+                "/schedule/expression",
+                "every day".into(),
+                "schedule.expression",
+            ),
+            (
+                "/schedule/timezone",
+                "Mars/Olympus".into(),
+                "schedule.timezone",
+            ),
+            ("/channels", serde_json::json!([]), "channels"),
+            ("/channels", serde_json::json!(["SMS", "SMS"]), "channels"),
+            (
+                "/date_range",
+                serde_json::json!({"mode": "rolling", "days": 0}),
+                "date_range.days",
+            ),
+            (
+                "/date_range",
+                serde_json::json!({"mode": "fixed", "start": "2025-02-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"}),
+                "date_range.end",
+            ),
+            (
+                "/destination/url",
+                "http://dav.example.com/".into(),
+                "destination.url",
+            ),
+            (
+                "/destination/url",
+                "http://127.0.0.1:9/".into(),
+                "destination.url",
+            ),
+            (
+                "/destination/username",
+                "a:b".into(),
+                "destination.username",
+            ),
+            ("/destination/password", "".into(), "destination.password"),
+        ];
+        for (pointer, value, field) in cases {
+            let mut json = base();
+            *json.pointer_mut(pointer).unwrap() = value;
+            assert_eq!(field_of(json, false).as_deref(), Some(field), "{pointer}");
+        }
+        let s3 = |bucket: &str, role: &str| {
+            let mut json = base();
+            json["destination"] =
+                serde_json::json!({"type": "s3", "bucket": bucket, "role_arn": role});
+            json
+        };
+        assert_eq!(
+            field_of(s3("Bad_Bucket", "arn:aws:iam::123456789012:role/x"), false).as_deref(),
+            Some("destination.bucket")
+        );
+        assert_eq!(
+            field_of(s3("good-bucket", "arn:aws:s3:::x"), false).as_deref(),
+            Some("destination.role_arn")
+        );
+        assert!(
+            validate(
+                &request(s3("good-bucket", "arn:aws:iam::123456789012:role/w")),
+                false
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn loopback_http_only_when_allowed() {
+        let mut json = base();
+        json["destination"]["url"] = "http://127.0.0.1:8080/dav".into();
+        assert!(validate(&request(json.clone()), true).is_ok());
+        assert_eq!(field_of(json, false).as_deref(), Some("destination.url"));
+    }
+
+    #[test]
+    fn windows() {
+        let now = DateTime::parse_from_rfc3339("2025-06-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let last = now - Duration::hours(5);
+        let since = DateRange::SinceLastRun { initial_days: None };
+        assert_eq!(since.window(now, Some(last)), (Some(last), now));
+        assert_eq!(since.window(now, None).0, Some(now - Duration::days(30)));
+        let fixed = DateRange::Fixed {
+            start: now - Duration::days(400),
+            end: now + Duration::days(1),
+        };
+        assert_eq!(fixed.window(now, None).1, now);
+    }
+}

@@ -1,0 +1,372 @@
+//! The HTTP routes, through the event files in events/export/.
+
+use custody::TenantId;
+use export::kick::kick_name;
+use export::model::{ExportRun, Trigger};
+use lambda_http::{Body, Request, Response};
+use serde_json::{Value, json};
+
+use crate::{Env, fast_limits, tenant};
+
+const PUT: &str = include_str!("../../../../events/export/put_settings.json");
+const GET: &str = include_str!("../../../../events/export/get_settings.json");
+const DELETE: &str = include_str!("../../../../events/export/delete_settings.json");
+const POST_RUNS: &str = include_str!("../../../../events/export/post_runs.json");
+const GET_RUNS: &str = include_str!("../../../../events/export/get_runs.json");
+
+/// The event file as a request of `tenant` with `role`, and optionally another body.
+pub fn request(event: &str, tenant: &TenantId, role: &str, body: Option<Value>) -> Request {
+    let mut event: Value = serde_json::from_str(event).unwrap();
+    let claims = &mut event["requestContext"]["authorizer"]["jwt"]["claims"];
+    claims["custom:tenant_id"] = json!(tenant.as_str());
+    claims["custom:role"] = json!(role);
+    if let Some(body) = body {
+        event["body"] = json!(body.to_string());
+    }
+    lambda_http::request::from_str(&event.to_string()).unwrap()
+}
+
+fn with_query(event: &str, query: &[(&str, &str)]) -> String {
+    let mut event: Value = serde_json::from_str(event).unwrap();
+    event["queryStringParameters"] = query
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    event["rawQueryString"] = json!(
+        query
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    );
+    event.to_string()
+}
+
+fn body(response: &Response<Body>) -> Value {
+    serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null)
+}
+
+async fn call(env: &Env, request: Request) -> (u16, Value) {
+    let response = export::handle_http(&env.deps, request).await;
+    (response.status().as_u16(), body(&response))
+}
+
+#[tokio::test]
+async fn settings_round_trip_creates_and_removes_the_schedule() {
+    let env = Env::new(fast_limits()).await;
+    let acme = tenant("acme");
+    let settings = env
+        .webdav_settings(
+            "exports",
+            &[custody::highlevel::Channel::Sms],
+            crate::all_time(),
+        )
+        .await;
+    let (status, saved) = call(&env, request(PUT, &acme, "admin", Some(settings.clone()))).await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["destination"]["password_set"], true);
+    assert!(!saved.to_string().contains(&env.dav_password));
+
+    let schedule = env.stack.schedules().get(&acme).await.unwrap().unwrap();
+    assert_eq!(schedule.expression, "cron(0 3 * * ? *)");
+    assert_eq!(schedule.timezone.as_deref(), Some("UTC"));
+
+    let (status, shown) = call(&env, request(GET, &acme, "viewer", None)).await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["schedule_active"], true);
+    assert_eq!(shown["destination"]["username"], crate::DAV_USER);
+    assert!(shown["destination"].get("password").is_none());
+    assert!(!shown.to_string().contains(&env.dav_password));
+
+    // Without a password, the stored one is kept for the same URL and user …
+    let mut keep = settings.clone();
+    keep["destination"]
+        .as_object_mut()
+        .unwrap()
+        .remove("password");
+    keep["schedule"]["expression"] = json!("rate(1 day)");
+    let (status, _) = call(&env, request(PUT, &acme, "admin", Some(keep.clone()))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        env.stack
+            .schedules()
+            .get(&acme)
+            .await
+            .unwrap()
+            .unwrap()
+            .expression,
+        "rate(1 day)"
+    );
+    // … but never handed to another server.
+    keep["destination"]["url"] = json!("https://other.example.com/dav");
+    let (status, problem) = call(&env, request(PUT, &acme, "admin", Some(keep))).await;
+    assert_eq!(status, 400);
+    assert_eq!(problem["field"], "destination.password");
+
+    // Another tenant sees nothing.
+    let (status, _) = call(&env, request(GET, &tenant("globex"), "admin", None)).await;
+    assert_eq!(status, 404);
+
+    let (status, _) = call(&env, request(DELETE, &acme, "admin", None)).await;
+    assert_eq!(status, 204);
+    assert!(env.stack.schedules().get(&acme).await.unwrap().is_none());
+    let (status, _) = call(&env, request(GET, &acme, "viewer", None)).await;
+    assert_eq!(status, 404);
+    // Deleting again is not an error.
+    let (status, _) = call(&env, request(DELETE, &acme, "admin", None)).await;
+    assert_eq!(status, 204);
+
+    let actions: Vec<String> = env
+        .stack
+        .audit(TestStackClock::clock())
+        .entries(&acme, None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{} {}", e.actor, e.action))
+        .collect();
+    let user = "user:7d8e9f00-1111-4222-8333-944455556666";
+    assert!(
+        actions.contains(&format!("{user} export_settings.updated")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&format!("{user} export_settings.deleted")),
+        "{actions:?}"
+    );
+}
+
+struct TestStackClock;
+impl TestStackClock {
+    fn clock() -> custody::clock::SharedClock {
+        custody_local::harness::TestStack::system_clock()
+    }
+}
+
+#[tokio::test]
+async fn settings_failures_are_4xx_naming_the_field() {
+    let env = Env::new(fast_limits()).await;
+    let acme = tenant("acme");
+    let good: Value = serde_json::from_str::<Value>(PUT).unwrap()["body"]
+        .as_str()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .unwrap();
+
+    // Roles and claims.
+    let (status, _) = call(&env, request(PUT, &acme, "operator", Some(good.clone()))).await;
+    assert_eq!(status, 403);
+    let mut anonymous: Value = serde_json::from_str(PUT).unwrap();
+    anonymous["requestContext"]["authorizer"] = Value::Null;
+    let (status, _) = call(
+        &env,
+        lambda_http::request::from_str(&anonymous.to_string()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let cases = [
+        (
+            "/destination/url",
+            json!("http://dav.example.com/x"),
+            "destination.url",
+        ),
+        (
+            "/schedule/timezone",
+            json!("Nowhere/Special"),
+            "schedule.timezone",
+        ),
+        (
+            "/schedule/expression",
+            json!("rate(1 minute)"),
+            "schedule.expression",
+        ),
+        ("/channels", json!(["Fax"]), "channels[0]"),
+        ("/date_range", json!({"mode": "rolling"}), "date_range.days"),
+        ("/destination/type", json!("ftp"), "destination.type"),
+    ];
+    for (pointer, value, field) in cases {
+        let mut body = good.clone();
+        *body.pointer_mut(pointer).unwrap() = value;
+        let (status, problem) = call(&env, request(PUT, &acme, "admin", Some(body))).await;
+        assert_eq!(status, 400, "{pointer}: {problem}");
+        assert!(
+            problem["field"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(field.split('[').next().unwrap()),
+            "{pointer}: {problem}"
+        );
+        assert!(!problem.to_string().contains("example-password-not-real"));
+    }
+    // Nothing was stored and no schedule was made by the refused requests.
+    assert!(env.stack.schedules().get(&acme).await.unwrap().is_none());
+    let (status, _) = call(&env, request(GET, &acme, "viewer", None)).await;
+    assert_eq!(status, 404);
+
+    // Unknown routes are 404.
+    let mut other: Value = serde_json::from_str(GET).unwrap();
+    other["routeKey"] = json!("GET /export/nothing");
+    other["requestContext"]["routeKey"] = json!("GET /export/nothing");
+    let (status, _) = call(
+        &env,
+        lambda_http::request::from_str(&other.to_string()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn run_now_queues_a_one_time_invocation() {
+    let env = Env::new(fast_limits()).await;
+    let acme = tenant("acme");
+    let (status, problem) = call(&env, request(POST_RUNS, &acme, "operator", None)).await;
+    assert_eq!(status, 409, "no settings yet: {problem}");
+
+    let settings = env
+        .webdav_settings(
+            "now",
+            &[custody::highlevel::Channel::Sms],
+            crate::all_time(),
+        )
+        .await;
+    env.configure(&acme, settings).await;
+    let (status, _) = call(&env, request(POST_RUNS, &acme, "viewer", None)).await;
+    assert_eq!(status, 403);
+    let (status, accepted) = call(&env, request(POST_RUNS, &acme, "operator", None)).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+
+    let kick = env
+        .stack
+        .clients
+        .scheduler
+        .get_schedule()
+        .name(kick_name(&acme))
+        .group_name(&env.stack.config.schedule_group)
+        .send()
+        .await
+        .unwrap();
+    assert!(kick.schedule_expression().unwrap_or("").starts_with("at("));
+    let target = kick.target().unwrap();
+    assert_eq!(target.arn(), env.deps.config.function_arn);
+    assert_eq!(target.role_arn(), env.deps.config.scheduler_role_arn);
+    let input: Value = serde_json::from_str(target.input().unwrap()).unwrap();
+    let file: Value =
+        serde_json::from_str(include_str!("../../../../events/export/kick.json")).unwrap();
+    assert_eq!(input["kick"], file["kick"]);
+    assert_eq!(input["tenant_id"], "acme");
+}
+
+#[tokio::test]
+async fn export_log_lists_newest_first_in_pages_and_hides_runs_older_than_90_days() {
+    let env = Env::new(fast_limits()).await;
+    let acme = tenant("acme");
+    let now = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for days_ago in [200, 91, 10, 5, 2, 1] {
+        let started = now - chrono::Duration::days(days_ago);
+        let id = ulid::Ulid::from_parts(started.timestamp_millis() as u64, rand_bits()).to_string();
+        let mut run = ExportRun::new(
+            &acme,
+            id.clone(),
+            Trigger::Schedule,
+            started,
+            None,
+            started,
+            vec![],
+        );
+        run.status = export::model::RunStatus::Completed;
+        run.messages = days_ago as u64;
+        env.deps.store.put(&run).await.unwrap();
+        ids.push((days_ago, id));
+    }
+    // The old runs are still in the table (TTL has not run) …
+    let dump = crate::raw_table_dump(&env.stack.clients.dynamodb, &env.stack.config.table).await;
+    assert!(dump.contains(&ids[0].1) && dump.contains(&ids[1].1));
+
+    // … but never listed: pages of 2, newest first, only the last 90 days.
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..5 {
+        let mut query = vec![("limit", "2")];
+        if let Some(c) = cursor.as_deref() {
+            query.push(("cursor", c));
+        }
+        let event = with_query(GET_RUNS, &query);
+        let (status, page) = call(&env, request(&event, &acme, "viewer", None)).await;
+        assert_eq!(status, 200, "{page}");
+        for run in page["runs"].as_array().unwrap() {
+            listed.push(run["run_id"].as_str().unwrap().to_owned());
+            assert!(run.get("cursor").is_none(), "no checkpoint internals");
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let want: Vec<String> = ids[2..].iter().rev().map(|(_, id)| id.clone()).collect();
+    assert_eq!(listed, want);
+
+    // Caller mistakes: bad limit, a cursor of another tenant's listing.
+    let (status, problem) = call(
+        &env,
+        request(
+            &with_query(GET_RUNS, &[("limit", "0")]),
+            &acme,
+            "viewer",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("limit")));
+    let (status, problem) = call(
+        &env,
+        request(
+            &with_query(GET_RUNS, &[("cursor", "bm90LWEtY3Vyc29y")]),
+            &acme,
+            "viewer",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("cursor")));
+    // Another tenant's log is empty.
+    let (status, page) = call(&env, request(GET_RUNS, &tenant("globex"), "viewer", None)).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["runs"], json!([]));
+}
+
+fn rand_bits() -> u128 {
+    ulid::Ulid::new().random()
+}
+
+#[tokio::test]
+async fn handle_event_dispatches_http_and_trigger_events() {
+    let env = Env::new(fast_limits()).await;
+    let budget = export::Budget::unlimited();
+    let mut http: Value = serde_json::from_str(GET).unwrap();
+    http["requestContext"]["authorizer"]["jwt"]["claims"]["custom:tenant_id"] = json!("acme");
+    let response = export::handle_event(&env.deps, http, &budget)
+        .await
+        .unwrap();
+    assert_eq!(response["statusCode"], 404);
+    assert_eq!(
+        response["headers"]["content-type"],
+        "application/problem+json"
+    );
+
+    let trigger: Value =
+        serde_json::from_str(include_str!("../../../../events/export/schedule.json")).unwrap();
+    let outcome = export::handle_event(&env.deps, trigger, &budget)
+        .await
+        .unwrap();
+    assert_eq!(outcome["outcome"], "not_configured");
+
+    let bad = export::handle_event(&env.deps, json!({"tenant": 1}), &budget).await;
+    assert!(bad.is_err());
+    let invalid = export::handle_event(&env.deps, json!({"tenant_id": "a#b"}), &budget)
+        .await
+        .unwrap();
+    assert_eq!(invalid["outcome"], "invalid_event");
+}

@@ -1,0 +1,898 @@
+//! The imports API. Roles: operators create imports and post rows; viewers read the
+//! log and download; admins delete. Every key starts with the caller's tenant.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::types::ServerSideEncryption;
+use chrono::{DateTime, Utc};
+use custody::api::{
+    Caller, Problem, Role, caller, json_body, json_response, path_param, route_key,
+};
+use custody::audit::Event;
+use custody::idempotency::RunError;
+use custody::imports::{
+    Format, Import, ImportError, Imports, LineError, MAX_RECORDED_ERRORS, MAX_ROW_BYTES,
+    MAX_UPLOAD_BYTES, Mode, ObjectKey, Purged, Status, SubjectCounter, is_column_name,
+    new_import_id, rows_batch_key,
+};
+use custody::retention::RetentionClass;
+use custody::seal::{Purpose, SealContext};
+use custody::store::keys;
+use custody::subject::PseudonymKey;
+use custody::webhook::{self, MAX_BATCH_ROWS};
+use http::StatusCode;
+use lambda_http::{Body, Request, RequestExt, Response};
+use rand::Rng as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::Deps;
+use crate::process::{self, ProcessError};
+
+/// Largest `POST /imports` body.
+pub const MAX_CREATE_BODY_BYTES: usize = 16 * 1024;
+/// Largest `POST /imports/{id}/rows` body.
+pub const MAX_ROWS_BODY_BYTES: usize = 1024 * 1024;
+/// How long a presigned upload URL is valid.
+pub const UPLOAD_URL_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long a presigned download URL is valid.
+pub const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(5 * 60);
+/// Most required columns an import may name.
+pub const MAX_REQUIRED_COLUMNS: usize = 32;
+/// Header carrying a client's idempotency key for row batches.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// Serves one request; every error becomes a problem response.
+pub async fn handle(deps: &Deps, req: Request) -> Response<Body> {
+    match route(deps, &req).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
+    let caller = caller(req)?;
+    match route_key(req).as_deref() {
+        Some("POST /imports") => create(deps, &caller, req).await,
+        Some("GET /imports") => list(deps, &caller, req).await,
+        Some("GET /imports/{id}") => get(deps, &caller, req).await,
+        Some("POST /imports/{id}/rows") => post_rows(deps, &caller, req).await,
+        Some("POST /imports/{id}/complete") => complete(deps, &caller, req).await,
+        Some("POST /imports/{id}/retry") => retry(deps, &caller, req).await,
+        Some("GET /imports/{id}/download") => download(deps, &caller, req).await,
+        Some("DELETE /imports/{id}") => delete_one(deps, &caller, req).await,
+        Some("DELETE /imports") => delete_all(deps, &caller).await,
+        _ => Err(Problem::not_found()),
+    }
+}
+
+fn actor(caller: &Caller) -> String {
+    format!("user:{}", caller.subject)
+}
+
+/// The import log entry as the API shows it: no secret, and only the destination's
+/// host (a URL's path or query may carry a customer's token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportView {
+    pub id: String,
+    pub format: Format,
+    pub mode: Mode,
+    pub retention_class: RetentionClass,
+    pub status: Status,
+    pub destination_host: Option<String>,
+    pub required_columns: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub bytes: u64,
+    pub sha256: Option<String>,
+    pub rows_total: u64,
+    pub rows_valid: u64,
+    pub rows_invalid: u64,
+    pub rows_delivered: u64,
+    pub batches_delivered: u64,
+    pub errors: Vec<LineError>,
+    pub error: Option<String>,
+    pub data_expires_at: Option<i64>,
+    pub data_deleted_at: Option<DateTime<Utc>>,
+}
+
+impl From<&Import> for ImportView {
+    fn from(import: &Import) -> Self {
+        Self {
+            id: import.id.clone(),
+            format: import.format,
+            mode: import.mode,
+            retention_class: import.retention_class,
+            status: import.status,
+            destination_host: url::Url::parse(&import.destination_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned)),
+            required_columns: import.required_columns.clone(),
+            created_at: import.created_at,
+            updated_at: import.updated_at,
+            completed_at: import.completed_at,
+            bytes: import.bytes,
+            sha256: import.sha256.clone(),
+            rows_total: import.rows_total,
+            rows_valid: import.rows_valid,
+            rows_invalid: import.rows_invalid,
+            rows_delivered: import.rows_delivered,
+            batches_delivered: import.batches_delivered,
+            errors: import.errors.clone(),
+            error: import.error.clone(),
+            data_expires_at: import.data_expires_at,
+            data_deleted_at: import.data_deleted_at,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// POST /imports
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateImport {
+    format: Format,
+    #[serde(default = "default_mode")]
+    mode: Mode,
+    #[serde(default)]
+    retention_class: Option<RetentionClass>,
+    destination: DestinationInput,
+    /// File imports: the exact size of the file to upload, in bytes.
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    required_columns: Vec<String>,
+    #[serde(default)]
+    default_country_code: Option<String>,
+}
+
+fn default_mode() -> Mode {
+    Mode::Store
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationInput {
+    url: String,
+    /// The webhook signing secret; generated (and returned once) when absent.
+    #[serde(default)]
+    secret: Option<SecretString>,
+}
+
+/// A presigned request the client makes as given: these headers are signed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresignedUpload {
+    pub method: String,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Created {
+    pub import: ImportView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<PresignedUpload>,
+    /// Only when custody generated the secret; shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_secret: Option<String>,
+}
+
+async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Operator)?;
+    let input: CreateImport = json_body(req, MAX_CREATE_BODY_BYTES)?;
+    let class = input.retention_class.unwrap_or(RetentionClass::Import30d);
+    if !RetentionClass::import_classes().contains(&class) {
+        return Err(Problem::bad_request(
+            "retention_class",
+            "retention_class must be import-30d or import-90d",
+        ));
+    }
+    let url = webhook::destination_url(
+        &input.destination.url,
+        deps.settings.allow_insecure_loopback,
+    )?;
+    let (secret, generated) = match input.destination.secret {
+        Some(secret) => {
+            webhook::check_secret(&secret)?;
+            (secret, false)
+        }
+        None => {
+            let bytes: [u8; 32] = rand::rng().random();
+            (SecretString::from(hex::encode(bytes)), true)
+        }
+    };
+    match (input.format, input.size) {
+        (Format::Rows, Some(_)) => {
+            return Err(Problem::bad_request(
+                "size",
+                "size applies to file imports only",
+            ));
+        }
+        (Format::Csv | Format::Jsonl, None) => {
+            return Err(Problem::bad_request(
+                "size",
+                "file imports must state the file's size in bytes",
+            ));
+        }
+        (Format::Csv | Format::Jsonl, Some(size)) if size == 0 || size > MAX_UPLOAD_BYTES => {
+            return Err(Problem::bad_request(
+                "size",
+                format!("size must be between 1 and {MAX_UPLOAD_BYTES} bytes"),
+            ));
+        }
+        _ => {}
+    }
+    if input.required_columns.len() > MAX_REQUIRED_COLUMNS {
+        return Err(Problem::bad_request(
+            "required_columns",
+            format!("at most {MAX_REQUIRED_COLUMNS} required columns"),
+        ));
+    }
+    if let Some(index) = input
+        .required_columns
+        .iter()
+        .position(|c| !is_column_name(c))
+    {
+        return Err(Problem::bad_request(
+            format!("required_columns[{index}]"),
+            "not a valid column name",
+        ));
+    }
+    let required_columns: Vec<String> = input
+        .required_columns
+        .iter()
+        .map(|c| c.trim().to_owned())
+        .collect();
+    if let Some(cc) = &input.default_country_code {
+        let digits = cc.trim_start_matches('+');
+        if digits.is_empty()
+            || digits.len() > 3
+            || digits.starts_with('0')
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(Problem::bad_request(
+                "default_country_code",
+                "must be a country calling code of 1 to 3 digits",
+            ));
+        }
+    }
+
+    let id = new_import_id();
+    let sealed = deps
+        .sealer
+        .seal(
+            &SealContext::new(&caller.tenant, Purpose::WebhookSecret, keys::import(&id)),
+            &secret,
+        )
+        .await?;
+    let now = deps.clock.now();
+    let import = Import {
+        tenant: caller.tenant.clone(),
+        id: id.clone(),
+        format: input.format,
+        mode: input.mode,
+        retention_class: class,
+        status: Status::Created,
+        destination_url: url.to_string(),
+        destination_secret: sealed,
+        required_columns,
+        default_country_code: input
+            .default_country_code
+            .map(|cc| cc.trim_start_matches('+').to_owned()),
+        declared_bytes: input.size,
+        created_by: actor(caller),
+        created_at: now,
+        updated_at: now,
+        completed_at: None,
+        bytes: 0,
+        sha256: None,
+        rows_total: 0,
+        rows_valid: 0,
+        rows_invalid: 0,
+        rows_delivered: 0,
+        batches_delivered: 0,
+        row_batches: 0,
+        errors: Vec::new(),
+        error: None,
+        data_expires_at: None,
+        data_deleted_at: None,
+        revision: 0,
+    };
+    deps.imports.create(&import).await?;
+    let upload = match (import.upload_key(), input.size) {
+        (Some(key), Some(size)) => Some(presign_upload(deps, &import, &key, size).await?),
+        _ => None,
+    };
+    process::audit(
+        deps,
+        &import,
+        Event::new(actor(caller), "import.created", keys::import(&id))
+            .detail("format", format_name(import.format))
+            .detail("mode", mode_name(import.mode))
+            .detail("retention_class", class.name()),
+    )
+    .await?;
+    let body = Created {
+        import: ImportView::from(&import),
+        upload,
+        destination_secret: generated.then(|| secret.expose_secret().to_owned()),
+    };
+    json_response(StatusCode::CREATED, &body)
+}
+
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Csv => "csv",
+        Format::Jsonl => "jsonl",
+        Format::Rows => "rows",
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Store => "store",
+        Mode::Bypass => "bypass",
+    }
+}
+
+/// A presigned PUT bound to the key, the exact size, the content type, SSE-KMS with
+/// the data key, and the retention tag (all signed headers: a request without them,
+/// or with other values, does not match the signature).
+async fn presign_upload(
+    deps: &Deps,
+    import: &Import,
+    key: &str,
+    size: u64,
+) -> Result<PresignedUpload, Problem> {
+    let config = PresigningConfig::expires_in(UPLOAD_URL_TTL).map_err(internal)?;
+    let size = i64::try_from(size).map_err(internal)?;
+    let presigned = deps
+        .imports
+        .s3()
+        .put_object()
+        .bucket(deps.imports.bucket())
+        .key(key)
+        .content_type(import.format.content_type())
+        .content_length(size)
+        .server_side_encryption(ServerSideEncryption::AwsKms)
+        .ssekms_key_id(&deps.config.data_key_id)
+        .tagging(Imports::tagging_header(import.retention_class))
+        .presigned(config)
+        .await
+        .map_err(internal)?;
+    Ok(PresignedUpload {
+        method: presigned.method().to_owned(),
+        url: presigned.uri().to_owned(),
+        headers: presigned
+            .headers()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+        expires_at: deps.clock.now()
+            + chrono::Duration::from_std(UPLOAD_URL_TTL).unwrap_or_default(),
+    })
+}
+
+fn internal<E: std::fmt::Display>(err: E) -> Problem {
+    tracing::error!(error = %err, "presigning failed");
+    Problem::internal()
+}
+
+// ---------------------------------------------------------------------------------
+// GET /imports, GET /imports/{id}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Listing {
+    pub imports: Vec<ImportView>,
+    pub next_cursor: Option<String>,
+}
+
+async fn list(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    let params = req.query_string_parameters_ref();
+    let limit = match params.and_then(|p| p.first("limit")) {
+        None => None,
+        Some(raw) => match raw.parse::<i32>() {
+            Ok(n) if (1..=100).contains(&n) => Some(n),
+            _ => {
+                return Err(Problem::bad_request(
+                    "limit",
+                    "limit must be a number from 1 to 100",
+                ));
+            }
+        },
+    };
+    let cursor = params.and_then(|p| p.first("cursor")).map(str::to_owned);
+    let page = deps.imports.list(&caller.tenant, limit, cursor).await?;
+    json_response(
+        StatusCode::OK,
+        &Listing {
+            imports: page.items.iter().map(ImportView::from).collect(),
+            next_cursor: page.next_cursor,
+        },
+    )
+}
+
+/// The caller's import named by the path, or 404 (also for another tenant's id).
+async fn owned(deps: &Deps, caller: &Caller, req: &Request) -> Result<Import, Problem> {
+    let id = path_param(req, "id")?;
+    let import = deps
+        .imports
+        .get(&caller.tenant, &id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    custody::api::ensure_owned(caller, &import.tenant)?;
+    Ok(import)
+}
+
+async fn get(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    let import = owned(deps, caller, req).await?;
+    json_response(StatusCode::OK, &ImportView::from(&import))
+}
+
+// ---------------------------------------------------------------------------------
+// POST /imports/{id}/rows
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowsAccepted {
+    /// 1-based number of this batch within the import.
+    pub batch: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub errors: Vec<LineError>,
+}
+
+async fn post_rows(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Operator)?;
+    let import = owned(deps, caller, req).await?;
+    if import.format != Format::Rows {
+        return Err(Problem::conflict(
+            "only imports of format 'rows' accept row batches",
+        ));
+    }
+    if import.status != Status::Created {
+        return Err(ImportError::State(import.status).into());
+    }
+    let rows: Vec<Value> = json_body(req, MAX_ROWS_BODY_BYTES)?;
+    if rows.len() > MAX_BATCH_ROWS {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-many-rows",
+            "Too many rows",
+            format!("a batch holds at most {MAX_BATCH_ROWS} rows"),
+        )
+        .with_field("body"));
+    }
+    if rows.is_empty() {
+        return Err(Problem::bad_request(
+            "body",
+            "a batch needs at least one row",
+        ));
+    }
+    let key = req
+        .headers()
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| Problem::bad_request(IDEMPOTENCY_KEY_HEADER, "must be visible ASCII"))?;
+    let accepted = match key {
+        None => accept_rows(deps, &import, rows).await?,
+        Some(key) => {
+            if key.is_empty() || key.len() > 128 {
+                return Err(Problem::bad_request(
+                    IDEMPOTENCY_KEY_HEADER,
+                    "must be 1 to 128 characters",
+                ));
+            }
+            let result = deps
+                .idempotency
+                .run(
+                    &caller.tenant,
+                    &format!("rows:{}:{key}", import.id),
+                    &rows,
+                    Duration::ZERO,
+                    || accept_rows(deps, &import, rows.clone()),
+                )
+                .await;
+            match result {
+                Ok(outcome) => outcome.into_inner(),
+                Err(RunError::Work(problem)) => return Err(problem),
+                Err(RunError::Idempotency(err)) => return Err(err.into()),
+            }
+        }
+    };
+    json_response(StatusCode::OK, &accepted)
+}
+
+async fn accept_rows(
+    deps: &Deps,
+    import: &Import,
+    rows: Vec<Value>,
+) -> Result<RowsAccepted, Problem> {
+    let tenant = &import.tenant;
+    let seq = deps
+        .imports
+        .update(tenant, &import.id, |imp| {
+            if imp.status != Status::Created {
+                return Err(ImportError::State(imp.status));
+            }
+            imp.row_batches += 1;
+            Ok(())
+        })
+        .await?
+        .row_batches;
+    let rules = import.rules();
+    let total = rows.len() as u64;
+    let mut valid: Vec<(Map<String, Value>, Vec<u8>)> = Vec::new();
+    let mut subjects = Vec::new();
+    let mut errors = Vec::new();
+    let mut rejected = 0;
+    for (index, value) in rows.into_iter().enumerate() {
+        let reject = |message: String| LineError {
+            batch: Some(seq),
+            line: index as u64 + 1,
+            message,
+        };
+        let row = match value {
+            Value::Object(row) => row,
+            _ => {
+                rejected += 1;
+                errors.push(reject("is not a JSON object".into()));
+                continue;
+            }
+        };
+        let json = serde_json::to_vec(&row).unwrap_or_default();
+        if json.len() > MAX_ROW_BYTES {
+            rejected += 1;
+            errors.push(reject(format!("is longer than {MAX_ROW_BYTES} bytes")));
+            continue;
+        }
+        match rules.check(&row) {
+            Ok(found) => {
+                subjects.push(found);
+                valid.push((row, json));
+            }
+            Err(message) => {
+                rejected += 1;
+                errors.push(reject(message));
+            }
+        }
+    }
+    let accepted = valid.len() as u64;
+    let mut delivered = None;
+    let mut expires_at = None;
+    if !valid.is_empty() {
+        match import.mode {
+            Mode::Store => {
+                let key = rows_batch_key(tenant, &import.id, seq);
+                let mut body = Vec::new();
+                for (_, json) in &valid {
+                    body.extend_from_slice(json);
+                    body.push(b'\n');
+                }
+                deps.imports
+                    .s3()
+                    .put_object()
+                    .bucket(deps.imports.bucket())
+                    .key(&key)
+                    .content_type(Format::Rows.content_type())
+                    .server_side_encryption(ServerSideEncryption::AwsKms)
+                    .ssekms_key_id(&deps.config.data_key_id)
+                    .tagging(Imports::tagging_header(import.retention_class))
+                    .body(body.into())
+                    .send()
+                    .await
+                    .map_err(|e| ImportError::S3(custody::aws::error_text(&e)))?;
+                let expiry = import
+                    .retention_class
+                    .expires_at(deps.clock.now())
+                    .unwrap_or_default();
+                deps.imports
+                    .record_data_expiry(tenant, &import.id, import.retention_class, expiry)
+                    .await?;
+                let object = ObjectKey::parse(&key).ok_or_else(Problem::internal)?;
+                let pseudonyms = PseudonymKey::derive(&deps.app_secret, tenant);
+                let mut counter = SubjectCounter::new(&deps.imports, &pseudonyms, object, expiry);
+                for found in &subjects {
+                    counter.add(found).await?;
+                }
+                counter.flush().await?;
+                expires_at = Some(expiry);
+            }
+            Mode::Bypass => {
+                // Nothing is stored: the batch goes to the destination now, or the
+                // caller hears that it did not and sends it again.
+                let rows: Vec<Map<String, Value>> = valid.into_iter().map(|(row, _)| row).collect();
+                let number = seq - 1;
+                let batch = webhook::Batch {
+                    import_id: import.id.clone(),
+                    batch: number,
+                    rows,
+                };
+                let body = serde_json::to_vec(&batch).map_err(internal)?;
+                let url = webhook::destination_url(
+                    &import.destination_url,
+                    deps.settings.allow_insecure_loopback,
+                )?;
+                let secret = deps
+                    .sealer
+                    .open(
+                        &SealContext::new(tenant, Purpose::WebhookSecret, keys::import(&import.id)),
+                        &import.destination_secret,
+                    )
+                    .await?;
+                deps.sender
+                    .deliver(
+                        &url,
+                        &secret,
+                        &webhook::delivery_id(&import.id, number),
+                        body.into(),
+                    )
+                    .await?;
+                delivered = Some(accepted);
+            }
+        }
+    }
+    let recorded = errors.clone();
+    deps.imports
+        .update(tenant, &import.id, |imp| {
+            imp.rows_total += total;
+            imp.rows_valid += accepted;
+            imp.rows_invalid += rejected;
+            for error in &recorded {
+                if imp.errors.len() < MAX_RECORDED_ERRORS {
+                    imp.errors.push(error.clone());
+                }
+            }
+            if let Some(rows) = delivered {
+                imp.rows_delivered += rows;
+                imp.batches_delivered += 1;
+            }
+            if expires_at.is_some() {
+                imp.data_expires_at = imp.data_expires_at.max(expires_at);
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(RowsAccepted {
+        batch: seq,
+        accepted,
+        rejected,
+        errors,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// POST /imports/{id}/complete, POST /imports/{id}/retry
+
+async fn complete(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Operator)?;
+    let import = owned(deps, caller, req).await?;
+    if import.format != Format::Rows {
+        return Err(Problem::conflict(
+            "file imports complete by themselves when the upload is processed",
+        ));
+    }
+    deps.imports
+        .update(&import.tenant, &import.id, |imp| match imp.status {
+            Status::Created | Status::Processing => {
+                imp.status = Status::Processing;
+                Ok(())
+            }
+            other => Err(ImportError::State(other)),
+        })
+        .await?;
+    // In bypass mode every batch was pushed when it was posted.
+    let objects = match import.mode {
+        Mode::Bypass => Vec::new(),
+        Mode::Store => stored_objects(deps, &import, "rows/").await?,
+    };
+    process::deliver(deps, &import.tenant, &import.id, objects).await?;
+    respond_with(deps, &import).await
+}
+
+async fn retry(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Operator)?;
+    let import = owned(deps, caller, req).await?;
+    deps.imports
+        .update(&import.tenant, &import.id, |imp| match imp.status {
+            Status::DeliveryFailed => {
+                imp.status = Status::Processing;
+                Ok(())
+            }
+            other => Err(ImportError::State(other)),
+        })
+        .await?;
+    let objects = stored_objects(deps, &import, "").await?;
+    process::deliver(deps, &import.tenant, &import.id, objects).await?;
+    respond_with(deps, &import).await
+}
+
+/// The current objects of an import under `sub` (`""` for all), latest versions.
+async fn stored_objects(
+    deps: &Deps,
+    import: &Import,
+    sub: &str,
+) -> Result<Vec<(String, Option<String>)>, ProcessError> {
+    let prefix = format!("{}{sub}", import.prefix());
+    Ok(deps
+        .imports
+        .current_objects(&prefix)
+        .await?
+        .into_iter()
+        .map(|o| (o.key, o.version_id))
+        .collect())
+}
+
+async fn respond_with(deps: &Deps, import: &Import) -> Result<Response<Body>, Problem> {
+    let current = deps
+        .imports
+        .get(&import.tenant, &import.id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    json_response(StatusCode::OK, &ImportView::from(&current))
+}
+
+// ---------------------------------------------------------------------------------
+// GET /imports/{id}/download
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DownloadLink {
+    /// The object's name within the import: `upload.csv`, `rows/00000001.jsonl`.
+    pub name: String,
+    pub bytes: i64,
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Download {
+    pub objects: Vec<DownloadLink>,
+}
+
+async fn download(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    let import = owned(deps, caller, req).await?;
+    let objects = if import.status.is_gone() || import.data_deleted_at.is_some() {
+        Vec::new()
+    } else {
+        deps.imports.current_objects(&import.prefix()).await?
+    };
+    if objects.is_empty() {
+        return Err(Problem::conflict(
+            "this import holds no stored data (bypass mode, deleted, expired, or not uploaded yet)",
+        ));
+    }
+    let expires_at =
+        deps.clock.now() + chrono::Duration::from_std(DOWNLOAD_URL_TTL).unwrap_or_default();
+    let prefix = import.prefix();
+    let mut links = Vec::with_capacity(objects.len());
+    for object in &objects {
+        let config = PresigningConfig::expires_in(DOWNLOAD_URL_TTL).map_err(internal)?;
+        let presigned = deps
+            .imports
+            .s3()
+            .get_object()
+            .bucket(deps.imports.bucket())
+            .key(&object.key)
+            .presigned(config)
+            .await
+            .map_err(internal)?;
+        links.push(DownloadLink {
+            name: object
+                .key
+                .strip_prefix(&prefix)
+                .unwrap_or(&object.key)
+                .to_owned(),
+            bytes: object.size,
+            url: presigned.uri().to_owned(),
+            expires_at,
+        });
+    }
+    process::audit(
+        deps,
+        &import,
+        Event::new(actor(caller), "import.downloaded", keys::import(&import.id))
+            .detail("objects", links.len() as u64),
+    )
+    .await?;
+    json_response(StatusCode::OK, &Download { objects: links })
+}
+
+// ---------------------------------------------------------------------------------
+// DELETE /imports/{id}, DELETE /imports
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Deleted {
+    pub imports: u64,
+    pub deleted: Purged,
+}
+
+async fn delete_one(
+    deps: &Deps,
+    caller: &Caller,
+    req: &Request,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let import = owned(deps, caller, req).await?;
+    let purged = delete_import(deps, caller, &import).await?;
+    json_response(
+        StatusCode::OK,
+        &Deleted {
+            imports: 1,
+            deleted: purged,
+        },
+    )
+}
+
+async fn delete_import(deps: &Deps, caller: &Caller, import: &Import) -> Result<Purged, Problem> {
+    let purged = deps.imports.purge(&import.tenant, &import.id).await?;
+    let now = deps.clock.now();
+    let import = deps
+        .imports
+        .update(&import.tenant, &import.id, |imp| {
+            if imp.status != Status::Expired {
+                imp.status = Status::Deleted;
+            }
+            imp.data_deleted_at.get_or_insert(now);
+            imp.data_expires_at = None;
+            Ok(())
+        })
+        .await?;
+    process::audit(
+        deps,
+        &import,
+        Event::new(actor(caller), "import.deleted", keys::import(&import.id))
+            .detail("object_versions", purged.object_versions)
+            .detail("index_entries", purged.index_entries),
+    )
+    .await?;
+    Ok(purged)
+}
+
+async fn delete_all(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let imports = deps.imports.all(&caller.tenant).await?;
+    let mut total = Purged::default();
+    for import in &imports {
+        total += delete_import(deps, caller, import).await?;
+    }
+    // Anything under the tenant's prefix or index that no import item accounts for.
+    let stray = Purged {
+        object_versions: deps
+            .imports
+            .delete_versions(&custody::imports::tenant_prefix(&caller.tenant))
+            .await?,
+        index_entries: deps
+            .imports
+            .delete_refs(&caller.tenant, &custody::imports::all_refs_prefix())
+            .await?,
+    };
+    total += stray;
+    deps.audit
+        .append(
+            &caller.tenant,
+            Event::new(
+                actor(caller),
+                "import.deleted_all",
+                custody::imports::tenant_prefix(&caller.tenant),
+            )
+            .detail("imports", imports.len() as u64)
+            .detail("object_versions", total.object_versions)
+            .detail("index_entries", total.index_entries),
+        )
+        .await?;
+    json_response(
+        StatusCode::OK,
+        &Deleted {
+            imports: imports.len() as u64,
+            deleted: total,
+        },
+    )
+}

@@ -1,0 +1,31 @@
+//! Wiring only: telemetry, configuration (read once, naming any missing variable),
+//! clients and the pseudonym application secret loaded once, then `lib.rs` handles
+//! both the HTTP API requests and the S3 notifications.
+
+use import::{Deps, Settings};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    custody::telemetry::init();
+    let config = custody::config::Config::from_env()?;
+    let settings = Settings::from_env()?;
+    let sdk = custody::aws::sdk_config().await;
+    let clients = custody::aws::Clients::new(&sdk);
+    let app_secret =
+        custody::subject::load_app_secret(&clients.secrets, &config.pseudonym_secret_id).await?;
+    let deps = std::sync::Arc::new(Deps::new(
+        config,
+        settings,
+        &clients,
+        custody::http::client()?,
+        app_secret,
+        custody::clock::system(),
+    ));
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
+        let deps = deps.clone();
+        async move { import::handle(&deps, event).await }
+    }))
+    .await
+}

@@ -1,0 +1,630 @@
+//! Processing: an uploaded file is validated and indexed in a first streaming pass,
+//! then its valid rows are pushed in a second pass; rows imports and retries run the
+//! second pass only.
+//!
+//! Two passes, because a file that turns out to be broken on its last line must not
+//! have had its first rows pushed: the first pass decides whether the file is usable
+//! at all (and counts, hashes and indexes it), the second delivers. Both stream the
+//! object (one record and one batch in memory), so memory does not grow with the file.
+//!
+//! Delivery is resumable and exactly-once per batch as far as custody can tell:
+//! batches are numbered deterministically from the rows, the import item counts the
+//! batches the destination acknowledged (`batches_delivered`, advanced by a
+//! conditional write), and a later run skips them. A batch acknowledged by the
+//! receiver whose count update was lost is sent again with the same delivery id.
+
+use std::time::Duration;
+
+use aws_lambda_events::s3::S3Event;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use custody::audit::{Event, Outcome};
+use custody::idempotency::RunError;
+use custody::imports::{
+    FileError, Import, ImportError, LineError, MAX_RECORDED_ERRORS, ObjectKey, ObjectKind,
+    ParseError, ParsedRow, Status, SubjectCounter, stream_rows,
+};
+use custody::seal::{Purpose, SealContext, SealError};
+use custody::store::keys;
+use custody::subject::PseudonymKey;
+use custody::tenant::TenantId;
+use custody::webhook::{self, MAX_BATCH_BYTES, MAX_BATCH_ROWS, WebhookError};
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+
+use crate::Deps;
+
+/// The actor of everything this function does on its own.
+pub const ACTOR: &str = "system:import";
+
+/// A failure that is ours (or AWS's), not the file's: the event is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error(transparent)]
+    Audit(#[from] custody::audit::AuditError),
+    #[error(transparent)]
+    Idempotency(#[from] custody::idempotency::IdempotencyError),
+    #[error("reading the object failed: {0}")]
+    Read(String),
+    #[error("the object changed between validation and delivery")]
+    Changed,
+}
+
+impl From<ProcessError> for custody::api::Problem {
+    fn from(err: ProcessError) -> Self {
+        match err {
+            ProcessError::Import(e) => e.into(),
+            other => {
+                tracing::error!(error = %other, "import processing failed");
+                custody::api::Problem::internal()
+            }
+        }
+    }
+}
+
+/// Handles S3 notifications: each new upload object is processed once.
+pub async fn handle_s3(
+    deps: &Deps,
+    event: S3Event,
+    remaining: Duration,
+) -> Result<(), ProcessError> {
+    for record in event.records {
+        let name = record.event_name.unwrap_or_default();
+        if !name.starts_with("ObjectCreated:") {
+            continue;
+        }
+        if record.s3.bucket.name.as_deref() != Some(deps.config.imports_bucket.as_str()) {
+            tracing::warn!(event = %name, "notification for another bucket ignored");
+            continue;
+        }
+        let key =
+            custody::imports::decode_event_key(record.s3.object.key.as_deref().unwrap_or_default());
+        let Some(object) = ObjectKey::parse(&key) else {
+            tracing::warn!("notification for an object outside the import layout ignored");
+            continue;
+        };
+        // Row batches are written by the API and delivered on complete.
+        if let ObjectKind::Upload(_) = object.kind {
+            let version = record
+                .s3
+                .object
+                .version_id
+                .clone()
+                .filter(|v| !v.is_empty());
+            let revision = version
+                .clone()
+                .or_else(|| record.s3.object.sequencer.clone())
+                .unwrap_or_default();
+            process_upload(deps, &object, version, &revision, remaining).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Processes one uploaded object at most once per object version.
+pub async fn process_upload(
+    deps: &Deps,
+    object: &ObjectKey,
+    version: Option<String>,
+    revision: &str,
+    remaining: Duration,
+) -> Result<Option<Status>, ProcessError> {
+    let Some(import) = deps.imports.get(&object.tenant, &object.import_id).await? else {
+        tracing::warn!(import = %object.import_id, "upload for an unknown import ignored");
+        return Ok(None);
+    };
+    if Some(object.name.as_str()) != import.format.upload_name() {
+        tracing::warn!(import = %import.id, "upload name does not match the import's format");
+        return Ok(None);
+    }
+    let key = format!("upload:{}#{revision}", object.import_id);
+    let payload = (object.key(), revision);
+    let result = deps
+        .idempotency
+        .run(&object.tenant, &key, &payload, remaining, || {
+            run_upload(deps, object, version.clone())
+        })
+        .await;
+    match result {
+        Ok(outcome) => Ok(Some(outcome.into_inner())),
+        Err(RunError::Work(err)) => Err(err),
+        Err(RunError::Idempotency(err)) => Err(err.into()),
+    }
+}
+
+async fn run_upload(
+    deps: &Deps,
+    object: &ObjectKey,
+    version: Option<String>,
+) -> Result<Status, ProcessError> {
+    let tenant = &object.tenant;
+    let claimed = deps
+        .imports
+        .update(tenant, &object.import_id, |imp| match imp.status {
+            Status::Created | Status::Processing => {
+                imp.status = Status::Processing;
+                Ok(())
+            }
+            other => Err(ImportError::State(other)),
+        })
+        .await;
+    let import = match claimed {
+        Ok(import) => import,
+        // Already processed, failed or deleted: nothing to do for this event.
+        Err(ImportError::State(status)) => return Ok(status),
+        Err(err) => return Err(err.into()),
+    };
+    let s3 = deps.imports.s3();
+    let head = s3
+        .head_object()
+        .bucket(deps.imports.bucket())
+        .key(object.key())
+        .set_version_id(version.clone())
+        .send()
+        .await
+        .map_err(|e| ImportError::S3(custody::aws::error_text(&e)))?;
+    let stored_at = head
+        .last_modified()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), 0))
+        .unwrap_or_else(|| deps.clock.now());
+    let class = import.retention_class;
+    let expires_at = class
+        .expires_at(stored_at)
+        .unwrap_or_else(|| stored_at.timestamp());
+    // The presigned upload carries the tag already; setting it again costs one call
+    // and makes the lifecycle rule apply even to an upload that dropped the header.
+    deps.imports
+        .tag_object(&object.key(), version.as_deref(), class)
+        .await?;
+    deps.imports
+        .record_data_expiry(tenant, &import.id, class, expires_at)
+        .await?;
+
+    let validation = validate(deps, &import, object, version.clone(), expires_at).await?;
+    let declared = head.content_length().unwrap_or(0).max(0) as u64;
+    if let Err(file_error) = validation.verdict {
+        // A file we cannot parse can neither be pushed nor searched for a data
+        // subject, so it is not kept: its data goes now, the log keeps the reason.
+        let purged = deps.imports.purge(tenant, &import.id).await?;
+        let now = deps.clock.now();
+        let import = deps
+            .imports
+            .update(tenant, &import.id, |imp| {
+                imp.status = Status::Invalid;
+                imp.error = Some(file_error.to_string());
+                imp.bytes = declared;
+                imp.rows_total = validation.rows_total;
+                imp.rows_valid = 0;
+                imp.rows_invalid = validation.rows_invalid;
+                imp.errors = validation.errors.clone();
+                imp.data_deleted_at = Some(now);
+                imp.completed_at = Some(now);
+                Ok(())
+            })
+            .await?;
+        audit(
+            deps,
+            &import,
+            Event::new(ACTOR, "import.rejected", keys::import(&import.id))
+                .outcome(Outcome::Failure)
+                .detail("reason", file_error.to_string())
+                .detail("object_versions_deleted", purged.object_versions),
+        )
+        .await?;
+        return Ok(Status::Invalid);
+    }
+    deps.imports
+        .update(tenant, &import.id, |imp| {
+            imp.bytes = validation.bytes;
+            imp.sha256 = validation.sha256.clone();
+            imp.rows_total = validation.rows_total;
+            imp.rows_valid = validation.rows_valid;
+            imp.rows_invalid = validation.rows_invalid;
+            imp.errors = validation.errors.clone();
+            imp.data_expires_at = Some(expires_at);
+            Ok(())
+        })
+        .await?;
+    deliver(deps, tenant, &import.id, vec![(object.key(), version)]).await
+}
+
+/// What the first pass found.
+struct Validation {
+    verdict: Result<(), FileError>,
+    rows_total: u64,
+    rows_valid: u64,
+    rows_invalid: u64,
+    errors: Vec<LineError>,
+    bytes: u64,
+    sha256: Option<String>,
+}
+
+async fn validate(
+    deps: &Deps,
+    import: &Import,
+    object: &ObjectKey,
+    version: Option<String>,
+    expires_at: i64,
+) -> Result<Validation, ProcessError> {
+    // A rerun (after a crash) re-indexes from scratch rather than adding twice.
+    deps.imports
+        .delete_refs(&object.tenant, &object.refs_prefix())
+        .await?;
+    let pseudonyms = PseudonymKey::derive(&deps.app_secret, &object.tenant);
+    let mut counter = SubjectCounter::new(&deps.imports, &pseudonyms, object.clone(), expires_at);
+    let body = get_body(deps, &object.key(), version).await?;
+    let (mut rows, reader) = stream_rows(body, import.format, import.rules());
+    let mut validation = Validation {
+        verdict: Ok(()),
+        rows_total: 0,
+        rows_valid: 0,
+        rows_invalid: 0,
+        errors: Vec::new(),
+        bytes: 0,
+        sha256: None,
+    };
+    while let Some(item) = rows.recv().await {
+        match item {
+            Ok(ParsedRow::Valid { subjects, .. }) => {
+                validation.rows_total += 1;
+                validation.rows_valid += 1;
+                counter.add(&subjects).await?;
+            }
+            Ok(ParsedRow::Invalid(error)) => {
+                validation.rows_total += 1;
+                validation.rows_invalid += 1;
+                if validation.errors.len() < MAX_RECORDED_ERRORS {
+                    validation.errors.push(error);
+                }
+            }
+            Err(ParseError::File(error)) => validation.verdict = Err(error),
+            Err(ParseError::Read(reason)) => return Err(ProcessError::Read(reason)),
+        }
+    }
+    let scanned = reader
+        .await
+        .map_err(|e| ProcessError::Read(e.to_string()))?;
+    counter.flush().await?;
+    if let Some(scanned) = scanned {
+        validation.bytes = scanned.bytes;
+        validation.sha256 = Some(scanned.sha256);
+    }
+    Ok(validation)
+}
+
+async fn get_body(
+    deps: &Deps,
+    key: &str,
+    version: Option<String>,
+) -> Result<aws_sdk_s3::primitives::ByteStream, ProcessError> {
+    let out = deps
+        .imports
+        .s3()
+        .get_object()
+        .bucket(deps.imports.bucket())
+        .key(key)
+        .set_version_id(version)
+        .send()
+        .await
+        .map_err(|e| ImportError::S3(custody::aws::error_text(&e)))?;
+    Ok(out.body)
+}
+
+/// Builds batch bodies row by row, straight into the JSON that is sent.
+struct BatchBuilder {
+    import_id: String,
+    number: u64,
+    rows: usize,
+    body: Vec<u8>,
+}
+
+impl BatchBuilder {
+    fn new(import_id: &str) -> Self {
+        let mut builder = Self {
+            import_id: import_id.to_owned(),
+            number: 0,
+            rows: 0,
+            body: Vec::new(),
+        };
+        builder.start();
+        builder
+    }
+
+    fn start(&mut self) {
+        self.rows = 0;
+        self.body.clear();
+        // An id of ULID characters needs no escaping.
+        self.body.extend_from_slice(
+            format!(
+                r#"{{"import_id":"{}","batch":{},"rows":["#,
+                self.import_id, self.number
+            )
+            .as_bytes(),
+        );
+    }
+
+    /// Adds a row; returns the previous batch when this row did not fit in it.
+    fn push(&mut self, row: &Map<String, Value>) -> Option<(u64, usize, Bytes)> {
+        let json = serde_json::to_vec(row).unwrap_or_else(|_| b"{}".to_vec());
+        let full = self.rows == MAX_BATCH_ROWS
+            || (self.rows > 0 && self.body.len() + json.len() + 3 > MAX_BATCH_BYTES);
+        let finished = if full { self.finish() } else { None };
+        if self.rows > 0 {
+            self.body.push(b',');
+        }
+        self.body.extend_from_slice(&json);
+        self.rows += 1;
+        finished
+    }
+
+    /// The current batch, if it has rows; the next one starts.
+    fn finish(&mut self) -> Option<(u64, usize, Bytes)> {
+        if self.rows == 0 {
+            return None;
+        }
+        self.body.extend_from_slice(b"]}");
+        let done = (
+            self.number,
+            self.rows,
+            Bytes::from(std::mem::take(&mut self.body)),
+        );
+        self.number += 1;
+        self.start();
+        Some(done)
+    }
+}
+
+/// Where a delivery run stands.
+enum Step {
+    Continue,
+    Stop(Status),
+}
+
+/// Pushes the valid rows of `objects` (in order) to the import's destination,
+/// resuming after the batches already acknowledged. The import must be `processing`.
+/// Ends `delivered` (and, in bypass mode, with its data deleted) or `delivery_failed`.
+pub async fn deliver(
+    deps: &Deps,
+    tenant: &TenantId,
+    import_id: &str,
+    objects: Vec<(String, Option<String>)>,
+) -> Result<Status, ProcessError> {
+    let Some(import) = deps.imports.get(tenant, import_id).await? else {
+        return Err(ImportError::NotFound.into());
+    };
+    if import.status != Status::Processing {
+        return Ok(import.status);
+    }
+    let url = match webhook::destination_url(
+        &import.destination_url,
+        deps.settings.allow_insecure_loopback,
+    ) {
+        Ok(url) => url,
+        Err(err) => return fail_delivery(deps, &import, &err).await,
+    };
+    let secret = deps
+        .sealer
+        .open(
+            &SealContext::new(tenant, Purpose::WebhookSecret, keys::import(import_id)),
+            &import.destination_secret,
+        )
+        .await?;
+    let mut batches = BatchBuilder::new(import_id);
+    let target = Target {
+        deps,
+        import: &import,
+        url: &url,
+        secret: &secret,
+    };
+    for (key, version) in objects {
+        let body = get_body(deps, &key, version).await?;
+        let (mut rows, reader) = stream_rows(body, import.format, import.rules());
+        while let Some(item) = rows.recv().await {
+            let row = match item {
+                Ok(ParsedRow::Valid { row, .. }) => row,
+                Ok(ParsedRow::Invalid(_)) => continue,
+                Err(ParseError::File(_)) => return Err(ProcessError::Changed),
+                Err(ParseError::Read(reason)) => return Err(ProcessError::Read(reason)),
+            };
+            if let Some(batch) = batches.push(&row)
+                && let Step::Stop(status) = target.send(batch).await?
+            {
+                return Ok(status);
+            }
+        }
+        reader
+            .await
+            .map_err(|e| ProcessError::Read(e.to_string()))?;
+    }
+    if let Some(batch) = batches.finish()
+        && let Step::Stop(status) = target.send(batch).await?
+    {
+        return Ok(status);
+    }
+    finish_delivery(deps, &import).await
+}
+
+struct Target<'a> {
+    deps: &'a Deps,
+    import: &'a Import,
+    url: &'a url::Url,
+    secret: &'a SecretString,
+}
+
+impl Target<'_> {
+    async fn send(&self, (number, rows, body): (u64, usize, Bytes)) -> Result<Step, ProcessError> {
+        if number < self.import.batches_delivered {
+            return Ok(Step::Continue);
+        }
+        let id = webhook::delivery_id(&self.import.id, number);
+        if let Err(err) = self
+            .deps
+            .sender
+            .deliver(self.url, self.secret, &id, body)
+            .await
+        {
+            let status = fail_delivery(self.deps, self.import, &err).await?;
+            return Ok(Step::Stop(status));
+        }
+        let updated = self
+            .deps
+            .imports
+            .update(&self.import.tenant, &self.import.id, |imp| {
+                if imp.status != Status::Processing {
+                    return Err(ImportError::State(imp.status));
+                }
+                if imp.batches_delivered == number {
+                    imp.batches_delivered += 1;
+                    imp.rows_delivered += rows as u64;
+                }
+                Ok(())
+            })
+            .await;
+        match updated {
+            Ok(_) => Ok(Step::Continue),
+            // Deleted (or otherwise moved on) while delivering: stop here.
+            Err(ImportError::State(status)) => Ok(Step::Stop(status)),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+async fn fail_delivery(
+    deps: &Deps,
+    import: &Import,
+    error: &WebhookError,
+) -> Result<Status, ProcessError> {
+    let updated = deps
+        .imports
+        .update(&import.tenant, &import.id, |imp| {
+            if imp.status != Status::Processing {
+                return Err(ImportError::State(imp.status));
+            }
+            imp.status = Status::DeliveryFailed;
+            imp.error = Some(error.to_string());
+            Ok(())
+        })
+        .await;
+    let import = match updated {
+        Ok(import) => import,
+        Err(ImportError::State(status)) => return Ok(status),
+        Err(err) => return Err(err.into()),
+    };
+    audit(
+        deps,
+        &import,
+        Event::new(ACTOR, "import.delivery_failed", keys::import(&import.id))
+            .outcome(Outcome::Failure)
+            .detail("reason", error.to_string())
+            .detail("batches_delivered", import.batches_delivered),
+    )
+    .await?;
+    Ok(Status::DeliveryFailed)
+}
+
+async fn finish_delivery(deps: &Deps, import: &Import) -> Result<Status, ProcessError> {
+    let bypass = import.mode == custody::imports::Mode::Bypass;
+    // Bypass keeps nothing once the rows are delivered: every version goes.
+    let purged = if bypass {
+        Some(deps.imports.purge(&import.tenant, &import.id).await?)
+    } else {
+        None
+    };
+    let now = deps.clock.now();
+    let updated = deps
+        .imports
+        .update(&import.tenant, &import.id, |imp| {
+            if imp.status != Status::Processing {
+                return Err(ImportError::State(imp.status));
+            }
+            imp.status = Status::Delivered;
+            imp.error = None;
+            imp.completed_at = Some(now);
+            if bypass {
+                imp.data_deleted_at = Some(now);
+                imp.data_expires_at = None;
+            }
+            Ok(())
+        })
+        .await;
+    let import = match updated {
+        Ok(import) => import,
+        Err(ImportError::State(status)) => return Ok(status),
+        Err(err) => return Err(err.into()),
+    };
+    let mut event = Event::new(ACTOR, "import.delivered", keys::import(&import.id))
+        .detail("rows_delivered", import.rows_delivered)
+        .detail("batches", import.batches_delivered)
+        .detail("mode", if bypass { "bypass" } else { "store" });
+    if let Some(purged) = purged {
+        event = event.detail("object_versions_deleted", purged.object_versions);
+    }
+    audit(deps, &import, event).await?;
+    Ok(Status::Delivered)
+}
+
+pub(crate) async fn audit(
+    deps: &Deps,
+    import: &Import,
+    event: Event,
+) -> Result<(), custody::audit::AuditError> {
+    deps.audit.append(&import.tenant, event).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: usize, width: usize) -> Map<String, Value> {
+        let mut row = Map::new();
+        row.insert("n".into(), Value::from(n));
+        row.insert("pad".into(), Value::String("x".repeat(width)));
+        row
+    }
+
+    #[test]
+    fn batches_hold_at_most_1000_rows_and_parse_as_batches() {
+        let mut builder = BatchBuilder::new("01JD2Z7Q3X9V8W7T6S5R4Q3P2N");
+        let mut done = Vec::new();
+        for n in 0..2500 {
+            done.extend(builder.push(&row(n, 1)));
+        }
+        done.extend(builder.finish());
+        let sizes: Vec<usize> = done.iter().map(|(_, rows, _)| *rows).collect();
+        assert_eq!(sizes, vec![1000, 1000, 500]);
+        for (number, rows, body) in &done {
+            let batch: webhook::Batch = serde_json::from_slice(body).unwrap();
+            assert_eq!(batch.batch, *number);
+            assert_eq!(batch.rows.len(), *rows);
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_in_bytes() {
+        let mut builder = BatchBuilder::new("01JD2Z7Q3X9V8W7T6S5R4Q3P2N");
+        let mut done = Vec::new();
+        for n in 0..100 {
+            done.extend(builder.push(&row(n, 60_000)));
+        }
+        done.extend(builder.finish());
+        assert!(done.len() > 1);
+        assert!(
+            done.iter()
+                .all(|(_, _, body)| body.len() <= MAX_BATCH_BYTES)
+        );
+        assert_eq!(done.iter().map(|(_, rows, _)| rows).sum::<usize>(), 100);
+    }
+
+    #[test]
+    fn event_keys_are_url_decoded() {
+        assert_eq!(
+            custody::imports::decode_event_key("imports/a/b/upload.csv"),
+            "imports/a/b/upload.csv"
+        );
+        assert_eq!(custody::imports::decode_event_key("a+b%2Fc"), "a b/c");
+    }
+}

@@ -1,0 +1,143 @@
+//! The destination failing: retries, `delivery_failed`, data kept and downloadable,
+//! then a retry that delivers each row once.
+
+use custody::imports::Status;
+use import::http::Download;
+
+use crate::*;
+
+#[tokio::test]
+async fn destination_down_then_retry_delivers_every_row_once() {
+    let env = env().await;
+    env.dest.go_down(503);
+    let csv = csv_rows(1500);
+    let created = import_file(&env, "csv", "store", csv.as_bytes()).await;
+    let id = created.import.id.clone();
+
+    let failed = view(&env, &id).await;
+    assert_eq!(failed.status, Status::DeliveryFailed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("HTTP 503"),
+        "{failed:?}"
+    );
+    assert_eq!(failed.rows_delivered, 0);
+    // The first batch was tried the policy's number of times, then it stopped.
+    assert_eq!(env.dest.requests().len(), TEST_RETRY.max_attempts as usize);
+    assert!(env.dest.accepted().is_empty());
+
+    // Nothing is lost: the file is still stored and downloadable as uploaded.
+    let (status, body) = call(&env.deps, &for_import(DOWNLOAD, &id)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let download: Download = serde_json::from_value(body).unwrap();
+    assert_eq!(download.objects.len(), 1);
+    assert_eq!(download.objects[0].name, "upload.csv");
+    let fetched = reqwest::get(&download.objects[0].url)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(fetched.as_ref(), csv.as_bytes());
+
+    // Retry while still down: failed again, still nothing accepted.
+    let (status, _) = call(&env.deps, &for_import(RETRY, &id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status_of(&env, &id).await, Status::DeliveryFailed);
+
+    env.dest.recover();
+    let (status, body) = call(&env.deps, &for_import(RETRY, &id)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "delivered");
+    let expected: Vec<String> = (0..1500).map(|i| format!("row-{i}")).collect();
+    assert_eq!(delivered_ids(&env.dest), expected);
+
+    // Retrying a delivered import is refused; nothing more goes out.
+    let (status, _) = call(&env.deps, &for_import(RETRY, &id)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(delivered_ids(&env.dest).len(), 1500);
+    let entries = audit_entries(&env, "acme").await;
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert!(actions.contains(&"import.delivery_failed"));
+    assert!(actions.contains(&"import.downloaded"));
+    assert!(actions.contains(&"import.delivered"));
+}
+
+#[tokio::test]
+async fn a_destination_dying_mid_import_resumes_after_the_acknowledged_batches() {
+    let env = env().await;
+    // Two of three batches get through, then the destination goes down.
+    env.dest.go_down_after(2, 500);
+    let csv = csv_rows(2500);
+    let created = import_file(&env, "csv", "store", csv.as_bytes()).await;
+    let id = created.import.id.clone();
+    let failed = view(&env, &id).await;
+    assert_eq!(failed.status, Status::DeliveryFailed);
+    assert_eq!((failed.batches_delivered, failed.rows_delivered), (2, 2000));
+
+    env.dest.recover();
+    let (status, _) = call(&env.deps, &for_import(RETRY, &id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let expected: Vec<String> = (0..2500).map(|i| format!("row-{i}")).collect();
+    assert_eq!(
+        delivered_ids(&env.dest),
+        expected,
+        "no batch twice, none lost"
+    );
+    let batches: Vec<u64> = env.dest.accepted().iter().map(|b| b.batch).collect();
+    assert_eq!(batches, vec![0, 1, 2]);
+    let ids: Vec<String> = env
+        .dest
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .filter_map(|r| r.delivery_id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![format!("{id}.0"), format!("{id}.1"), format!("{id}.2")]
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_refuses_the_batch_is_not_retried() {
+    let env = env().await;
+    // The destination verifies with another secret: 401, a refusal retrying cannot fix.
+    let other =
+        custody_sim::destination::DestinationSim::start("a-different-secret-0123456789abcdef")
+            .await
+            .unwrap();
+    let csv = csv_rows(3);
+    let mut body = file_body(&env, "csv", "store", csv.len());
+    body["destination"]["url"] = json!(other.url());
+    let created = create(&env, body).await;
+    let version = upload(&created, csv.as_bytes()).await;
+    let key = format!("imports/acme/{}/upload.csv", created.import.id);
+    import::process::handle_s3(
+        &env.deps,
+        s3_event(&env, &key, &version, csv.len()),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let view = view(&env, &created.import.id).await;
+    assert_eq!(view.status, Status::DeliveryFailed);
+    assert!(view.error.unwrap().contains("401"));
+    let requests = other.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(!requests[0].signature_valid);
+}
+
+#[tokio::test]
+async fn a_slow_destination_still_gets_everything_once() {
+    let env = env().await;
+    env.dest.set_delay(std::time::Duration::from_millis(200));
+    let csv = csv_rows(1001);
+    let created = import_file(&env, "csv", "store", csv.as_bytes()).await;
+    assert_eq!(status_of(&env, &created.import.id).await, Status::Delivered);
+    assert_eq!(delivered_ids(&env.dest).len(), 1001);
+    assert_eq!(env.dest.requests().len(), 2);
+}

@@ -1,0 +1,207 @@
+//! The `oauth` function: start a connection, the OAuth callback, list and delete
+//! connections, and the HighLevel marketplace webhook. The OAuth logic itself lives in
+//! `custody::oauth`; this is the HTTP surface.
+
+use custody::api::{self, Problem, Role};
+use custody::oauth::flow::{self, BINDING_COOKIE, CallbackFailure, CallbackParams};
+use custody::oauth::webhook::{self, WebhookKeys};
+use custody::oauth::{OauthDeps, OauthError};
+use custody::schedule::ExportSchedules;
+use http::StatusCode;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE};
+use lambda_http::{Body, Request, RequestExt, Response};
+use secrecy::ExposeSecret;
+use url::Url;
+
+/// What the handler needs, built once per cold start.
+#[derive(Clone, Debug)]
+pub struct Deps {
+    pub oauth: OauthDeps,
+    pub schedules: ExportSchedules,
+    pub webhook_keys: WebhookKeys,
+}
+
+/// Dispatches on the API Gateway route key. Never fails: every error is a response.
+pub async fn handle(deps: &Deps, req: Request) -> Response<Body> {
+    let route = api::route_key(&req).unwrap_or_default();
+    let result = match route.as_str() {
+        "GET /connect/{provider}" => connect(deps, &req).await,
+        "GET /oauth/{provider}/callback" => Ok(callback(deps, &req).await),
+        "GET /connections" => list(deps, &req).await,
+        "DELETE /connections/{provider}" => disconnect(deps, &req).await,
+        "POST /webhooks/highlevel" => highlevel_webhook(deps, &req).await,
+        _ => Err(Problem::not_found()),
+    };
+    result.unwrap_or_else(Problem::into_response)
+}
+
+fn query(req: &Request, name: &str) -> Option<String> {
+    req.query_string_parameters_ref()
+        .and_then(|q| q.first(name))
+        .map(str::to_owned)
+}
+
+fn cookie(req: &Request, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A redirect that leaks nothing onwards: no referrer, not cached.
+fn redirect(location: &Url) -> Result<Response<Body>, Problem> {
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = StatusCode::FOUND;
+    let headers = resp.headers_mut();
+    headers.insert(
+        LOCATION,
+        HeaderValue::from_str(location.as_str()).map_err(|_| Problem::internal())?,
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    Ok(resp)
+}
+
+async fn connect(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
+    let caller = api::caller(req)?;
+    caller.require(Role::Admin)?;
+    let provider = api::path_param(req, "provider")?;
+    let return_url = query(req, "return_url");
+    let started = flow::start(
+        &deps.oauth,
+        &caller.tenant,
+        &format!("user:{}", caller.subject),
+        &provider,
+        return_url.as_deref(),
+    )
+    .await?;
+    let mut resp = redirect(&started.authorize_url)?;
+    // The body repeats the URL for a client that fetched this with a bearer token and
+    // navigates itself.
+    *resp.body_mut() = Body::Text(
+        serde_json::json!({ "authorize_url": started.authorize_url.as_str() }).to_string(),
+    );
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let cookie = format!(
+        "{BINDING_COOKIE}={}; Path=/; Max-Age=600; Secure; HttpOnly; SameSite=Lax",
+        started.binding.expose_secret()
+    );
+    headers.insert(
+        SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|_| Problem::internal())?,
+    );
+    Ok(resp)
+}
+
+fn with_result(mut url: Url, result: &str, provider: &str) -> Url {
+    url.query_pairs_mut()
+        .append_pair("result", result)
+        .append_pair("provider", provider);
+    url
+}
+
+async fn callback(deps: &Deps, req: &Request) -> Response<Body> {
+    let provider = match api::path_param(req, "provider") {
+        Ok(provider) => provider,
+        Err(problem) => return problem.into_response(),
+    };
+    let params = CallbackParams {
+        state: query(req, "state"),
+        code: query(req, "code"),
+        error: query(req, "error"),
+        iss: query(req, "iss"),
+    };
+    let binding = cookie(req, BINDING_COOKIE);
+    let result = flow::complete(&deps.oauth, &provider, &params, binding.as_deref()).await;
+    let response = match result {
+        Ok(done) => {
+            tracing::info!(provider = %done.provider, tenant = %done.tenant, "connection stored");
+            redirect(&with_result(done.return_url, "connected", &provider))
+        }
+        Err(failure) => {
+            let CallbackFailure { error, return_url } = *failure;
+            let code = error.result_code();
+            match &error {
+                flow::CallbackError::Oauth(
+                    OauthError::Provider { .. } | OauthError::InvalidGrant(_),
+                )
+                | flow::CallbackError::Oauth(
+                    OauthError::Config(_)
+                    | OauthError::Seal(_)
+                    | OauthError::Store(_)
+                    | OauthError::Audit(_),
+                ) => {
+                    tracing::error!(provider = %provider, error = %error, result = code, "OAuth callback failed")
+                }
+                _ => {
+                    tracing::warn!(provider = %provider, error = %error, result = code, "OAuth callback refused")
+                }
+            }
+            match return_url {
+                Some(url) => redirect(&with_result(url, code, &provider)),
+                None => Err(Problem::bad_request("state", error.to_string())),
+            }
+        }
+    };
+    let mut response = response.unwrap_or_else(Problem::into_response);
+    // The binding cookie has served its purpose either way.
+    response.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_static(
+            "__Host-custody-oauth=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax",
+        ),
+    );
+    response
+        .headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    response
+}
+
+async fn list(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
+    let caller = api::caller(req)?;
+    caller.require(Role::Viewer)?;
+    let connections = custody::oauth::list_connections(&deps.oauth, &caller.tenant).await?;
+    api::json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "connections": connections }),
+    )
+}
+
+async fn disconnect(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
+    let caller = api::caller(req)?;
+    caller.require(Role::Admin)?;
+    let provider = api::path_param(req, "provider")?;
+    deps.oauth.provider(&provider)?;
+    let outcome = custody::oauth::disconnect(
+        &deps.oauth,
+        &deps.schedules,
+        &caller.tenant,
+        &provider,
+        &format!("user:{}", caller.subject),
+    )
+    .await?;
+    api::json_response(StatusCode::OK, &outcome)
+}
+
+async fn highlevel_webhook(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let outcome = webhook::handle_highlevel(
+        &deps.oauth,
+        &deps.schedules,
+        &deps.webhook_keys,
+        header,
+        req.body().as_ref(),
+    )
+    .await?;
+    api::json_response(StatusCode::OK, &outcome)
+}

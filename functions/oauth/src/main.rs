@@ -1,0 +1,45 @@
+//! Wiring only: telemetry, configuration (read once, naming any missing variable),
+//! clients built once, then the HTTP handler in `lib.rs`.
+
+use custody::oauth::provider::vars;
+use custody::oauth::webhook::WebhookKeys;
+use custody::oauth::{OauthConfig, OauthDeps};
+use lambda_http::{Error, Request, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    custody::telemetry::init();
+    let config = custody::config::Config::from_env()?;
+    let oauth_config = OauthConfig::from_env()?;
+    if oauth_config.redirect_base.is_none() {
+        return Err(format!("environment variable {} is not set", vars::REDIRECT_BASE).into());
+    }
+    if oauth_config.return_urls.is_empty() {
+        return Err(format!("environment variable {} is not set", vars::RETURN_URLS).into());
+    }
+    let webhook_keys = WebhookKeys::from_env()?;
+
+    let sdk = custody::aws::sdk_config().await;
+    let clients = custody::aws::Clients::new(&sdk);
+    let clock = custody::clock::system();
+    let deps = std::sync::Arc::new(oauth::Deps {
+        oauth: OauthDeps::new(
+            oauth_config,
+            custody::store::Store::new(clients.dynamodb.clone(), &config.table, clock.clone()),
+            custody::seal::Sealer::new(clients.kms.clone(), &config.data_key_id),
+            custody::audit::AuditLog::new(clients.dynamodb.clone(), &config.audit_table, clock),
+            clients.secrets.clone(),
+            custody::http::client()?,
+        ),
+        schedules: custody::schedule::ExportSchedules::new(
+            clients.scheduler.clone(),
+            &config.schedule_group,
+        ),
+        webhook_keys,
+    });
+    lambda_http::run(service_fn(|req: Request| {
+        let deps = deps.clone();
+        async move { Ok::<_, Error>(oauth::handle(&deps, req).await) }
+    }))
+    .await
+}

@@ -1,0 +1,213 @@
+//! `access_token`: single-flight refresh with rotation, invalid_grant, tenant-bound
+//! seals, and disconnecting.
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use custody::oauth::{Connection, ConnectionStatus, OauthError, access_token, connection_key};
+use custody::seal::{Purpose, SealContext, SealError};
+use secrecy::ExposeSecret;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn ten_concurrent_calls_refresh_once_and_store_the_rotated_refresh_token() {
+    let env = Env::new().await;
+    let sim = env.sim("highlevel");
+    sim.set_expires_in(300); // inside the 15-minute refresh window
+    env.connect_fully("acme", "highlevel").await;
+    assert_eq!(sim.token_requests(), 1);
+    sim.set_expires_in(86_399);
+    sim.set_token_delay(Duration::from_millis(300));
+
+    let acme = tenant("acme");
+    let calls = (0..10).map(|_| access_token(&env.deps.oauth, &acme, "highlevel"));
+    let tokens = futures::future::join_all(calls).await;
+
+    assert_eq!(sim.token_requests(), 2, "exactly one refresh request");
+    let new_access = sim.issued_access_tokens()[1].clone();
+    for token in tokens {
+        assert_eq!(token.unwrap().token.expose_secret(), new_access);
+    }
+    let stored: Connection = env
+        .deps
+        .oauth
+        .store
+        .get(&connection_key(&acme, "highlevel"))
+        .await
+        .unwrap()
+        .unwrap();
+    let rotated = env
+        .deps
+        .oauth
+        .sealer
+        .open(
+            &SealContext::new(&acme, Purpose::OauthRefreshToken, "CONN#highlevel"),
+            stored.refresh_token.as_ref().unwrap(),
+        )
+        .await
+        .unwrap();
+    let issued = sim.issued_refresh_tokens();
+    assert_eq!(rotated.expose_secret(), issued[1]);
+    assert!(
+        !sim.refresh_token_live(&issued[0]),
+        "the old refresh token is spent"
+    );
+    assert!(stored.lease_owner.is_none());
+    // Fresh now: no further requests.
+    access_token(&env.deps.oauth, &acme, "highlevel")
+        .await
+        .unwrap();
+    assert_eq!(sim.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn invalid_grant_marks_the_connection_needs_reconsent() {
+    let env = Env::new().await;
+    let sim = env.sim("crm");
+    sim.set_expires_in(60);
+    env.connect_fully("acme", "crm").await;
+    sim.revoke_all_refresh_tokens();
+
+    let acme = tenant("acme");
+    let err = access_token(&env.deps.oauth, &acme, "crm")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OauthError::NeedsReconsent(_)), "{err}");
+    let requests = sim.token_requests();
+    // Not retried forever: the next call answers from the stored status.
+    let err = access_token(&env.deps.oauth, &acme, "crm")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OauthError::NeedsReconsent(_)));
+    assert_eq!(sim.token_requests(), requests);
+
+    let stored: Connection = env
+        .deps
+        .oauth
+        .store
+        .get(&connection_key(&acme, "crm"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, ConnectionStatus::NeedsReconsent);
+    let mut ev = event(LIST);
+    set_claims(&mut ev, "acme", "viewer");
+    let listed = body_json(&env.call(ev).await);
+    assert_eq!(listed["connections"][0]["status"], "needs_reconsent");
+    assert_eq!(
+        env.audit_actions("acme").await,
+        vec!["connection.created", "connection.needs_reconsent"]
+    );
+    let problem = custody::api::Problem::from(err);
+    assert_eq!(problem.status, 409);
+}
+
+#[tokio::test]
+async fn swapped_token_blobs_of_two_tenants_open_for_neither() {
+    let env = Env::new().await;
+    env.connect_fully("acme", "crm").await;
+    env.connect_fully("globex", "crm").await;
+    let acme = env.connection_item("acme", "crm").await.unwrap();
+    let globex = env.connection_item("globex", "crm").await.unwrap();
+    for (tenant_name, other) in [("acme", &globex), ("globex", &acme)] {
+        env.stack
+            .clients
+            .dynamodb
+            .update_item()
+            .table_name(&env.stack.config.table)
+            .key("pk", AttributeValue::S(format!("T#{tenant_name}")))
+            .key("sk", AttributeValue::S("CONN#crm".into()))
+            .update_expression("SET access_token = :a, refresh_token = :r")
+            .expression_attribute_values(":a", other["access_token"].clone())
+            .expression_attribute_values(":r", other["refresh_token"].clone())
+            .send()
+            .await
+            .unwrap();
+    }
+    for tenant_name in ["acme", "globex"] {
+        let err = access_token(&env.deps.oauth, &tenant(tenant_name), "crm")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, OauthError::Seal(SealError::Rejected)),
+            "{err}"
+        );
+    }
+    // The refresh path refuses too.
+    env.clock.advance(chrono::Duration::hours(24));
+    let err = access_token(&env.deps.oauth, &tenant("acme"), "crm")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OauthError::Seal(SealError::Rejected)),
+        "{err}"
+    );
+    assert_eq!(
+        env.sim("crm").token_requests(),
+        2,
+        "only the two code exchanges"
+    );
+}
+
+#[tokio::test]
+async fn disconnect_deletes_at_once_revokes_removes_the_schedule_and_audits() {
+    let env = Env::new().await;
+    env.connect_fully("acme", "google").await;
+    env.connect_fully("globex", "google").await;
+    add_schedule(&env, "acme").await;
+
+    let mut ev = event(DISCONNECT);
+    set_claims(&mut ev, "acme", "admin");
+    set_path(&mut ev, "provider", "google", "/connections/google");
+    let resp = env.call(ev.clone()).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    let outcome = body_json(&resp);
+    assert_eq!(outcome["deleted"], true);
+    assert_eq!(outcome["revoked"], true);
+    assert_eq!(outcome["schedule_removed"], true);
+
+    assert!(env.connection_item("acme", "google").await.is_none());
+    assert!(
+        env.deps
+            .schedules
+            .get(&tenant("acme"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let sim = env.sim("google");
+    assert!(sim.is_revoked(&sim.issued_refresh_tokens()[0]));
+    assert_eq!(
+        env.audit_actions("acme").await,
+        vec!["connection.created", "connection.deleted"]
+    );
+    let err = access_token(&env.deps.oauth, &tenant("acme"), "google")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OauthError::NotConnected(_)), "{err}");
+    assert_eq!(err.to_string(), "not connected to google");
+    // Another tenant's connection is untouched.
+    access_token(&env.deps.oauth, &tenant("globex"), "google")
+        .await
+        .unwrap();
+
+    // Delivered again: nothing left to delete, still a success.
+    let again = env.call(ev).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(body_json(&again)["deleted"], false);
+}
+
+#[tokio::test]
+async fn disconnect_needs_an_admin_and_a_known_provider() {
+    let env = Env::new().await;
+    env.connect_fully("acme", "crm").await;
+    let mut ev = event(DISCONNECT);
+    set_claims(&mut ev, "acme", "viewer");
+    set_path(&mut ev, "provider", "crm", "/connections/crm");
+    assert_eq!(env.call(ev.clone()).await.status(), 403);
+    set_claims(&mut ev, "acme", "admin");
+    set_path(&mut ev, "provider", "nosuch", "/connections/nosuch");
+    assert_eq!(env.call(ev).await.status(), 404);
+    assert!(env.connection_item("acme", "crm").await.is_some());
+}

@@ -1,0 +1,673 @@
+//! A local OAuth 2.0 / OpenID Connect provider on 127.0.0.1 (random port), in three
+//! flavours: HighLevel (its paths; the token response carries `locationId`,
+//! `companyId`, `userType`, `scope`, `expires_in`), Google (sends `iss` in the
+//! authorization response; a `userinfo` endpoint gives the `sub`), and a generic one.
+//!
+//! It is strict where custody's safety depends on a provider being strict: exact
+//! redirect URI, client authentication, PKCE S256, single-use codes (a replayed code
+//! also revokes what the code issued, RFC 6749 §4.1.2), refresh-token rotation with
+//! `invalid_grant` for a used or revoked refresh token, form-encoded token requests.
+//! Tests observe it through counters and the tokens it issued, and steer it with
+//! switches (deny the next authorization, short expiry, slow token endpoint).
+//!
+//! [`WebhookSigner`] signs HighLevel marketplace webhooks with a test key pair
+//! (RSA-SHA256 `x-wh-signature`, Ed25519 `x-ghl-signature`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _, RSA_PKCS1_SHA256, RsaKeyPair};
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rand::RngCore as _;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use url::Url;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    HighLevel,
+    Google,
+    Generic,
+}
+
+/// The account the next authorization is for (HighLevel ids, or the OIDC subject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimAccount {
+    pub location_id: String,
+    pub company_id: String,
+    pub user_type: String,
+    pub subject: String,
+}
+
+#[derive(Debug, Clone)]
+struct Code {
+    client_id: String,
+    redirect_uri: String,
+    challenge: Option<String>,
+    scope: String,
+    account: SimAccount,
+    used: bool,
+    /// Tokens issued for this code, revoked if the code is replayed.
+    issued: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    account: SimAccount,
+    scope: String,
+    used: bool,
+    revoked: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    redirect_uris: Vec<String>,
+    deny_next: bool,
+    account: Option<SimAccount>,
+    expires_in: u64,
+    token_delay: Duration,
+    codes: HashMap<String, Code>,
+    refresh_tokens: HashMap<String, Grant>,
+    /// access token → (account, revoked)
+    access_tokens: HashMap<String, (SimAccount, bool)>,
+    issued_refresh_order: Vec<String>,
+    issued_access_order: Vec<String>,
+}
+
+struct Shared {
+    flavour: Flavour,
+    issuer: String,
+    client_id: String,
+    client_secret: String,
+    token_requests: AtomicUsize,
+    revocations: AtomicUsize,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running provider; stops when dropped.
+pub struct OauthProviderSim {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for OauthProviderSim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn random_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 10];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl OauthProviderSim {
+    /// Starts a provider with one registered client.
+    pub async fn start(
+        flavour: Flavour,
+        client_id: &str,
+        client_secret: &str,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            flavour,
+            issuer: format!("http://{addr}"),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            token_requests: AtomicUsize::new(0),
+            revocations: AtomicUsize::new(0),
+            inner: Mutex::new(Inner {
+                expires_in: 86_399,
+                ..Inner::default()
+            }),
+        });
+        let app = Router::new()
+            .route("/authorize", get(authorize))
+            .route("/oauth/chooselocation", get(authorize))
+            .route("/token", post(token))
+            .route("/oauth/token", post(token))
+            .route("/revoke", post(revoke))
+            .route("/userinfo", get(userinfo))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The issuer identifier sent as `iss` (Google and generic flavours).
+    pub fn issuer(&self) -> String {
+        self.shared.issuer.clone()
+    }
+
+    pub fn authorize_url(&self) -> String {
+        match self.shared.flavour {
+            Flavour::HighLevel => format!("{}/oauth/chooselocation", self.base_url()),
+            _ => format!("{}/authorize", self.base_url()),
+        }
+    }
+
+    pub fn token_url(&self) -> String {
+        match self.shared.flavour {
+            Flavour::HighLevel => format!("{}/oauth/token", self.base_url()),
+            _ => format!("{}/token", self.base_url()),
+        }
+    }
+
+    pub fn revocation_url(&self) -> String {
+        format!("{}/revoke", self.base_url())
+    }
+
+    pub fn userinfo_url(&self) -> String {
+        format!("{}/userinfo", self.base_url())
+    }
+
+    /// Registers a redirect URI; only registered ones are accepted, exactly.
+    pub fn register_redirect_uri(&self, uri: &str) {
+        self.shared.lock().redirect_uris.push(uri.to_owned());
+    }
+
+    /// The next authorization is refused with `error=access_denied`.
+    pub fn deny_next(&self) {
+        self.shared.lock().deny_next = true;
+    }
+
+    /// `expires_in` of the tokens issued from now on (e.g. 60 s to force refreshes).
+    pub fn set_expires_in(&self, seconds: u64) {
+        self.shared.lock().expires_in = seconds;
+    }
+
+    /// Delays every token response (widens races in concurrency tests).
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.shared.lock().token_delay = delay;
+    }
+
+    /// The account the next authorizations are for.
+    pub fn set_account(&self, account: SimAccount) {
+        self.shared.lock().account = Some(account);
+    }
+
+    /// Requests received by the token endpoint (any grant, any outcome).
+    pub fn token_requests(&self) -> usize {
+        self.shared.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests received by the revocation endpoint.
+    pub fn revocations(&self) -> usize {
+        self.shared.revocations.load(Ordering::SeqCst)
+    }
+
+    /// Every access token issued, oldest first.
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.shared.lock().issued_access_order.clone()
+    }
+
+    /// Every refresh token issued, oldest first.
+    pub fn issued_refresh_tokens(&self) -> Vec<String> {
+        self.shared.lock().issued_refresh_order.clone()
+    }
+
+    /// Whether a refresh token is still usable (issued, not used, not revoked).
+    pub fn refresh_token_live(&self, token: &str) -> bool {
+        self.shared
+            .lock()
+            .refresh_tokens
+            .get(token)
+            .is_some_and(|g| !g.used && !g.revoked)
+    }
+
+    /// Whether a token was revoked (refresh or access).
+    pub fn is_revoked(&self, token: &str) -> bool {
+        let inner = self.shared.lock();
+        inner.refresh_tokens.get(token).is_some_and(|g| g.revoked)
+            || inner.access_tokens.get(token).is_some_and(|(_, r)| *r)
+    }
+
+    /// Revokes every refresh token (the user removed the app at the provider).
+    pub fn revoke_all_refresh_tokens(&self) {
+        for grant in self.shared.lock().refresh_tokens.values_mut() {
+            grant.revoked = true;
+        }
+    }
+}
+
+fn default_account(flavour: Flavour) -> SimAccount {
+    SimAccount {
+        location_id: format!("loc{}", random_id()),
+        company_id: format!("co{}", random_id()),
+        user_type: "Location".into(),
+        subject: match flavour {
+            Flavour::Google => format!("1{}", &random_id()[..12]),
+            _ => format!("user{}", random_id()),
+        },
+    }
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response()
+}
+
+async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let get = |name: &str| params.get(name).cloned().unwrap_or_default();
+    let redirect_uri = get("redirect_uri");
+    let mut inner = shared.lock();
+    // A wrong client or redirect URI is shown to the user, never redirected to.
+    if get("client_id") != shared.client_id {
+        return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
+    }
+    if !inner.redirect_uris.contains(&redirect_uri) {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is not registered").into_response();
+    }
+    let Ok(mut target) = Url::parse(&redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response();
+    };
+    let challenge = params.get("code_challenge").cloned();
+    let method_ok = match (&challenge, params.get("code_challenge_method")) {
+        (None, _) => true,
+        (Some(_), Some(method)) => method == "S256",
+        (Some(_), None) => false,
+    };
+    {
+        let mut query = target.query_pairs_mut();
+        if get("response_type") != "code" {
+            query.append_pair("error", "unsupported_response_type");
+        } else if !method_ok {
+            query.append_pair("error", "invalid_request");
+        } else if std::mem::take(&mut inner.deny_next) {
+            query.append_pair("error", "access_denied");
+        } else {
+            let code = random_token("code_");
+            let account = inner
+                .account
+                .clone()
+                .unwrap_or_else(|| default_account(shared.flavour));
+            inner.codes.insert(
+                code.clone(),
+                Code {
+                    client_id: get("client_id"),
+                    redirect_uri: redirect_uri.clone(),
+                    challenge,
+                    scope: get("scope"),
+                    account,
+                    used: false,
+                    issued: Vec::new(),
+                },
+            );
+            query.append_pair("code", &code);
+        }
+        if let Some(state) = params.get("state") {
+            query.append_pair("state", state);
+        }
+        if shared.flavour != Flavour::HighLevel {
+            query.append_pair("iss", &shared.issuer);
+        }
+    }
+    // 302, as providers answer an authorization request.
+    (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response()
+}
+
+/// `client_secret_basic` or `client_secret_post`.
+fn client_authenticated(
+    shared: &Shared,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> bool {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| STANDARD.decode(b64).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok());
+    let (id, secret) = match basic {
+        Some(pair) => match pair.split_once(':') {
+            Some((id, secret)) => (url_decode(id), url_decode(secret)),
+            None => return false,
+        },
+        None => (
+            form.get("client_id").cloned().unwrap_or_default(),
+            form.get("client_secret").cloned().unwrap_or_default(),
+        ),
+    };
+    id == shared.client_id && secret == shared.client_secret
+}
+
+/// RFC 6749 §2.3.1: Basic credentials are form-urlencoded first.
+fn url_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn pkce_s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+fn issue(
+    shared: &Shared,
+    inner: &mut Inner,
+    account: &SimAccount,
+    scope: &str,
+) -> serde_json::Value {
+    let access = random_token("at_");
+    let refresh = random_token("rt_");
+    inner
+        .access_tokens
+        .insert(access.clone(), (account.clone(), false));
+    inner.refresh_tokens.insert(
+        refresh.clone(),
+        Grant {
+            account: account.clone(),
+            scope: scope.to_owned(),
+            used: false,
+            revoked: false,
+        },
+    );
+    inner.issued_access_order.push(access.clone());
+    inner.issued_refresh_order.push(refresh.clone());
+    let mut body = json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": inner.expires_in,
+        "refresh_token": refresh,
+        "scope": scope,
+    });
+    if shared.flavour == Flavour::HighLevel {
+        body["userType"] = json!(account.user_type);
+        body["companyId"] = json!(account.company_id);
+        if account.user_type == "Location" {
+            body["locationId"] = json!(account.location_id);
+        }
+        body["userId"] = json!(account.subject);
+    }
+    body
+}
+
+async fn token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    shared.token_requests.fetch_add(1, Ordering::SeqCst);
+    let delay = shared.lock().token_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if !client_authenticated(&shared, &headers, &form) {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
+    }
+    let get = |name: &str| form.get(name).cloned().unwrap_or_default();
+    if shared.flavour == Flavour::HighLevel
+        && let Some(user_type) = form.get("user_type")
+        && user_type != "Location"
+        && user_type != "Company"
+    {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "user_type");
+    }
+    let mut inner = shared.lock();
+    match get("grant_type").as_str() {
+        "authorization_code" => {
+            let code_value = get("code");
+            let Some(code) = inner.codes.get(&code_value).cloned() else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "unknown code");
+            };
+            if code.used {
+                // A replayed code: revoke everything it produced.
+                for token in &code.issued {
+                    if let Some(grant) = inner.refresh_tokens.get_mut(token) {
+                        grant.revoked = true;
+                    }
+                    if let Some(entry) = inner.access_tokens.get_mut(token) {
+                        entry.1 = true;
+                    }
+                }
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "code already used",
+                );
+            }
+            // Any attempt spends the code, as real providers do.
+            if let Some(stored) = inner.codes.get_mut(&code_value) {
+                stored.used = true;
+            }
+            if code.client_id != shared.client_id {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "code of another client",
+                );
+            }
+            if get("redirect_uri") != code.redirect_uri {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "redirect_uri mismatch",
+                );
+            }
+            if let Some(challenge) = &code.challenge {
+                let verifier = get("code_verifier");
+                if verifier.is_empty() || pkce_s256(&verifier) != *challenge {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "PKCE verification failed",
+                    );
+                }
+            }
+            let body = issue(&shared, &mut inner, &code.account, &code.scope);
+            let issued = [
+                body["access_token"].as_str().unwrap_or_default().to_owned(),
+                body["refresh_token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ];
+            if let Some(stored) = inner.codes.get_mut(&code_value) {
+                stored.issued.extend(issued);
+            }
+            (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(body),
+            )
+                .into_response()
+        }
+        "refresh_token" => {
+            let presented = get("refresh_token");
+            let Some(grant) = inner.refresh_tokens.get(&presented).cloned() else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "unknown refresh token",
+                );
+            };
+            if grant.used || grant.revoked {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "refresh token used or revoked",
+                );
+            }
+            // Rotation: the presented refresh token dies now.
+            if let Some(stored) = inner.refresh_tokens.get_mut(&presented) {
+                stored.used = true;
+            }
+            let body = issue(&shared, &mut inner, &grant.account, &grant.scope);
+            (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(body),
+            )
+                .into_response()
+        }
+        _ => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type",
+        ),
+    }
+}
+
+async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    shared.revocations.fetch_add(1, Ordering::SeqCst);
+    if !client_authenticated(&shared, &headers, &form) {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    let mut inner = shared.lock();
+    if let Some(grant) = inner.refresh_tokens.get_mut(&token) {
+        grant.revoked = true;
+    }
+    if let Some(entry) = inner.access_tokens.get_mut(&token) {
+        entry.1 = true;
+    }
+    // RFC 7009: 200 whether or not the token was known.
+    StatusCode::OK.into_response()
+}
+
+async fn userinfo(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let inner = shared.lock();
+    match inner.access_tokens.get(&token) {
+        Some((account, false)) => Json(json!({ "sub": account.subject })).into_response(),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+        )
+            .into_response(),
+    }
+}
+
+/// Signs HighLevel webhooks with a key pair generated for the test; the function
+/// under test gets the public keys through its configuration.
+pub struct WebhookSigner {
+    rsa: RsaKeyPair,
+    ed25519: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for WebhookSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSigner(<keys>)")
+    }
+}
+
+/// Errors of key generation or signing (the crypto library gives no detail).
+#[derive(Debug, thiserror::Error)]
+#[error("webhook signing: {0}")]
+pub struct SignError(&'static str);
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+impl WebhookSigner {
+    pub fn generate() -> Result<Self, SignError> {
+        let rsa = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .map_err(|_| SignError("RSA key generation failed"))?;
+        let ed25519 =
+            Ed25519KeyPair::generate().map_err(|_| SignError("Ed25519 key generation failed"))?;
+        Ok(Self { rsa, ed25519 })
+    }
+
+    /// The RSA public key as `BEGIN PUBLIC KEY` PEM (what HighLevel publishes).
+    pub fn rsa_public_key_pem(&self) -> Result<String, SignError> {
+        let der = self
+            .rsa
+            .public_key()
+            .as_der()
+            .map_err(|_| SignError("RSA public key encoding failed"))?;
+        Ok(pem("PUBLIC KEY", der.as_ref()))
+    }
+
+    /// The Ed25519 public key as `BEGIN PUBLIC KEY` PEM.
+    pub fn ed25519_public_key_pem(&self) -> Result<String, SignError> {
+        let der = self
+            .ed25519
+            .public_key()
+            .as_der()
+            .map_err(|_| SignError("Ed25519 public key encoding failed"))?;
+        Ok(pem("PUBLIC KEY", der.as_ref()))
+    }
+
+    /// Base64 RSA-SHA256 (PKCS#1 v1.5) signature for `x-wh-signature`.
+    pub fn sign_rsa(&self, body: &[u8]) -> Result<String, SignError> {
+        let mut signature = vec![0u8; self.rsa.public_modulus_len()];
+        self.rsa
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                body,
+                &mut signature,
+            )
+            .map_err(|_| SignError("RSA signing failed"))?;
+        Ok(STANDARD.encode(signature))
+    }
+
+    /// Base64 Ed25519 signature for `x-ghl-signature`.
+    pub fn sign_ed25519(&self, body: &[u8]) -> String {
+        STANDARD.encode(self.ed25519.sign(body).as_ref())
+    }
+}

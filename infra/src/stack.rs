@@ -1,0 +1,170 @@
+//! The whole local stack in one process: the AWS emulator provisioned from
+//! template.yaml, every function binary behind its own local Runtime API, the HTTP
+//! API gateway with the local JWT issuer, and the stream / bucket event sources.
+//!
+//! The simulated external services (HighLevel, WebDAV, the destination webhook) are
+//! started by the caller (the demo, `custody-local up`), which passes their URLs as
+//! environment overrides.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use custody::aws::{Clients, sdk_config_for_endpoint};
+use serde_yaml::Value;
+
+use crate::gateway::{Gateway, routes};
+use crate::local_jwt::LocalIssuer;
+use crate::provision::{Provisioned, function_environment, load_template, provision};
+use crate::runtime_api::LocalFunction;
+use crate::{REGION, repo_root, template_path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error(transparent)]
+    Emulator(#[from] crate::emulator::EmulatorError),
+    #[error(transparent)]
+    Provision(#[from] crate::provision::ProvisionError),
+    #[error(
+        "function binary {0} is missing: build the functions first (`cargo build --bins`, which `make demo` and `make up` do)"
+    )]
+    MissingBinary(String),
+    #[error("could not start {0}: {1}")]
+    Start(String, std::io::Error),
+}
+
+pub struct StackOptions {
+    /// Resource-name suffix (the template's `Stage`).
+    pub stage: String,
+    /// Variables set for every function after the template's (local service URLs).
+    pub overrides: BTreeMap<String, String>,
+    /// Where the function binaries are (default `<repo>/target/debug`).
+    pub binaries: PathBuf,
+    pub invocation_timeout: Duration,
+}
+
+impl StackOptions {
+    pub fn new(stage: impl Into<String>) -> Self {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        Self {
+            stage: stage.into(),
+            overrides: BTreeMap::new(),
+            binaries: target.join("debug"),
+            invocation_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct LocalStack {
+    pub endpoint: String,
+    pub sdk: SdkConfig,
+    pub clients: Clients,
+    pub provisioned: Provisioned,
+    pub template: Value,
+    pub functions: HashMap<String, Arc<LocalFunction>>,
+    pub base_url: String,
+    pub issuer: LocalIssuer,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The function binaries the template declares, by `BuildProperties.Binary`.
+pub fn function_binaries(template: &Value) -> Vec<String> {
+    template
+        .get("Resources")
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some("AWS::Serverless::Function"))
+        .filter_map(|(_, r)| {
+            r.get("Metadata")
+                .and_then(|m| m.get("BuildProperties"))
+                .and_then(|b| b.get("Binary"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+impl LocalStack {
+    pub async fn start(options: StackOptions) -> Result<LocalStack, StackError> {
+        let endpoint = crate::emulator::endpoint()?;
+        let sdk = sdk_config_for_endpoint(&endpoint, REGION);
+        let template = load_template(&template_path())?;
+        let provisioned = provision(&sdk, &template_path(), &options.stage).await?;
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| StackError::Start("gateway".into(), e))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| StackError::Start("gateway".into(), e))?;
+        let base_url = format!("http://{address}");
+
+        let mut functions = HashMap::new();
+        for binary in function_binaries(&template) {
+            let path = options.binaries.join(&binary);
+            if !path.exists() {
+                return Err(StackError::MissingBinary(path.display().to_string()));
+            }
+            let mut env = function_environment(&template, &provisioned, &binary)?;
+            env.insert("AWS_ENDPOINT_URL".into(), endpoint.clone());
+            env.insert("AWS_REGION".into(), REGION.into());
+            env.insert("AWS_ACCESS_KEY_ID".into(), "testing".into());
+            env.insert("AWS_SECRET_ACCESS_KEY".into(), "testing".into());
+            env.insert("CUSTODY_PUBLIC_BASE_URL".into(), base_url.clone());
+            env.extend(options.overrides.clone());
+            let env: Vec<(String, String)> = env.into_iter().collect();
+            let function = LocalFunction::start(&binary, &path, &env, options.invocation_timeout)
+                .await
+                .map_err(|e| StackError::Start(binary.clone(), e))?;
+            functions.insert(binary, Arc::new(function));
+        }
+
+        let issuer = LocalIssuer::new();
+        let gateway = Gateway::new(routes(&template), functions.clone(), issuer.clone());
+        let (_, gateway_task) = gateway
+            .serve(listener)
+            .await
+            .map_err(|e| StackError::Start("gateway".into(), e))?;
+        let sources = tokio::spawn(crate::event_sources::run(
+            sdk.clone(),
+            provisioned.clone(),
+            template.clone(),
+            functions.clone(),
+            Duration::from_millis(250),
+        ));
+        Ok(LocalStack {
+            clients: Clients::new(&sdk),
+            endpoint,
+            sdk,
+            provisioned,
+            template,
+            functions,
+            base_url,
+            issuer,
+            tasks: vec![gateway_task, sources],
+        })
+    }
+
+    /// A bearer token of the local issuer.
+    pub fn token(&self, tenant: &str, role: &str) -> String {
+        self.issuer
+            .token(&format!("local-{role}"), tenant, role, 12 * 3600)
+    }
+
+    pub fn function(&self, name: &str) -> Option<&Arc<LocalFunction>> {
+        self.functions.get(name)
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,618 @@
+//! OAuth connections to CRMs (HighLevel, Google, any OAuth2 provider by configuration).
+//!
+//! For the other functions the whole module is one call:
+//!
+//! ```ignore
+//! pub async fn access_token(deps: &OauthDeps, tenant: &TenantId, provider: &str)
+//!     -> Result<AccessToken, OauthError>
+//! ```
+//!
+//! It returns a live access token (refreshed when it expires within 15 minutes) and the
+//! provider account ids (`AccessToken::account.location_id` for HighLevel). Errors a
+//! caller must act on: [`OauthError::NotConnected`] (no connection: never connected,
+//! disconnected or uninstalled) and [`OauthError::NeedsReconsent`] (the provider
+//! refused the refresh token; a human has to connect again). Build the deps once per
+//! cold start with [`OauthDeps::new`] from [`OauthConfig::from_env`].
+//!
+//! Tokens are sealed with KMS (`seal`) under the context (tenant, purpose,
+//! `CONN#<provider>`), so a blob copied into another tenant's connection cannot be
+//! opened. Refresh is single-flight per connection: a lease taken by a conditional
+//! write; the others wait and re-read; the rotated refresh token is stored in the
+//! same write as the new access token.
+
+pub mod flow;
+pub mod provider;
+pub mod webhook;
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+use rand::Rng as _;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditError, AuditLog, Event};
+use crate::seal::{Purpose, SealContext, SealError, Sealed, Sealer};
+use crate::store::{Condition, Entity, Key, Store, StoreError, keys};
+use crate::tenant::TenantId;
+
+pub use provider::{
+    ClientSecrets, OauthConfig, Provider, ProviderConfig, ProviderConfigError, ProviderKind,
+    Providers,
+};
+
+/// Refresh when the access token expires within this window.
+pub const REFRESH_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
+/// How long a refresh lease is held before another caller may take it over (a crashed
+/// holder must not block refreshes for long; a live one finishes well within it).
+const LEASE: chrono::Duration = chrono::Duration::seconds(30);
+/// How long a caller waits for another's refresh before giving up.
+const MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// Ids of the account a connection is for, as the provider reported them. Not secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderAccount {
+    /// HighLevel sub-account (`locationId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_id: Option<String>,
+    /// HighLevel agency (`companyId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company_id: Option<String>,
+    /// HighLevel `userType`: `Location` or `Company`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_type: Option<String>,
+    /// OpenID Connect `sub` (Google) or the provider's user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// A usable access token. `Debug` redacts the token.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub token: SecretString,
+    pub expires_at: DateTime<Utc>,
+    pub account: ProviderAccount,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OauthError {
+    #[error("not connected to {0}")]
+    NotConnected(String),
+    #[error("the connection to {0} was refused by the provider and must be authorized again")]
+    NeedsReconsent(String),
+    #[error("unknown provider")]
+    UnknownProvider,
+    /// The provider answered `invalid_grant` (used, revoked or expired code or token).
+    #[error("{0} refused the grant (invalid_grant)")]
+    InvalidGrant(String),
+    #[error("{provider}: {reason}")]
+    Provider { provider: String, reason: String },
+    #[error("another refresh of the {0} connection did not finish in time")]
+    RefreshBusy(String),
+    #[error("OAuth configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::ScheduleError),
+}
+
+/// Everything the OAuth code needs, built once per cold start.
+#[derive(Clone, Debug)]
+pub struct OauthDeps {
+    pub config: OauthConfig,
+    pub store: Store,
+    pub sealer: Sealer,
+    pub audit: AuditLog,
+    pub secrets: ClientSecrets,
+    /// `custody::http::client()`: no redirects, timeouts.
+    pub http: reqwest::Client,
+}
+
+impl OauthDeps {
+    pub fn new(
+        config: OauthConfig,
+        store: Store,
+        sealer: Sealer,
+        audit: AuditLog,
+        secrets_client: aws_sdk_secretsmanager::Client,
+        http: reqwest::Client,
+    ) -> Self {
+        let secrets = ClientSecrets::new(secrets_client, config.client_secrets_id.clone());
+        Self {
+            config,
+            store,
+            sealer,
+            audit,
+            secrets,
+            http,
+        }
+    }
+
+    pub fn provider(&self, name: &str) -> Result<&Provider, OauthError> {
+        self.config
+            .providers
+            .get(name)
+            .ok_or(OauthError::UnknownProvider)
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.store.clock().now()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    Active,
+    /// The provider refused the refresh token: exports stop until a human reconnects.
+    NeedsReconsent,
+}
+
+/// A tenant's connection to a provider: `T#<tenant>` / `CONN#<provider>`. Tokens only
+/// sealed; everything else is ids and metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    pub tenant: TenantId,
+    pub provider: String,
+    pub status: ConnectionStatus,
+    pub account: ProviderAccount,
+    pub scopes: Vec<String>,
+    pub access_token: Sealed,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<Sealed>,
+    /// Epoch seconds.
+    pub access_expires_at: i64,
+    pub connected_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed_at: Option<DateTime<Utc>>,
+    /// Bumped by every write, so a conditional write knows it saw the latest.
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
+    /// Epoch milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<i64>,
+}
+
+impl Entity for Connection {
+    const KIND: &'static str = "connection";
+
+    fn key(&self) -> Key {
+        connection_key(&self.tenant, &self.provider)
+    }
+}
+
+pub fn connection_key(tenant: &TenantId, provider: &str) -> Key {
+    Key::new(keys::tenant(tenant), keys::connection(provider))
+}
+
+/// What `GET /connections` shows: never a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionSummary {
+    pub provider: String,
+    pub status: ConnectionStatus,
+    pub account: ProviderAccount,
+    pub scopes: Vec<String>,
+    pub connected_at: DateTime<Utc>,
+    pub access_expires_at: DateTime<Utc>,
+}
+
+impl From<&Connection> for ConnectionSummary {
+    fn from(c: &Connection) -> Self {
+        Self {
+            provider: c.provider.clone(),
+            status: c.status,
+            account: c.account.clone(),
+            scopes: c.scopes.clone(),
+            connected_at: c.connected_at,
+            access_expires_at: DateTime::from_timestamp(c.access_expires_at, 0).unwrap_or_default(),
+        }
+    }
+}
+
+/// Which tenants are connected to a HighLevel location or company: `LOC#<id>` or
+/// `CO#<id>` / `T#<tenant>`, written before the connection itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountLink {
+    pub pk: String,
+    pub tenant: TenantId,
+    pub provider: String,
+}
+
+impl Entity for AccountLink {
+    const KIND: &'static str = "account_link";
+
+    fn key(&self) -> Key {
+        Key::new(self.pk.clone(), keys::tenant(&self.tenant))
+    }
+}
+
+fn account_links(connection: &Connection) -> Vec<AccountLink> {
+    let mut links = Vec::new();
+    if let Some(location) = &connection.account.location_id {
+        links.push(keys::highlevel_location(location));
+    }
+    if connection.account.user_type.as_deref() == Some("Company")
+        && let Some(company) = &connection.account.company_id
+    {
+        links.push(keys::highlevel_company(company));
+    }
+    links
+        .into_iter()
+        .map(|pk| AccountLink {
+            pk,
+            tenant: connection.tenant.clone(),
+            provider: connection.provider.clone(),
+        })
+        .collect()
+}
+
+fn seal_context(tenant: &TenantId, provider: &str, purpose: Purpose) -> SealContext {
+    SealContext::new(tenant, purpose, keys::connection(provider))
+}
+
+/// Returns a live access token for the tenant's connection to `provider`, refreshing
+/// it (once, whoever else asks at the same time) when it expires within 15 minutes.
+pub async fn access_token(
+    deps: &OauthDeps,
+    tenant: &TenantId,
+    provider: &str,
+) -> Result<AccessToken, OauthError> {
+    let key = connection_key(tenant, provider);
+    let started = std::time::Instant::now();
+    let mut attempt: u32 = 0;
+    loop {
+        let Some(connection) = deps.store.get::<Connection>(&key).await? else {
+            return Err(OauthError::NotConnected(provider.to_owned()));
+        };
+        if connection.status == ConnectionStatus::NeedsReconsent {
+            return Err(OauthError::NeedsReconsent(provider.to_owned()));
+        }
+        let now = deps.now();
+        if connection.access_expires_at > (now + REFRESH_WINDOW).timestamp() {
+            return open_access(deps, &connection).await;
+        }
+        if let Some(leased) = take_lease(deps, &connection).await? {
+            return refresh(deps, leased).await;
+        }
+        // Someone else is refreshing: wait a little and re-read.
+        if started.elapsed() > MAX_WAIT {
+            return Err(OauthError::RefreshBusy(provider.to_owned()));
+        }
+        attempt += 1;
+        let pause = 50 + u64::from(attempt.min(10)) * 20 + rand::rng().random_range(0..50);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+async fn open_access(deps: &OauthDeps, connection: &Connection) -> Result<AccessToken, OauthError> {
+    let token = deps
+        .sealer
+        .open(
+            &seal_context(
+                &connection.tenant,
+                &connection.provider,
+                Purpose::OauthAccessToken,
+            ),
+            &connection.access_token,
+        )
+        .await?;
+    Ok(AccessToken {
+        token,
+        expires_at: DateTime::from_timestamp(connection.access_expires_at, 0).unwrap_or_default(),
+        account: connection.account.clone(),
+        scopes: connection.scopes.clone(),
+    })
+}
+
+/// Takes the refresh lease with one conditional write: only if nobody wrote the item
+/// since we read it and no unexpired lease is held. `None`: someone else has it.
+async fn take_lease(
+    deps: &OauthDeps,
+    connection: &Connection,
+) -> Result<Option<Connection>, OauthError> {
+    let now = deps.now();
+    if connection
+        .lease_until
+        .is_some_and(|until| until > now.timestamp_millis())
+    {
+        return Ok(None);
+    }
+    let mut leased = connection.clone();
+    leased.version += 1;
+    leased.lease_owner = Some(ulid::Ulid::new().to_string());
+    leased.lease_until = Some((now + LEASE).timestamp_millis());
+    let condition = Condition::new("#version = :version")
+        .name("#version", "version")
+        .value(
+            ":version",
+            AttributeValue::N(connection.version.to_string()),
+        );
+    match deps.store.put_if(&leased, condition).await {
+        Ok(()) => Ok(Some(leased)),
+        Err(StoreError::ConditionFailed) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A write that holds only while we own the lease (and the item still exists: a
+/// disconnect during the refresh wins, the tokens are not resurrected).
+fn lease_condition(leased: &Connection) -> Condition {
+    Condition::new("#owner = :owner")
+        .name("#owner", "lease_owner")
+        .value(
+            ":owner",
+            AttributeValue::S(leased.lease_owner.clone().unwrap_or_default()),
+        )
+}
+
+async fn refresh(deps: &OauthDeps, leased: Connection) -> Result<AccessToken, OauthError> {
+    let provider_name = leased.provider.clone();
+    let result = refresh_under_lease(deps, &leased).await;
+    match result {
+        Ok(token) => Ok(token),
+        Err(OauthError::InvalidGrant(_)) => {
+            let mut marked = leased.clone();
+            marked.status = ConnectionStatus::NeedsReconsent;
+            marked.version += 1;
+            marked.lease_owner = None;
+            marked.lease_until = None;
+            match deps.store.put_if(&marked, lease_condition(&leased)).await {
+                Ok(()) => {}
+                Err(StoreError::ConditionFailed) => {
+                    return Err(OauthError::NotConnected(provider_name));
+                }
+                Err(err) => return Err(err.into()),
+            }
+            deps.audit
+                .append(
+                    &leased.tenant,
+                    Event::new(
+                        format!("provider:{provider_name}"),
+                        "connection.needs_reconsent",
+                        keys::connection(&provider_name),
+                    )
+                    .outcome(crate::audit::Outcome::Failure)
+                    .detail("reason", "invalid_grant"),
+                )
+                .await?;
+            tracing::warn!(provider = %provider_name, tenant = %leased.tenant, "refresh token refused; connection needs re-consent");
+            Err(OauthError::NeedsReconsent(provider_name))
+        }
+        Err(err) => {
+            // Release the lease so the next caller can try; if this fails, it expires.
+            let mut released = leased.clone();
+            released.version += 1;
+            released.lease_owner = None;
+            released.lease_until = None;
+            let _ = deps.store.put_if(&released, lease_condition(&leased)).await;
+            Err(err)
+        }
+    }
+}
+
+async fn refresh_under_lease(
+    deps: &OauthDeps,
+    leased: &Connection,
+) -> Result<AccessToken, OauthError> {
+    let provider = deps.provider(&leased.provider)?;
+    let Some(sealed_refresh) = &leased.refresh_token else {
+        // Nothing to refresh with: the same outcome as a refused refresh token.
+        return Err(OauthError::InvalidGrant(leased.provider.clone()));
+    };
+    let refresh_token = deps
+        .sealer
+        .open(
+            &seal_context(&leased.tenant, &leased.provider, Purpose::OauthRefreshToken),
+            sealed_refresh,
+        )
+        .await?;
+    let secret = deps.secrets.get(&provider.name).await?;
+    let issued = provider
+        .refresh(&deps.http, &secret, &refresh_token)
+        .await?;
+    let now = deps.now();
+    let mut updated = leased.clone();
+    updated.access_token = deps
+        .sealer
+        .seal(
+            &seal_context(&leased.tenant, &leased.provider, Purpose::OauthAccessToken),
+            &issued.access_token,
+        )
+        .await?;
+    if let Some(rotated) = &issued.refresh_token {
+        updated.refresh_token = Some(
+            deps.sealer
+                .seal(
+                    &seal_context(&leased.tenant, &leased.provider, Purpose::OauthRefreshToken),
+                    rotated,
+                )
+                .await?,
+        );
+    }
+    updated.access_expires_at = expiry(now, issued.expires_in);
+    if let Some(scopes) = issued.scopes {
+        updated.scopes = scopes;
+    }
+    updated.refreshed_at = Some(now);
+    updated.version += 1;
+    updated.lease_owner = None;
+    updated.lease_until = None;
+    // One write: the new access token and the rotated refresh token together.
+    match deps.store.put_if(&updated, lease_condition(leased)).await {
+        Ok(()) => {}
+        Err(StoreError::ConditionFailed) => {
+            return Err(OauthError::NotConnected(leased.provider.clone()));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    Ok(AccessToken {
+        token: issued.access_token,
+        expires_at: DateTime::from_timestamp(updated.access_expires_at, 0).unwrap_or_default(),
+        account: updated.account,
+        scopes: updated.scopes,
+    })
+}
+
+/// Without `expires_in` a token is assumed to live an hour (RFC 6749 leaves it open;
+/// refreshing early is harmless, using a dead token is not).
+fn expiry(now: DateTime<Utc>, expires_in: Option<Duration>) -> i64 {
+    let lifetime = expires_in
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .unwrap_or(chrono::Duration::hours(1));
+    (now + lifetime).timestamp()
+}
+
+/// The tenant's connections, without tokens.
+pub async fn list_connections(
+    deps: &OauthDeps,
+    tenant: &TenantId,
+) -> Result<Vec<ConnectionSummary>, OauthError> {
+    let connections: Vec<Connection> = deps
+        .store
+        .query_all(&keys::tenant(tenant), &keys::connection(""))
+        .await?;
+    Ok(connections.iter().map(ConnectionSummary::from).collect())
+}
+
+/// What a disconnect did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnected {
+    pub deleted: bool,
+    pub revoked: bool,
+    pub schedule_removed: bool,
+}
+
+/// Deletes the tenant's connection to `provider` at once (and its account links),
+/// removes the tenant's export schedule, then asks the provider to revoke the refresh
+/// token (best effort: the tokens are gone from here either way), and audits it.
+/// Idempotent: disconnecting what is not connected still removes the schedule.
+pub async fn disconnect(
+    deps: &OauthDeps,
+    schedules: &crate::schedule::ExportSchedules,
+    tenant: &TenantId,
+    provider: &str,
+    actor: &str,
+) -> Result<Disconnected, OauthError> {
+    let key = connection_key(tenant, provider);
+    let existing = deps.store.get::<Connection>(&key).await?;
+    deps.store.delete(&key).await?;
+    let mut outcome = Disconnected {
+        deleted: existing.is_some(),
+        ..Disconnected::default()
+    };
+    if let Some(connection) = &existing {
+        for link in account_links(connection) {
+            deps.store.delete(&link.key()).await?;
+        }
+    }
+    outcome.schedule_removed = schedules.delete(tenant).await?;
+    if let (Some(connection), Ok(provider)) = (&existing, deps.provider(provider)) {
+        outcome.revoked = revoke_quietly(deps, provider, connection).await;
+    }
+    if outcome.deleted || outcome.schedule_removed {
+        deps.audit
+            .append(
+                tenant,
+                Event::new(actor, "connection.deleted", keys::connection(provider))
+                    .detail("revoked", outcome.revoked)
+                    .detail("schedule_removed", outcome.schedule_removed),
+            )
+            .await?;
+    }
+    Ok(outcome)
+}
+
+/// Revokes the refresh token (which also ends its access tokens at providers that
+/// implement RFC 7009 fully), or the access token when there is none.
+async fn revoke_quietly(deps: &OauthDeps, provider: &Provider, connection: &Connection) -> bool {
+    if provider.revocation_url.is_none() {
+        return false;
+    }
+    let (sealed, purpose, hint) = match &connection.refresh_token {
+        Some(sealed) => (sealed, Purpose::OauthRefreshToken, "refresh_token"),
+        None => (
+            &connection.access_token,
+            Purpose::OauthAccessToken,
+            "access_token",
+        ),
+    };
+    let attempt = async {
+        let token = deps
+            .sealer
+            .open(
+                &seal_context(&connection.tenant, &connection.provider, purpose),
+                sealed,
+            )
+            .await?;
+        let secret = deps.secrets.get(&provider.name).await?;
+        provider.revoke(&deps.http, &secret, &token, hint).await
+    };
+    match attempt.await {
+        Ok(revoked) => revoked,
+        Err(err) => {
+            tracing::warn!(provider = %provider.name, error = %err, "token revocation at the provider failed; tokens are deleted here regardless");
+            false
+        }
+    }
+}
+
+/// Stores a new connection (replacing an older one of the same provider): account
+/// links first, so the connection never exists without its uninstall lookup.
+pub(crate) async fn store_connection(
+    deps: &OauthDeps,
+    connection: &Connection,
+) -> Result<(), OauthError> {
+    for link in account_links(connection) {
+        deps.store.put(&link).await?;
+    }
+    deps.store.put(connection).await?;
+    Ok(())
+}
+
+/// Deletes a connection only if it is still for `location_id`/`company_id` (the
+/// tenant may have reconnected to another account since the link was written).
+pub(crate) async fn delete_if_account(
+    deps: &OauthDeps,
+    tenant: &TenantId,
+    provider: &str,
+    field: &str,
+    account_id: &str,
+) -> Result<Option<Connection>, OauthError> {
+    let key = connection_key(tenant, provider);
+    let result = deps
+        .store
+        .client()
+        .delete_item()
+        .table_name(deps.store.table())
+        .key("pk", AttributeValue::S(key.pk.clone()))
+        .key("sk", AttributeValue::S(key.sk.clone()))
+        .condition_expression("#account.#field = :id")
+        .expression_attribute_names("#account", "account")
+        .expression_attribute_names("#field", field)
+        .expression_attribute_values(":id", AttributeValue::S(account_id.to_owned()))
+        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .send()
+        .await;
+    match result {
+        Ok(out) => Ok(out
+            .attributes
+            .map(Store::decode::<Connection>)
+            .transpose()?),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(StoreError::Dynamo(crate::aws::error_text(&err)).into()),
+    }
+}

@@ -1,0 +1,1265 @@
+//! Privacy requests (data-subject access and erasure), their legal deadlines, the
+//! status machine, consent records and one-time verification codes.
+//!
+//! # Deadlines
+//!
+//! All dates are calendar dates **in the tenant's time zone** (an IANA name from the
+//! tenant's privacy settings; UTC when none is set): a request received at 23:30 on
+//! 31 January in New York was received on 31 January there, even though it is already
+//! 1 February in UTC. A deadline date ends at the last second of that date in the same
+//! zone, stored as a UTC instant. Daylight-saving shifts are handled by the zone data.
+//!
+//! - **GDPR** (Art. 12(3)): one calendar month. The period starts the day after receipt
+//!   and ends on the same day number one month later; when that month is shorter, on
+//!   its last day (received 31 January → due 28/29 February; 5 May → 5 June). It may
+//!   be extended once, by up to two further months, with reasons, before the first
+//!   period ends. The extended due date is counted from receipt again (31 January + 3
+//!   months = 30 April, not 28 February + 2 months), so clamping happens once.
+//! - **CCPA** (Cal. Code Regs. tit. 11 §7021): respond within 45 calendar days,
+//!   extendable once by up to 45 more with notice before the first period ends;
+//!   acknowledge within 10 business days (Monday–Friday; public holidays are not
+//!   modelled, which only makes the acknowledgement deadline later than a holiday-aware
+//!   one by the holidays in between — see [`add_business_days`]).
+//! - **The product's own commitments**: acknowledge within 48 hours of receipt; respond
+//!   within 30 days (60 with notice). The effective dates are the earlier of the
+//!   product's and the regulation's.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::certificate::SignedCertificate;
+use crate::retention::RetentionClass;
+use crate::seal::Sealed;
+use crate::store::{Entity, Key, keys};
+use crate::tenant::TenantId;
+
+/// The product's acknowledgement commitment.
+pub const PRODUCT_ACK_HOURS: i64 = 48;
+/// The product's response commitment, and its extended form.
+pub const PRODUCT_RESPONSE_DAYS: i64 = 30;
+pub const PRODUCT_EXTENDED_RESPONSE_DAYS: i64 = 60;
+pub const GDPR_RESPONSE_MONTHS: u32 = 1;
+pub const GDPR_MAX_EXTENSION_MONTHS: u32 = 2;
+pub const CCPA_RESPONSE_DAYS: i64 = 45;
+pub const CCPA_MAX_EXTENSION_DAYS: i64 = 45;
+pub const CCPA_ACK_BUSINESS_DAYS: u32 = 10;
+/// Longest extension reason, note or consent field accepted.
+pub const MAX_TEXT_LEN: usize = 1000;
+/// Wrong verification codes allowed before the request is locked.
+pub const MAX_VERIFICATION_ATTEMPTS: u32 = 3;
+/// Length of a verification code (Crockford base32: 50 bits).
+pub const VERIFICATION_CODE_LEN: usize = 10;
+/// Consent changes kept per record (the newest; older ones are dropped).
+pub const MAX_CONSENT_HISTORY: usize = 200;
+
+const CODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrivacyError {
+    #[error("unknown time zone (expected an IANA name such as Europe/Berlin)")]
+    UnknownTimeZone,
+    #[error("the request was already extended once")]
+    AlreadyExtended,
+    #[error("the due date has passed; an extension must be given before it")]
+    PastDue,
+    #[error("an extension needs a reason")]
+    ReasonMissing,
+    #[error("text is longer than {MAX_TEXT_LEN} characters")]
+    TextTooLong,
+    #[error("extension is longer than the regulation allows ({0})")]
+    ExtensionTooLong(&'static str),
+    #[error("extension must be at least one {0}")]
+    ExtensionTooShort(&'static str),
+    #[error("a request in status {from} cannot move to {to}")]
+    InvalidTransition { from: Status, to: Status },
+    #[error("consent purpose must be 1-64 characters of a-z, 0-9, '_' or '-'")]
+    InvalidPurpose,
+    #[error("the request is not open")]
+    NotOpen,
+}
+
+// ---------------------------------------------------------------------------------
+// Regulations and deadlines
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Regulation {
+    Gdpr,
+    Ccpa,
+}
+
+impl Regulation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Regulation::Gdpr => "gdpr",
+            Regulation::Ccpa => "ccpa",
+        }
+    }
+}
+
+/// A time zone by IANA name; UTC by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantZone(pub Tz);
+
+impl Default for TenantZone {
+    fn default() -> Self {
+        Self(Tz::UTC)
+    }
+}
+
+impl FromStr for TenantZone {
+    type Err = PrivacyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<Tz>()
+            .map(TenantZone)
+            .map_err(|_| PrivacyError::UnknownTimeZone)
+    }
+}
+
+impl TenantZone {
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    /// The calendar date of `at` in this zone.
+    pub fn date_of(&self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.0).date_naive()
+    }
+
+    /// The last second of `date` in this zone, as UTC.
+    pub fn end_of(&self, date: NaiveDate) -> DateTime<Utc> {
+        // The start of the next day minus one second; `earliest` resolves a DST gap or
+        // fold at midnight (a few zones shift there) to the first valid instant.
+        let next = date.succ_opt().unwrap_or(date);
+        let start_of_next = self
+            .0
+            .from_local_datetime(&next.and_time(NaiveTime::MIN))
+            .earliest()
+            .map(|at| at.with_timezone(&Utc))
+            // No valid local midnight at all (no zone does this): fall back to UTC.
+            .unwrap_or_else(|| Utc.from_utc_datetime(&next.and_time(NaiveTime::MIN)));
+        start_of_next - Duration::seconds(1)
+    }
+}
+
+/// `date` plus `months` calendar months, clamped to the end of a shorter month.
+pub fn add_months_clamped(date: NaiveDate, months: u32) -> NaiveDate {
+    // chrono's `checked_add_months` clamps to the last day of the target month; it
+    // only fails beyond year 262 143.
+    date.checked_add_months(Months::new(months))
+        .unwrap_or(NaiveDate::MAX)
+}
+
+/// `date` plus `days` business days (Monday–Friday). Receipt on a weekend counts from
+/// the next Monday. Public holidays are not modelled: they vary by state and year, and
+/// ignoring them only ever moves this deadline earlier, never later.
+pub fn add_business_days(date: NaiveDate, days: u32) -> NaiveDate {
+    let mut current = date;
+    let mut left = days;
+    while left > 0 {
+        current = current.succ_opt().unwrap_or(current);
+        if !matches!(current.weekday(), Weekday::Sat | Weekday::Sun) {
+            left -= 1;
+        }
+    }
+    current
+}
+
+/// The dates a request must meet, all UTC instants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadlines {
+    pub received_at: DateTime<Utc>,
+    /// Acknowledge by: the earlier of the product's 48 hours and the regulation's.
+    pub ack_due: DateTime<Utc>,
+    /// The regulation's response deadline (extended if an extension was given).
+    pub due_at: DateTime<Utc>,
+    /// The product's own response commitment (30 days, 60 when extended).
+    pub product_due_at: DateTime<Utc>,
+}
+
+impl Deadlines {
+    /// Deadlines of a request received at `received_at` in zone `zone`.
+    pub fn compute(regulation: Regulation, received_at: DateTime<Utc>, zone: TenantZone) -> Self {
+        let received = zone.date_of(received_at);
+        let product_ack = received_at + Duration::hours(PRODUCT_ACK_HOURS);
+        let (ack_due, due_date) = match regulation {
+            Regulation::Gdpr => (
+                product_ack,
+                add_months_clamped(received, GDPR_RESPONSE_MONTHS),
+            ),
+            Regulation::Ccpa => (
+                product_ack.min(zone.end_of(add_business_days(received, CCPA_ACK_BUSINESS_DAYS))),
+                received + Duration::days(CCPA_RESPONSE_DAYS),
+            ),
+        };
+        Self {
+            received_at,
+            ack_due,
+            due_at: zone.end_of(due_date),
+            product_due_at: zone.end_of(received + Duration::days(PRODUCT_RESPONSE_DAYS)),
+        }
+    }
+
+    /// When to respond by: the earlier of the regulation's and the product's dates.
+    pub fn respond_by(&self) -> DateTime<Utc> {
+        self.due_at.min(self.product_due_at)
+    }
+}
+
+/// How much longer a request may take: months for GDPR, days for CCPA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtensionLength {
+    Months(u32),
+    Days(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extension {
+    pub length: ExtensionLength,
+    pub reason: String,
+    pub extended_at: DateTime<Utc>,
+    pub extended_by: String,
+    /// The regulation's due date before the extension.
+    pub previous_due_at: DateTime<Utc>,
+}
+
+/// Checks an extension against the regulation's rules and returns the new deadlines.
+/// Once only; with a reason; before the current due date; GDPR at most two months,
+/// CCPA at most 45 days. The product's commitment moves to 60 days with it.
+pub fn extend_deadlines(
+    regulation: Regulation,
+    current: &Deadlines,
+    already_extended: bool,
+    zone: TenantZone,
+    length: ExtensionLength,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Deadlines, PrivacyError> {
+    if already_extended {
+        return Err(PrivacyError::AlreadyExtended);
+    }
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(PrivacyError::ReasonMissing);
+    }
+    if reason.chars().count() > MAX_TEXT_LEN {
+        return Err(PrivacyError::TextTooLong);
+    }
+    if now > current.due_at {
+        return Err(PrivacyError::PastDue);
+    }
+    let received = zone.date_of(current.received_at);
+    let due_date = match (regulation, length) {
+        (Regulation::Gdpr, ExtensionLength::Months(months)) => {
+            if months == 0 {
+                return Err(PrivacyError::ExtensionTooShort("month"));
+            }
+            if months > GDPR_MAX_EXTENSION_MONTHS {
+                return Err(PrivacyError::ExtensionTooLong("GDPR: two further months"));
+            }
+            add_months_clamped(received, GDPR_RESPONSE_MONTHS + months)
+        }
+        (Regulation::Ccpa, ExtensionLength::Days(days)) => {
+            if days <= 0 {
+                return Err(PrivacyError::ExtensionTooShort("day"));
+            }
+            if days > CCPA_MAX_EXTENSION_DAYS {
+                return Err(PrivacyError::ExtensionTooLong("CCPA: 45 further days"));
+            }
+            received + Duration::days(CCPA_RESPONSE_DAYS + days)
+        }
+        (Regulation::Gdpr, ExtensionLength::Days(_)) => {
+            return Err(PrivacyError::ExtensionTooLong("GDPR extends in months"));
+        }
+        (Regulation::Ccpa, ExtensionLength::Months(_)) => {
+            return Err(PrivacyError::ExtensionTooLong("CCPA extends in days"));
+        }
+    };
+    Ok(Deadlines {
+        due_at: zone.end_of(due_date),
+        product_due_at: zone.end_of(received + Duration::days(PRODUCT_EXTENDED_RESPONSE_DAYS)),
+        ..*current
+    })
+}
+
+/// Whole days from `now` until `deadline` (negative when overdue), counting a part day
+/// as a day, so "0 days left" means "due within the next 24 hours or overdue today".
+pub fn days_left(deadline: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    let seconds = (deadline - now).num_seconds();
+    if seconds >= 0 {
+        seconds / 86_400
+    } else {
+        -((-seconds + 86_399) / 86_400)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The request and its status machine
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// Access / portability: a bundle of everything held about the subject.
+    Access,
+    /// Erasure: every record deleted or rewritten, then a certificate.
+    Erasure,
+}
+
+impl RequestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Access => "access",
+            RequestKind::Erasure => "erasure",
+        }
+    }
+}
+
+/// received → (identity_unverified) → pending → in_processing → complete | denied | error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Received,
+    IdentityUnverified,
+    Pending,
+    InProcessing,
+    Complete,
+    Denied,
+    Error,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Received => "received",
+            Status::IdentityUnverified => "identity_unverified",
+            Status::Pending => "pending",
+            Status::InProcessing => "in_processing",
+            Status::Complete => "complete",
+            Status::Denied => "denied",
+            Status::Error => "error",
+        }
+    }
+
+    /// Whether the request still needs an answer.
+    pub fn is_open(self) -> bool {
+        !matches!(self, Status::Complete | Status::Denied)
+    }
+
+    /// Whether processing may run (the subject's identity is established).
+    pub fn is_runnable(self) -> bool {
+        matches!(self, Status::Pending | Status::InProcessing)
+    }
+
+    /// The allowed transitions. `error` is retryable: it goes back to `in_processing`
+    /// and continues from the last completed step.
+    pub fn can_move_to(self, to: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, to),
+            (Received, IdentityUnverified | Pending | Denied)
+                | (IdentityUnverified, Pending | Denied)
+                | (Pending, InProcessing | Denied)
+                | (InProcessing, Complete | Error | Denied)
+                | (Error, InProcessing | Pending)
+        )
+    }
+
+    pub fn check_move(self, to: Status) -> Result<(), PrivacyError> {
+        if self.can_move_to(to) {
+            Ok(())
+        } else {
+            Err(PrivacyError::InvalidTransition { from: self, to })
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A completed processing step; recorded so a retry continues after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Access: the bundle is written to the results bucket.
+    Bundle,
+    /// Erasure: the plan (which records, which objects) is fixed.
+    Plan,
+    /// Erasure: imported files rewritten without the subject, old versions deleted.
+    EraseFiles,
+    /// Erasure: earlier access bundles deleted (every version).
+    EraseResults,
+    /// Erasure: consent, index entries and other items deleted; notes scrubbed.
+    EraseItems,
+    /// Erasure: the certificate is signed and stored.
+    Certify,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Bundle => "bundle",
+            Step::Plan => "plan",
+            Step::EraseFiles => "erase_files",
+            Step::EraseResults => "erase_results",
+            Step::EraseItems => "erase_items",
+            Step::Certify => "certify",
+        }
+    }
+
+    /// The steps of a kind of request, in order.
+    pub fn sequence(kind: RequestKind) -> &'static [Step] {
+        match kind {
+            RequestKind::Access => &[Step::Bundle],
+            RequestKind::Erasure => &[
+                Step::Plan,
+                Step::EraseFiles,
+                Step::EraseResults,
+                Step::EraseItems,
+                Step::Certify,
+            ],
+        }
+    }
+}
+
+/// A reference to an audit entry: enough to find it and to prove it unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRef {
+    pub seq: u64,
+    pub action: String,
+    pub hash: String,
+}
+
+impl From<&crate::audit::Entry> for AuditRef {
+    fn from(entry: &crate::audit::Entry) -> Self {
+        Self {
+            seq: entry.seq,
+            action: entry.action.clone(),
+            hash: entry.hash.clone(),
+        }
+    }
+}
+
+/// The access bundle of a completed access request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleInfo {
+    pub key: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub records: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What an erasure will touch: ids and keys only, never personal data. Fixed before
+/// anything is deleted, so a retry after the index entries are gone still knows the
+/// files and items to finish.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasurePlan {
+    /// Imported objects holding the subject's rows.
+    #[serde(default)]
+    pub objects: Vec<String>,
+    /// Items to delete (`pk`, `sk`): consent records, index entries, other records.
+    #[serde(default)]
+    pub items: Vec<(String, String)>,
+    /// Earlier requests about the subject (their notes are scrubbed and their
+    /// bundles deleted).
+    #[serde(default)]
+    pub earlier_requests: Vec<String>,
+}
+
+/// What an erasure removed, per store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureCounts {
+    /// Rows removed from imported files.
+    pub import_rows: u64,
+    /// Imported files rewritten.
+    pub import_objects: u64,
+    /// Older object versions deleted from the imports bucket.
+    pub import_versions_deleted: u64,
+    /// Access-bundle object versions deleted from the results bucket.
+    pub result_versions_deleted: u64,
+    pub consent_records: u64,
+    pub index_entries: u64,
+    pub other_items: u64,
+    /// Earlier requests whose free-text notes were removed.
+    pub requests_scrubbed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivacyRequest {
+    pub tenant: TenantId,
+    /// ULID.
+    pub id: String,
+    /// Stored as `request_kind`: the `kind` attribute names the entity type.
+    #[serde(rename = "request_kind")]
+    pub kind: RequestKind,
+    pub regulation: Regulation,
+    pub status: Status,
+    /// One pseudonym per identifier the request named (email, phone, contact id).
+    /// The identifiers themselves are never stored.
+    pub pseudonyms: Vec<String>,
+    /// The subject is the tenant's account holder (connection data is theirs).
+    #[serde(default)]
+    pub account_holder: bool,
+    /// Free text from the admin. Removed when the request completes an erasure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub time_zone: String,
+    pub deadlines: Deadlines,
+    pub acknowledged_at: DateTime<Utc>,
+    /// Whether the acknowledgement met `ack_due`.
+    pub acknowledged_in_time: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<Extension>,
+    /// No fee: the first request of this subject within twelve months.
+    pub free_of_charge: bool,
+    /// `user:<sub>` of the admin who filed it.
+    pub requested_by: String,
+    #[serde(default)]
+    pub steps_done: Vec<Step>,
+    #[serde(default)]
+    pub audit: Vec<AuditRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<ErasurePlan>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased: Option<ErasureCounts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<SignedCertificate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial_reason: Option<String>,
+    /// Failed processing attempts (the stream retries; after a limit → `error`).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    /// Optimistic concurrency: every write is conditional on the version read.
+    pub version: u64,
+}
+
+impl Entity for PrivacyRequest {
+    const KIND: &'static str = "privacy_request";
+
+    fn key(&self) -> Key {
+        Key::new(keys::tenant(&self.tenant), keys::privacy_request(&self.id))
+    }
+}
+
+impl PrivacyRequest {
+    pub fn key_of(tenant: &TenantId, id: &str) -> Key {
+        Key::new(keys::tenant(tenant), keys::privacy_request(id))
+    }
+
+    pub fn step_done(&self, step: Step) -> bool {
+        self.steps_done.contains(&step)
+    }
+
+    /// Moves to `to` if the machine allows it.
+    pub fn move_to(&mut self, to: Status, now: DateTime<Utc>) -> Result<(), PrivacyError> {
+        self.status.check_move(to)?;
+        self.status = to;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Whether the request was (or will be) answered in time.
+    pub fn overdue(&self, now: DateTime<Utc>) -> bool {
+        let answered = self.completed_at.unwrap_or(now);
+        answered > self.deadlines.respond_by()
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Verification codes
+// ---------------------------------------------------------------------------------
+
+/// The one-time code that proves the subject is who the request says. Only a salted
+/// SHA-256 of it is stored; it lives [`RetentionClass::VerificationCode`] and allows
+/// [`MAX_VERIFICATION_ATTEMPTS`] wrong guesses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationCode {
+    pub tenant: TenantId,
+    pub request_id: String,
+    pub salt: String,
+    pub code_hash: String,
+    pub attempts: u32,
+    pub expires_at: i64,
+}
+
+impl Entity for VerificationCode {
+    const KIND: &'static str = "verification_code";
+
+    fn key(&self) -> Key {
+        Self::key_of(&self.tenant, &self.request_id)
+    }
+
+    fn expires_at(&self) -> Option<i64> {
+        Some(self.expires_at)
+    }
+}
+
+impl VerificationCode {
+    pub fn key_of(tenant: &TenantId, request_id: &str) -> Key {
+        Key::new(keys::tenant(tenant), format!("DSARCODE#{request_id}"))
+    }
+
+    /// A fresh code (returned once, to be delivered) and its stored form.
+    pub fn issue(
+        tenant: &TenantId,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> (secrecy::SecretString, Self) {
+        let mut rng = rand::rng();
+        let code: String = (0..VERIFICATION_CODE_LEN)
+            .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
+            .collect();
+        let salt: [u8; 16] = rng.random();
+        let salt = hex::encode(salt);
+        let code_hash = hash_code(&salt, request_id, &code);
+        let expires_at = RetentionClass::VerificationCode
+            .expires_at(now)
+            .unwrap_or_else(|| now.timestamp());
+        (
+            secrecy::SecretString::from(code),
+            Self {
+                tenant: tenant.clone(),
+                request_id: request_id.to_owned(),
+                salt,
+                code_hash,
+                attempts: 0,
+                expires_at,
+            },
+        )
+    }
+
+    /// Whether `code` is this code (case and separators forgiven: people retype it).
+    pub fn matches(&self, code: &str) -> bool {
+        let normalised: String = code
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let candidate = hash_code(&self.salt, &self.request_id, &normalised);
+        // Hashes of secrets: compare without an early exit.
+        candidate.len() == self.code_hash.len()
+            && candidate
+                .bytes()
+                .zip(self.code_hash.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+fn hash_code(salt: &str, request_id: &str, code: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(salt.as_bytes());
+    hasher.update([0]);
+    hasher.update(request_id.as_bytes());
+    hasher.update([0]);
+    hasher.update(code.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+// ---------------------------------------------------------------------------------
+// Consent
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentState {
+    Granted,
+    Withdrawn,
+}
+
+/// One change of a subject's consent for a purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentChange {
+    pub state: ConsentState,
+    pub at: DateTime<Utc>,
+    /// Where it was given or withdrawn: `web_form`, `email`, `api`, …
+    pub source: String,
+    pub policy_version: String,
+    pub recorded_by: String,
+}
+
+/// A subject's consent for one purpose: the current state and its history, newest
+/// last. Lives in the subject's partition and is indexed under the subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    pub tenant: TenantId,
+    pub pseudonym: String,
+    pub purpose: String,
+    pub current: ConsentChange,
+    pub history: Vec<ConsentChange>,
+    pub version: u64,
+}
+
+impl Entity for ConsentRecord {
+    const KIND: &'static str = "consent";
+
+    fn key(&self) -> Key {
+        Self::key_of(&self.tenant, &self.pseudonym, &self.purpose)
+    }
+
+    fn subject_index(&self) -> Option<(String, String)> {
+        Some((
+            keys::subject(&self.tenant, &self.pseudonym),
+            format!("consent#{}", self.purpose),
+        ))
+    }
+}
+
+impl ConsentRecord {
+    pub fn key_of(tenant: &TenantId, pseudonym: &str, purpose: &str) -> Key {
+        Key::new(keys::subject(tenant, pseudonym), keys::consent(purpose))
+    }
+
+    /// The record after `change`: a new record, or the old one with the change appended
+    /// to its history (bounded to the newest [`MAX_CONSENT_HISTORY`]).
+    pub fn apply(
+        existing: Option<Self>,
+        tenant: &TenantId,
+        pseudonym: &str,
+        purpose: &str,
+        change: ConsentChange,
+    ) -> Self {
+        match existing {
+            Some(mut record) => {
+                record.history.push(change.clone());
+                if record.history.len() > MAX_CONSENT_HISTORY {
+                    let excess = record.history.len() - MAX_CONSENT_HISTORY;
+                    record.history.drain(..excess);
+                }
+                record.current = change;
+                record.version += 1;
+                record
+            }
+            None => Self {
+                tenant: tenant.clone(),
+                pseudonym: pseudonym.to_owned(),
+                purpose: purpose.to_owned(),
+                current: change.clone(),
+                history: vec![change],
+                version: 1,
+            },
+        }
+    }
+}
+
+/// A consent purpose: `[a-z0-9_-]{1,64}` (it becomes part of a key).
+pub fn validate_purpose(purpose: &str) -> Result<(), PrivacyError> {
+    let ok = !purpose.is_empty()
+        && purpose.len() <= 64
+        && purpose
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(PrivacyError::InvalidPurpose)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Tenant privacy settings and account deletion
+// ---------------------------------------------------------------------------------
+
+/// Where verification codes go: the tenant's endpoint, which relays them to the
+/// subject by its own channel (email, SMS). Calls are signed with the sealed secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub secret: Sealed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivacySettings {
+    pub tenant: TenantId,
+    /// IANA zone deadlines are computed in.
+    pub time_zone: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_webhook: Option<WebhookTarget>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Entity for PrivacySettings {
+    const KIND: &'static str = "privacy_settings";
+
+    fn key(&self) -> Key {
+        Self::key_of(&self.tenant)
+    }
+}
+
+impl PrivacySettings {
+    pub const RECORD: &'static str = "PRIVACY#settings";
+
+    pub fn key_of(tenant: &TenantId) -> Key {
+        Key::new(keys::tenant(tenant), Self::RECORD)
+    }
+
+    pub fn zone(&self) -> TenantZone {
+        self.time_zone.parse().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeStatus {
+    /// Tokens deleted and schedule removed; the purge runs.
+    Purging,
+    /// Everything purged; the certificate is signed and about to be logged.
+    Certified,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeStep {
+    Table,
+    ImportsBucket,
+    ResultsBucket,
+}
+
+/// Counts of what the purge removed, per store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeCounts {
+    pub connections: u64,
+    pub table_items: u64,
+    pub import_object_versions: u64,
+    pub result_object_versions: u64,
+}
+
+/// The tracked account-deletion job: one per tenant, in the tenant's partition, the
+/// last of its items to go. Progress (the table scan's cursor, steps done, counts) is
+/// saved after every page, so a new invocation continues where the last stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDeletion {
+    pub tenant: TenantId,
+    pub id: String,
+    pub status: PurgeStatus,
+    pub requested_at: DateTime<Utc>,
+    pub requested_by: String,
+    #[serde(default)]
+    pub steps_done: Vec<PurgeStep>,
+    /// Where the table purge continues (an opaque scan cursor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_cursor: Option<String>,
+    pub counts: PurgeCounts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<SignedCertificate>,
+    pub updated_at: DateTime<Utc>,
+    pub version: u64,
+}
+
+impl Entity for AccountDeletion {
+    const KIND: &'static str = "account_deletion";
+
+    fn key(&self) -> Key {
+        Self::key_of(&self.tenant)
+    }
+}
+
+impl AccountDeletion {
+    pub const RECORD: &'static str = "ACCOUNT#deletion";
+
+    pub fn key_of(tenant: &TenantId) -> Key {
+        Key::new(keys::tenant(tenant), Self::RECORD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn zone(name: &str) -> TenantZone {
+        name.parse().unwrap()
+    }
+
+    #[test]
+    fn gdpr_due_dates() {
+        // (received, zone, due: last second of that local date, as UTC)
+        let cases = [
+            // Month end: 31 January → last day of February.
+            ("2025-01-31T10:00:00Z", "UTC", "2025-02-28T23:59:59Z"),
+            // Leap year.
+            ("2024-01-31T10:00:00Z", "UTC", "2024-02-29T23:59:59Z"),
+            ("2024-01-29T10:00:00Z", "UTC", "2024-02-29T23:59:59Z"),
+            ("2023-01-29T10:00:00Z", "UTC", "2023-02-28T23:59:59Z"),
+            // Same day number next month.
+            ("2025-05-05T08:00:00Z", "UTC", "2025-06-05T23:59:59Z"),
+            ("2025-08-31T08:00:00Z", "UTC", "2025-09-30T23:59:59Z"),
+            // Year boundary.
+            ("2025-12-15T08:00:00Z", "UTC", "2026-01-15T23:59:59Z"),
+            // Time zones: 23:30 on 31 January in New York is 1 February in UTC, but
+            // the request was received on 31 January there.
+            (
+                "2025-02-01T04:30:00Z",
+                "America/New_York",
+                "2025-03-01T04:59:59Z",
+            ),
+            ("2025-02-01T04:30:00Z", "UTC", "2025-03-01T23:59:59Z"),
+            // 00:30 on 1 March in Berlin is still 28 February in UTC.
+            (
+                "2025-02-28T23:30:00Z",
+                "Europe/Berlin",
+                "2025-04-01T21:59:59Z",
+            ),
+            // The due date falls after the spring DST change in Berlin (UTC+2).
+            (
+                "2025-03-10T12:00:00Z",
+                "Europe/Berlin",
+                "2025-04-10T21:59:59Z",
+            ),
+            // Far east: 10:00 UTC on 31 January is already 31 January 23:00 in Auckland.
+            (
+                "2025-01-31T10:00:00Z",
+                "Pacific/Auckland",
+                "2025-02-28T10:59:59Z",
+            ),
+        ];
+        for (received, tz, due) in cases {
+            let d = Deadlines::compute(Regulation::Gdpr, utc(received), zone(tz));
+            assert_eq!(d.due_at, utc(due), "received {received} in {tz}");
+            assert_eq!(
+                d.ack_due,
+                utc(received) + Duration::hours(48),
+                "ack {received}"
+            );
+        }
+    }
+
+    #[test]
+    fn ccpa_due_and_ack_dates() {
+        // (received, zone, due, ack due)
+        let cases = [
+            // Wednesday: 10 business days → Wednesday two weeks later (but the
+            // product's 48 hours come first).
+            (
+                "2025-01-01T12:00:00Z",
+                "UTC",
+                "2025-02-15T23:59:59Z",
+                "2025-01-03T12:00:00Z",
+            ),
+            // Leap year: 45 days from 15 February 2024 crosses 29 February.
+            (
+                "2024-02-15T12:00:00Z",
+                "UTC",
+                "2024-03-31T23:59:59Z",
+                "2024-02-17T12:00:00Z",
+            ),
+            (
+                "2023-02-15T12:00:00Z",
+                "UTC",
+                "2023-04-01T23:59:59Z",
+                "2023-02-17T12:00:00Z",
+            ),
+            // Los Angeles: 20:00 on Friday 31 January local is Saturday in UTC.
+            (
+                "2025-02-01T04:00:00Z",
+                "America/Los_Angeles",
+                // 17 March is after the DST change: UTC-7.
+                "2025-03-18T06:59:59Z",
+                "2025-02-03T04:00:00Z",
+            ),
+        ];
+        for (received, tz, due, ack) in cases {
+            let d = Deadlines::compute(Regulation::Ccpa, utc(received), zone(tz));
+            assert_eq!(d.due_at, utc(due), "due {received} {tz}");
+            assert_eq!(d.ack_due, utc(ack), "ack {received} {tz}");
+        }
+    }
+
+    #[test]
+    fn business_days_skip_weekends() {
+        let date = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let cases = [
+            // Friday + 1 → Monday.
+            ("2025-01-03", 1, "2025-01-06"),
+            // Friday + 10 → Friday two weeks later.
+            ("2025-01-03", 10, "2025-01-17"),
+            // Saturday + 1 → Monday; Sunday + 10 → Friday of the second week.
+            ("2025-01-04", 1, "2025-01-06"),
+            ("2025-01-05", 10, "2025-01-17"),
+            // Wednesday + 10 → Wednesday two weeks later.
+            ("2025-01-01", 10, "2025-01-15"),
+            // Over a month end in a leap year.
+            ("2024-02-23", 5, "2024-03-01"),
+            ("2025-01-01", 0, "2025-01-01"),
+        ];
+        for (from, days, want) in cases {
+            assert_eq!(
+                add_business_days(date(from), days),
+                date(want),
+                "{from}+{days}"
+            );
+        }
+    }
+
+    #[test]
+    fn product_ack_is_earlier_than_ccpa_ten_business_days() {
+        // 10 business days always exceed 48 hours, so the product's commitment governs;
+        // a request received late (ack already overdue) still gets the earlier date.
+        let received = utc("2025-01-03T09:00:00Z");
+        let d = Deadlines::compute(Regulation::Ccpa, received, TenantZone::default());
+        assert_eq!(d.ack_due, received + Duration::hours(48));
+        assert!(
+            d.ack_due < TenantZone::default().end_of(add_business_days(received.date_naive(), 10))
+        );
+    }
+
+    #[test]
+    fn product_commitment_is_thirty_days_and_respond_by_is_the_earlier() {
+        let received = utc("2025-01-01T12:00:00Z");
+        let d = Deadlines::compute(Regulation::Gdpr, received, TenantZone::default());
+        // GDPR: 1 February; product: 31 January.
+        assert_eq!(d.due_at, utc("2025-02-01T23:59:59Z"));
+        assert_eq!(d.product_due_at, utc("2025-01-31T23:59:59Z"));
+        assert_eq!(d.respond_by(), d.product_due_at);
+    }
+
+    #[test]
+    fn extension_rules() {
+        let tz = TenantZone::default();
+        let received = utc("2025-01-31T10:00:00Z");
+        let now = utc("2025-02-10T10:00:00Z");
+        let gdpr = Deadlines::compute(Regulation::Gdpr, received, tz);
+        // Two more months, counted from receipt: 30 April.
+        let ext = extend_deadlines(
+            Regulation::Gdpr,
+            &gdpr,
+            false,
+            tz,
+            ExtensionLength::Months(2),
+            "complex request",
+            now,
+        )
+        .unwrap();
+        assert_eq!(ext.due_at, utc("2025-04-30T23:59:59Z"));
+        assert_eq!(ext.product_due_at, utc("2025-04-01T23:59:59Z"));
+        let one = extend_deadlines(
+            Regulation::Gdpr,
+            &gdpr,
+            false,
+            tz,
+            ExtensionLength::Months(1),
+            "r",
+            now,
+        )
+        .unwrap();
+        assert_eq!(one.due_at, utc("2025-03-31T23:59:59Z"));
+        // Second extension refused.
+        assert_eq!(
+            extend_deadlines(
+                Regulation::Gdpr,
+                &ext,
+                true,
+                tz,
+                ExtensionLength::Months(1),
+                "again",
+                now
+            ),
+            Err(PrivacyError::AlreadyExtended)
+        );
+        // Reason required.
+        assert_eq!(
+            extend_deadlines(
+                Regulation::Gdpr,
+                &gdpr,
+                false,
+                tz,
+                ExtensionLength::Months(1),
+                "  ",
+                now
+            ),
+            Err(PrivacyError::ReasonMissing)
+        );
+        // Too long; wrong unit.
+        assert!(matches!(
+            extend_deadlines(
+                Regulation::Gdpr,
+                &gdpr,
+                false,
+                tz,
+                ExtensionLength::Months(3),
+                "r",
+                now
+            ),
+            Err(PrivacyError::ExtensionTooLong(_))
+        ));
+        assert!(matches!(
+            extend_deadlines(
+                Regulation::Gdpr,
+                &gdpr,
+                false,
+                tz,
+                ExtensionLength::Days(10),
+                "r",
+                now
+            ),
+            Err(PrivacyError::ExtensionTooLong(_))
+        ));
+        // After the due date: refused. At the last second: allowed.
+        assert_eq!(
+            extend_deadlines(
+                Regulation::Gdpr,
+                &gdpr,
+                false,
+                tz,
+                ExtensionLength::Months(1),
+                "r",
+                utc("2025-03-01T00:00:00Z")
+            ),
+            Err(PrivacyError::PastDue)
+        );
+        assert!(
+            extend_deadlines(
+                Regulation::Gdpr,
+                &gdpr,
+                false,
+                tz,
+                ExtensionLength::Months(1),
+                "r",
+                gdpr.due_at
+            )
+            .is_ok()
+        );
+
+        // CCPA: 45 + 45 days.
+        let ccpa = Deadlines::compute(Regulation::Ccpa, utc("2025-01-01T12:00:00Z"), tz);
+        let ext = extend_deadlines(
+            Regulation::Ccpa,
+            &ccpa,
+            false,
+            tz,
+            ExtensionLength::Days(45),
+            "volume",
+            utc("2025-01-20T00:00:00Z"),
+        )
+        .unwrap();
+        assert_eq!(ext.due_at, utc("2025-04-01T23:59:59Z"));
+        assert!(matches!(
+            extend_deadlines(
+                Regulation::Ccpa,
+                &ccpa,
+                false,
+                tz,
+                ExtensionLength::Days(46),
+                "r",
+                now
+            ),
+            Err(PrivacyError::ExtensionTooLong(_))
+        ));
+        assert_eq!(
+            extend_deadlines(
+                Regulation::Ccpa,
+                &ccpa,
+                false,
+                tz,
+                ExtensionLength::Days(0),
+                "r",
+                now
+            ),
+            Err(PrivacyError::ExtensionTooShort("day"))
+        );
+    }
+
+    #[test]
+    fn days_left_counts_part_days() {
+        let now = utc("2025-01-01T00:00:00Z");
+        assert_eq!(days_left(utc("2025-01-03T12:00:00Z"), now), 2);
+        assert_eq!(days_left(utc("2025-01-01T12:00:00Z"), now), 0);
+        assert_eq!(days_left(utc("2024-12-31T12:00:00Z"), now), -1);
+    }
+
+    #[test]
+    fn status_machine() {
+        use Status::*;
+        assert!(Received.can_move_to(IdentityUnverified));
+        assert!(IdentityUnverified.can_move_to(Pending));
+        assert!(Pending.can_move_to(InProcessing));
+        assert!(InProcessing.can_move_to(Complete));
+        assert!(Error.can_move_to(InProcessing));
+        assert!(!IdentityUnverified.can_move_to(InProcessing));
+        assert!(!Complete.can_move_to(InProcessing));
+        assert!(!Denied.can_move_to(Pending));
+        assert!(!Received.can_move_to(Complete));
+        assert!(!IdentityUnverified.is_runnable());
+        assert!(Pending.is_runnable());
+    }
+
+    #[test]
+    fn verification_codes_are_hashed_and_forgiving_about_case() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let now = utc("2025-01-01T00:00:00Z");
+        let (code, stored) = VerificationCode::issue(&tenant, "01REQ", now);
+        use secrecy::ExposeSecret as _;
+        let code = code.expose_secret().to_owned();
+        assert_eq!(code.len(), VERIFICATION_CODE_LEN);
+        assert!(!serde_json::to_string(&stored).unwrap().contains(&code));
+        assert!(stored.matches(&code));
+        assert!(stored.matches(&code.to_ascii_lowercase()));
+        assert!(!stored.matches("0000000000"));
+        assert_eq!(stored.expires_at, now.timestamp() + 15 * 60);
+    }
+
+    #[test]
+    fn consent_history_is_kept_and_bounded() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let change = |state| ConsentChange {
+            state,
+            at: utc("2025-01-01T00:00:00Z"),
+            source: "web_form".into(),
+            policy_version: "v1".into(),
+            recorded_by: "user:a".into(),
+        };
+        let mut record = ConsentRecord::apply(
+            None,
+            &tenant,
+            "ps_x",
+            "marketing",
+            change(ConsentState::Granted),
+        );
+        record = ConsentRecord::apply(
+            Some(record),
+            &tenant,
+            "ps_x",
+            "marketing",
+            change(ConsentState::Withdrawn),
+        );
+        assert_eq!(record.current.state, ConsentState::Withdrawn);
+        assert_eq!(record.history.len(), 2);
+        assert_eq!(record.version, 2);
+        for _ in 0..300 {
+            record = ConsentRecord::apply(
+                Some(record),
+                &tenant,
+                "ps_x",
+                "marketing",
+                change(ConsentState::Granted),
+            );
+        }
+        assert_eq!(record.history.len(), MAX_CONSENT_HISTORY);
+        assert!(validate_purpose("marketing_email").is_ok());
+        assert!(validate_purpose("Marketing").is_err());
+        assert!(validate_purpose("a#b").is_err());
+        assert!(validate_purpose("").is_err());
+    }
+}
