@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 PY := .venv/bin/python
 LOCAL := .local
 
-.PHONY: venv lint test up down fmt bench
+.PHONY: venv lint test demo up down fmt bench
 
 venv:
 	@infra/bootstrap.sh
@@ -25,6 +25,7 @@ lint: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	.venv/bin/cfn-lint template.yaml
+	$(PY) -c "from openapi_spec_validator import validate; import yaml; validate(yaml.safe_load(open('openapi.yaml')))"
 	env AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
 	  SAM_CLI_TELEMETRY=0 .venv/bin/sam validate --lint --template template.yaml --region us-east-1
 
@@ -39,43 +40,41 @@ test: venv lint
 bench: venv
 	nice -n 19 cargo run -q -p custody-bench -- --out docs/bench-results.json
 
-# Emulator in the background (own session: Ctrl-C in this terminal does not
-# reach it), resources provisioned from template.yaml, env saved to .local/env.
+FUNCTIONS := -p oauth -p export -p import -p expiry -p dsar -p custody-local
+
+# The whole product on the local stack, step by step (README's first command).
+demo: venv
+	cargo build -q --bins $(FUNCTIONS)
+	target/debug/custody-local demo
+
+# The same stack left running (own session, so Ctrl-C here does not reach it):
+# prints the base URL, a bearer token and a curl line for every route.
 up: venv
 	@mkdir -p $(LOCAL)
-	if [[ -f $(LOCAL)/emulator.pid && -f $(LOCAL)/env ]] &&
-	   ps -p "$$(cat $(LOCAL)/emulator.pid)" -o args= 2>/dev/null | grep -q infra/emulator.py; then
-	  echo "local stack already up at $$(cat $(LOCAL)/endpoint); environment ($(LOCAL)/env):"
-	  cat $(LOCAL)/env
-	  exit 0
+	if [[ -f $(LOCAL)/up.pid ]] && kill -0 "$$(cat $(LOCAL)/up.pid)" 2>/dev/null; then
+	  echo "local stack already up:"; cat $(LOCAL)/ready; exit 0
 	fi
-	setsid $(PY) infra/emulator.py --pidfile $(LOCAL)/emulator.pid \
-	  </dev/null >$(LOCAL)/emulator.json 2>$(LOCAL)/emulator.log &
-	emu=$$!
-	for _ in {1..600}; do   # up to 60 s for the one-line JSON announcement
-	  [[ -s $(LOCAL)/emulator.json ]] && break
-	  kill -0 $$emu 2>/dev/null || { cat $(LOCAL)/emulator.log >&2; echo "emulator failed to start" >&2; exit 1; }
+	rm -f $(LOCAL)/ready
+	cargo build -q --bins $(FUNCTIONS)
+	env -u CUSTODY_EMULATOR_ENDPOINT setsid target/debug/custody-local up --ready-file $(LOCAL)/ready \
+	  </dev/null >$(LOCAL)/up.log 2>&1 &
+	echo $$! >$(LOCAL)/up.pid
+	for _ in {1..1200}; do   # up to 2 min for the stack to come up
+	  [[ -s $(LOCAL)/ready ]] && break
+	  kill -0 "$$(cat $(LOCAL)/up.pid)" 2>/dev/null || { cat $(LOCAL)/up.log >&2; echo "local stack failed to start" >&2; exit 1; }
 	  sleep 0.1
 	done
-	endpoint=$$($(PY) -c 'import json,sys; print(json.load(sys.stdin)["endpoint"])' <$(LOCAL)/emulator.json)
-	echo "$$endpoint" >$(LOCAL)/endpoint
-	echo "emulator at $$endpoint (pid $$(cat $(LOCAL)/emulator.pid), log $(LOCAL)/emulator.log)"
-	# Keep the env file only if provisioning succeeds; otherwise take it all down.
-	if ! cargo run -q -p custody-local --bin custody-local -- provision --endpoint "$$endpoint" --prefix local \
-	     | tee $(LOCAL)/env.tmp; then
-	  echo "provisioning failed; stopping the emulator" >&2
-	  $(MAKE) --no-print-directory down >/dev/null
-	  exit 1
-	fi
-	mv $(LOCAL)/env.tmp $(LOCAL)/env
-	echo "local stack up. Use it with:  source $(LOCAL)/env     Stop it with:  make down"
+	cat $(LOCAL)/ready
+	echo "logs: $(LOCAL)/up.log    stop with: make down"
 
+# Stops what `make up` started; every child process dies with it.
 down:
-	@if [[ -f $(LOCAL)/emulator.pid ]]; then
-	  pid=$$(cat $(LOCAL)/emulator.pid)
-	  if ps -p "$$pid" -o args= 2>/dev/null | grep -q infra/emulator.py; then
+	@if [[ -f $(LOCAL)/up.pid ]]; then
+	  pid=$$(cat $(LOCAL)/up.pid)
+	  if kill -0 "$$pid" 2>/dev/null; then
 	    kill -TERM "$$pid"
-	    for _ in {1..50}; do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done
+	    for _ in {1..100}; do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done
+	    kill -KILL "$$pid" 2>/dev/null || true
 	  fi
 	fi
 	rm -rf $(LOCAL)

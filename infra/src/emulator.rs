@@ -51,6 +51,12 @@ pub fn endpoint() -> Result<String, EmulatorError> {
     Ok(endpoint)
 }
 
+/// The process id of the emulator this process started, if it started one.
+pub fn started_pid() -> Option<u32> {
+    let guard = STARTED.get()?.lock().unwrap_or_else(|p| p.into_inner());
+    guard.as_ref().map(|running| running._child.id())
+}
+
 fn start() -> Result<Running, EmulatorError> {
     let root = repo_root();
     let python = root.join(".venv/bin/python");

@@ -6,6 +6,7 @@
 //! as the template declares it, and the functions' environment is the template's
 //! `Globals` environment resolved against what was created.
 
+pub mod demo;
 pub mod emulator;
 pub mod event_sources;
 pub mod gateway;

@@ -133,6 +133,22 @@ impl LocalFunction {
         &self.shared.function
     }
 
+    /// Kills the function process now (SIGKILL), from a shared reference, so a stack
+    /// being torn down can stop its functions before their Runtime API goes away.
+    pub fn kill_now(&self) {
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// The function process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// Time from process start to the first poll for an event: the cold start.
     pub async fn wait_first_poll(&self, limit: Duration) -> Option<Duration> {
         let until = Instant::now() + limit;

@@ -89,6 +89,18 @@ pub fn function_binaries(template: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The function's `Timeout` (or the `Globals` one), as Lambda would enforce it.
+pub fn function_timeout(template: &Value, binary: &str) -> Option<Duration> {
+    let global = template["Globals"]["Function"]["Timeout"].as_u64();
+    template
+        .get("Resources")
+        .and_then(Value::as_mapping)?
+        .values()
+        .find(|r| r["Metadata"]["BuildProperties"]["Binary"].as_str() == Some(binary))
+        .and_then(|r| r["Properties"]["Timeout"].as_u64().or(global))
+        .map(Duration::from_secs)
+}
+
 impl LocalStack {
     pub async fn start(options: StackOptions) -> Result<LocalStack, StackError> {
         let endpoint = crate::emulator::endpoint()?;
@@ -116,9 +128,17 @@ impl LocalStack {
             env.insert("AWS_ACCESS_KEY_ID".into(), "testing".into());
             env.insert("AWS_SECRET_ACCESS_KEY".into(), "testing".into());
             env.insert("CUSTODY_PUBLIC_BASE_URL".into(), base_url.clone());
-            env.extend(options.overrides.clone());
+            // Overrides may name the gateway's URL, which exists only now.
+            env.extend(
+                options
+                    .overrides
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.replace("{base_url}", &base_url))),
+            );
             let env: Vec<(String, String)> = env.into_iter().collect();
-            let function = LocalFunction::start(&binary, &path, &env, options.invocation_timeout)
+            let timeout =
+                function_timeout(&template, &binary).unwrap_or(options.invocation_timeout);
+            let function = LocalFunction::start(&binary, &path, &env, timeout)
                 .await
                 .map_err(|e| StackError::Start(binary.clone(), e))?;
             functions.insert(binary, Arc::new(function));
@@ -163,6 +183,9 @@ impl LocalStack {
 
 impl Drop for LocalStack {
     fn drop(&mut self) {
+        for function in self.functions.values() {
+            function.kill_now();
+        }
         for task in &self.tasks {
             task.abort();
         }

@@ -48,7 +48,10 @@ mod tests {
         let long_a = TenantId::parse(&"a".repeat(64)).unwrap();
         let long_b = TenantId::parse(&format!("{}b", "a".repeat(63))).unwrap();
         assert!(ExportSchedules::name(&long_a).len() <= 64);
-        assert_ne!(ExportSchedules::name(&long_a), ExportSchedules::name(&long_b));
+        assert_ne!(
+            ExportSchedules::name(&long_a),
+            ExportSchedules::name(&long_b)
+        );
     }
 }
 

@@ -259,12 +259,23 @@ impl Store {
         // `None` fields would be stored as NULL attributes: a NULL `expires_at` defeats
         // the expiry filter and a NULL index key is rejected, so absent means absent.
         item.retain(|_, value| !matches!(value, AttributeValue::Null(_)));
-        // These attributes are the store's own; an entity field of the same name would
-        // be silently overwritten, so refuse it loudly instead.
-        for reserved in ["pk", "sk", "kind", SUBJECT_PK, SUBJECT_SK] {
-            if item.contains_key(reserved) {
+        // These attributes are the store's own; an entity field of the same name with a
+        // different value would be silently overwritten, so refuse it loudly instead.
+        let key = entity.key();
+        let subject = entity.subject_index();
+        let owned: [(&str, Option<String>); 5] = [
+            ("pk", Some(key.pk.clone())),
+            ("sk", Some(key.sk.clone())),
+            ("kind", Some(E::KIND.to_owned())),
+            (SUBJECT_PK, subject.as_ref().map(|s| s.0.clone())),
+            (SUBJECT_SK, subject.as_ref().map(|s| s.1.clone())),
+        ];
+        for (reserved, value) in owned {
+            if let Some(field) = item.get(reserved)
+                && field.as_s().ok() != value.as_ref()
+            {
                 return Err(StoreError::Encode(format!(
-                    "{} has a field named `{reserved}`, which the store reserves",
+                    "{} has a field named `{reserved}` with another value than the store writes",
                     E::KIND
                 )));
             }

@@ -142,9 +142,20 @@ async fn callback(deps: &Deps, req: &Request) -> Response<Body> {
                     tracing::warn!(provider = %provider, error = %error, result = code, "OAuth callback refused")
                 }
             }
-            match return_url {
-                Some(url) => redirect(&with_result(url, code, &provider)),
-                None => Err(Problem::bad_request("state", error.to_string())),
+            match (return_url, error) {
+                (Some(url), _) => redirect(&with_result(url, code, &provider)),
+                // Our own faults (store, KMS, audit, configuration) are a bare 500 through
+                // the one error mapping, never a 4xx carrying internal text.
+                (
+                    None,
+                    flow::CallbackError::Oauth(
+                        err @ (OauthError::Config(_)
+                        | OauthError::Seal(_)
+                        | OauthError::Store(_)
+                        | OauthError::Audit(_)),
+                    ),
+                ) => Err(Problem::from(err)),
+                (None, error) => Err(Problem::bad_request("state", error.to_string())),
             }
         }
     };
@@ -152,9 +163,10 @@ async fn callback(deps: &Deps, req: &Request) -> Response<Body> {
     // The binding cookie has served its purpose either way.
     response.headers_mut().insert(
         SET_COOKIE,
-        HeaderValue::from_static(
-            "__Host-custody-oauth=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax",
-        ),
+        HeaderValue::from_str(&format!(
+            "{BINDING_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("")),
     );
     response
         .headers_mut()

@@ -189,7 +189,8 @@ fn valid_id(id: &str) -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WebhookReceipt {
     pub webhook_id: String,
-    pub kind: String,
+    /// The marketplace event type (`INSTALL`, `UNINSTALL`, …).
+    pub event_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,7 +264,7 @@ pub async fn handle_highlevel(
 
     let receipt = WebhookReceipt {
         webhook_id: payload.webhook_id.clone(),
-        kind: payload.kind.chars().take(40).collect(),
+        event_type: payload.kind.chars().take(40).collect(),
         location_id: payload.location_id.clone(),
         company_id: payload.company_id.clone(),
         payload_hash: hex::encode(Sha256::digest(body)),

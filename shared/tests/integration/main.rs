@@ -4,6 +4,7 @@
 
 mod audit;
 mod idempotency;
+mod openapi;
 mod provisioning;
 mod schedule;
 mod seal;

@@ -1,0 +1,1041 @@
+//! The demo journey: custody doing its whole job on the local stack, step by step,
+//! through the real function binaries and the HTTP API, as a newcomer meets it.
+//!
+//! Every step checks its own result; the first failed check ends the journey with
+//! an error naming the step. `custody-local demo` prints the journey; `custody-local
+//! up` starts the same environment and leaves it running.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use custody::TenantId;
+use custody::audit::AuditLog;
+use custody::clock::SystemClock;
+use custody_sim::destination::DestinationSim;
+use custody_sim::highlevel::{HighLevelSim, Limits, Seed};
+use custody_sim::oauth_provider::{Flavour, OauthProviderSim, SimAccount, WebhookSigner};
+use custody_sim::webdav::WebDavSim;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::stack::{LocalStack, StackError, StackOptions};
+
+pub const TENANT: &str = "demo";
+pub const LOCATION: &str = "loc_demo_0001";
+const CLIENT_ID: &str = "custody-demo";
+const RETURN_URL: &str = "http://127.0.0.1/app/connections";
+const DAV_USER: &str = "demo-export";
+/// The contact the privacy steps follow; shares the import file with others.
+pub const SUBJECT_EMAIL: &str = "jane.doe@example.com";
+pub const SUBJECT_PHONE: &str = "+447700900123";
+pub const SUBJECT_CONTACT: &str = "hl_contact_42";
+pub const SUBJECT_NAME: &str = "Jane Doe";
+
+pub const STEPS: [&str; 6] = [
+    "connect HighLevel (OAuth, state + PKCE)",
+    "export conversations to WebDAV",
+    "import a CSV file",
+    "consent, access and erasure of a data subject",
+    "uninstall through the signed HighLevel webhook",
+    "verify the audit chain",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("setting up the local stack: {0}")]
+    Setup(String),
+    #[error("step {step} ({name}) failed: {message}")]
+    Step {
+        step: usize,
+        name: &'static str,
+        message: String,
+    },
+}
+
+impl From<StackError> for DemoError {
+    fn from(err: StackError) -> Self {
+        DemoError::Setup(err.to_string())
+    }
+}
+
+/// The local stack plus the simulated outside world.
+pub struct Environment {
+    pub stack: LocalStack,
+    pub oauth: OauthProviderSim,
+    pub highlevel: HighLevelSim,
+    pub webdav: WebDavSim,
+    pub destination: DestinationSim,
+    pub signer: WebhookSigner,
+    dav_password: String,
+    destination_secret: String,
+    http: reqwest::Client,
+}
+
+fn random_secret(prefix: &str) -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    format!(
+        "{prefix}{}",
+        Alphanumeric.sample_string(&mut rand::rng(), 32)
+    )
+}
+
+impl Environment {
+    /// Starts the simulated services, then the local stack configured to use them.
+    pub async fn start(stage: &str) -> Result<Environment, DemoError> {
+        let setup =
+            |what: &str, e: &dyn std::fmt::Display| DemoError::Setup(format!("{what}: {e}"));
+        let client_secret = random_secret("cs_");
+        let oauth = OauthProviderSim::start(Flavour::HighLevel, CLIENT_ID, &client_secret)
+            .await
+            .map_err(|e| setup("simulated HighLevel OAuth", &e))?;
+        oauth.set_account(SimAccount {
+            location_id: LOCATION.into(),
+            company_id: "co_demo_0001".into(),
+            user_type: "Location".into(),
+            subject: "demo-user".into(),
+        });
+        let highlevel = HighLevelSim::start(Limits::default())
+            .await
+            .map_err(|e| setup("simulated HighLevel API", &e))?;
+        highlevel.seed_location(LOCATION, &Seed::small(7, 25, 600));
+        let dav_password = random_secret("dav_");
+        let webdav = WebDavSim::start(DAV_USER, &dav_password)
+            .await
+            .map_err(|e| setup("WebDAV server", &e))?;
+        webdav
+            .collection("exports")
+            .await
+            .map_err(|e| setup("WebDAV collection", &e))?;
+        let destination_secret = random_secret("whsec_");
+        let destination = DestinationSim::start(&destination_secret)
+            .await
+            .map_err(|e| setup("destination webhook receiver", &e))?;
+        let signer = WebhookSigner::generate().map_err(|e| setup("webhook signing key", &e))?;
+        let rsa_public = signer
+            .rsa_public_key_pem()
+            .map_err(|e| setup("webhook public key", &e))?;
+
+        let providers = json!([{
+            "name": "highlevel",
+            "kind": "highlevel",
+            "client_id": CLIENT_ID,
+            "authorize_url": oauth.authorize_url(),
+            "token_url": oauth.token_url(),
+            "user_type": "Location",
+        }])
+        .to_string();
+        let mut options = StackOptions::new(stage);
+        options.overrides = BTreeMap::from([
+            ("CUSTODY_OAUTH_PROVIDERS".into(), providers),
+            ("CUSTODY_OAUTH_REDIRECT_BASE".into(), "{base_url}".into()),
+            (
+                "CUSTODY_OAUTH_RETURN_URLS".into(),
+                "http://127.0.0.1/app".into(),
+            ),
+            ("CUSTODY_HIGHLEVEL_WEBHOOK_RSA_KEY".into(), rsa_public),
+            ("CUSTODY_HIGHLEVEL_API_URL".into(), highlevel.base_url()),
+            // Local services speak plain HTTP on loopback; production refuses it.
+            ("CUSTODY_EXPORT_ALLOW_HTTP_LOOPBACK".into(), "true".into()),
+            (
+                "CUSTODY_IMPORT_ALLOW_INSECURE_LOOPBACK".into(),
+                "true".into(),
+            ),
+            ("CUSTODY_DSAR_ALLOW_LOOPBACK_WEBHOOKS".into(), "true".into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ]);
+        let stack = LocalStack::start(options).await?;
+        oauth.register_redirect_uri(&format!("{}/oauth/highlevel/callback", stack.base_url));
+        // The client secret lives in Secrets Manager, as in production.
+        let secret_id = stack
+            .provisioned
+            .resources
+            .get("OauthClientSecrets")
+            .map(|p| p.id.clone())
+            .ok_or_else(|| DemoError::Setup("template has no OauthClientSecrets".into()))?;
+        stack
+            .clients
+            .secrets
+            .put_secret_value()
+            .secret_id(secret_id)
+            .secret_string(json!({ "highlevel": client_secret }).to_string())
+            .send()
+            .await
+            .map_err(|e| setup("client secret", &e))?;
+        let http = custody::http::client().map_err(|e| setup("HTTP client", &e))?;
+        Ok(Environment {
+            stack,
+            oauth,
+            highlevel,
+            webdav,
+            destination,
+            signer,
+            dav_password,
+            destination_secret,
+            http,
+        })
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.stack.token(TENANT, "admin")
+    }
+
+    /// What a person needs to poke at the running stack.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let base = &self.stack.base_url;
+        let _ = writeln!(out, "custody local stack is up");
+        let _ = writeln!(out, "  HTTP API          {base}");
+        let _ = writeln!(out, "  AWS emulator      {}", self.stack.endpoint);
+        let _ = writeln!(out, "  HighLevel (sim)   {}", self.highlevel.base_url());
+        let _ = writeln!(out, "  OAuth (sim)       {}", self.oauth.base_url());
+        let _ = writeln!(
+            out,
+            "  WebDAV            {} (user {DAV_USER}, password {})",
+            self.webdav.url("exports"),
+            self.dav_password
+        );
+        let _ = writeln!(
+            out,
+            "  destination hook  {} (secret {})",
+            self.destination.url(),
+            self.destination_secret
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(out, "export CUSTODY={base}");
+        let _ = writeln!(
+            out,
+            "export TOKEN={}   # tenant '{TENANT}', role admin, 12 h",
+            self.admin_token()
+        );
+        let _ = writeln!(out, "export VIEWER={}", self.stack.token(TENANT, "viewer"));
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Routes (all but the callback and webhook need -H \"authorization: Bearer $TOKEN\"):"
+        );
+        for route in crate::gateway::routes(&self.stack.template) {
+            let path = route
+                .path
+                .replace("{provider}", "highlevel")
+                .replace("{id}", "ID");
+            let auth = if route.public {
+                ""
+            } else {
+                " -H \"authorization: Bearer $TOKEN\""
+            };
+            let body = match example_body(&route.key()) {
+                Some(body) => format!(
+                    " -H 'content-type: application/json' -d '{}'",
+                    body.replace('\'', "'\\''")
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  curl -i -X {} \"$CUSTODY{path}\"{auth}{body}",
+                route.method
+            );
+        }
+        out
+    }
+
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.stack.base_url))
+            .bearer_auth(self.admin_token());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| format!("{path}: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| format!("{path}: {e}"))?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        want: u16,
+    ) -> Result<Value, String> {
+        let (status, value) = self.api(method.clone(), path, body).await?;
+        if status != want {
+            return Err(format!(
+                "{method} {path} answered {status}, expected {want}: {value}"
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// The example body of a route, from its event file in `events/`.
+fn example_body(route_key: &str) -> Option<String> {
+    let events = crate::repo_root().join("events");
+    for dir in std::fs::read_dir(events).ok()?.flatten() {
+        for file in std::fs::read_dir(dir.path()).ok()?.flatten() {
+            let Ok(text) = std::fs::read_to_string(file.path()) else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            if event["routeKey"].as_str() == Some(route_key) {
+                return event["body"]
+                    .as_str()
+                    .filter(|b| !b.is_empty())
+                    .map(str::to_owned);
+            }
+        }
+    }
+    None
+}
+
+fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+    if condition { Ok(()) } else { Err(message()) }
+}
+
+/// Runs the journey, printing progress through `say`.
+pub async fn journey(env: &Environment, say: &mut dyn FnMut(&str)) -> Result<(), DemoError> {
+    let steps: [&dyn Fn(&Environment) -> StepFuture<'_>; 6] = [
+        &|e| Box::pin(connect(e)),
+        &|e| Box::pin(export(e)),
+        &|e| Box::pin(import(e)),
+        &|e| Box::pin(privacy(e)),
+        &|e| Box::pin(uninstall(e)),
+        &|e| Box::pin(audit(e)),
+    ];
+    for (index, step) in steps.iter().enumerate() {
+        let name = STEPS[index];
+        say(&format!("[{}/{}] {name}", index + 1, STEPS.len()));
+        let lines = step(env).await.map_err(|message| DemoError::Step {
+            step: index + 1,
+            name,
+            message,
+        })?;
+        for line in lines {
+            say(&format!("      ✓ {line}"));
+        }
+    }
+    Ok(())
+}
+
+type StepFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>, String>> + 'a>>;
+
+async fn poll<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Result<Value, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Value>, String>>,
+{
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > until {
+            return Err(format!("timed out after {limit:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+// ----------------------------------------------------------------------------- 1
+
+async fn connect(env: &Environment) -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
+    let start = env
+        .http
+        .get(format!("{}/connect/highlevel", env.stack.base_url))
+        .query(&[("return_url", RETURN_URL)])
+        .bearer_auth(env.admin_token())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(start.status() == 302, || {
+        format!("GET /connect/highlevel answered {}", start.status())
+    })?;
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no {name} header"))
+    };
+    let authorize = header(&start, "location")?;
+    let cookie = header(&start, "set-cookie")?;
+    let binding = cookie.split(';').next().unwrap_or_default().to_owned();
+    let authorize_url = url::Url::parse(&authorize).map_err(|e| e.to_string())?;
+    let params: BTreeMap<String, String> = authorize_url.query_pairs().into_owned().collect();
+    check(
+        params.get("code_challenge_method").map(String::as_str) == Some("S256"),
+        || "authorize URL has no PKCE S256 challenge".into(),
+    )?;
+    check(params.contains_key("state"), || {
+        "authorize URL has no state".into()
+    })?;
+    lines.push(format!(
+        "redirected to the provider with state and PKCE S256 ({})",
+        authorize_url.path()
+    ));
+    let at_provider = env
+        .http
+        .get(&authorize)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(at_provider.status() == 302, || {
+        format!("provider answered {}", at_provider.status())
+    })?;
+    let callback = header(&at_provider, "location")?;
+    let done = env
+        .http
+        .get(&callback)
+        .header("cookie", &binding)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(done.status() == 302, || {
+        format!("callback answered {}", done.status())
+    })?;
+    let back = header(&done, "location")?;
+    check(
+        back.starts_with(RETURN_URL) && back.contains("connected"),
+        || format!("callback returned to {back}"),
+    )?;
+    check(
+        done.headers()
+            .get("referrer-policy")
+            .and_then(|v| v.to_str().ok())
+            == Some("no-referrer"),
+        || "callback has no Referrer-Policy: no-referrer".into(),
+    )?;
+    lines.push(format!(
+        "callback consumed the state and returned to {back}"
+    ));
+    let listing = env
+        .expect(reqwest::Method::GET, "/connections", None, 200)
+        .await?;
+    let text = listing.to_string();
+    check(text.contains(LOCATION), || {
+        format!("connection listing lacks the location: {text}")
+    })?;
+    lines.push(format!("GET /connections: {text}"));
+    // The tokens the provider issued are nowhere in our table.
+    let dump = raw_table(env, &env.stack.provisioned.config.table).await?;
+    let tokens = env.oauth.issued_access_tokens();
+    let refresh = env.oauth.issued_refresh_tokens();
+    check(!tokens.is_empty(), || "the provider issued no token".into())?;
+    for token in tokens.iter().chain(&refresh) {
+        check(!dump.contains(token.as_str()), || {
+            "a plaintext token is in the table".into()
+        })?;
+        env.highlevel.accept_token(token, LOCATION);
+    }
+    lines.push(format!(
+        "raw table scan: {} issued token(s) stored only sealed with KMS",
+        tokens.len() + refresh.len()
+    ));
+    Ok(lines)
+}
+
+// ----------------------------------------------------------------------------- 2
+
+async fn export(env: &Environment) -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
+    let settings = json!({
+        "schedule": {"expression": "cron(0 3 * * ? *)", "timezone": "Europe/Berlin"},
+        "channels": ["SMS", "Email", "Call", "WhatsApp", "Instagram", "Facebook"],
+        "date_range": {"mode": "fixed", "start": "2025-01-01T00:00:00Z", "end": "2025-07-01T00:00:00Z"},
+        "destination": {"type": "webdav", "url": env.webdav.url("exports"), "username": DAV_USER, "password": env.dav_password},
+    });
+    env.expect(
+        reqwest::Method::PUT,
+        "/export/settings",
+        Some(settings),
+        200,
+    )
+    .await?;
+    let shown = env
+        .expect(reqwest::Method::GET, "/export/settings", None, 200)
+        .await?;
+    check(!shown.to_string().contains(&env.dav_password), || {
+        "settings show the password".into()
+    })?;
+    let tenant = TenantId::parse(TENANT).map_err(|e| e.to_string())?;
+    let schedules = custody::schedule::ExportSchedules::new(
+        env.stack.clients.scheduler.clone(),
+        &env.stack.provisioned.config.schedule_group,
+    );
+    let schedule = schedules
+        .get(&tenant)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no export schedule was created")?;
+    lines.push(format!(
+        "settings saved (password sealed); schedule {} {} ({})",
+        custody::schedule::ExportSchedules::name(&tenant),
+        schedule.expression,
+        schedule.timezone.unwrap_or_default()
+    ));
+    // EventBridge Scheduler does not fire locally: deliver its event as it would.
+    let export = env
+        .stack
+        .function("export")
+        .ok_or("export function is not running")?;
+    let mut event = json!({"tenant_id": TENANT, "scheduled_time": chrono::Utc::now().to_rfc3339()});
+    let mut invocations = 0;
+    let run = loop {
+        invocations += 1;
+        export.invoke(&event).await.map_err(|e| e.to_string())?;
+        let runs = env
+            .expect(reqwest::Method::GET, "/export/runs", None, 200)
+            .await?;
+        let latest = runs["runs"][0].clone();
+        match latest["status"].as_str() {
+            Some("completed") => break latest,
+            Some("continued") | Some("running") if invocations < 20 => {
+                // The follow-up the worker scheduled for itself.
+                event = json!({"tenant_id": TENANT, "kick": true});
+            }
+            other => return Err(format!("export run ended {other:?}: {latest}")),
+        }
+    };
+    lines.push(format!(
+        "scheduled run {}: {} conversations, {} messages, {} bytes in {} invocation(s)",
+        run["run_id"].as_str().unwrap_or("?"),
+        run["conversations"],
+        run["messages"],
+        run["bytes"],
+        run["invocations"]
+    ));
+    let files = env.webdav.files().await;
+    let (manifest_path, manifest) = files
+        .iter()
+        .find(|(path, _)| path.ends_with("manifest.json"))
+        .ok_or("no manifest.json on the WebDAV server")?;
+    let manifest: Value = serde_json::from_slice(manifest).map_err(|e| format!("manifest: {e}"))?;
+    let listed = manifest["files"]
+        .as_array()
+        .ok_or("manifest lists no files")?;
+    let dir = manifest_path.trim_end_matches("manifest.json");
+    let mut checked = 0;
+    for entry in listed {
+        let name = entry["name"]
+            .as_str()
+            .or(entry["path"].as_str())
+            .unwrap_or_default();
+        let bytes = files
+            .get(&format!("{dir}{name}"))
+            .or_else(|| {
+                files
+                    .iter()
+                    .find(|(p, _)| p.ends_with(name))
+                    .map(|(_, b)| b)
+            })
+            .ok_or_else(|| format!("manifest names {name}, which is not on the server"))?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        check(entry["sha256"].as_str() == Some(digest.as_str()), || {
+            format!("{name}: hash differs from the manifest")
+        })?;
+        checked += 1;
+    }
+    check(checked > 0, || "the manifest is empty".into())?;
+    lines.push(format!(
+        "WebDAV {manifest_path}: {checked} conversation files, every SHA-256 matches the manifest"
+    ));
+    for (path, bytes) in files.iter().take(3) {
+        lines.push(format!("  {path} ({} bytes)", bytes.len()));
+    }
+    let runs = env
+        .expect(reqwest::Method::GET, "/export/runs", None, 200)
+        .await?;
+    lines.push(format!(
+        "export log: {} run(s), kept 90 days",
+        runs["runs"].as_array().map_or(0, Vec::len)
+    ));
+    Ok(lines)
+}
+
+// ----------------------------------------------------------------------------- 3
+
+pub fn demo_csv() -> String {
+    let mut csv = String::from("contact_id,name,email,phone,note\r\n");
+    csv.push_str(&format!(
+        "{SUBJECT_CONTACT},{SUBJECT_NAME},{SUBJECT_EMAIL},{SUBJECT_PHONE},\"asked about pricing, twice\"\r\n"
+    ));
+    for i in 1..=48 {
+        csv.push_str(&format!(
+            "hl_contact_{i:03},Person {i},person{i}@example.org,+4477009{i:05},row {i}\r\n"
+        ));
+    }
+    csv.push_str("hl_contact_999,No Email,,+447700999999,missing email\r\n");
+    csv
+}
+
+async fn import(env: &Environment) -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
+    let csv = demo_csv();
+    let created = env
+        .expect(
+            reqwest::Method::POST,
+            "/imports",
+            Some(json!({
+                "format": "csv", "mode": "store", "retention_class": "import-30d",
+                "destination": {"url": env.destination.url(), "secret": env.destination_secret},
+                "size": csv.len(), "required_columns": ["email"],
+            })),
+            201,
+        )
+        .await?;
+    let id = created["import"]["id"]
+        .as_str()
+        .ok_or("no import id")?
+        .to_owned();
+    let upload = &created["upload"];
+    let mut put = env.http.put(upload["url"].as_str().ok_or("no upload URL")?);
+    for (name, value) in upload["headers"].as_object().into_iter().flatten() {
+        put = put.header(name.as_str(), value.as_str().unwrap_or_default());
+    }
+    let uploaded = put
+        .body(csv.clone())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(uploaded.status().is_success(), || {
+        format!("presigned upload answered {}", uploaded.status())
+    })?;
+    lines.push(format!(
+        "import {id}: {} bytes uploaded with a presigned PUT (SSE-KMS, retention tag)",
+        csv.len()
+    ));
+    let path = format!("/imports/{id}");
+    let import = poll(
+        "the S3 event to be processed",
+        Duration::from_secs(60),
+        || async {
+            let value = env.expect(reqwest::Method::GET, &path, None, 200).await?;
+            Ok(match value["status"].as_str() {
+                Some("delivered") => Some(value),
+                Some("delivery_failed") | Some("invalid") => {
+                    return Err(format!("import ended {value}"));
+                }
+                _ => None,
+            })
+        },
+    )
+    .await?;
+    let received = env.destination.requests();
+    check(received.iter().all(|r| r.signature_valid), || {
+        "a batch had an invalid signature".into()
+    })?;
+    let rows = env.destination.rows();
+    check(
+        rows.len() as u64 == import["rows_valid"].as_u64().unwrap_or(0),
+        || {
+            format!(
+                "destination got {} rows, import says {}",
+                rows.len(),
+                import["rows_valid"]
+            )
+        },
+    )?;
+    lines.push(format!(
+        "S3 ObjectCreated → processed: {} rows valid, {} invalid (line-numbered: {}), {} delivered in {} signed batch(es)",
+        import["rows_valid"], import["rows_invalid"], import["errors"], rows.len(), received.len()
+    ));
+    let download = env
+        .expect(reqwest::Method::GET, &format!("{path}/download"), None, 200)
+        .await?;
+    let url = download["objects"][0]["url"]
+        .as_str()
+        .ok_or("no download link")?;
+    let bytes = env
+        .http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .bytes()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(bytes.as_ref() == csv.as_bytes(), || {
+        "downloaded bytes differ from the upload".into()
+    })?;
+    lines.push("downloaded it back through a presigned GET: identical bytes".into());
+    let listing = env
+        .expect(reqwest::Method::GET, "/imports", None, 200)
+        .await?;
+    let log = listing.to_string();
+    check(!log.contains(SUBJECT_EMAIL), || {
+        "the import log holds row data".into()
+    })?;
+    lines.push(format!(
+        "import log: status {}, sha256 {}, no row data",
+        import["status"], import["sha256"]
+    ));
+    Ok(lines)
+}
+
+// ----------------------------------------------------------------------------- 4
+
+async fn wait_request(env: &Environment, id: &str) -> Result<Value, String> {
+    let path = format!("/privacy/requests/{id}");
+    poll(
+        "the privacy request to complete",
+        Duration::from_secs(90),
+        || async {
+            let value = env.expect(reqwest::Method::GET, &path, None, 200).await?;
+            Ok(match value["status"].as_str() {
+                Some("complete") => Some(value),
+                Some("denied") | Some("error") => return Err(format!("request ended {value}")),
+                _ => None,
+            })
+        },
+    )
+    .await
+}
+
+async fn privacy(env: &Environment) -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
+    let subject =
+        json!({"email": SUBJECT_EMAIL, "phone": SUBJECT_PHONE, "contact_id": SUBJECT_CONTACT});
+    env.expect(
+        reqwest::Method::PUT,
+        "/privacy/consent",
+        Some(json!({"subject": {"email": SUBJECT_EMAIL}, "purpose": "marketing_email", "state": "granted", "source": "web_form", "policy_version": "2025-01"})),
+        200,
+    )
+    .await?;
+    lines.push(format!(
+        "consent recorded for {SUBJECT_EMAIL}: marketing_email granted"
+    ));
+
+    let filed = env
+        .expect(
+            reqwest::Method::POST,
+            "/privacy/export",
+            Some(json!({"subject": subject, "regulation": "gdpr"})),
+            202,
+        )
+        .await?;
+    let id = filed["id"].as_str().ok_or("no request id")?.to_owned();
+    lines.push(format!(
+        "access request {id} (GDPR): due {}",
+        filed["due_at"]
+    ));
+    let done = wait_request(env, &id).await?;
+    let url = done["download"]["url"].as_str().ok_or("no bundle link")?;
+    let bundle = env
+        .http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(
+        bundle.contains(SUBJECT_EMAIL) && bundle.contains("marketing_email"),
+        || "the bundle lacks the subject's rows or consent".into(),
+    )?;
+    check(!bundle.contains("person1@example.org"), || {
+        "the bundle holds another subject's data".into()
+    })?;
+    lines.push(format!(
+        "access bundle ({} bytes) holds the contact's imported row and consent, nobody else's",
+        bundle.len()
+    ));
+
+    let filed = env
+        .expect(
+            reqwest::Method::POST,
+            "/privacy/delete",
+            Some(json!({"subject": subject, "regulation": "gdpr"})),
+            202,
+        )
+        .await?;
+    let id = filed["id"].as_str().ok_or("no request id")?.to_owned();
+    let done = wait_request(env, &id).await?;
+    lines.push(format!("erasure request {id} complete: {}", done["erased"]));
+    let needles = [SUBJECT_EMAIL, SUBJECT_PHONE, SUBJECT_CONTACT, SUBJECT_NAME];
+    let config = &env.stack.provisioned.config;
+    let mut haystack = raw_table(env, &config.table).await?;
+    haystack.push_str(&raw_table(env, &config.audit_table).await?);
+    for bucket in [&config.imports_bucket, &config.dsar_results_bucket] {
+        haystack.push_str(&all_object_versions(env, bucket).await?);
+    }
+    for needle in needles {
+        check(!haystack.contains(needle), || {
+            format!("{needle} is still stored somewhere")
+        })?;
+    }
+    check(haystack.contains("person1@example.org"), || {
+        "another subject's row was lost".into()
+    })?;
+    lines.push("raw scan of both tables and every object version: the contact is gone; the other rows are intact".into());
+
+    let certificate = env
+        .expect(
+            reqwest::Method::GET,
+            &format!("/privacy/requests/{id}/certificate"),
+            None,
+            200,
+        )
+        .await?;
+    let key = env
+        .expect(reqwest::Method::GET, "/privacy/public-key", None, 200)
+        .await?;
+    let der = STANDARD
+        .decode(key["der_base64"].as_str().ok_or("no public key")?)
+        .map_err(|e| e.to_string())?;
+    let signed = custody::certificate::SignedCertificate {
+        document: certificate["document"]
+            .as_str()
+            .ok_or("no document")?
+            .to_owned(),
+        signature: certificate["signature"]
+            .as_str()
+            .ok_or("no signature")?
+            .to_owned(),
+        key_id: certificate["key_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        algorithm: certificate["algorithm"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    custody::certificate::verify(&signed, &der)
+        .map_err(|e| format!("certificate does not verify: {e}"))?;
+    let mut tampered = signed.clone();
+    tampered.document = tampered.document.replacen('"', "'", 1);
+    check(
+        custody::certificate::verify(&tampered, &der).is_err(),
+        || "a changed certificate still verifies".into(),
+    )?;
+    lines.push(format!(
+        "certificate of deletion verifies offline with the public key ({}); a changed byte does not",
+        signed.algorithm
+    ));
+    if let Some(verdict) = openssl_verify(&signed, key["pem"].as_str().unwrap_or_default()) {
+        lines.push(format!("openssl dgst -sha256 -verify: {verdict}"));
+    }
+    Ok(lines)
+}
+
+/// Checks the signature with the openssl command line too, when it is installed.
+fn openssl_verify(signed: &custody::certificate::SignedCertificate, pem: &str) -> Option<String> {
+    let dir = std::env::temp_dir().join(format!("custody-demo-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let signature = STANDARD.decode(&signed.signature).ok()?;
+    std::fs::write(dir.join("key.pem"), pem).ok()?;
+    std::fs::write(dir.join("certificate.json"), &signed.document).ok()?;
+    std::fs::write(dir.join("signature.der"), signature).ok()?;
+    let output = std::process::Command::new("openssl")
+        .current_dir(&dir)
+        .args([
+            "dgst",
+            "-sha256",
+            "-verify",
+            "key.pem",
+            "-signature",
+            "signature.der",
+            "certificate.json",
+        ])
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+// ----------------------------------------------------------------------------- 5
+
+async fn uninstall(env: &Environment) -> Result<Vec<String>, String> {
+    let body = json!({
+        "type": "UNINSTALL",
+        "appId": "custody-demo-app",
+        "locationId": LOCATION,
+        "companyId": "co_demo_0001",
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "webhookId": ulid::Ulid::new().to_string(),
+    })
+    .to_string();
+    let signature = env
+        .signer
+        .sign_rsa(body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}/webhooks/highlevel", env.stack.base_url);
+    let forged = env
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-wh-signature", STANDARD.encode([0u8; 256]))
+        .body(body.clone())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(forged.status().is_client_error(), || {
+        format!("a forged webhook answered {}", forged.status())
+    })?;
+    let listing = env
+        .expect(reqwest::Method::GET, "/connections", None, 200)
+        .await?;
+    check(listing.to_string().contains(LOCATION), || {
+        "a forged webhook removed the connection".into()
+    })?;
+    let mut lines = vec![format!(
+        "a webhook with a bad signature is refused ({}), nothing deleted",
+        forged.status()
+    )];
+    for delivery in 1..=2 {
+        let response = env
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-wh-signature", &signature)
+            .body(body.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        check(response.status().is_success(), || {
+            format!("signed UNINSTALL answered {}", response.status())
+        })?;
+        lines.push(format!(
+            "signed UNINSTALL delivery {delivery}: {}",
+            response.status()
+        ));
+    }
+    let listing = env
+        .expect(reqwest::Method::GET, "/connections", None, 200)
+        .await?;
+    check(!listing.to_string().contains(LOCATION), || {
+        format!("connection still listed: {listing}")
+    })?;
+    let dump = raw_table(env, &env.stack.provisioned.config.table).await?;
+    check(!dump.contains("CONN#highlevel"), || {
+        "the connection item is still in the table".into()
+    })?;
+    let tenant = TenantId::parse(TENANT).map_err(|e| e.to_string())?;
+    let schedules = custody::schedule::ExportSchedules::new(
+        env.stack.clients.scheduler.clone(),
+        &env.stack.provisioned.config.schedule_group,
+    );
+    check(
+        schedules
+            .get(&tenant)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none(),
+        || "the export schedule is still there".into(),
+    )?;
+    lines.push("tokens deleted at once (no CONN# item left), export schedule removed".into());
+    Ok(lines)
+}
+
+// ----------------------------------------------------------------------------- 6
+
+async fn audit(env: &Environment) -> Result<Vec<String>, String> {
+    let tenant = TenantId::parse(TENANT).map_err(|e| e.to_string())?;
+    let log = AuditLog::new(
+        env.stack.clients.dynamodb.clone(),
+        &env.stack.provisioned.config.audit_table,
+        std::sync::Arc::new(SystemClock),
+    );
+    let verified = log
+        .verify(&tenant)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the audit chain is broken: {e}"))?;
+    let entries = log
+        .entries(&tenant, None, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut lines = vec![format!(
+        "{} entries, hash chain unbroken, head {}…",
+        verified.entries,
+        &verified.head_hash[..16]
+    )];
+    for entry in entries {
+        lines.push(format!(
+            "  #{:<3} {} {:<34} {:<22} {:?} {}",
+            entry.seq,
+            entry.at,
+            entry.action,
+            entry.actor,
+            entry.outcome,
+            entry
+                .subject
+                .as_deref()
+                .map(|s| &s[..s.len().min(14)])
+                .unwrap_or("")
+        ));
+    }
+    Ok(lines)
+}
+
+// ----------------------------------------------------------------------------- raw reads
+
+async fn raw_table(env: &Environment, table: &str) -> Result<String, String> {
+    let mut dump = String::new();
+    let mut start = None;
+    loop {
+        let out = env
+            .stack
+            .clients
+            .dynamodb
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| format!("scan {table}: {e}"))?;
+        for item in out.items() {
+            let _ = writeln!(dump, "{item:?}");
+        }
+        match out.last_evaluated_key {
+            Some(key) => start = Some(key),
+            None => return Ok(dump),
+        }
+    }
+}
+
+async fn all_object_versions(env: &Environment, bucket: &str) -> Result<String, String> {
+    let s3 = &env.stack.clients.s3;
+    let listing = s3
+        .list_object_versions()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|e| format!("list {bucket}: {e}"))?;
+    let mut dump = String::new();
+    for version in listing.versions() {
+        let object = s3
+            .get_object()
+            .bucket(bucket)
+            .key(version.key().unwrap_or_default())
+            .set_version_id(version.version_id().map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| format!("get {bucket}: {e}"))?;
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_bytes();
+        dump.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    Ok(dump)
+}
