@@ -205,7 +205,7 @@ pub fn markdown(results: &Results) -> String {
             let _ = writeln!(out, "| {} | {} |", c.name, mb(c.rlib_bytes));
         }
     }
-    out.push_str("\nCrates linked in more than one version (`cargo tree -d -e normal --target aarch64-unknown-linux-gnu`):\n\n");
+    out.push_str("\nCrates linked in more than one version (`cargo tree -d -e normal,no-proc-macro --target aarch64-unknown-linux-gnu`):\n\n");
     if size.duplicates.is_empty() {
         out.push_str("none\n");
     } else {

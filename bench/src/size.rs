@@ -97,8 +97,8 @@ pub fn zip_deflate9(python: &Path, bootstrap: &Path, zip: &Path) -> Result<u64, 
     const SCRIPT: &str = "import sys, zipfile\n\
 info = zipfile.ZipInfo('bootstrap', date_time=(1980, 1, 1, 0, 0, 0))\n\
 info.external_attr = 0o100755 << 16\n\
-with open(sys.argv[1], 'rb') as f, zipfile.ZipFile(sys.argv[2], 'w') as z:\n\
-    z.writestr(info, f.read(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)\n";
+data = open(sys.argv[1], 'rb').read()\n\
+with zipfile.ZipFile(sys.argv[2], 'w') as z: z.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)\n";
     if let Some(parent) = zip.parent() {
         std::fs::create_dir_all(parent).map_err(|e| BenchError::file(parent, e))?;
     }
@@ -119,7 +119,8 @@ with open(sys.argv[1], 'rb') as f, zipfile.ZipFile(sys.argv[2], 'w') as z:\n\
 fn cargo_tree(root: &Path, packages: &[String], extra: &[&str]) -> Result<String, BenchError> {
     let mut command = Command::new("cargo");
     command
-        .args(["tree", "-e", "normal", "--target", ARM64])
+        // Proc macros run at build time and are never linked: not part of the size.
+        .args(["tree", "-e", "normal,no-proc-macro", "--target", ARM64])
         .args(extra)
         .current_dir(root);
     for package in packages {
@@ -138,13 +139,13 @@ fn cargo_tree(root: &Path, packages: &[String], extra: &[&str]) -> Result<String
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Crates in two or more versions in the functions' normal (linked) dependencies on
-/// arm64, from `cargo tree -d`.
+/// Crates in two or more versions among what the functions link on arm64, from
+/// `cargo tree -d` (without dedupe, so every version lists its dependents).
 pub fn duplicates(root: &Path, packages: &[String]) -> Result<Vec<Duplicate>, BenchError> {
     let tree = cargo_tree(
         root,
         packages,
-        &["-d", "--prefix", "depth", "--format", "{p}"],
+        &["-d", "--no-dedupe", "--prefix", "depth", "--format", "{p}"],
     )?;
     Ok(parse_duplicates(&tree))
 }
