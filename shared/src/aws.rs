@@ -23,6 +23,14 @@ pub fn sdk_config_for_endpoint(endpoint: &str, region: &str) -> SdkConfig {
         .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
             Credentials::new("testing", "testing", None, None, "custody-local"),
         ))
+        // What `aws_config::defaults` would add: credential providers built from this
+        // config (e.g. assuming a role) need a clock and a sleep.
+        .time_source(aws_smithy_async::time::SharedTimeSource::new(
+            aws_smithy_async::time::SystemTimeSource::new(),
+        ))
+        .sleep_impl(aws_smithy_async::rt::sleep::SharedAsyncSleep::new(
+            aws_smithy_async::rt::sleep::TokioSleep::new(),
+        ))
         .build()
 }
 

@@ -360,9 +360,8 @@ impl Sink for WebDavSink {
 
 /// The customer's S3 bucket and prefix.
 ///
-/// The client is the function's own: a deployment that writes to customers' buckets in
-/// other accounts gives it one assumed-role client per destination (the settings record
-/// the role to assume); the writes here are the same either way.
+/// The client is the caller's: the function's own, or one with the customer's assumed
+/// role (the export worker builds it); the writes here are the same either way.
 #[derive(Debug, Clone)]
 pub struct S3Sink {
     client: aws_sdk_s3::Client,

@@ -49,9 +49,18 @@ pub struct Deps {
     pub config: ExportConfig,
     pub highlevel_retry: RetryPolicy,
     pub sink_retry: SinkRetry,
+    /// The SDK config S3 destinations assume the customer's role from (`None`: a
+    /// destination with a role cannot be opened).
+    pub sdk: Option<aws_config::SdkConfig>,
 }
 
 impl Deps {
+    /// Lets S3 destinations assume the customer's role, starting from `sdk`.
+    pub fn with_sdk_config(mut self, sdk: aws_config::SdkConfig) -> Self {
+        self.sdk = Some(sdk);
+        self
+    }
+
     pub fn new(
         config: &Config,
         clients: &Clients,
@@ -80,6 +89,7 @@ impl Deps {
                 request_timeout: std::time::Duration::from_secs(15),
             },
             sink_retry: SinkRetry::default(),
+            sdk: None,
         }
     }
 }

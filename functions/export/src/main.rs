@@ -32,7 +32,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         http.clone(),
     );
     let tokens = Arc::new(OauthTokens { deps: oauth });
-    let deps = Deps::new(&config, &clients, export_config, http, tokens, clock);
+    let deps = Deps::new(&config, &clients, export_config, http, tokens, clock)
+        .with_sdk_config(sdk.clone());
 
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         let deps = &deps;

@@ -80,7 +80,8 @@ pub enum DestinationRequest {
         bucket: String,
         #[serde(default)]
         prefix: Option<String>,
-        /// The role in the customer's account to write with (recorded; see `sink::S3Sink`).
+        /// The role in the customer's account to write with, assumed with the tenant id as
+        /// ExternalId.
         #[serde(default)]
         role_arn: Option<String>,
     },

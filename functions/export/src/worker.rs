@@ -651,11 +651,42 @@ async fn open_destination(
             .map(|sink| AnySink::WebDav(Box::new(sink)))
             .map_err(|e| format!("destination URL {e}"))
         }
-        Destination::S3 { bucket, prefix, .. } => Ok(AnySink::S3(S3Sink::new(
+        Destination::S3 {
+            bucket,
+            prefix,
+            role_arn: None,
+        } => Ok(AnySink::S3(S3Sink::new(
             S3Client::clone(&deps.s3),
             bucket.clone(),
             prefix,
         ))),
+        Destination::S3 {
+            bucket,
+            prefix,
+            role_arn: Some(role_arn),
+        } => {
+            let sdk = deps
+                .sdk
+                .as_ref()
+                .ok_or("the customer's role cannot be assumed: no SDK configuration")?;
+            // The tenant id is the external id the customer's trust policy requires, so
+            // no other custody tenant can make us write with this role (confused deputy).
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+                .session_name(format!("custody-export-{tenant}"))
+                .external_id(tenant.as_str())
+                .configure(sdk)
+                .build()
+                .await;
+            let assumed = sdk
+                .to_builder()
+                .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(provider))
+                .build();
+            Ok(AnySink::S3(S3Sink::new(
+                custody::aws::s3_client(&assumed),
+                bucket.clone(),
+                prefix,
+            )))
+        }
     }
 }
 

@@ -109,6 +109,7 @@ impl Env {
             Arc::new(OauthTokens { deps: oauth }),
             clock,
         );
+        deps.sdk = Some(stack.sdk.clone());
         deps.highlevel_retry = RetryPolicy {
             max_attempts: 6,
             base_delay: Duration::from_millis(5),
