@@ -243,7 +243,7 @@ pub async fn handle_highlevel(
     }
     keys.verify(header, body)?;
     let payload: Payload = serde_json::from_slice(body)
-        .map_err(|_| WebhookError::Malformed("not a marketplace event"))?;
+        .map_err(|_| WebhookError::Malformed("body"))?;
     if !valid_id(&payload.webhook_id) {
         return Err(WebhookError::Malformed("webhookId"));
     }
