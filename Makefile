@@ -38,6 +38,9 @@ test: venv lint
 # the tables and writes docs/bench-results.json. Niced so it never starves other
 # work; it builds the host release binaries and the arm64 ones (slow: LTO).
 bench: venv
+	# The size rows build for Lambda's arm64 (zig from the ziglang wheel links it).
+	rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 ||
+	  echo "bench: could not add the aarch64-unknown-linux-gnu target; size rows will say why" >&2
 	nice -n 19 cargo run -q -p custody-bench -- --out docs/bench-results.json
 
 FUNCTIONS := -p oauth -p export -p import -p expiry -p dsar -p custody-local
