@@ -1,8 +1,8 @@
 //! Counting the requests an SDK client sends (the DSAR cost rows: the number of
 //! DynamoDB requests must not grow with the table).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -15,6 +15,8 @@ use aws_smithy_types::config_bag::ConfigBag;
 #[derive(Debug, Clone, Default)]
 pub struct RequestCounter {
     sent: Arc<AtomicU64>,
+    /// The operation of each attempt (`x-amz-target` without the service prefix).
+    operations: Arc<Mutex<Vec<String>>>,
 }
 
 impl RequestCounter {
@@ -24,6 +26,20 @@ impl RequestCounter {
 
     pub fn reset(&self) {
         self.sent.store(0, Ordering::Relaxed);
+        if let Ok(mut operations) = self.operations.lock() {
+            operations.clear();
+        }
+    }
+
+    /// Each operation sent since the last reset, with how many times, sorted.
+    pub fn operations(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        if let Ok(operations) = self.operations.lock() {
+            for op in operations.iter() {
+                *counts.entry(op.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 }
 
@@ -34,11 +50,20 @@ impl Intercept for RequestCounter {
 
     fn read_before_transmit(
         &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         self.sent.fetch_add(1, Ordering::Relaxed);
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("?");
+        let operation = target.rsplit('.').next().unwrap_or(target).to_owned();
+        if let Ok(mut operations) = self.operations.lock() {
+            operations.push(operation);
+        }
         Ok(())
     }
 }

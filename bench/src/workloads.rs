@@ -14,6 +14,8 @@ use serde_json::Value;
 use crate::BenchError;
 use crate::discover::Function;
 
+mod dsar;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Workload {
@@ -73,7 +75,8 @@ impl Workload {
     /// True once [`run`] measures it.
     pub fn wired(self) -> bool {
         match self {
-            Workload::Export | Workload::Import | Workload::Dsar => false,
+            Workload::Dsar => true,
+            Workload::Export | Workload::Import => false,
         }
     }
 
@@ -172,11 +175,17 @@ fn in_child(harness: &Path, workload: Workload, size: u64) -> Result<Value, Benc
 /// RSS added.
 pub async fn run(workload: Workload, size: u64) -> Result<Value, BenchError> {
     let mut metrics: Value = match workload {
+        Workload::Dsar => dsar::run(size).await?,
         // Each arm becomes a call into the function crate's library once it stands.
-        Workload::Export | Workload::Import | Workload::Dsar => not_wired(workload, size)?,
+        Workload::Export | Workload::Import => not_wired(workload, size)?,
     };
-    if let (Some(object), Some(rss)) = (metrics.as_object_mut(), peak_rss_bytes()) {
-        object.insert("peak_rss_bytes".into(), rss.into());
+    if let Some(object) = metrics.as_object_mut() {
+        if let Some(rss) = peak_rss_bytes() {
+            object.insert("peak_rss_bytes".into(), rss.into());
+        }
+        // The function code runs in this harness process, built with its profile.
+        let profile = if cfg!(debug_assertions) { "dev" } else { "release" };
+        object.insert("build_profile".into(), profile.into());
     }
     Ok(metrics)
 }

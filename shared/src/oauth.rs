@@ -2,7 +2,7 @@
 //!
 //! For the other functions the whole module is one call:
 //!
-//! ```ignore
+//! ```text
 //! pub async fn access_token(deps: &OauthDeps, tenant: &TenantId, provider: &str)
 //!     -> Result<AccessToken, OauthError>
 //! ```
