@@ -242,8 +242,8 @@ pub async fn handle_highlevel(
         return Err(WebhookError::TooLarge);
     }
     keys.verify(header, body)?;
-    let payload: Payload = serde_json::from_slice(body)
-        .map_err(|_| WebhookError::Malformed("body"))?;
+    let payload: Payload =
+        serde_json::from_slice(body).map_err(|_| WebhookError::Malformed("body"))?;
     if !valid_id(&payload.webhook_id) {
         return Err(WebhookError::Malformed("webhookId"));
     }
