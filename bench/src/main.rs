@@ -28,11 +28,19 @@ struct Options {
     runs: usize,
     out: PathBuf,
     skip_size: bool,
+    /// `--only throughput`: run the throughput rows alone and replace them in the
+    /// existing results file, keeping its other sections.
+    only_throughput: bool,
+    /// `--workload-timeout SECS`: stop a throughput row that runs longer.
+    workload_timeout: Option<Duration>,
+    /// `--workload NAME` (repeatable, with `--only throughput`): run only these
+    /// workloads' rows and keep the file's rows of the others.
+    selected: Vec<Workload>,
 }
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: custody-bench [--runs N] [--out FILE] [--skip-size]\n       custody-bench workload <export|import|dsar> <size>"
+        "usage: custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput] [--workload-timeout SECS] [--workload NAME]…\n       custody-bench workload <export|import|dsar> <size>"
     );
     ExitCode::from(2)
 }
@@ -43,11 +51,37 @@ async fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("workload") {
         return workload(&args[1..]).await;
     }
+    // The export workload's simulators, in a process of their own (see workloads).
+    if args.first().map(String::as_str) == Some("sim-export-services") {
+        let Some(messages) = args.get(1).and_then(|n| n.parse().ok()) else {
+            return usage();
+        };
+        return match workloads::serve_simulators(messages).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("custody-bench sim-export-services: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // The import workload's destination, in a process of its own (see workloads).
+    if args.first().map(String::as_str) == Some("sim-destination") {
+        return match workloads::serve_destination().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("custody-bench sim-destination: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let root = repo_root();
     let mut options = Options {
         runs: 20,
         out: root.join("docs/bench-results.json"),
         skip_size: false,
+        only_throughput: false,
+        workload_timeout: None,
+        selected: Vec::new(),
     };
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
@@ -61,8 +95,33 @@ async fn main() -> ExitCode {
                 None => return usage(),
             },
             "--skip-size" => options.skip_size = true,
+            "--workload" => match rest.next().and_then(|name| Workload::parse(name)) {
+                Some(workload) => options.selected.push(workload),
+                None => return usage(),
+            },
+            "--workload-timeout" => match rest.next().and_then(|n| n.parse().ok()) {
+                Some(secs) => options.workload_timeout = Some(Duration::from_secs(secs)),
+                None => return usage(),
+            },
+            "--only" => match rest.next().map(String::as_str) {
+                Some("throughput") => options.only_throughput = true,
+                _ => return usage(),
+            },
             _ => return usage(),
         }
+    }
+    if options.only_throughput {
+        return match throughput_only(&root, &options) {
+            Ok(table) => {
+                println!("{table}");
+                println!("throughput rows replaced in {}", options.out.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("custody-bench: {err}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match bench(&root, &options).await {
         Ok(results) => {
@@ -94,6 +153,64 @@ async fn workload(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the throughput rows and swaps them into the results file at `out`.
+fn throughput_only(root: &Path, options: &Options) -> Result<String, BenchError> {
+    let (out, limit) = (options.out.as_path(), options.workload_timeout);
+    let selected: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| options.selected.is_empty() || options.selected.contains(w))
+        .collect();
+    let workspace = discover(root)?;
+    let harness = std::env::current_exe().map_err(|e| BenchError::Measurement(e.to_string()))?;
+    eprintln!("== throughput");
+    let rows: Vec<workloads::WorkloadRow> = selected
+        .iter()
+        .copied()
+        .flat_map(|w| workloads::rows(w, &workspace.functions, &harness, limit))
+        .collect();
+    let text = std::fs::read_to_string(out).map_err(|e| BenchError::file(out, e))?;
+    let mut results: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| BenchError::file(out, e))?;
+    let object = results
+        .as_object_mut()
+        .ok_or_else(|| BenchError::file(out, "not a JSON object"))?;
+    let fresh = serde_json::to_value(&rows).map_err(|e| BenchError::Measurement(e.to_string()))?;
+    let kept: Vec<serde_json::Value> = object
+        .get("throughput")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|row| {
+            !selected
+                .iter()
+                .any(|w| row["workload"].as_str() == Some(w.name()))
+        })
+        .cloned()
+        .collect();
+    // Rows in Workload::ALL order, whichever run measured them.
+    let mut merged: Vec<serde_json::Value> = kept
+        .into_iter()
+        .chain(fresh.as_array().cloned().unwrap_or_default())
+        .collect();
+    let order = |row: &serde_json::Value| {
+        Workload::ALL
+            .iter()
+            .position(|w| row["workload"].as_str() == Some(w.name()))
+    };
+    merged.sort_by_key(|row| (order(row), row["size"].as_u64()));
+    object.insert("throughput".into(), merged.into());
+    object.insert(
+        "throughput_generated_at".into(),
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            .into(),
+    );
+    let json = serde_json::to_string_pretty(&results)
+        .map_err(|e| BenchError::Measurement(e.to_string()))?;
+    std::fs::write(out, json + "\n").map_err(|e| BenchError::file(out, e))?;
+    Ok(custody_bench::report::throughput_markdown(&rows))
 }
 
 async fn bench(root: &Path, options: &Options) -> Result<Results, BenchError> {
@@ -203,7 +320,7 @@ async fn bench(root: &Path, options: &Options) -> Result<Results, BenchError> {
     let harness = std::env::current_exe().map_err(|e| BenchError::Measurement(e.to_string()))?;
     let throughput = Workload::ALL
         .into_iter()
-        .flat_map(|w| workloads::rows(w, &workspace.functions, &harness))
+        .flat_map(|w| workloads::rows(w, &workspace.functions, &harness, options.workload_timeout))
         .collect();
 
     let results = Results {

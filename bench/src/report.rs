@@ -215,8 +215,16 @@ pub fn markdown(results: &Results) -> String {
         }
     }
 
-    out.push_str("\n### Throughput\n\n| workload | size | goal | status | metrics |\n|---|---:|---|---|---|\n");
-    for row in &results.throughput {
+    out.push_str(&throughput_markdown(&results.throughput));
+    out
+}
+
+/// The throughput table alone (also what `--only throughput` prints).
+pub fn throughput_markdown(rows: &[WorkloadRow]) -> String {
+    let mut out = String::from(
+        "\n### Throughput\n\n| workload | size | goal | status | metrics |\n|---|---:|---|---|---|\n",
+    );
+    for row in rows {
         let metrics = row
             .metrics
             .as_ref()

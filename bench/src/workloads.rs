@@ -1,12 +1,14 @@
 //! Throughput rows (issue 8, items 3–5): export, import and DSAR at two sizes each.
 //!
 //! Each size runs in a child process (`custody-bench workload <name> <size>`), so
-//! its peak RSS (`VmHWM`) is its own and not the harness's. A workload is wired by
-//! filling in its arm of [`run`] with the function crate's library API (add the
-//! crate to this crate's dependencies); until then its rows say why they are empty.
+//! its peak RSS (`VmHWM`) is its own and not the harness's. Each arm of [`run`]
+//! calls the function crate's library API against a fresh `TestStack`
+//! (`workloads/{export,import,dsar}.rs`); simulators that keep their data in memory
+//! run in a further process of their own, so their memory is not counted.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -15,6 +17,11 @@ use crate::BenchError;
 use crate::discover::Function;
 
 mod dsar;
+mod export;
+mod import;
+
+pub use export::serve_simulators;
+pub use import::serve_destination;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,8 +82,7 @@ impl Workload {
     /// True once [`run`] measures it.
     pub fn wired(self) -> bool {
         match self {
-            Workload::Dsar => true,
-            Workload::Export | Workload::Import => false,
+            Workload::Export | Workload::Import | Workload::Dsar => true,
         }
     }
 
@@ -100,7 +106,12 @@ pub struct WorkloadRow {
 }
 
 /// Measures every size of `workload`, or says why it cannot yet.
-pub fn rows(workload: Workload, functions: &[Function], harness: &Path) -> Vec<WorkloadRow> {
+pub fn rows(
+    workload: Workload,
+    functions: &[Function],
+    harness: &Path,
+    limit: Option<Duration>,
+) -> Vec<WorkloadRow> {
     let function = functions.iter().find(|f| f.binary == workload.function());
     let blocked = match function {
         None => Some(format!(
@@ -122,7 +133,7 @@ pub fn rows(workload: Workload, functions: &[Function], harness: &Path) -> Vec<W
         .map(|&size| {
             let (status, metrics) = match &blocked {
                 Some(reason) => (reason.clone(), None),
-                None => match in_child(harness, workload, size) {
+                None => match in_child(harness, workload, size, limit) {
                     Ok(metrics) => ("measured".to_owned(), Some(metrics)),
                     Err(err) => (err.to_string(), None),
                 },
@@ -141,20 +152,50 @@ pub fn rows(workload: Workload, functions: &[Function], harness: &Path) -> Vec<W
 }
 
 /// Runs `custody-bench workload <name> <size>` and reads the JSON object it prints
-/// last.
-fn in_child(harness: &Path, workload: Workload, size: u64) -> Result<Value, BenchError> {
+/// last; stops it after `limit` (`--workload-timeout`), saying so.
+fn in_child(
+    harness: &Path,
+    workload: Workload,
+    size: u64,
+    limit: Option<Duration>,
+) -> Result<Value, BenchError> {
     let mut command = Command::new(harness);
-    command.args(["workload", workload.name(), &size.to_string()]);
+    command
+        .args(["workload", workload.name(), &size.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let shown = crate::build::describe(&command);
-    let output = command.output().map_err(|e| BenchError::Command {
+    let failed = |detail: String| BenchError::Command {
         command: shown.clone(),
-        detail: e.to_string(),
-    })?;
+        detail,
+    };
+    let mut child = command.spawn().map_err(|e| failed(e.to_string()))?;
+    let started = Instant::now();
+    loop {
+        if child
+            .try_wait()
+            .map_err(|e| failed(e.to_string()))?
+            .is_some()
+        {
+            break;
+        }
+        if let Some(limit) = limit.filter(|limit| started.elapsed() > *limit) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BenchError::Measurement(format!(
+                "not finished within the {} s --workload-timeout; stopped, no numbers",
+                limit.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
     if !output.status.success() {
-        return Err(BenchError::Command {
-            command: shown,
-            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
+        return Err(failed(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout
@@ -176,25 +217,22 @@ fn in_child(harness: &Path, workload: Workload, size: u64) -> Result<Value, Benc
 pub async fn run(workload: Workload, size: u64) -> Result<Value, BenchError> {
     let mut metrics: Value = match workload {
         Workload::Dsar => dsar::run(size).await?,
-        // Each arm becomes a call into the function crate's library once it stands.
-        Workload::Export | Workload::Import => not_wired(workload, size)?,
+        Workload::Import => import::run(size).await?,
+        Workload::Export => export::run(size).await?,
     };
     if let Some(object) = metrics.as_object_mut() {
         if let Some(rss) = peak_rss_bytes() {
             object.insert("peak_rss_bytes".into(), rss.into());
         }
         // The function code runs in this harness process, built with its profile.
-        let profile = if cfg!(debug_assertions) { "dev" } else { "release" };
+        let profile = if cfg!(debug_assertions) {
+            "dev"
+        } else {
+            "release"
+        };
         object.insert("build_profile".into(), profile.into());
     }
     Ok(metrics)
-}
-
-fn not_wired(workload: Workload, size: u64) -> Result<Value, BenchError> {
-    Err(BenchError::Measurement(format!(
-        "the {} workload is not wired yet (size {size})",
-        workload.name()
-    )))
 }
 
 /// This process's peak resident set (`VmHWM` in /proc/self/status), Linux only.
@@ -231,7 +269,12 @@ mod tests {
             in_template: false,
             pending: Some("pending: function not built yet".into()),
         };
-        let rows = rows(Workload::Import, &[placeholder], Path::new("/nonexistent"));
+        let rows = rows(
+            Workload::Import,
+            &[placeholder],
+            Path::new("/nonexistent"),
+            None,
+        );
         assert_eq!(rows.len(), 2);
         assert!(
             rows.iter()
@@ -242,6 +285,6 @@ mod tests {
     }
 
     fn rows_for_missing() -> Vec<WorkloadRow> {
-        rows(Workload::Dsar, &[], Path::new("/nonexistent"))
+        rows(Workload::Dsar, &[], Path::new("/nonexistent"), None)
     }
 }

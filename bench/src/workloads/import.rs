@@ -1,0 +1,249 @@
+//! Import throughput (issue 8, item 4): a generated CSV uploaded with the presigned
+//! PUT the import API hands out, then processed through the function's S3-event
+//! entry point (`import::process::handle_s3`) to a `DestinationSim`: rows/s and the
+//! peak RSS of processing.
+//!
+//! The destination records every batch it accepts, so it runs in its own process
+//! (`custody-bench sim-destination`): its memory is not the function's. The CSV is
+//! generated and uploaded before the measurement, and the peak RSS is reset
+//! (`/proc/self/clear_refs`) once the buffer is freed, so the number is processing
+//! alone.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use custody::tenant::TenantId;
+use custody::webhook::RetryPolicy;
+use custody_local::harness::TestStack;
+use custody_sim::destination::DestinationSim;
+use import::http::Created;
+use import::{Deps, Settings};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+
+use crate::BenchError;
+
+const SECRET: &str = "whsec_bench_0123456789abcdef0123456789abcdef";
+const TENANT: &str = "acme";
+/// Distinct people the rows name (by email): fewer than the subject counter holds
+/// per round (10 000), so the index gets one write per person per file and the run
+/// measures the streaming path. With 10 000 distinct people or more, every round
+/// fills and each row costs about one DynamoDB write, which on the emulator
+/// dominates (docs/PERFORMANCE.md, Findings).
+const DISTINCT_SUBJECTS: u64 = 1_000;
+
+const CREATE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../events/import/create.json"
+));
+const S3_CREATED: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../events/import/s3_object_created.json"
+));
+
+fn failed(what: &str, err: impl std::fmt::Display) -> BenchError {
+    BenchError::Measurement(format!("import workload: {what}: {err}"))
+}
+
+pub async fn run(rows: u64) -> Result<Value, BenchError> {
+    let stack = TestStack::new().await;
+    let app_secret = custody::subject::load_app_secret(
+        &stack.clients.secrets,
+        &stack.config.pseudonym_secret_id,
+    )
+    .await
+    .map_err(|e| failed("app secret", e))?;
+    let deps = Deps::new(
+        stack.config.clone(),
+        Settings {
+            allow_insecure_loopback: true,
+            retry: RetryPolicy::default(),
+        },
+        &stack.clients,
+        custody::http::client().map_err(|e| failed("http client", e))?,
+        app_secret,
+        TestStack::system_clock(),
+    );
+
+    let exe = std::env::current_exe().map_err(|e| failed("own path", e))?;
+    let mut destination = tokio::process::Command::new(exe)
+        .arg("sim-destination")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed("destination process", e))?;
+    let mut out = BufReader::new(
+        destination
+            .stdout
+            .take()
+            .ok_or_else(|| failed("destination", "no stdout"))?,
+    );
+    let mut url = String::new();
+    out.read_line(&mut url)
+        .await
+        .map_err(|e| failed("destination url", e))?;
+    let url = url.trim().to_owned();
+
+    let csv = generate_csv(rows);
+    let bytes = csv.len();
+    let body = json!({
+        "format": "csv",
+        "mode": "store",
+        "retention_class": "import-30d",
+        "destination": {"url": url, "secret": SECRET},
+        "size": bytes,
+    });
+    let created = create(&deps, &body).await?;
+    let version = upload(&created, csv).await?;
+    let key = format!("imports/{TENANT}/{}/upload.csv", created.import.id);
+    reset_peak_rss();
+
+    let started = Instant::now();
+    import::process::handle_s3(
+        &deps,
+        s3_event(&deps, &key, &version, bytes)?,
+        Duration::from_secs(3600),
+    )
+    .await
+    .map_err(|e| failed("handle_s3", e))?;
+    let elapsed = started.elapsed();
+    let peak = crate::workloads::peak_rss_bytes();
+
+    let tenant = TenantId::parse(TENANT).map_err(|e| failed("tenant", e))?;
+    let import = deps
+        .imports
+        .get(&tenant, &created.import.id)
+        .await
+        .map_err(|e| failed("import record", e))?
+        .ok_or_else(|| failed("import record", "gone"))?;
+    drop(destination.stdin.take());
+    let mut received = String::new();
+    out.read_to_string(&mut received)
+        .await
+        .map_err(|e| failed("destination report", e))?;
+    let _ = destination.wait().await;
+    let received: Value =
+        serde_json::from_str(received.trim()).map_err(|e| failed("destination report", e))?;
+
+    let seconds = elapsed.as_secs_f64();
+    let mut metrics = json!({
+        "rows": rows,
+        "csv_bytes": bytes,
+        "distinct_subjects": DISTINCT_SUBJECTS.min(rows),
+        "status": import.status,
+        "rows_total": import.rows_total,
+        "rows_valid": import.rows_valid,
+        "rows_delivered": import.rows_delivered,
+        "batches_delivered": import.batches_delivered,
+        "destination_rows_accepted": received["rows"],
+        "seconds": seconds,
+        "rows_per_s": rows as f64 / seconds,
+    });
+    // The processing peak: measured here, before run() adds the whole-process one.
+    if let (Some(object), Some(peak)) = (metrics.as_object_mut(), peak) {
+        object.insert("processing_peak_rss_bytes".into(), peak.into());
+    }
+    Ok(metrics)
+}
+
+/// `rows` valid rows, each naming a subject by email.
+fn generate_csv(rows: u64) -> Vec<u8> {
+    let mut csv = String::with_capacity(rows as usize * 64 + 64);
+    csv.push_str("id,email,name,note\r\n");
+    for i in 0..rows {
+        let person = i % DISTINCT_SUBJECTS;
+        csv.push_str(&format!(
+            "row-{i},person{person}@example.com,Person {person},\"note {i}, with comma\"\r\n"
+        ));
+    }
+    csv.into_bytes()
+}
+
+async fn create(deps: &Deps, body: &Value) -> Result<Created, BenchError> {
+    let mut event: Value = serde_json::from_str(CREATE).map_err(|e| failed("event file", e))?;
+    event["body"] = json!(body.to_string());
+    if let Some(headers) = event["headers"].as_object_mut() {
+        headers.remove("content-length");
+    }
+    let request =
+        lambda_http::request::from_str(&event.to_string()).map_err(|e| failed("event", e))?;
+    let response = import::http::handle(deps, request).await;
+    let status = response.status();
+    let text = match response.body() {
+        lambda_http::Body::Text(text) => text.clone(),
+        _ => String::new(),
+    };
+    if !status.is_success() {
+        return Err(failed("POST /imports", format!("{status}: {text}")));
+    }
+    serde_json::from_str(&text).map_err(|e| failed("created", e))
+}
+
+/// The presigned PUT, as a client would send it; returns the object version.
+async fn upload(created: &Created, content: Vec<u8>) -> Result<String, BenchError> {
+    let upload = created
+        .upload
+        .as_ref()
+        .ok_or_else(|| failed("create", "no upload URL"))?;
+    let client = custody::http::client().map_err(|e| failed("http client", e))?;
+    let mut request = client.put(&upload.url).body(content);
+    for (name, value) in &upload.headers {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.map_err(|e| failed("upload", e))?;
+    if !response.status().is_success() {
+        return Err(failed("upload", response.status()));
+    }
+    response
+        .headers()
+        .get("x-amz-version-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| failed("upload", "no version id"))
+}
+
+fn s3_event(
+    deps: &Deps,
+    key: &str,
+    version: &str,
+    size: usize,
+) -> Result<aws_lambda_events::s3::S3Event, BenchError> {
+    let mut event: Value = serde_json::from_str(S3_CREATED).map_err(|e| failed("event file", e))?;
+    let bucket = &deps.config.imports_bucket;
+    let record = &mut event["Records"][0];
+    record["s3"]["bucket"]["name"] = json!(bucket);
+    record["s3"]["bucket"]["arn"] = json!(format!("arn:aws:s3:::{bucket}"));
+    record["s3"]["object"]["key"] = json!(key);
+    record["s3"]["object"]["versionId"] = json!(version);
+    record["s3"]["object"]["size"] = json!(size);
+    serde_json::from_value(event).map_err(|e| failed("S3 event", e))
+}
+
+/// Resets `VmHWM` to the current resident set (Linux ≥ 4.0), so the peak that
+/// follows is the processing's, not the generated file's.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `custody-bench sim-destination`: a `DestinationSim` in its own process; prints
+/// its URL, serves until stdin closes, then prints what it accepted as JSON.
+pub async fn serve_destination() -> Result<(), BenchError> {
+    let destination = DestinationSim::start(SECRET)
+        .await
+        .map_err(|e| failed("destination", e))?;
+    println!("{}", destination.url());
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    let requests = destination.requests();
+    let accepted = destination.accepted();
+    println!(
+        "{}",
+        json!({
+            "requests": requests.len(),
+            "batches": accepted.len(),
+            "rows": accepted.iter().map(|b| b.rows.len()).sum::<usize>(),
+        })
+    );
+    Ok(())
+}
