@@ -828,13 +828,18 @@ async fn put_bucket_policy(
             }
             !conditional
         });
-        if statements.is_empty() {
-            return Ok(Physical {
-                kind: "AWS::S3::BucketPolicy".into(),
-                id: bucket.clone(),
-                arn: format!("arn:aws:s3:::{bucket}"),
-            });
-        }
+    }
+    let physical = Physical {
+        kind: "AWS::S3::BucketPolicy".into(),
+        id: bucket.clone(),
+        arn: format!("arn:aws:s3:::{bucket}"),
+    };
+    let nothing_left = document
+        .get("Statement")
+        .and_then(|s| s.as_array())
+        .is_some_and(|s| s.is_empty());
+    if nothing_left {
+        return Ok(physical);
     }
     clients
         .s3
@@ -844,11 +849,7 @@ async fn put_bucket_policy(
         .send()
         .await
         .map_err(|e| aws_err(logical, &e))?;
-    Ok(Physical {
-        kind: "AWS::S3::BucketPolicy".into(),
-        id: bucket.clone(),
-        arn: format!("arn:aws:s3:::{bucket}"),
-    })
+    Ok(physical)
 }
 
 async fn create_schedule_group(

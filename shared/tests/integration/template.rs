@@ -205,3 +205,53 @@ fn buckets_are_tls_only_and_imports_require_kms() {
         }
     }
 }
+
+/// The audit log is append-only because no function may do anything to its table but
+/// `PutItem` and `Query`: every policy statement that names the audit table (or every
+/// resource, `*`) grants nothing else on DynamoDB.
+#[test]
+fn functions_may_only_append_to_and_query_the_audit_table() {
+    let template = template();
+    let resources = template["Resources"].as_mapping().unwrap();
+    let mut checked = 0;
+    for (logical, resource) in resources {
+        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let policies = resource["Properties"]["Policies"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default();
+        for policy in &policies {
+            for statement in policy["Statement"].as_sequence().into_iter().flatten() {
+                let resource_text = format!("{:?}", statement["Resource"]);
+                let names_audit = resource_text.contains("AuditTable");
+                let wildcard = statement["Resource"].as_str() == Some("*");
+                if !(names_audit || wildcard) || statement["Effect"].as_str() != Some("Allow") {
+                    continue;
+                }
+                let actions: Vec<String> = match &statement["Action"] {
+                    Value::String(a) => vec![a.clone()],
+                    Value::Sequence(list) => list
+                        .iter()
+                        .filter_map(|a| a.as_str().map(str::to_owned))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for action in actions.iter().filter(|a| a.starts_with("dynamodb:")) {
+                    assert!(
+                        names_audit && (action == "dynamodb:PutItem" || action == "dynamodb:Query"),
+                        "{logical:?} grants {action} on {resource_text}: the audit log must stay append-only"
+                    );
+                }
+                if names_audit {
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        checked >= 5,
+        "every function appends to the audit log ({checked} statements found)"
+    );
+}
