@@ -97,6 +97,11 @@ pub struct Caller {
 
 impl Caller {
     /// 403 unless the caller's role is at least `min`.
+    /// The caller as an audit-log actor: `user:<sub>`.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.subject)
+    }
+
     pub fn require(&self, min: Role) -> Result<(), Problem> {
         if self.role >= min {
             Ok(())

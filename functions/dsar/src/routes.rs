@@ -59,10 +59,6 @@ pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Prob
     }
 }
 
-fn actor(caller: &Caller) -> String {
-    format!("user:{}", caller.subject)
-}
-
 fn problem(err: ProcessError) -> Problem {
     match err {
         ProcessError::Store(e) => e.into(),
@@ -266,7 +262,7 @@ async fn create(
         acknowledged_in_time: now <= deadlines.ack_due,
         extension: None,
         free_of_charge,
-        requested_by: actor(caller),
+        requested_by: caller.actor(),
         steps_done: Vec::new(),
         audit: Vec::new(),
         bundle: None,
@@ -324,7 +320,7 @@ async fn create(
         .append(
             tenant,
             Event {
-                actor: actor(caller),
+                actor: caller.actor(),
                 ..base_event(&request, "privacy_request.created")
             }
             .detail("due_at", request.deadlines.due_at.to_rfc3339())
@@ -534,7 +530,7 @@ async fn get_request(
                 .append(
                     &caller.tenant,
                     Event::new(
-                        actor(caller),
+                        caller.actor(),
                         "privacy_request.bundle_link_issued",
                         keys::privacy_request(&id),
                     )
@@ -673,7 +669,7 @@ async fn verify(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
             .append(
                 &caller.tenant,
                 Event {
-                    actor: actor(caller),
+                    actor: caller.actor(),
                     ..base_event(&request, "privacy_request.verified")
                 },
             )
@@ -701,7 +697,7 @@ async fn verify(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
         .append(
             &caller.tenant,
             Event {
-                actor: actor(caller),
+                actor: caller.actor(),
                 ..base_event(&request, "privacy_request.verification_failed")
                     .outcome(Outcome::Failure)
             },
@@ -719,7 +715,7 @@ async fn verify(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
             .append(
                 &caller.tenant,
                 Event {
-                    actor: actor(caller),
+                    actor: caller.actor(),
                     ..base_event(&request, "privacy_request.denied")
                         .outcome(Outcome::Denied)
                         .detail("reason", "verification_failed")
@@ -795,7 +791,7 @@ async fn extend(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
                 .append(
                     &caller.tenant,
                     Event {
-                        actor: actor(caller),
+                        actor: caller.actor(),
                         ..base_event(&request, "privacy_request.extension_refused")
                             .outcome(Outcome::Denied)
                             .detail("rule", err.to_string())
@@ -815,7 +811,7 @@ async fn extend(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
         length,
         reason: body.reason.trim().to_owned(),
         extended_at: now,
-        extended_by: actor(caller),
+        extended_by: caller.actor(),
         previous_due_at: request.deadlines.due_at,
     });
     request.deadlines = extended;
@@ -826,7 +822,7 @@ async fn extend(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
         .append(
             &caller.tenant,
             Event {
-                actor: actor(caller),
+                actor: caller.actor(),
                 // The reason is free text and may name people: only that one was given.
                 ..base_event(&request, "privacy_request.extended")
                     .detail("due_at", extended.due_at.to_rfc3339())
@@ -878,7 +874,7 @@ async fn get_consent(
     deps.audit
         .append(
             &caller.tenant,
-            Event::new(actor(caller), "consent.read", "CONSENT#*")
+            Event::new(caller.actor(), "consent.read", "CONSENT#*")
                 .subject(pseudonyms.first().cloned().unwrap_or_default())
                 .detail("records", records.len()),
         )
@@ -933,7 +929,7 @@ async fn put_consent(
         at: body.at.unwrap_or(now).min(now),
         source: body.source.trim().to_owned(),
         policy_version: body.policy_version.trim().to_owned(),
-        recorded_by: actor(caller),
+        recorded_by: caller.actor(),
     };
     let key = ConsentRecord::key_of(&caller.tenant, &pseudonym, &body.purpose);
     let mut written = None;
@@ -969,7 +965,7 @@ async fn put_consent(
     deps.audit
         .append(
             &caller.tenant,
-            Event::new(actor(caller), action, keys::consent(&body.purpose))
+            Event::new(caller.actor(), action, keys::consent(&body.purpose))
                 .subject(pseudonym)
                 .detail("policy_version", record.current.policy_version.clone())
                 .detail("version", record.version),
@@ -1064,7 +1060,7 @@ async fn put_settings(
         .append(
             &caller.tenant,
             Event::new(
-                actor(caller),
+                caller.actor(),
                 "privacy_settings.updated",
                 PrivacySettings::RECORD,
             )
@@ -1098,7 +1094,7 @@ async fn delete_account(
             "confirm must be the tenant id of the account being deleted",
         ));
     }
-    let started = account::start(deps, &caller.tenant, &actor(caller))
+    let started = account::start(deps, &caller.tenant, &caller.actor())
         .await
         .map_err(problem)?;
     json_response(

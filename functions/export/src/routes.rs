@@ -41,10 +41,6 @@ async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
     }
 }
 
-fn actor(caller: &Caller) -> String {
-    format!("user:{}", caller.subject)
-}
-
 async fn put_settings(
     deps: &Deps,
     caller: &Caller,
@@ -110,7 +106,7 @@ async fn put_settings(
         date_range: request.date_range,
         destination,
         updated_at: deps.store.clock().now(),
-        updated_by: actor(caller),
+        updated_by: caller.actor(),
     };
     deps.store.put(&settings).await?;
     deps.schedules
@@ -132,7 +128,7 @@ async fn put_settings(
         .append(
             tenant,
             Event::new(
-                actor(caller),
+                caller.actor(),
                 "export_settings.updated",
                 keys::export_settings(),
             )
@@ -175,7 +171,7 @@ async fn delete_settings(deps: &Deps, caller: &Caller) -> Result<Response<Body>,
             .append(
                 tenant,
                 Event::new(
-                    actor(caller),
+                    caller.actor(),
                     "export_settings.deleted",
                     keys::export_settings(),
                 ),
@@ -216,7 +212,7 @@ async fn run_now(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem
     deps.audit
         .append(
             tenant,
-            Event::new(actor(caller), "export.requested", "EXPORT#RUN-NOW").detail(
+            Event::new(caller.actor(), "export.requested", "EXPORT#RUN-NOW").detail(
                 "resumes",
                 resumes
                     .clone()

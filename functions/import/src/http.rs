@@ -69,10 +69,6 @@ async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
     }
 }
 
-fn actor(caller: &Caller) -> String {
-    format!("user:{}", caller.subject)
-}
-
 /// The import log entry as the API shows it: no secret, and only the destination's
 /// host (a URL's path or query may carry a customer's token).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -286,7 +282,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
             .default_country_code
             .map(|cc| cc.trim_start_matches('+').to_owned()),
         declared_bytes: input.size,
-        created_by: actor(caller),
+        created_by: caller.actor(),
         created_at: now,
         updated_at: now,
         completed_at: None,
@@ -312,7 +308,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
     process::audit(
         deps,
         &import,
-        Event::new(actor(caller), "import.created", keys::import(&id))
+        Event::new(caller.actor(), "import.created", keys::import(&id))
             .detail("format", format_name(import.format))
             .detail("mode", mode_name(import.mode))
             .detail("retention_class", class.name()),
@@ -798,8 +794,12 @@ async fn download(deps: &Deps, caller: &Caller, req: &Request) -> Result<Respons
     process::audit(
         deps,
         &import,
-        Event::new(actor(caller), "import.downloaded", keys::import(&import.id))
-            .detail("objects", links.len() as u64),
+        Event::new(
+            caller.actor(),
+            "import.downloaded",
+            keys::import(&import.id),
+        )
+        .detail("objects", links.len() as u64),
     )
     .await?;
     json_response(StatusCode::OK, &Download { objects: links })
@@ -848,7 +848,7 @@ async fn delete_import(deps: &Deps, caller: &Caller, import: &Import) -> Result<
     process::audit(
         deps,
         &import,
-        Event::new(actor(caller), "import.deleted", keys::import(&import.id))
+        Event::new(caller.actor(), "import.deleted", keys::import(&import.id))
             .detail("object_versions", purged.object_versions)
             .detail("index_entries", purged.index_entries),
     )
@@ -879,7 +879,7 @@ async fn delete_all(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Prob
         .append(
             &caller.tenant,
             Event::new(
-                actor(caller),
+                caller.actor(),
                 "import.deleted_all",
                 custody::imports::tenant_prefix(&caller.tenant),
             )

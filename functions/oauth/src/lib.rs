@@ -74,7 +74,7 @@ async fn connect(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> 
     let started = flow::start(
         &deps.oauth,
         &caller.tenant,
-        &format!("user:{}", caller.subject),
+        &caller.actor(),
         &provider,
         return_url.as_deref(),
     )
@@ -194,7 +194,7 @@ async fn disconnect(deps: &Deps, req: &Request) -> Result<Response<Body>, Proble
         &deps.schedules,
         &caller.tenant,
         &provider,
-        &format!("user:{}", caller.subject),
+        &caller.actor(),
     )
     .await?;
     api::json_response(StatusCode::OK, &outcome)
