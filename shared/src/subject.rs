@@ -33,7 +33,7 @@
 
 use std::fmt;
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretBox, SecretSlice};
 use serde::{Deserialize, Serialize};
@@ -395,7 +395,7 @@ impl fmt::Debug for PseudonymKey {
 fn new_hmac(key: &[u8]) -> HmacSha256 {
     // HMAC is defined for keys of any length (long keys are hashed, short ones padded),
     // so this cannot fail; it does not depend on input.
-    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length")
+    <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length")
 }
 
 /// Reads the application secret that pseudonym keys are derived from.

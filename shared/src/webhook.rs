@@ -27,7 +27,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -103,7 +103,7 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 
 fn mac_of(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length; this cannot fail and depends on no input.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret)
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret)
         .expect("HMAC-SHA256 accepts keys of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
