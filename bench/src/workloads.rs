@@ -151,9 +151,10 @@ pub fn rows(
         .collect()
 }
 
-/// Runs `custody-bench workload <name> <size>` and reads the JSON object it prints
-/// last; stops it after `limit` (`--workload-timeout`), saying so.
-fn in_child(
+/// Runs `custody-bench workload <name> <size>` (`harness` is the custody-bench
+/// binary) and reads the JSON object it prints last; stops it after `limit`
+/// (`--workload-timeout`), saying so. `make test` calls it at tiny sizes.
+pub fn in_child(
     harness: &Path,
     workload: Workload,
     size: u64,

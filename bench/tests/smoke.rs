@@ -48,3 +48,96 @@ async fn the_request_counter_counts_every_dynamodb_request() {
     counter.reset();
     assert_eq!(counter.count(), 0);
 }
+
+/// Each throughput workload, at a tiny size, through the same child process
+/// `make bench` runs (`custody-bench workload <name> <size>`): it must finish and
+/// report the numbers its table row shows. Nothing about speed is asserted.
+mod throughput {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use custody_bench::workloads::{Workload, in_child};
+    use serde_json::Value;
+
+    const HARNESS: &str = env!("CARGO_BIN_EXE_custody-bench");
+    const LIMIT: Option<Duration> = Some(Duration::from_secs(300));
+
+    fn run(workload: Workload, size: u64) -> Value {
+        in_child(Path::new(HARNESS), workload, size, LIMIT)
+            .unwrap_or_else(|err| panic!("{} workload at {size}: {err}", workload.name()))
+    }
+
+    fn number(metrics: &Value, field: &str) -> f64 {
+        metrics[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no number {field} in {metrics}"))
+    }
+
+    fn common(metrics: &Value) {
+        assert!(number(metrics, "peak_rss_bytes") > 0.0, "{metrics}");
+        assert_eq!(metrics["build_profile"], "dev", "{metrics}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn import_delivers_every_generated_row() {
+        let metrics = tokio::task::spawn_blocking(|| run(Workload::Import, 2_000))
+            .await
+            .unwrap();
+        common(&metrics);
+        assert_eq!(metrics["status"], "delivered", "{metrics}");
+        assert_eq!(metrics["rows_valid"], 2_000, "{metrics}");
+        assert_eq!(metrics["rows_delivered"], 2_000, "{metrics}");
+        assert_eq!(metrics["destination_rows_accepted"], 2_000, "{metrics}");
+        assert!(number(&metrics, "rows_per_s") > 0.0, "{metrics}");
+        assert!(number(&metrics, "processing_peak_rss_bytes") > 0.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn dsar_counts_the_requests_of_an_export_and_an_erasure() {
+        let metrics = tokio::task::spawn_blocking(|| run(Workload::Dsar, 200))
+            .await
+            .unwrap();
+        common(&metrics);
+        // 8 imported rows and 2 consents were seeded; the function must find them
+        // all, and the bundle also lists the subject's privacy request itself.
+        assert_eq!(metrics["subject_records_seeded"], 10, "{metrics}");
+        assert_eq!(metrics["export_records_found"], 11, "{metrics}");
+        assert_eq!(metrics["erased"]["import_rows"], 8, "{metrics}");
+        assert_eq!(metrics["erased"]["consent_records"], 2, "{metrics}");
+        assert!(number(&metrics, "table_items") >= 200.0, "{metrics}");
+        for side in ["export", "erase"] {
+            let total = number(&metrics, &format!("{side}_dynamodb_requests"));
+            let by_operation: f64 = metrics[format!("{side}_operations")]
+                .as_object()
+                .unwrap_or_else(|| panic!("no {side}_operations in {metrics}"))
+                .values()
+                .filter_map(Value::as_f64)
+                .sum();
+            assert!(total > 0.0, "{metrics}");
+            assert_eq!(total, by_operation, "{side}: total is the sum by operation");
+            assert!(
+                metrics[format!("{side}_operations")].get("Scan").is_none(),
+                "{side} must not scan: {metrics}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn export_moves_messages_under_the_simulated_rate_limit() {
+        let metrics = tokio::task::spawn_blocking(|| run(Workload::Export, 200))
+            .await
+            .unwrap();
+        common(&metrics);
+        assert_eq!(metrics["messages_seeded"], 200, "{metrics}");
+        assert!(number(&metrics, "messages_exported") > 0.0, "{metrics}");
+        assert!(number(&metrics, "bytes_written") > 0.0, "{metrics}");
+        assert!(number(&metrics, "highlevel_requests") > 0.0, "{metrics}");
+        // The limiter is real: the run never exceeds a window's allowance.
+        assert!(
+            number(&metrics, "peak_requests_in_window") <= 10.0,
+            "{metrics}"
+        );
+        let share = number(&metrics, "share_of_rate_ceiling");
+        assert!(share > 0.0 && share <= 1.0, "{metrics}");
+    }
+}

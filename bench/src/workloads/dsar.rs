@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, Select, WriteRequest};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
+use custody::privacy::PrivacyRequest;
 use custody::subject::Identifier;
 use custody::subject_index::{Source, SubjectRef};
 use custody::tenant::TenantId;
@@ -21,6 +22,11 @@ use crate::request_count::{RequestCounter, counted_dynamodb};
 
 const TENANT: &str = "acme";
 const EMAIL: &str = "bench.subject@example.com";
+/// Imported files naming the subject (one row each) and consents given by it.
+const SUBJECT_FILES: u64 = 8;
+const CONSENT_PURPOSES: [&str; 2] = ["marketing_email", "analytics"];
+const SUBJECT_CONSENTS: u64 = CONSENT_PURPOSES.len() as u64;
+const SUBJECT_RECORDS: u64 = SUBJECT_FILES + SUBJECT_CONSENTS;
 
 fn failed(what: &str, err: impl std::fmt::Display) -> BenchError {
     BenchError::Measurement(format!("dsar workload: {what}: {err}"))
@@ -74,7 +80,10 @@ pub async fn run(size: u64) -> Result<Value, BenchError> {
     let erase = measure(&deps, &tenant, &counter, "delete").await?;
     Ok(json!({
         "table_items": items,
-        "subject_records": 10,
+        "subject_records_seeded": SUBJECT_RECORDS,
+        // What the function itself reports, so a run that found nothing shows.
+        "export_records_found": export.request.bundle.as_ref().map(|b| b.records),
+        "erased": export_erased(&erase.request),
         "seeding_s": seeding.as_secs_f64(),
         "export_dynamodb_requests": export.requests,
         "export_ms": export.elapsed.as_secs_f64() * 1e3,
@@ -89,6 +98,8 @@ struct Measured {
     requests: u64,
     elapsed: Duration,
     operations: Value,
+    /// The finished request as stored: what the function says it found or erased.
+    request: PrivacyRequest,
 }
 
 /// Files the request through the HTTP route (untimed), then times and counts the
@@ -121,10 +132,18 @@ async fn measure(
             "dsar workload: {route} ended {progress:?}"
         )));
     }
+    let operations = json!(counter.operations());
+    let request = deps
+        .store
+        .get::<PrivacyRequest>(&PrivacyRequest::key_of(tenant, &id))
+        .await
+        .map_err(|e| failed("read the finished request", e))?
+        .ok_or_else(|| failed("read the finished request", "gone"))?;
     Ok(Measured {
         requests,
         elapsed,
-        operations: json!(counter.operations()),
+        operations,
+        request,
     })
 }
 
@@ -158,11 +177,12 @@ async fn call(deps: &Deps, event: &str, body: Value) -> Result<Value, BenchError
     Ok(out)
 }
 
-/// 10 records: 8 imported files naming the subject (one row each) and 2 consents.
+/// [`SUBJECT_RECORDS`] records: imported files naming the subject (one row each)
+/// and consents.
 async fn seed_subject(deps: &Deps, tenant: &TenantId) -> Result<(), BenchError> {
     let email = Identifier::email(EMAIL).map_err(|e| failed("identifier", e))?;
     let pseudonym = deps.pseudonym_key(tenant).pseudonym(&email).to_string();
-    for n in 0..8 {
+    for n in 0..SUBJECT_FILES {
         let import = format!("01JHBENCH{n:017}");
         let key = format!("imports/{TENANT}/{import}/upload.csv");
         let csv = format!("name,email\nBench Subject,{EMAIL}\nOther Person,other{n}@example.com\n");
@@ -191,7 +211,7 @@ async fn seed_subject(deps: &Deps, tenant: &TenantId) -> Result<(), BenchError> 
             .await
             .map_err(|e| failed("subject ref", e))?;
     }
-    for purpose in ["marketing_email", "analytics"] {
+    for purpose in CONSENT_PURPOSES {
         call(
             deps,
             event!("put_privacy_consent"),
@@ -280,4 +300,12 @@ async fn seed_filler(
         .await;
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(())
+}
+
+/// The erasure's own counts, as stored on the finished request.
+fn export_erased(request: &PrivacyRequest) -> Value {
+    request
+        .erased
+        .as_ref()
+        .map_or(Value::Null, |counts| json!(counts))
 }
