@@ -178,23 +178,34 @@ pub fn markdown(results: &Results) -> String {
         size.goal_bytes / 1024 / 1024
     );
     out.push_str(
-        "| binary | bootstrap MB | zip MB | within goal | status |\n|---|---:|---:|---|---|\n",
+        "| binary | bootstrap MB | zip MB | within goal | code | rodata | relocated tables | relocations | unwind | other | status |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for row in &size.rows {
         match &row.measured {
             Some(s) => {
+                let parts = &s.sections;
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     s.binary,
                     mb(s.bootstrap_bytes),
                     mb(s.zip_bytes),
                     if s.within_goal { "yes" } else { "**no**" },
+                    mb(parts.code),
+                    mb(parts.rodata),
+                    mb(parts.relocated_tables),
+                    mb(parts.relocations),
+                    mb(parts.unwind),
+                    mb(parts.other),
                     row.status
                 );
             }
             None => {
-                let _ = writeln!(out, "| {} | – | – | – | {} |", row.binary, row.status);
+                let _ = writeln!(
+                    out,
+                    "| {} | – | – | – | – | – | – | – | – | – | {} |",
+                    row.binary, row.status
+                );
             }
         }
     }

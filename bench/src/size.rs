@@ -23,6 +23,72 @@ pub struct SizeRow {
     /// Deflate level 9, the one entry `bootstrap` (mode 755), as SAM uploads it.
     pub zip_bytes: u64,
     pub within_goal: bool,
+    /// Where the file's bytes go, by kind of ELF section ([`sections`]).
+    pub sections: Sections,
+}
+
+/// A bootstrap's bytes by kind of section. A stripped, LTO'd binary has no symbols
+/// to attribute bytes to crates; the sections still tell code from static tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sections {
+    /// `.text`: machine code.
+    pub code: u64,
+    /// `.rodata`: constants and strings.
+    pub rodata: u64,
+    /// `.data.rel.ro`: static tables holding pointers (vtables, `&str` tables,
+    /// tracing callsites), which a position-independent binary patches at load.
+    pub relocated_tables: u64,
+    /// `.rela.dyn` and `.rela.plt`: the patches themselves (24 bytes per pointer).
+    pub relocations: u64,
+    /// `.eh_frame`, `.eh_frame_hdr`, `.gcc_except_table`: unwinding tables
+    /// (`panic = "unwind"`, see docs/ARCHITECTURE.md).
+    pub unwind: u64,
+    /// Everything else with bytes in the file (headers, `.data`, dynamic linking).
+    pub other: u64,
+}
+
+/// Reads the section headers of a 64-bit little-endian ELF file (both Lambda
+/// architectures) and sums the file bytes of each kind of section.
+pub fn sections(elf: &[u8]) -> Option<Sections> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(elf.get(at..at + 8)?.try_into().ok()?));
+    // ELF magic, 64-bit class, little endian.
+    if elf.get(0..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let table = usize::try_from(u64_at(0x28)?).ok()?;
+    let entry = usize::from(u16_at(0x3A)?);
+    let count = usize::from(u16_at(0x3C)?);
+    let names_index = usize::from(u16_at(0x3E)?);
+    let header = |index: usize| table.checked_add(index.checked_mul(entry)?);
+    let names_offset = usize::try_from(u64_at(header(names_index)? + 24)?).ok()?;
+    let mut out = Sections::default();
+    let mut counted = 0u64;
+    for index in 1..count {
+        let at = header(index)?;
+        const NOBITS: u32 = 8;
+        if u32_at(at + 4)? == NOBITS {
+            continue; // .bss and .tbss take memory, not file bytes
+        }
+        let size = u64_at(at + 32)?;
+        let name_at = names_offset.checked_add(usize::try_from(u32_at(at)?).ok()?)?;
+        let name_len = elf.get(name_at..)?.iter().position(|&b| b == 0)?;
+        let name = std::str::from_utf8(&elf[name_at..name_at + name_len]).ok()?;
+        let slot = match name {
+            ".text" => &mut out.code,
+            ".rodata" => &mut out.rodata,
+            ".data.rel.ro" => &mut out.relocated_tables,
+            ".rela.dyn" | ".rela.plt" => &mut out.relocations,
+            ".eh_frame" | ".eh_frame_hdr" | ".gcc_except_table" => &mut out.unwind,
+            _ => &mut out.other,
+        };
+        *slot += size;
+        counted += size;
+    }
+    // Headers, the section table and padding between sections.
+    out.other += (elf.len() as u64).saturating_sub(counted);
+    Some(out)
 }
 
 /// A crate linked in more than one version, and who asks for each.
@@ -76,9 +142,11 @@ pub fn measure(workspace: &Workspace, python: &Path, binary: &str) -> Result<Siz
         .join("lambda")
         .join(binary)
         .join("bootstrap");
-    let bootstrap_bytes = std::fs::metadata(&bootstrap)
-        .map_err(|e| BenchError::file(&bootstrap, e))?
-        .len();
+    let elf = std::fs::read(&bootstrap).map_err(|e| BenchError::file(&bootstrap, e))?;
+    let bootstrap_bytes = elf.len() as u64;
+    let sections = sections(&elf).ok_or_else(|| {
+        BenchError::Measurement(format!("{}: not a 64-bit ELF file", bootstrap.display()))
+    })?;
     let zip = workspace
         .target_dir
         .join("bench/zip")
@@ -89,6 +157,7 @@ pub fn measure(workspace: &Workspace, python: &Path, binary: &str) -> Result<Siz
         bootstrap_bytes,
         zip_bytes,
         within_goal: bootstrap_bytes <= GOAL_BYTES,
+        sections,
     })
 }
 
@@ -261,5 +330,35 @@ mod tests {
         assert_eq!(dups[0].name, "base64");
         assert_eq!(dups[0].versions, ["v0.21.7", "v0.22.1"]);
         assert_eq!(dups[0].pulled_by[1], "v0.22.1: aws_lambda_events, custody");
+    }
+
+    #[test]
+    fn sections_account_for_every_byte_of_an_elf_file() {
+        // This test binary is a 64-bit little-endian ELF file like a bootstrap.
+        let elf = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let parts = sections(&elf).unwrap();
+        let total = parts.code
+            + parts.rodata
+            + parts.relocated_tables
+            + parts.relocations
+            + parts.unwind
+            + parts.other;
+        assert_eq!(total, elf.len() as u64);
+        assert!(
+            parts.code > 0 && parts.rodata > 0 && parts.unwind > 0,
+            "{parts:?}"
+        );
+    }
+
+    #[test]
+    fn sections_refuse_what_is_not_a_64_bit_elf_file() {
+        assert_eq!(sections(b"#!/bin/sh\necho hi\n"), None);
+        assert_eq!(sections(b"\x7fELF\x01\x01"), None);
+        // A header that points its section table past the end of the file.
+        let mut truncated = b"\x7fELF\x02\x01".to_vec();
+        truncated.resize(64, 0);
+        truncated[0x28] = 0xff;
+        truncated[0x3C] = 2;
+        assert_eq!(sections(&truncated), None);
     }
 }

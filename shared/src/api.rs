@@ -745,7 +745,6 @@ impl From<crate::privacy::PrivacyError> for Problem {
     fn from(err: crate::privacy::PrivacyError) -> Self {
         use crate::privacy::PrivacyError;
         match err {
-            PrivacyError::UnknownTimeZone => Problem::bad_request("time_zone", err.to_string()),
             PrivacyError::ReasonMissing | PrivacyError::TextTooLong => {
                 Problem::bad_request("reason", err.to_string())
             }

@@ -25,5 +25,6 @@ pub mod subject_index;
 pub mod telemetry;
 pub mod tenant;
 pub mod webhook;
+pub mod zone;
 
 pub use tenant::TenantId;

@@ -25,10 +25,8 @@
 //!   product's and the regulation's.
 
 use std::fmt;
-use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
-use chrono_tz::Tz;
+use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, Utc, Weekday};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -62,8 +60,6 @@ const CODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrivacyError {
-    #[error("unknown time zone (expected an IANA name such as Europe/Berlin)")]
-    UnknownTimeZone,
     #[error("the request was already extended once")]
     AlreadyExtended,
     #[error("the due date has passed; an extension must be given before it")]
@@ -104,50 +100,7 @@ impl Regulation {
     }
 }
 
-/// A time zone by IANA name; UTC by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TenantZone(pub Tz);
-
-impl Default for TenantZone {
-    fn default() -> Self {
-        Self(Tz::UTC)
-    }
-}
-
-impl FromStr for TenantZone {
-    type Err = PrivacyError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse::<Tz>()
-            .map(TenantZone)
-            .map_err(|_| PrivacyError::UnknownTimeZone)
-    }
-}
-
-impl TenantZone {
-    pub fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    /// The calendar date of `at` in this zone.
-    pub fn date_of(&self, at: DateTime<Utc>) -> NaiveDate {
-        at.with_timezone(&self.0).date_naive()
-    }
-
-    /// The last second of `date` in this zone, as UTC.
-    pub fn end_of(&self, date: NaiveDate) -> DateTime<Utc> {
-        // The start of the next day minus one second; `earliest` resolves a DST gap or
-        // fold at midnight (a few zones shift there) to the first valid instant.
-        let next = date.succ_opt().unwrap_or(date);
-        let start_of_next = self
-            .0
-            .from_local_datetime(&next.and_time(NaiveTime::MIN))
-            .earliest()
-            .map(|at| at.with_timezone(&Utc))
-            // No valid local midnight at all (no zone does this): fall back to UTC.
-            .unwrap_or_else(|| Utc.from_utc_datetime(&next.and_time(NaiveTime::MIN)));
-        start_of_next - Duration::seconds(1)
-    }
-}
+pub use crate::zone::{TenantZone, UnknownTimeZone};
 
 /// `date` plus `months` calendar months, clamped to the end of a shorter month.
 pub fn add_months_clamped(date: NaiveDate, months: u32) -> NaiveDate {
@@ -186,7 +139,7 @@ pub struct Deadlines {
 
 impl Deadlines {
     /// Deadlines of a request received at `received_at` in zone `zone`.
-    pub fn compute(regulation: Regulation, received_at: DateTime<Utc>, zone: TenantZone) -> Self {
+    pub fn compute(regulation: Regulation, received_at: DateTime<Utc>, zone: &TenantZone) -> Self {
         let received = zone.date_of(received_at);
         let product_ack = received_at + Duration::hours(PRODUCT_ACK_HOURS);
         let (ack_due, due_date) = match regulation {
@@ -238,7 +191,7 @@ pub fn extend_deadlines(
     regulation: Regulation,
     current: &Deadlines,
     already_extended: bool,
-    zone: TenantZone,
+    zone: &TenantZone,
     length: ExtensionLength,
     reason: &str,
     now: DateTime<Utc>,
@@ -936,7 +889,7 @@ mod tests {
             ),
         ];
         for (received, tz, due) in cases {
-            let d = Deadlines::compute(Regulation::Gdpr, utc(received), zone(tz));
+            let d = Deadlines::compute(Regulation::Gdpr, utc(received), &zone(tz));
             assert_eq!(d.due_at, utc(due), "received {received} in {tz}");
             assert_eq!(
                 d.ack_due,
@@ -981,7 +934,7 @@ mod tests {
             ),
         ];
         for (received, tz, due, ack) in cases {
-            let d = Deadlines::compute(Regulation::Ccpa, utc(received), zone(tz));
+            let d = Deadlines::compute(Regulation::Ccpa, utc(received), &zone(tz));
             assert_eq!(d.due_at, utc(due), "due {received} {tz}");
             assert_eq!(d.ack_due, utc(ack), "ack {received} {tz}");
         }
@@ -1018,7 +971,7 @@ mod tests {
         // 10 business days always exceed 48 hours, so the product's commitment governs;
         // a request received late (ack already overdue) still gets the earlier date.
         let received = utc("2025-01-03T09:00:00Z");
-        let d = Deadlines::compute(Regulation::Ccpa, received, TenantZone::default());
+        let d = Deadlines::compute(Regulation::Ccpa, received, &TenantZone::default());
         assert_eq!(d.ack_due, received + Duration::hours(48));
         assert!(
             d.ack_due < TenantZone::default().end_of(add_business_days(received.date_naive(), 10))
@@ -1028,7 +981,7 @@ mod tests {
     #[test]
     fn product_commitment_is_thirty_days_and_respond_by_is_the_earlier() {
         let received = utc("2025-01-01T12:00:00Z");
-        let d = Deadlines::compute(Regulation::Gdpr, received, TenantZone::default());
+        let d = Deadlines::compute(Regulation::Gdpr, received, &TenantZone::default());
         // GDPR: 1 February; product: 31 January.
         assert_eq!(d.due_at, utc("2025-02-01T23:59:59Z"));
         assert_eq!(d.product_due_at, utc("2025-01-31T23:59:59Z"));
@@ -1040,13 +993,13 @@ mod tests {
         let tz = TenantZone::default();
         let received = utc("2025-01-31T10:00:00Z");
         let now = utc("2025-02-10T10:00:00Z");
-        let gdpr = Deadlines::compute(Regulation::Gdpr, received, tz);
+        let gdpr = Deadlines::compute(Regulation::Gdpr, received, &tz);
         // Two more months, counted from receipt: 30 April.
         let ext = extend_deadlines(
             Regulation::Gdpr,
             &gdpr,
             false,
-            tz,
+            &tz,
             ExtensionLength::Months(2),
             "complex request",
             now,
@@ -1058,7 +1011,7 @@ mod tests {
             Regulation::Gdpr,
             &gdpr,
             false,
-            tz,
+            &tz,
             ExtensionLength::Months(1),
             "r",
             now,
@@ -1071,7 +1024,7 @@ mod tests {
                 Regulation::Gdpr,
                 &ext,
                 true,
-                tz,
+                &tz,
                 ExtensionLength::Months(1),
                 "again",
                 now
@@ -1084,7 +1037,7 @@ mod tests {
                 Regulation::Gdpr,
                 &gdpr,
                 false,
-                tz,
+                &tz,
                 ExtensionLength::Months(1),
                 "  ",
                 now
@@ -1097,7 +1050,7 @@ mod tests {
                 Regulation::Gdpr,
                 &gdpr,
                 false,
-                tz,
+                &tz,
                 ExtensionLength::Months(3),
                 "r",
                 now
@@ -1109,7 +1062,7 @@ mod tests {
                 Regulation::Gdpr,
                 &gdpr,
                 false,
-                tz,
+                &tz,
                 ExtensionLength::Days(10),
                 "r",
                 now
@@ -1122,7 +1075,7 @@ mod tests {
                 Regulation::Gdpr,
                 &gdpr,
                 false,
-                tz,
+                &tz,
                 ExtensionLength::Months(1),
                 "r",
                 utc("2025-03-01T00:00:00Z")
@@ -1134,7 +1087,7 @@ mod tests {
                 Regulation::Gdpr,
                 &gdpr,
                 false,
-                tz,
+                &tz,
                 ExtensionLength::Months(1),
                 "r",
                 gdpr.due_at
@@ -1143,12 +1096,12 @@ mod tests {
         );
 
         // CCPA: 45 + 45 days.
-        let ccpa = Deadlines::compute(Regulation::Ccpa, utc("2025-01-01T12:00:00Z"), tz);
+        let ccpa = Deadlines::compute(Regulation::Ccpa, utc("2025-01-01T12:00:00Z"), &tz);
         let ext = extend_deadlines(
             Regulation::Ccpa,
             &ccpa,
             false,
-            tz,
+            &tz,
             ExtensionLength::Days(45),
             "volume",
             utc("2025-01-20T00:00:00Z"),
@@ -1160,7 +1113,7 @@ mod tests {
                 Regulation::Ccpa,
                 &ccpa,
                 false,
-                tz,
+                &tz,
                 ExtensionLength::Days(46),
                 "r",
                 now
@@ -1172,7 +1125,7 @@ mod tests {
                 Regulation::Ccpa,
                 &ccpa,
                 false,
-                tz,
+                &tz,
                 ExtensionLength::Days(0),
                 "r",
                 now

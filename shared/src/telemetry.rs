@@ -14,6 +14,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 /// than `info` unless `RUST_LOG` names them.
 const QUIET_TARGETS: [&str; 3] = ["aws_smithy_runtime", "aws_config", "hyper"];
 
+/// Release builds contain no debug or trace events at all (`release_max_level_info`
+/// on `tracing`, see Cargo.toml), so `DEBUG`/`TRACE` there log what `INFO` does.
+///
 /// The filter: `RUST_LOG` if set and valid (`target=level` directives, comma
 /// separated), else the Lambda advanced-logging level (`AWS_LAMBDA_LOG_LEVEL`), else
 /// `info`. A `Targets` filter rather than `EnvFilter`: the same directive syntax

@@ -15,8 +15,8 @@ use custody::audit::{Event, Outcome};
 use custody::privacy::{
     ConsentChange, ConsentRecord, ConsentState, Deadlines, ExtensionLength, MAX_TEXT_LEN,
     MAX_VERIFICATION_ATTEMPTS, PrivacyError, PrivacyRequest, PrivacySettings, Regulation,
-    RequestKind, Status, TenantZone, VerificationCode, WebhookTarget, days_left, extend_deadlines,
-    validate_purpose,
+    RequestKind, Status, TenantZone, UnknownTimeZone, VerificationCode, WebhookTarget, days_left,
+    extend_deadlines, validate_purpose,
 };
 use custody::retention::RetentionClass;
 use custody::seal::{Purpose, SealContext};
@@ -246,7 +246,7 @@ async fn create(
     let free_of_charge = !requested_within_a_year(deps, tenant, &pseudonyms, received_at).await?;
 
     let id = ulid::Ulid::new().to_string();
-    let deadlines = Deadlines::compute(body.regulation, received_at, zone);
+    let deadlines = Deadlines::compute(body.regulation, received_at, &zone);
     let mut request = PrivacyRequest {
         tenant: tenant.clone(),
         id: id.clone(),
@@ -779,7 +779,7 @@ async fn extend(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
         request.regulation,
         &request.deadlines,
         request.extension.is_some(),
-        zone,
+        &zone,
         length,
         &body.reason,
         now,
@@ -1019,7 +1019,7 @@ async fn put_settings(
     let zone: TenantZone = match &body.time_zone {
         Some(name) => name
             .parse()
-            .map_err(|e: PrivacyError| Problem::bad_request("time_zone", e.to_string()))?,
+            .map_err(|e: UnknownTimeZone| Problem::bad_request("time_zone", e.to_string()))?,
         None => TenantZone::default(),
     };
     let webhook = match body.verification_webhook {

@@ -177,7 +177,12 @@ pub fn password_record() -> String {
 /// Checks everything but the destination credentials' reuse, naming the field at fault.
 pub fn validate(request: &SettingsRequest, allow_http_loopback: bool) -> Result<(), Problem> {
     validate_expression(&request.schedule.expression)?;
-    if request.schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
+    if request
+        .schedule
+        .timezone
+        .parse::<custody::zone::TenantZone>()
+        .is_err()
+    {
         return Err(Problem::bad_request(
             "schedule.timezone",
             "must be an IANA time zone name such as Europe/Berlin or UTC",
