@@ -202,6 +202,9 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// Items per request when [`Store::query_all`] reads a whole list.
+pub const QUERY_ALL_PAGE: i32 = 200;
+
 #[derive(Debug, Clone, Default)]
 pub struct PageRequest {
     pub limit: Option<i32>,
@@ -466,7 +469,12 @@ impl Store {
         pk: &str,
         sk_prefix: &str,
     ) -> Result<Vec<E>, StoreError> {
-        let mut request = PageRequest::default();
+        // Bounded pages: without a limit one response holds up to 1 MB of items,
+        // all decoded to attribute maps at once before they become entities.
+        let mut request = PageRequest {
+            limit: Some(QUERY_ALL_PAGE),
+            ..PageRequest::default()
+        };
         let mut all = Vec::new();
         loop {
             let page = self.query::<E>(pk, sk_prefix, &request).await?;
