@@ -217,3 +217,28 @@ async fn a_cursor_from_another_listing_is_refused() {
         Err(StoreError::InvalidCursor)
     ));
 }
+
+#[tokio::test]
+async fn query_all_reads_a_list_longer_than_one_page_exactly_once() {
+    let stack = TestStack::new().await;
+    let now = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();
+    let store = stack.store(Arc::new(ManualClock::at(now)));
+    let acme = TenantId::parse("acme").unwrap();
+    let past = (now - Duration::seconds(1)).timestamp();
+    let total = 2 * custody::store::QUERY_ALL_PAGE as usize + 37;
+    // Every seventh item expired, so filtering happens inside pages too.
+    let puts = (0..total).map(|i| {
+        let expires_at = (i % 7 == 0).then_some(past);
+        let item = run(&acme, &format!("{i:04}"), expires_at);
+        let store = &store;
+        async move { store.put(&item).await.unwrap() }
+    });
+    futures_util::future::join_all(puts).await;
+    let all = store.query_all::<Run>("T#acme", "RUN#").await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
+    let expected: Vec<String> = (0..total)
+        .filter(|i| i % 7 != 0)
+        .map(|i| format!("{i:04}"))
+        .collect();
+    assert_eq!(ids, expected);
+}
