@@ -41,7 +41,7 @@ use sha2::Sha256;
 
 use crate::tenant::TenantId;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Longest email address accepted, in bytes (RFC 5321 path limit minus the brackets).
 pub const MAX_EMAIL_LEN: usize = 254;
@@ -392,7 +392,8 @@ impl fmt::Debug for PseudonymKey {
     }
 }
 
-fn new_hmac(key: &[u8]) -> HmacSha256 {
+/// HMAC-SHA256 keyed with `key`; also used by `webhook` for delivery signatures.
+pub(crate) fn new_hmac(key: &[u8]) -> HmacSha256 {
     // HMAC is defined for keys of any length (long keys are hashed, short ones padded),
     // so this cannot fail; it does not depend on input.
     <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length")

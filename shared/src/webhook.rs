@@ -27,14 +27,13 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::Mac;
 use rand::Rng as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use url::Url;
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::subject::{HmacSha256, new_hmac};
 
 pub const TIMESTAMP_HEADER: &str = "custody-timestamp";
 pub const SIGNATURE_HEADER: &str = "custody-signature";
@@ -102,9 +101,7 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 }
 
 fn mac_of(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
-    // HMAC accepts keys of any length; this cannot fail and depends on no input.
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret)
-        .expect("HMAC-SHA256 accepts keys of any length");
+    let mut mac = new_hmac(secret);
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
