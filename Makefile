@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 PY := .venv/bin/python
 LOCAL := .local
 
-.PHONY: venv lint test demo up down fmt bench
+.PHONY: venv lint deploycheck test demo up down fmt bench
 
 venv:
 	@infra/bootstrap.sh
@@ -29,9 +29,18 @@ lint: venv
 	env AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
 	  SAM_CLI_TELEMETRY=0 .venv/bin/sam validate --lint --template template.yaml --region us-east-1
 
+# Deployability, offline (infra/deploycheck): the SAM transform `sam deploy` applies,
+# cfn-lint on its output, our own dependency-cycle check, IAM documents (parliament),
+# parameter constraints against samconfig.toml, AWS quotas, and a deploy of the
+# transformed template into the emulator's CloudFormation. `deploycheck` prints the
+# report; the pytest run (in `make test`) also proves each check can fail.
+deploycheck: venv
+	$(PY) -m infra.deploycheck
+
 # One emulator for the whole run (the Rust harness starts its own if
 # CUSTODY_EMULATOR_ENDPOINT is unset).
 test: venv lint
+	$(PY) -m pytest -q -p no:cacheprovider infra/deploycheck
 	infra/with-emulator.sh cargo test --workspace --all-targets
 
 # Cold start, first invocation, size and throughput (docs/PERFORMANCE.md): prints

@@ -1,0 +1,117 @@
+"""Deploys the transformed template into the emulator's CloudFormation (moto,
+in-process, so it cannot collide with the shared emulator of the test run).
+
+The way `sam deploy` does it: the packaged template is validated
+(`ValidateTemplate`), a change set is created with the deploy parameters, it must
+reach CREATE_COMPLETE, and executing it must bring the stack to CREATE_COMPLETE.
+moto implements most resource types in CloudFormation; the ones it does not are
+reported as skipped (it creates nothing for them and says so in a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import yaml
+from moto import mock_aws
+
+from .sam import ARTIFACT_BUCKET, REGION
+
+# moto also logs each unsupported type; the warnings below are what we report.
+logging.getLogger("moto.cloudformation").setLevel(logging.ERROR)
+
+_UNSUPPORTED = re.compile(r"Tried to parse (\S+) but it's not supported")
+
+
+@dataclass
+class Deployment:
+    change_set_status: str = ""
+    change_set_reason: str = ""
+    stack_status: str = ""
+    stack_reason: str = ""
+    validate_errors: list[str] = field(default_factory=list)
+    created: dict[str, str] = field(default_factory=dict)  # logical id -> type
+    skipped_types: set[str] = field(default_factory=set)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def deploy(
+    packaged_sam: dict[str, Any],
+    transformed: dict[str, Any],
+    parameters: dict[str, str],
+    capabilities: list[str],
+    stack_name: str,
+) -> Deployment:
+    out = Deployment()
+    with mock_aws(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=ARTIFACT_BUCKET)
+        for logical, res in packaged_sam["Resources"].items():
+            if res["Type"] == "AWS::Serverless::Function":
+                s3.put_object(Bucket=ARTIFACT_BUCKET, Key=f"{logical}.zip", Body=b"PK\x05\x06" + b"\0" * 18)
+        cfn = boto3.client("cloudformation", region_name=REGION)
+
+        # `aws cloudformation validate-template` on what `sam package` uploads.
+        body = yaml.safe_dump(_plain(packaged_sam), sort_keys=False)
+        s3.put_object(Bucket=ARTIFACT_BUCKET, Key="packaged.yaml", Body=body.encode())
+        try:
+            cfn.validate_template(
+                TemplateURL=f"https://{ARTIFACT_BUCKET}.s3.amazonaws.com/packaged.yaml"
+            )
+        except cfn.exceptions.ClientError as err:  # pragma: no cover - reported
+            out.validate_errors.append(str(err))
+
+        transformed_body = json.dumps(transformed)
+        s3.put_object(Bucket=ARTIFACT_BUCKET, Key="transformed.json", Body=transformed_body.encode())
+        cfn.create_change_set(
+            StackName=stack_name,
+            ChangeSetName="deploycheck",
+            ChangeSetType="CREATE",
+            TemplateURL=f"https://{ARTIFACT_BUCKET}.s3.amazonaws.com/transformed.json",
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+            Capabilities=capabilities,
+        )
+        cs = cfn.describe_change_set(StackName=stack_name, ChangeSetName="deploycheck")
+        out.change_set_status = cs["Status"]
+        out.change_set_reason = cs.get("StatusReason", "")
+        if out.change_set_status == "CREATE_COMPLETE":
+            cfn.execute_change_set(StackName=stack_name, ChangeSetName="deploycheck")
+        stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
+        out.stack_status = stack["StackStatus"]
+        out.stack_reason = stack.get("StackStatusReason", "")
+        for summary in cfn.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]:
+            # moto lists a skipped type with no logical id.
+            if summary.get("LogicalResourceId") and summary["ResourceStatus"] == "CREATE_COMPLETE":
+                out.created[summary["LogicalResourceId"]] = summary["ResourceType"]
+        for w in caught:
+            m = _UNSUPPORTED.search(str(w.message))
+            if m:
+                out.skipped_types.add(m.group(1))
+
+        # What the stack made, read back through the service APIs.
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        out.facts["tables"] = sorted(ddb.list_tables()["TableNames"])
+        out.facts["buckets"] = sorted(b["Name"] for b in s3.list_buckets()["Buckets"])
+        lam = boto3.client("lambda", region_name=REGION)
+        out.facts["functions"] = {
+            f["FunctionName"]: f.get("Environment", {}).get("Variables", {})
+            for f in lam.list_functions()["Functions"]
+        }
+        out.facts["event_source_mappings"] = len(lam.list_event_source_mappings()["EventSourceMappings"])
+    return out
+
+
+def _plain(node: Any) -> Any:
+    """samtranslator's YAML loader returns dict subclasses; PyYAML dumps plain ones."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node

@@ -1,0 +1,227 @@
+"""Tests of the deployability checks: template.yaml passes them, and each check
+fails on the kind of template it exists to refuse."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from . import check, graph, iam, params, quotas, sam
+from .resolve import Resolver
+
+ROOT = check.ROOT
+VALUES = params.samconfig_parameters(ROOT / "samconfig.toml")
+
+# What moto's CloudFormation cannot create, and so what the emulator deploy cannot
+# prove (lint, the cycle check and the IAM check still cover them).
+MOTO_UNSUPPORTED = {
+    "AWS::ApiGatewayV2::Api",
+    "AWS::ApiGatewayV2::Stage",
+    "AWS::S3::BucketPolicy",
+    "AWS::Scheduler::ScheduleGroup",
+    "AWS::SecretsManager::Secret",
+}
+
+
+@pytest.fixture(scope="module")
+def report() -> check.Report:
+    return check.run()
+
+
+@pytest.fixture(scope="module")
+def transformed() -> dict:
+    return sam.transform(sam.load(ROOT / "template.yaml"), VALUES)
+
+
+def test_template_yaml_is_deployable(report: check.Report) -> None:
+    assert report.errors == []
+    d = report.deployment
+    assert d is not None
+    assert d.change_set_status == "CREATE_COMPLETE"
+    assert d.stack_status == "CREATE_COMPLETE"
+    assert d.validate_errors == []
+    # Skips only types moto lacks; a new one shows up here and needs a reason.
+    assert d.skipped_types <= MOTO_UNSUPPORTED, d.skipped_types - MOTO_UNSUPPORTED
+    kinds = set(d.created.values())
+    for kind in ("AWS::Lambda::Function", "AWS::IAM::Role", "AWS::DynamoDB::Table",
+                 "AWS::S3::Bucket", "AWS::KMS::Key", "AWS::Lambda::EventSourceMapping"):
+        assert kind in kinds, f"the emulator deploy created no {kind}"
+
+
+def test_functions_name_the_imports_bucket_the_stack_creates(report: check.Report) -> None:
+    """The literal bucket name in the functions (which breaks the cycle) is the name
+    the bucket really gets: read back from the emulator after the deploy."""
+    d = report.deployment
+    assert d is not None
+    names = {env.get("CUSTODY_IMPORTS_BUCKET") for env in d.facts["functions"].values()}
+    assert len(names) == 1, names
+    (name,) = names
+    assert name in d.facts["buckets"]
+    assert name == f"custody-imports-{VALUES['Stage']}-{sam.ACCOUNT_ID}"
+    assert d.facts["event_source_mappings"] == 2
+
+
+def test_policies_on_the_imports_bucket_use_its_arn(transformed: dict) -> None:
+    resolver = Resolver(transformed, VALUES, "custody-prod")
+    bucket_arn = resolver.value({"Fn::GetAtt": ["ImportsBucket", "Arn"]})
+    seen = 0
+    for where, document in iam.documents(transformed):
+        for stmt in resolver.value(document)["Statement"]:
+            resources = stmt.get("Resource", [])
+            for r in [resources] if isinstance(resources, str) else resources:
+                if "custody-imports" in r:
+                    seen += 1
+                    assert r == bucket_arn or r.startswith(bucket_arn + "/"), (where, r)
+    assert seen >= 6
+
+
+# ---------------------------------------------------------------- cycles
+
+OLD_WIRING = """
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Bucket:
+    Type: AWS::S3::Bucket
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: .
+      Runtime: provided.al2023
+      Handler: bootstrap
+      Environment:
+        Variables:
+          BUCKET: !Ref Bucket
+      Events:
+        Uploaded:
+          Type: S3
+          Properties:
+            Bucket: !Ref Bucket
+            Events: s3:ObjectCreated:*
+"""
+
+
+def test_cycle_check_finds_the_s3_event_cycle(tmp_path: Path) -> None:
+    """The wiring this repository had: a bucket notifying a function that refers to
+    the bucket. The transformed graph has the cycle, whatever cfn-lint says."""
+    path = tmp_path / "t.yaml"
+    path.write_text(OLD_WIRING)
+    out = sam.transform(sam.load(path), {})
+    found = graph.cycles(graph.dependencies(out))
+    assert found and "Bucket" in found[0] and "Fn" in found[0], found
+
+
+def test_cycles_on_small_graphs() -> None:
+    assert graph.cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert graph.cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert graph.cycles({"a": {"a"}}) == [["a"]]
+    assert graph.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e"}, "e": {"d"}}) == [
+        ["a", "b", "c"], ["d", "e"]]
+
+
+def test_dependencies_follow_every_intrinsic() -> None:
+    template = {"Resources": {
+        "A": {"Type": "X", "Properties": {"P": {"Fn::Sub": "${B.Arn}/${C}/${!D}/${AWS::Region}/${Local}"},
+                                           "Q": {"Fn::Sub": ["${Local}", {"Local": {"Ref": "E"}}]}}},
+        "B": {"Type": "X", "DependsOn": "C"},
+        "C": {"Type": "X", "Properties": {"P": {"Fn::GetAtt": "E.Arn"}}},
+        "D": {"Type": "X"},
+        "E": {"Type": "X", "Properties": {"P": {"Fn::GetAtt": ["B", "Arn"]}}},
+    }}
+    deps = graph.dependencies(template)
+    assert deps["A"] == {"B", "C", "E"}  # not D (escaped), not pseudo or local names
+    assert deps["B"] == {"C"}
+    assert graph.cycles(deps) == [["B", "C", "E"]]
+
+
+# ---------------------------------------------------------------- IAM
+
+def _with_statement(transformed: dict, stmt: dict) -> dict:
+    out = copy.deepcopy(transformed)
+    out["Resources"]["ExpiryFunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"][
+        "Statement"].append(stmt)
+    return out
+
+
+@pytest.mark.parametrize("stmt, issue", [
+    ({"Effect": "Allow", "Action": "dynamodb:Qurey", "Resource": {"Fn::GetAtt": ["CustodyTable", "Arn"]}},
+     "UNKNOWN_ACTION"),
+    # GetObject takes object ARNs, not the bucket's.
+    ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": {"Fn::GetAtt": ["ImportsBucket", "Arn"]}},
+     "RESOURCE_MISMATCH"),
+    ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": {"Fn::GetAtt": ["CustodyTable", "Arn"]}},
+     "RESOURCE_MISMATCH"),
+])
+def test_iam_check_refuses_bad_statements(transformed: dict, stmt: dict, issue: str) -> None:
+    bad = _with_statement(transformed, stmt)
+    findings = iam.check(bad, Resolver(bad, VALUES, "custody-prod"))
+    assert issue in {f.issue for f in findings}, findings
+
+
+def test_trust_policies_are_checked(transformed: dict) -> None:
+    bad = copy.deepcopy(transformed)
+    bad["Resources"]["ExpiryFunctionRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0][
+        "Action"] = ["sts:AssumeRole", "s3:GetObject"]
+    assert check.trust_policy_problems(bad) == ["ExpiryFunctionRole: s3:GetObject in a trust policy"]
+
+
+# ---------------------------------------------------------------- parameters
+
+def test_every_parameter_is_constrained() -> None:
+    template = sam.load(ROOT / "template.yaml")
+    assert params.unconstrained(template) == []
+    loose = copy.deepcopy(template)
+    del loose["Parameters"]["OidcIssuer"]["AllowedPattern"]
+    assert params.unconstrained(loose) == ["OidcIssuer"]
+
+
+def test_samconfig_values_pass_and_wrong_values_fail() -> None:
+    template = sam.load(ROOT / "template.yaml")
+    assert params.violations(template, VALUES) == []
+    for name in template["Parameters"]:
+        wrong = dict(VALUES, **{name: "has a space"})
+        assert params.violations(template, wrong), f"{name} accepts 'has a space'"
+    for name, value in [
+        ("OidcIssuer", "http://issuer.example.com"),
+        ("OidcIssuer", "https://issuer.example.com/"),
+        ("PublicApiBaseUrl", "https://api.example.com/"),
+        ("Stage", "Prod"),
+        ("GoogleClientId", "123.apps.googleusercontent.com.evil.com"),
+        ("ExportS3DestinationObjectArns", "arn:aws:s3:::*/*"),
+        ("ExportS3DestinationObjectArns", "arn:aws:s3:::customer-bucket,arn:aws:s3:::b/*"),
+        ("ExportS3DestinationRoleArns", "arn:aws:iam::123456789012:role/*"),
+        ("OauthReturnUrls", "https://app.example.com, https://x.example.com"),
+    ]:
+        assert params.violations(template, dict(VALUES, **{name: value})), f"{name}={value!r} passes"
+    missing = {k: v for k, v in VALUES.items() if k != "OidcIssuer"}
+    assert params.violations(template, missing) == ["OidcIssuer: required (no Default) but not given"]
+
+
+def test_readme_documents_every_parameter() -> None:
+    readme = (ROOT / "README.md").read_text()
+    template = sam.load(ROOT / "template.yaml")
+    for name in template["Parameters"]:
+        assert f"`{name}`" in readme, f"README's Deploy section does not name {name}"
+
+
+# ---------------------------------------------------------------- quotas
+
+def test_quotas_hold_and_are_checked(transformed: dict) -> None:
+    resolver = Resolver(transformed, VALUES, "custody-prod")
+    assert quotas.violations(transformed, resolver) == []
+    big = copy.deepcopy(transformed)
+    big["Resources"]["ExpiryFunction"]["Properties"]["Environment"]["Variables"]["X"] = "x" * 4096
+    stmt = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": [f"arn:aws:s3:::b/{i:05}/*" for i in range(500)]}
+    big["Resources"]["ExpiryFunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].append(stmt)
+    problems = quotas.violations(big, Resolver(big, VALUES, "custody-prod"))
+    assert any("ExpiryFunction: environment" in p for p in problems), problems
+    assert any("ExpiryFunctionRole: inline policies" in p for p in problems), problems
+
+
+def test_transformed_template_lints_clean_and_lint_can_fail(transformed: dict) -> None:
+    assert check.lint(transformed) == []
+    bad = copy.deepcopy(transformed)
+    bad["Resources"]["CustodyTable"]["Properties"]["BillingMode"] = "FREE"
+    assert check.lint(bad), "cfn-lint accepted BillingMode FREE"
