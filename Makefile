@@ -70,7 +70,7 @@ up: venv
 	fi
 	rm -f $(LOCAL)/ready
 	cargo build -q --bins $(FUNCTIONS)
-	env -u CUSTODY_EMULATOR_ENDPOINT setsid target/debug/custody-local up --ready-file $(LOCAL)/ready \
+	env -u CUSTODY_EMULATOR_ENDPOINT setsid target/debug/custody-local up --ready-file $(LOCAL)/ready --state-file $(LOCAL)/stack.json \
 	  </dev/null >$(LOCAL)/up.log 2>&1 &
 	echo $$! >$(LOCAL)/up.pid
 	for _ in {1..1200}; do   # up to 2 min for the stack to come up

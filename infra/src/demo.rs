@@ -101,6 +101,8 @@ impl Environment {
             .await
             .map_err(|e| setup("simulated HighLevel API", &e))?;
         highlevel.seed_location(LOCATION, &Seed::small(7, 25, 600));
+        // One world: the API accepts exactly the tokens the provider issues.
+        highlevel.trust(oauth.token_authority());
         let dav_password = random_secret("dav_");
         let webdav = WebDavSim::start(DAV_USER, &dav_password)
             .await
@@ -182,6 +184,34 @@ impl Environment {
         self.stack.token(TENANT, "admin")
     }
 
+    /// The running stack as JSON (`custody-local up --state-file`): what a script or a
+    /// test needs to drive it over HTTP alone.
+    pub fn state(&self) -> Value {
+        json!({
+            "base_url": self.stack.base_url,
+            "lambda_url": self.stack.lambda_url,
+            "emulator": self.stack.endpoint,
+            "tenant": TENANT,
+            "token": self.admin_token(),
+            "viewer_token": self.stack.token(TENANT, "viewer"),
+            "return_url": RETURN_URL,
+            "webdav": {
+                "url": self.webdav.url("exports"),
+                "username": DAV_USER,
+                "password": self.dav_password,
+            },
+            "highlevel": {
+                "api": self.highlevel.base_url(),
+                "oauth": self.oauth.base_url(),
+                "location_id": LOCATION,
+            },
+            "destination": {
+                "url": self.destination.url(),
+                "secret": self.destination_secret,
+            },
+        })
+    }
+
     /// What a person needs to poke at the running stack.
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -211,6 +241,22 @@ impl Environment {
             self.admin_token()
         );
         let _ = writeln!(out, "export VIEWER={}", self.stack.token(TENANT, "viewer"));
+        let _ = writeln!(
+            out,
+            "export DAV_URL={} DAV_USER={DAV_USER} DAV_PASSWORD={}",
+            self.webdav.url("exports"),
+            self.dav_password
+        );
+        let _ = writeln!(out, "export LAMBDA={}", self.stack.lambda_url);
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Schedules fire by themselves (local EventBridge Scheduler). Deliver any event:"
+        );
+        let _ = writeln!(
+            out,
+            "  target/debug/custody-local invoke export events/export/kick.json"
+        );
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -440,7 +486,6 @@ async fn connect(env: &Environment) -> Result<Vec<String>, String> {
         check(!dump.contains(token.as_str()), || {
             "a plaintext token is in the table".into()
         })?;
-        env.highlevel.accept_token(token, LOCATION);
     }
     lines.push(format!(
         "raw table scan: {} issued token(s) stored only sealed with KMS",
@@ -488,29 +533,30 @@ async fn export(env: &Environment) -> Result<Vec<String>, String> {
         schedule.expression,
         schedule.timezone.unwrap_or_default()
     ));
-    // EventBridge Scheduler does not fire locally: deliver its event as it would.
+    // The 03:00 cron is hours away: deliver the event it will send, once. The run's
+    // continuations are one-time schedules the local EventBridge Scheduler fires.
     let export = env
         .stack
         .function("export")
         .ok_or("export function is not running")?;
-    let mut event = json!({"tenant_id": TENANT, "scheduled_time": chrono::Utc::now().to_rfc3339()});
-    let mut invocations = 0;
-    let run = loop {
-        invocations += 1;
-        export.invoke(&event).await.map_err(|e| e.to_string())?;
-        let runs = env
-            .expect(reqwest::Method::GET, "/export/runs", None, 200)
-            .await?;
-        let latest = runs["runs"][0].clone();
-        match latest["status"].as_str() {
-            Some("completed") => break latest,
-            Some("continued") | Some("running") if invocations < 20 => {
-                // The follow-up the worker scheduled for itself.
-                event = json!({"tenant_id": TENANT, "kick": true});
+    let event = json!({"tenant_id": TENANT, "scheduled_time": chrono::Utc::now().to_rfc3339()});
+    export.invoke(&event).await.map_err(|e| e.to_string())?;
+    let run = poll(
+        "the export run to complete",
+        Duration::from_secs(180),
+        || async move {
+            let runs = env
+                .expect(reqwest::Method::GET, "/export/runs", None, 200)
+                .await?;
+            let latest = runs["runs"][0].clone();
+            match latest["status"].as_str() {
+                Some("completed") => Ok(Some(latest)),
+                Some("continued") | Some("running") => Ok(None),
+                other => Err(format!("export run ended {other:?}: {latest}")),
             }
-            other => return Err(format!("export run ended {other:?}: {latest}")),
-        }
-    };
+        },
+    )
+    .await?;
     lines.push(format!(
         "scheduled run {}: {} conversations, {} messages, {} bytes in {} invocation(s)",
         run["run_id"].as_str().unwrap_or("?"),

@@ -283,7 +283,8 @@ fn record_json(record: &aws_sdk_dynamodbstreams::types::Record, stream_arn: &str
     out
 }
 
-async fn invoke_with_retries(function: &LocalFunction, event: &Json) {
+/// An asynchronous invocation as Lambda makes it: the first attempt and two retries.
+pub async fn invoke_with_retries(function: &LocalFunction, event: &Json) {
     for attempt in 1..=3u64 {
         match function.invoke(event).await {
             Ok(_) => return,

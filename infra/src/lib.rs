@@ -11,9 +11,12 @@ pub mod emulator;
 pub mod event_sources;
 pub mod gateway;
 pub mod harness;
+pub mod lambda_api;
 pub mod local_jwt;
 pub mod provision;
 pub mod runtime_api;
+pub mod schedule_expression;
+pub mod scheduler;
 pub mod stack;
 
 use std::path::PathBuf;

@@ -906,6 +906,41 @@ fn synthetic(logical: &str, resource: &Value) -> Option<Physical> {
     })
 }
 
+/// Deployed function name → local binary, for every function of the template: its
+/// binary name, and its `FunctionName` resolved for `stage` where it sets one (what a
+/// schedule's target ARN names).
+pub fn function_names(template: &Value, stage: &str) -> std::collections::HashMap<String, String> {
+    let resources = BTreeMap::new();
+    let resolver = Resolver {
+        stage,
+        resources: &resources,
+        parameters: parameters(template),
+    };
+    let mut names = std::collections::HashMap::new();
+    for (logical, resource) in template
+        .get("Resources")
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+    {
+        if resource.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let Some(physical) = synthetic(logical.as_str().unwrap_or_default(), resource) else {
+            continue;
+        };
+        if let Some(name) = resource
+            .get("Properties")
+            .and_then(|p| p.get("FunctionName"))
+            .and_then(|n| resolver.string(n).ok())
+        {
+            names.insert(name, physical.id.clone());
+        }
+        names.insert(physical.id.clone(), physical.id);
+    }
+    names
+}
+
 /// The environment a function runs with: the template's `Globals` plus the function's
 /// own `Environment`, resolved against what was provisioned.
 pub fn function_environment(

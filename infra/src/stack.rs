@@ -1,6 +1,7 @@
 //! The whole local stack in one process: the AWS emulator provisioned from
 //! template.yaml, every function binary behind its own local Runtime API, the HTTP
-//! API gateway with the local JWT issuer, and the stream / bucket event sources.
+//! API gateway with the local JWT issuer, the stream / bucket event sources, the local
+//! EventBridge Scheduler and a local Lambda Invoke API.
 //!
 //! The simulated external services (HighLevel, WebDAV, the destination webhook) are
 //! started by the caller (the demo, `custody-local up`), which passes their URLs as
@@ -17,7 +18,9 @@ use serde_yaml::Value;
 
 use crate::gateway::{Gateway, routes};
 use crate::local_jwt::LocalIssuer;
-use crate::provision::{Provisioned, function_environment, load_template, provision};
+use crate::provision::{
+    Provisioned, function_environment, function_names, load_template, provision,
+};
 use crate::runtime_api::LocalFunction;
 use crate::{REGION, repo_root, template_path};
 
@@ -67,6 +70,10 @@ pub struct LocalStack {
     pub template: Value,
     pub functions: HashMap<String, Arc<LocalFunction>>,
     pub base_url: String,
+    /// The local Lambda Invoke API (`custody-local invoke`, `aws lambda invoke`).
+    pub lambda_url: String,
+    /// What the local EventBridge Scheduler fired.
+    pub schedules: crate::scheduler::History,
     pub issuer: LocalIssuer,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -150,6 +157,26 @@ impl LocalStack {
             .serve(listener)
             .await
             .map_err(|e| StackError::Start("gateway".into(), e))?;
+        let names = function_names(&template, &options.stage);
+        let lambda_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| StackError::Start("lambda API".into(), e))?;
+        let lambda_url = format!(
+            "http://{}",
+            lambda_listener
+                .local_addr()
+                .map_err(|e| StackError::Start("lambda API".into(), e))?
+        );
+        let lambda_task =
+            crate::lambda_api::serve(lambda_listener, functions.clone(), names.clone());
+        let schedules = crate::scheduler::History::default();
+        let scheduler = tokio::spawn(crate::scheduler::run(
+            sdk.clone(),
+            functions.clone(),
+            names,
+            schedules.clone(),
+            Duration::from_secs(1),
+        ));
         let sources = tokio::spawn(crate::event_sources::run(
             sdk.clone(),
             provisioned.clone(),
@@ -165,8 +192,10 @@ impl LocalStack {
             template,
             functions,
             base_url,
+            lambda_url,
+            schedules,
             issuer,
-            tasks: vec![gateway_task, sources],
+            tasks: vec![gateway_task, sources, lambda_task, scheduler],
         })
     }
 

@@ -9,8 +9,9 @@
 //! state).
 //!
 //! Tokens: the OAuth token endpoint lives in `oauth_provider`; this server accepts the
-//! tokens a test registers with [`HighLevelSim::accept_token`] (e.g. the ones the
-//! simulated provider issued) or mints with [`HighLevelSim::issue_token`].
+//! tokens that provider issues once told to [`HighLevelSim::trust`] it (the local stack
+//! does: one simulated world), and the tokens a test registers with
+//! [`HighLevelSim::accept_token`] or mints with [`HighLevelSim::issue_token`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -297,10 +298,21 @@ struct Window {
     day_count: u64,
 }
 
+/// The trusted provider's answer to "which location does this token grant?".
+struct Authority(crate::oauth_provider::TokenAuthority);
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authority")
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     locations: HashMap<String, Arc<Vec<SimMessage>>>,
     tokens: HashMap<String, String>,
+    /// The OAuth provider whose access tokens this API accepts (one simulated world).
+    authority: Option<Authority>,
     windows: HashMap<String, Window>,
     limits: Limits,
     faults: Faults,
@@ -378,6 +390,13 @@ impl HighLevelSim {
             .lock()
             .tokens
             .insert(token.to_owned(), location_id.to_owned());
+    }
+
+    /// Accepts every live access token `authority` vouches for, for the location it
+    /// was granted: the tokens the simulated OAuth provider issues (refreshed ones
+    /// included) work here, and stop working when revoked or expired.
+    pub fn trust(&self, authority: crate::oauth_provider::TokenAuthority) {
+        self.shared.lock().authority = Some(Authority(authority));
     }
 
     /// Mints a random token for `location_id`.
@@ -499,7 +518,12 @@ async fn export(
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let Some(location) = token.and_then(|t| inner.tokens.get(t)).cloned() else {
+        let registered = token.and_then(|t| inner.tokens.get(t)).cloned();
+        let vouched = || {
+            let authority = inner.authority.as_ref()?;
+            (authority.0)(token?)
+        };
+        let Some(location) = registered.or_else(vouched) else {
             inner.counters.unauthorized += 1;
             return error(StatusCode::UNAUTHORIZED, "Invalid JWT");
         };

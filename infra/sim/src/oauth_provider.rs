@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _, RSA_PKCS1_SHA256, RsaKeyPair};
@@ -70,6 +70,18 @@ struct Grant {
     revoked: bool,
 }
 
+#[derive(Debug, Clone)]
+struct AccessGrant {
+    account: SimAccount,
+    revoked: bool,
+    expires: Instant,
+}
+
+/// Answers "which location may this bearer token read?" for a resource server (the
+/// simulated HighLevel API): `Some(location)` for an access token this provider
+/// issued that is neither revoked nor expired.
+pub type TokenAuthority = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 #[derive(Debug, Default)]
 struct Inner {
     redirect_uris: Vec<String>,
@@ -79,8 +91,7 @@ struct Inner {
     token_delay: Duration,
     codes: HashMap<String, Code>,
     refresh_tokens: HashMap<String, Grant>,
-    /// access token → (account, revoked)
-    access_tokens: HashMap<String, (SimAccount, bool)>,
+    access_tokens: HashMap<String, AccessGrant>,
     issued_refresh_order: Vec<String>,
     issued_access_order: Vec<String>,
 }
@@ -232,6 +243,19 @@ impl OauthProviderSim {
         self.shared.lock().issued_access_order.clone()
     }
 
+    /// What the resource server of this provider consults: the location an access
+    /// token grants, while the token is live (issued here, not revoked, not expired).
+    /// With it, the simulated HighLevel API accepts exactly what this provider issued.
+    pub fn token_authority(&self) -> TokenAuthority {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move |token: &str| {
+            let inner = shared.lock();
+            let grant = inner.access_tokens.get(token)?;
+            (!grant.revoked && Instant::now() < grant.expires)
+                .then(|| grant.account.location_id.clone())
+        })
+    }
+
     /// Every refresh token issued, oldest first.
     pub fn issued_refresh_tokens(&self) -> Vec<String> {
         self.shared.lock().issued_refresh_order.clone()
@@ -250,7 +274,7 @@ impl OauthProviderSim {
     pub fn is_revoked(&self, token: &str) -> bool {
         let inner = self.shared.lock();
         inner.refresh_tokens.get(token).is_some_and(|g| g.revoked)
-            || inner.access_tokens.get(token).is_some_and(|(_, r)| *r)
+            || inner.access_tokens.get(token).is_some_and(|g| g.revoked)
     }
 
     /// Revokes every refresh token (the user removed the app at the provider).
@@ -389,9 +413,15 @@ fn issue(
 ) -> serde_json::Value {
     let access = random_token("at_");
     let refresh = random_token("rt_");
-    inner
-        .access_tokens
-        .insert(access.clone(), (account.clone(), false));
+    let expires = Instant::now() + Duration::from_secs(inner.expires_in);
+    inner.access_tokens.insert(
+        access.clone(),
+        AccessGrant {
+            account: account.clone(),
+            revoked: false,
+            expires,
+        },
+    );
     inner.refresh_tokens.insert(
         refresh.clone(),
         Grant {
@@ -460,7 +490,7 @@ async fn token(
                         grant.revoked = true;
                     }
                     if let Some(entry) = inner.access_tokens.get_mut(token) {
-                        entry.1 = true;
+                        entry.revoked = true;
                     }
                 }
                 return oauth_error(
@@ -570,7 +600,7 @@ async fn revoke(
         grant.revoked = true;
     }
     if let Some(entry) = inner.access_tokens.get_mut(&token) {
-        entry.1 = true;
+        entry.revoked = true;
     }
     // RFC 7009: 200 whether or not the token was known.
     StatusCode::OK.into_response()
@@ -585,7 +615,9 @@ async fn userinfo(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
         .to_owned();
     let inner = shared.lock();
     match inner.access_tokens.get(&token) {
-        Some((account, false)) => Json(json!({ "sub": account.subject })).into_response(),
+        Some(grant) if !grant.revoked => {
+            Json(json!({ "sub": grant.account.subject })).into_response()
+        }
         _ => (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],

@@ -4,8 +4,11 @@
 //!   emulator from template.yaml and prints the `export` lines to use it.
 //! - `custody-local demo`: starts everything (emulator, simulated HighLevel, WebDAV,
 //!   destination, the real function binaries, the HTTP API) and runs the journey.
-//! - `custody-local up`: starts the same and keeps it running until Ctrl-C / SIGTERM,
-//!   printing the base URL, a bearer token and example requests.
+//! - `custody-local up [--ready-file PATH] [--state-file PATH]`: starts the same and
+//!   keeps it running until Ctrl-C / SIGTERM, printing the base URL, a bearer token and
+//!   example requests; the state file is the same as JSON (for scripts and tests).
+//! - `custody-local invoke [--async] <function> <event-file>`: delivers an event (e.g.
+//!   a file in `events/`) to a running stack's function and prints the response.
 //!
 //! Every process it starts dies with it, also on Ctrl-C, SIGTERM or SIGKILL.
 
@@ -18,7 +21,7 @@ use custody_local::{REGION, template_path};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: custody-local provision --endpoint URL [--stage NAME]\n       custody-local demo\n       custody-local up [--ready-file PATH]"
+        "usage: custody-local provision --endpoint URL [--stage NAME]\n       custody-local demo\n       custody-local up [--ready-file PATH] [--state-file PATH]\n       custody-local invoke [--async] [--stack STATE-FILE] <function> <event-file>"
     );
     ExitCode::from(2)
 }
@@ -82,7 +85,7 @@ async fn demo() -> ExitCode {
     }
 }
 
-async fn up(ready_file: Option<String>) -> ExitCode {
+async fn up(ready_file: Option<String>, state_file: Option<String>) -> ExitCode {
     let env = match Environment::start("local").await {
         Ok(env) => env,
         Err(err) => {
@@ -93,12 +96,109 @@ async fn up(ready_file: Option<String>) -> ExitCode {
     print_processes(&env);
     let description = env.describe();
     println!("{description}");
-    if let Some(path) = ready_file {
-        let _ = std::fs::write(path, &description);
+    // The state file first: the ready file is what `make up` waits for.
+    if let Some(path) = state_file {
+        let state = serde_json::to_string_pretty(&env.state()).unwrap_or_default();
+        if let Err(err) = write_private(&path, &state) {
+            eprintln!("custody-local up: writing {path}: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(path) = ready_file
+        && let Err(err) = write_private(&path, &description)
+    {
+        eprintln!("custody-local up: writing {path}: {err}");
+        return ExitCode::FAILURE;
     }
     stop_requested().await;
     println!("custody-local: stopping");
     ExitCode::SUCCESS
+}
+
+/// Writes a file only its owner can read: it holds bearer tokens and passwords.
+fn write_private(path: &str, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+/// `custody-local invoke`: the running stack is found through `make up`'s state file.
+async fn invoke_command(args: &[String]) -> ExitCode {
+    let mut asynchronous = false;
+    let mut state_file = custody_local::repo_root().join(".local/stack.json");
+    let mut positional = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--async" => asynchronous = true,
+            "--stack" => match rest.next() {
+                Some(path) => state_file = path.into(),
+                None => return usage(),
+            },
+            _ => positional.push(arg.clone()),
+        }
+    }
+    let [function, event_file] = positional.as_slice() else {
+        return usage();
+    };
+    let state: serde_json::Value = match std::fs::read_to_string(&state_file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(state) => state,
+        Err(err) => {
+            eprintln!(
+                "custody-local invoke: no running stack ({}: {err}); start one with `make up`",
+                state_file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(lambda_url) = state["lambda_url"].as_str() else {
+        eprintln!(
+            "custody-local invoke: {} has no lambda_url",
+            state_file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let event: serde_json::Value = match std::fs::read_to_string(event_file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("not JSON: {e}")))
+    {
+        Ok(event) => event,
+        Err(err) => {
+            eprintln!("custody-local invoke: {event_file}: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match custody_local::lambda_api::invoke_remote(lambda_url, function, &event, asynchronous).await
+    {
+        Ok((None, body)) => {
+            println!(
+                "{}",
+                if asynchronous {
+                    "queued (202)"
+                } else {
+                    body.as_str()
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((Some(kind), body)) => {
+            eprintln!("function error ({kind}): {body}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("custody-local invoke: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn provision_command(args: &[String]) -> ExitCode {
@@ -146,11 +246,20 @@ async fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("provision") => provision_command(&args[1..]).await,
         Some("demo") => demo().await,
-        Some("up") => match args.get(1..) {
-            Some([flag, path]) if flag == "--ready-file" => up(Some(path.clone())).await,
-            Some([]) => up(None).await,
-            _ => usage(),
-        },
+        Some("up") => {
+            let mut ready = None;
+            let mut state = None;
+            let mut rest = args[1..].iter();
+            while let Some(flag) = rest.next() {
+                match (flag.as_str(), rest.next()) {
+                    ("--ready-file", Some(path)) => ready = Some(path.clone()),
+                    ("--state-file", Some(path)) => state = Some(path.clone()),
+                    _ => return usage(),
+                }
+            }
+            up(ready, state).await
+        }
+        Some("invoke") => invoke_command(&args[1..]).await,
         _ => usage(),
     }
 }

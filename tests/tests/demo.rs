@@ -5,27 +5,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use custody_journeys::{alive, binaries, build_binaries};
 use custody_local::demo::{Environment, journey};
-
-/// The function binaries the stack runs. `cargo test --workspace --all-targets` builds
-/// them already; `cargo test -p custody-local` alone does not, so build them here (a
-/// no-op when they are fresh).
-fn build_functions() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(custody_local::repo_root())
-        .args([
-            "build", "-q", "--bins", "-p", "oauth", "-p", "export", "-p", "import", "-p", "expiry",
-            "-p", "dsar",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the function binaries failed");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_demo_journey_passes_end_to_end() {
-    build_functions();
+    build_binaries();
     let env = Environment::start(&custody_local::harness::unique_stage())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -44,19 +29,8 @@ async fn the_demo_journey_passes_end_to_end() {
     assert!(transcript.contains("Verified OK") || transcript.contains("verifies offline"));
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped) counts as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .split(") ")
-            .nth(1)
-            .is_some_and(|rest| rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 fn interrupt_demo_and_check(signal: i32) {
-    let binary = env!("CARGO_BIN_EXE_custody-local");
+    let binary = binaries().join("custody-local");
     let mut demo = Command::new(binary)
         .arg("demo")
         .env_remove("CUSTODY_EMULATOR_ENDPOINT")
@@ -106,7 +80,7 @@ fn interrupt_demo_and_check(signal: i32) {
 
 #[test]
 fn an_interrupted_demo_leaves_nothing_behind() {
-    build_functions();
+    build_binaries();
     interrupt_demo_and_check(libc::SIGINT);
     // Even SIGKILL, which the demo cannot catch: children die with their parent.
     interrupt_demo_and_check(libc::SIGKILL);
