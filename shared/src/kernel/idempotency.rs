@@ -21,9 +21,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::retention::{RetentionClass, TTL_ATTRIBUTE};
-use crate::store::{Condition, Entity, Key, Store, StoreError, keys};
-use crate::tenant::TenantId;
+use crate::kernel::retention::{RetentionClass, TTL_ATTRIBUTE};
+use crate::kernel::store::{Condition, Entity, Key, Store, StoreError, keys};
+use crate::kernel::tenant::TenantId;
 
 /// The longest a Lambda invocation can run; the fallback in-progress window.
 pub const MAX_INVOCATION: Duration = Duration::from_secs(900);

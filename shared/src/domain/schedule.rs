@@ -7,8 +7,8 @@
 
 use aws_sdk_scheduler::types::{FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target};
 
-use crate::aws::error_text;
-use crate::tenant::TenantId;
+use crate::kernel::aws::error_text;
+use crate::kernel::tenant::TenantId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {

@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{AccountLink, OauthDeps, OauthError, delete_if_account};
-use crate::audit::Event;
-use crate::retention::RetentionClass;
-use crate::schedule::ExportSchedules;
-use crate::store::{Entity, Key, StoreError, keys};
+use crate::kernel::audit::Event;
+use crate::kernel::retention::RetentionClass;
+use crate::domain::schedule::ExportSchedules;
+use crate::kernel::store::{Entity, Key, StoreError, keys};
 
 /// Environment variables of the webhook keys.
 pub mod vars {

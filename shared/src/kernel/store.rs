@@ -12,10 +12,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::aws::error_text;
-use crate::clock::SharedClock;
-use crate::retention::TTL_ATTRIBUTE;
-use crate::tenant::TenantId;
+use crate::kernel::aws::error_text;
+use crate::kernel::clock::SharedClock;
+use crate::kernel::retention::TTL_ATTRIBUTE;
+use crate::kernel::tenant::TenantId;
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -27,7 +27,7 @@ pub const SUBJECT_SK: &str = "subject_sk";
 /// Key builders, so every key of a tenant starts with `T#<tenant>` (the IAM
 /// `dynamodb:LeadingKeys` condition and tenant isolation rely on it).
 pub mod keys {
-    use crate::tenant::TenantId;
+    use crate::kernel::tenant::TenantId;
 
     pub fn tenant(tenant: &TenantId) -> String {
         format!("T#{tenant}")

@@ -23,8 +23,8 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
 use serde::{Deserialize, Serialize};
 
-use crate::aws::error_text;
-use crate::privacy::AuditRef;
+use crate::kernel::aws::error_text;
+use crate::domain::privacy::AuditRef;
 
 /// KMS `Sign` limit for `RAW` messages.
 pub const MAX_DOCUMENT_BYTES: usize = 4096;

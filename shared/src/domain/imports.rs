@@ -13,7 +13,7 @@
 //!   - a rows import stores each posted batch's valid rows as one JSON Lines object,
 //!     one JSON object per line: `rows/<seq>.jsonl` (`seq` 1-based, 8 digits).
 //!
-//!   Every object carries the tag [`crate::retention::S3_TAG_KEY`] = class name, so
+//!   Every object carries the tag [`crate::kernel::retention::S3_TAG_KEY`] = class name, so
 //!   the bucket's lifecycle rule of that class deletes it (all versions).
 //! - One [`SubjectRef`] per (subject, object) in the `by_subject` index: `source`
 //!   `ImportObject`, `source_id` = `<import>/<object name>` (e.g.
@@ -47,13 +47,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::aws::error_text;
-use crate::retention::{RetentionClass, S3_TAG_KEY};
-use crate::seal::Sealed;
-use crate::store::{Condition, Entity, Key, Page, PageRequest, Store, StoreError, keys};
-use crate::subject::{Identifier, IdentifierKind, Pseudonym, PseudonymKey};
-use crate::subject_index::{Source, SubjectRef};
-use crate::tenant::TenantId;
+use crate::kernel::aws::error_text;
+use crate::kernel::retention::{RetentionClass, S3_TAG_KEY};
+use crate::kernel::seal::Sealed;
+use crate::kernel::store::{Condition, Entity, Key, Page, PageRequest, Store, StoreError, keys};
+use crate::domain::subject::{Identifier, IdentifierKind, Pseudonym, PseudonymKey};
+use crate::kernel::subject_index::{Source, SubjectRef};
+use crate::kernel::tenant::TenantId;
 
 /// Longest CSV record or JSON line, in bytes.
 pub const MAX_ROW_BYTES: usize = 64 * 1024;
@@ -1216,7 +1216,7 @@ impl Imports {
             expires_at,
         };
         let condition = Condition::new("attribute_not_exists(pk) OR #exp < :exp")
-            .name("#exp", crate::retention::TTL_ATTRIBUTE)
+            .name("#exp", crate::kernel::retention::TTL_ATTRIBUTE)
             .value(":exp", AttributeValue::N(expires_at.to_string()));
         match self.store.put_if(&marker, condition).await {
             Ok(()) | Err(StoreError::ConditionFailed) => Ok(()),

@@ -22,7 +22,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::tenant::TenantId;
+use crate::kernel::tenant::TenantId;
 
 /// Base of every problem `type` URI: `https://custody.dev/problems/<slug>`.
 pub const PROBLEM_TYPE_BASE: &str = "https://custody.dev/problems/";
@@ -552,9 +552,9 @@ fn skip_backticked(s: &str) -> Option<&str> {
 // mistakes are 4xx naming the problem; our own faults are a bare 500, logged here
 // with their cause (which never contains a secret: those types redact themselves).
 
-impl From<crate::store::StoreError> for Problem {
-    fn from(err: crate::store::StoreError) -> Self {
-        use crate::store::StoreError;
+impl From<crate::kernel::store::StoreError> for Problem {
+    fn from(err: crate::kernel::store::StoreError) -> Self {
+        use crate::kernel::store::StoreError;
         match err {
             StoreError::InvalidCursor => Problem::bad_request("cursor", err.to_string()),
             StoreError::AlreadyExists | StoreError::ConditionFailed => {
@@ -568,9 +568,9 @@ impl From<crate::store::StoreError> for Problem {
     }
 }
 
-impl From<crate::seal::SealError> for Problem {
-    fn from(err: crate::seal::SealError) -> Self {
-        use crate::seal::SealError;
+impl From<crate::kernel::seal::SealError> for Problem {
+    fn from(err: crate::kernel::seal::SealError) -> Self {
+        use crate::kernel::seal::SealError;
         match err {
             SealError::TooLarge(_) | SealError::Empty => {
                 Problem::bad_request("secret", err.to_string())
@@ -583,16 +583,16 @@ impl From<crate::seal::SealError> for Problem {
     }
 }
 
-impl From<crate::audit::AuditError> for Problem {
-    fn from(err: crate::audit::AuditError) -> Self {
+impl From<crate::kernel::audit::AuditError> for Problem {
+    fn from(err: crate::kernel::audit::AuditError) -> Self {
         tracing::error!(error = %err, "audit error");
         Problem::internal()
     }
 }
 
-impl From<crate::idempotency::IdempotencyError> for Problem {
-    fn from(err: crate::idempotency::IdempotencyError) -> Self {
-        use crate::idempotency::IdempotencyError;
+impl From<crate::kernel::idempotency::IdempotencyError> for Problem {
+    fn from(err: crate::kernel::idempotency::IdempotencyError) -> Self {
+        use crate::kernel::idempotency::IdempotencyError;
         match err {
             IdempotencyError::PayloadMismatch => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -610,8 +610,8 @@ impl From<crate::idempotency::IdempotencyError> for Problem {
     }
 }
 
-impl From<crate::schedule::ScheduleError> for Problem {
-    fn from(err: crate::schedule::ScheduleError) -> Self {
+impl From<crate::domain::schedule::ScheduleError> for Problem {
+    fn from(err: crate::domain::schedule::ScheduleError) -> Self {
         // Expressions and time zones are validated before they reach Scheduler, so a
         // refusal here is ours (or the service's), never the caller's.
         tracing::error!(error = %err, "schedule error");
@@ -619,9 +619,9 @@ impl From<crate::schedule::ScheduleError> for Problem {
     }
 }
 
-impl From<crate::oauth::OauthError> for Problem {
-    fn from(err: crate::oauth::OauthError) -> Self {
-        use crate::oauth::OauthError;
+impl From<crate::domain::oauth::OauthError> for Problem {
+    fn from(err: crate::domain::oauth::OauthError) -> Self {
+        use crate::domain::oauth::OauthError;
         match err {
             OauthError::UnknownProvider => Problem::new(
                 StatusCode::NOT_FOUND,
@@ -669,9 +669,9 @@ impl From<crate::oauth::OauthError> for Problem {
     }
 }
 
-impl From<crate::oauth::flow::StartError> for Problem {
-    fn from(err: crate::oauth::flow::StartError) -> Self {
-        use crate::oauth::flow::StartError;
+impl From<crate::domain::oauth::flow::StartError> for Problem {
+    fn from(err: crate::domain::oauth::flow::StartError) -> Self {
+        use crate::domain::oauth::flow::StartError;
         match err {
             StartError::ReturnUrlNotAllowed | StartError::ReturnUrlInvalid => {
                 Problem::bad_request("return_url", err.to_string())
@@ -681,9 +681,9 @@ impl From<crate::oauth::flow::StartError> for Problem {
     }
 }
 
-impl From<crate::oauth::webhook::WebhookError> for Problem {
-    fn from(err: crate::oauth::webhook::WebhookError) -> Self {
-        use crate::oauth::webhook::WebhookError;
+impl From<crate::domain::oauth::webhook::WebhookError> for Problem {
+    fn from(err: crate::domain::oauth::webhook::WebhookError) -> Self {
+        use crate::domain::oauth::webhook::WebhookError;
         match err {
             WebhookError::BadSignature => Problem::new(
                 StatusCode::UNAUTHORIZED,
@@ -692,7 +692,7 @@ impl From<crate::oauth::webhook::WebhookError> for Problem {
                 err.to_string(),
             ),
             WebhookError::TooLarge => {
-                Problem::payload_too_large(crate::oauth::webhook::MAX_BODY_BYTES)
+                Problem::payload_too_large(crate::domain::oauth::webhook::MAX_BODY_BYTES)
             }
             WebhookError::Malformed(field) => Problem::bad_request(field, err.to_string()),
             WebhookError::Stale => Problem::bad_request("timestamp", err.to_string()),
@@ -706,9 +706,9 @@ impl From<crate::oauth::webhook::WebhookError> for Problem {
     }
 }
 
-impl From<crate::imports::ImportError> for Problem {
-    fn from(err: crate::imports::ImportError) -> Self {
-        use crate::imports::ImportError;
+impl From<crate::domain::imports::ImportError> for Problem {
+    fn from(err: crate::domain::imports::ImportError) -> Self {
+        use crate::domain::imports::ImportError;
         match err {
             ImportError::NotFound => Problem::not_found(),
             ImportError::State(_) | ImportError::Contended => Problem::conflict(err.to_string()),
@@ -721,9 +721,9 @@ impl From<crate::imports::ImportError> for Problem {
     }
 }
 
-impl From<crate::webhook::WebhookError> for Problem {
-    fn from(err: crate::webhook::WebhookError) -> Self {
-        use crate::webhook::WebhookError;
+impl From<crate::domain::webhook::WebhookError> for Problem {
+    fn from(err: crate::domain::webhook::WebhookError) -> Self {
+        use crate::domain::webhook::WebhookError;
         match err {
             WebhookError::InvalidUrl(_) => Problem::bad_request("destination.url", err.to_string()),
             WebhookError::WeakSecret => Problem::bad_request("destination.secret", err.to_string()),
@@ -741,9 +741,9 @@ impl From<crate::webhook::WebhookError> for Problem {
     }
 }
 
-impl From<crate::privacy::PrivacyError> for Problem {
-    fn from(err: crate::privacy::PrivacyError) -> Self {
-        use crate::privacy::PrivacyError;
+impl From<crate::domain::privacy::PrivacyError> for Problem {
+    fn from(err: crate::domain::privacy::PrivacyError) -> Self {
+        use crate::domain::privacy::PrivacyError;
         match err {
             PrivacyError::ReasonMissing | PrivacyError::TextTooLong => {
                 Problem::bad_request("reason", err.to_string())
@@ -760,8 +760,8 @@ impl From<crate::privacy::PrivacyError> for Problem {
     }
 }
 
-impl From<crate::certificate::CertificateError> for Problem {
-    fn from(err: crate::certificate::CertificateError) -> Self {
+impl From<crate::domain::certificate::CertificateError> for Problem {
+    fn from(err: crate::domain::certificate::CertificateError) -> Self {
         tracing::error!(error = %err, "certificate error");
         Problem::internal()
     }
@@ -772,8 +772,8 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    const JWT_EVENT: &str = include_str!("../tests/fixtures/apigw/http_api_jwt.json");
-    const NO_AUTH_EVENT: &str = include_str!("../tests/fixtures/apigw/http_api_no_authorizer.json");
+    const JWT_EVENT: &str = include_str!("../../tests/fixtures/apigw/http_api_jwt.json");
+    const NO_AUTH_EVENT: &str = include_str!("../../tests/fixtures/apigw/http_api_no_authorizer.json");
     const FAKE_TOKEN_PART: &str = "FAKE-SIGNATURE-NOT-A-REAL-TOKEN";
 
     fn event() -> Value {
@@ -1208,7 +1208,7 @@ mod tests {
 #[cfg(test)]
 mod error_mapping_tests {
     use super::*;
-    use crate::store::StoreError;
+    use crate::kernel::store::StoreError;
 
     #[test]
     fn caller_mistakes_are_4xx_and_our_faults_are_bare_500s() {
@@ -1228,7 +1228,7 @@ mod error_mapping_tests {
             !internal.detail.contains("custody-x"),
             "no internals in the response"
         );
-        let rejected = Problem::from(crate::seal::SealError::Rejected);
+        let rejected = Problem::from(crate::kernel::seal::SealError::Rejected);
         assert_eq!(rejected.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

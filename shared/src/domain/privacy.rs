@@ -31,11 +31,11 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::certificate::SignedCertificate;
-use crate::retention::RetentionClass;
-use crate::seal::Sealed;
-use crate::store::{Entity, Key, keys};
-use crate::tenant::TenantId;
+use crate::domain::certificate::SignedCertificate;
+use crate::kernel::retention::RetentionClass;
+use crate::kernel::seal::Sealed;
+use crate::kernel::store::{Entity, Key, keys};
+use crate::kernel::tenant::TenantId;
 
 /// The product's acknowledgement commitment.
 pub const PRODUCT_ACK_HOURS: i64 = 48;
@@ -100,7 +100,7 @@ impl Regulation {
     }
 }
 
-pub use crate::zone::{TenantZone, UnknownTimeZone};
+pub use crate::kernel::zone::{TenantZone, UnknownTimeZone};
 
 /// `date` plus `months` calendar months, clamped to the end of a shorter month.
 pub fn add_months_clamped(date: NaiveDate, months: u32) -> NaiveDate {
@@ -394,8 +394,8 @@ pub struct AuditRef {
     pub hash: String,
 }
 
-impl From<&crate::audit::Entry> for AuditRef {
-    fn from(entry: &crate::audit::Entry) -> Self {
+impl From<&crate::kernel::audit::Entry> for AuditRef {
+    fn from(entry: &crate::kernel::audit::Entry) -> Self {
         Self {
             seq: entry.seq,
             action: entry.action.clone(),

@@ -17,9 +17,9 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::aws::error_text;
-use crate::clock::SharedClock;
-use crate::tenant::TenantId;
+use crate::kernel::aws::error_text;
+use crate::kernel::clock::SharedClock;
+use crate::kernel::tenant::TenantId;
 
 /// `prev_hash` of a tenant's first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -13,8 +13,8 @@ use aws_sdk_kms::primitives::Blob;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::aws::error_text;
-use crate::tenant::TenantId;
+use crate::kernel::aws::error_text;
+use crate::kernel::tenant::TenantId;
 
 /// KMS `Encrypt` takes at most 4 KiB of plaintext.
 pub const MAX_PLAINTEXT_BYTES: usize = 4096;

@@ -32,10 +32,10 @@ use rand::Rng as _;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditError, AuditLog, Event};
-use crate::seal::{Purpose, SealContext, SealError, Sealed, Sealer};
-use crate::store::{Condition, Entity, Key, Store, StoreError, keys};
-use crate::tenant::TenantId;
+use crate::kernel::audit::{AuditError, AuditLog, Event};
+use crate::kernel::seal::{Purpose, SealContext, SealError, Sealed, Sealer};
+use crate::kernel::store::{Condition, Entity, Key, Store, StoreError, keys};
+use crate::kernel::tenant::TenantId;
 
 pub use provider::{
     ClientSecrets, OauthConfig, Provider, ProviderConfig, ProviderConfigError, ProviderKind,
@@ -100,7 +100,7 @@ pub enum OauthError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
-    Schedule(#[from] crate::schedule::ScheduleError),
+    Schedule(#[from] crate::domain::schedule::ScheduleError),
 }
 
 /// Everything the OAuth code needs, built once per cold start.
@@ -379,7 +379,7 @@ async fn refresh(deps: &OauthDeps, leased: Connection) -> Result<AccessToken, Oa
                         "connection.needs_reconsent",
                         keys::connection(&provider_name),
                     )
-                    .outcome(crate::audit::Outcome::Failure)
+                    .outcome(crate::kernel::audit::Outcome::Failure)
                     .detail("reason", "invalid_grant"),
                 )
                 .await?;
@@ -496,7 +496,7 @@ pub struct Disconnected {
 /// Idempotent: disconnecting what is not connected still removes the schedule.
 pub async fn disconnect(
     deps: &OauthDeps,
-    schedules: &crate::schedule::ExportSchedules,
+    schedules: &crate::domain::schedule::ExportSchedules,
     tenant: &TenantId,
     provider: &str,
     actor: &str,
@@ -613,6 +613,6 @@ pub(crate) async fn delete_if_account(
         {
             Ok(None)
         }
-        Err(err) => Err(StoreError::Dynamo(crate::aws::error_text(&err)).into()),
+        Err(err) => Err(StoreError::Dynamo(crate::kernel::aws::error_text(&err)).into()),
     }
 }

@@ -19,11 +19,11 @@ use super::{
     Connection, ConnectionStatus, OauthDeps, OauthError, ProviderKind, expiry, seal_context,
     store_connection,
 };
-use crate::audit::Event;
-use crate::retention::RetentionClass;
-use crate::seal::{Purpose, SealContext, Sealed};
-use crate::store::{Entity, Key, keys};
-use crate::tenant::TenantId;
+use crate::kernel::audit::Event;
+use crate::kernel::retention::RetentionClass;
+use crate::kernel::seal::{Purpose, SealContext, Sealed};
+use crate::kernel::store::{Entity, Key, keys};
+use crate::kernel::tenant::TenantId;
 
 /// Name of the cookie that binds a flow to the browser that started it.
 pub const BINDING_COOKIE: &str = "__Host-custody-oauth";
@@ -382,7 +382,7 @@ async fn finish(
             Event::new(
                 state.actor.clone(),
                 "connection.created",
-                crate::store::keys::connection(&provider.name),
+                crate::kernel::store::keys::connection(&provider.name),
             )
             .detail("scopes", connection.scopes.join(" ")),
         )

@@ -33,7 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::subject::{HmacSha256, new_hmac};
+use crate::domain::subject::{HmacSha256, new_hmac};
 
 pub const TIMESTAMP_HEADER: &str = "custody-timestamp";
 pub const SIGNATURE_HEADER: &str = "custody-signature";
