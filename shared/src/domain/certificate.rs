@@ -24,7 +24,7 @@ use p256::pkcs8::DecodePublicKey as _;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::aws::error_text;
-use crate::domain::privacy::AuditRef;
+use crate::kernel::audit::AuditRef;
 
 /// KMS `Sign` limit for `RAW` messages.
 pub const MAX_DOCUMENT_BYTES: usize = 4096;

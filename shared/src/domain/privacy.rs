@@ -101,6 +101,8 @@ impl Regulation {
 }
 
 pub use crate::kernel::zone::{TenantZone, UnknownTimeZone};
+// Requests and certificates both carry audit references; the type lives in the kernel.
+pub use crate::kernel::audit::AuditRef;
 
 /// `date` plus `months` calendar months, clamped to the end of a shorter month.
 pub fn add_months_clamped(date: NaiveDate, months: u32) -> NaiveDate {
@@ -382,24 +384,6 @@ impl Step {
                 Step::EraseItems,
                 Step::Certify,
             ],
-        }
-    }
-}
-
-/// A reference to an audit entry: enough to find it and to prove it unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRef {
-    pub seq: u64,
-    pub action: String,
-    pub hash: String,
-}
-
-impl From<&crate::kernel::audit::Entry> for AuditRef {
-    fn from(entry: &crate::kernel::audit::Entry) -> Self {
-        Self {
-            seq: entry.seq,
-            action: entry.action.clone(),
-            hash: entry.hash.clone(),
         }
     }
 }

@@ -140,6 +140,27 @@ impl Entry {
     }
 }
 
+/// A reference to an audit entry: enough to find it and to prove it unchanged.
+///
+/// Here, beside [`Entry`], because both privacy requests and certificates of deletion
+/// carry it (`custody::privacy::AuditRef` re-exports it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRef {
+    pub seq: u64,
+    pub action: String,
+    pub hash: String,
+}
+
+impl From<&Entry> for AuditRef {
+    fn from(entry: &Entry) -> Self {
+        Self {
+            seq: entry.seq,
+            action: entry.action.clone(),
+            hash: entry.hash.clone(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit entry could not be encoded: {0}")]
