@@ -47,11 +47,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::domain::subject::{Identifier, IdentifierKind, Pseudonym, PseudonymKey};
 use crate::kernel::aws::error_text;
+use crate::kernel::http::{HttpAnswer, HttpError};
 use crate::kernel::retention::{RetentionClass, S3_TAG_KEY};
 use crate::kernel::seal::Sealed;
 use crate::kernel::store::{Condition, Entity, Key, Page, PageRequest, Store, StoreError, keys};
-use crate::domain::subject::{Identifier, IdentifierKind, Pseudonym, PseudonymKey};
 use crate::kernel::subject_index::{Source, SubjectRef};
 use crate::kernel::tenant::TenantId;
 
@@ -1037,6 +1038,19 @@ pub enum ImportError {
     S3(String),
 }
 
+impl HttpError for ImportError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            ImportError::NotFound => HttpAnswer::not_found(),
+            ImportError::State(_) | ImportError::Contended => {
+                HttpAnswer::conflict(self.to_string())
+            }
+            ImportError::Store(e) => e.answer(),
+            ImportError::S3(_) => HttpAnswer::internal_logged("import storage error", self),
+        }
+    }
+}
+
 /// What deleting an import's data removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purged {
@@ -1755,5 +1769,29 @@ mod tests {
         assert_eq!(subject_kind("Phone Number"), Some(IdentifierKind::Phone));
         assert_eq!(subject_kind("contactId"), Some(IdentifierKind::ContactId));
         assert_eq!(subject_kind("name"), None);
+    }
+
+    #[test]
+    fn every_import_error_has_its_http_answer() {
+        use crate::kernel::http::table::{Detail, internal, row, shown};
+
+        let not_found = (
+            404,
+            "not-found",
+            None,
+            Detail::Fixed("not found".into()),
+            None,
+        );
+        assert_eq!(row(&ImportError::NotFound), not_found);
+        for err in [
+            ImportError::State(Status::Delivered),
+            ImportError::Contended,
+        ] {
+            assert_eq!(row(&err), shown(409, "conflict", None), "{err}");
+        }
+        let cursor = shown(400, "invalid-request", Some("cursor"));
+        assert_eq!(row(&ImportError::Store(StoreError::InvalidCursor)), cursor);
+        let s3 = ImportError::S3("NoSuchBucket: custody-imports-x".into());
+        assert_eq!(row(&s3), internal());
     }
 }

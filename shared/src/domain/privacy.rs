@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::certificate::SignedCertificate;
+use crate::kernel::http::{HttpAnswer, HttpError};
 use crate::kernel::retention::RetentionClass;
 use crate::kernel::seal::Sealed;
 use crate::kernel::store::{Entity, Key, keys};
@@ -78,6 +79,24 @@ pub enum PrivacyError {
     InvalidPurpose,
     #[error("the request is not open")]
     NotOpen,
+}
+
+impl HttpError for PrivacyError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            PrivacyError::ReasonMissing | PrivacyError::TextTooLong => {
+                HttpAnswer::bad_request("reason", self.to_string())
+            }
+            PrivacyError::ExtensionTooLong(_) | PrivacyError::ExtensionTooShort(_) => {
+                HttpAnswer::bad_request("months", self.to_string())
+            }
+            PrivacyError::InvalidPurpose => HttpAnswer::bad_request("purpose", self.to_string()),
+            PrivacyError::AlreadyExtended
+            | PrivacyError::PastDue
+            | PrivacyError::InvalidTransition { .. }
+            | PrivacyError::NotOpen => HttpAnswer::conflict(self.to_string()),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1198,5 +1217,32 @@ mod tests {
         assert!(validate_purpose("Marketing").is_err());
         assert!(validate_purpose("a#b").is_err());
         assert!(validate_purpose("").is_err());
+    }
+
+    #[test]
+    fn every_privacy_error_has_its_http_answer() {
+        use crate::kernel::http::table::{row, shown};
+
+        for (err, field) in [
+            (PrivacyError::ReasonMissing, "reason"),
+            (PrivacyError::TextTooLong, "reason"),
+            (PrivacyError::ExtensionTooLong("2 months"), "months"),
+            (PrivacyError::ExtensionTooShort("month"), "months"),
+            (PrivacyError::InvalidPurpose, "purpose"),
+        ] {
+            let want = shown(400, "invalid-request", Some(field));
+            assert_eq!(row(&err), want, "{err}");
+        }
+        for err in [
+            PrivacyError::AlreadyExtended,
+            PrivacyError::PastDue,
+            PrivacyError::InvalidTransition {
+                from: Status::Complete,
+                to: Status::Pending,
+            },
+            PrivacyError::NotOpen,
+        ] {
+            assert_eq!(row(&err), shown(409, "conflict", None), "{err}");
+        }
     }
 }

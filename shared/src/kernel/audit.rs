@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::kernel::aws::error_text;
 use crate::kernel::clock::SharedClock;
+use crate::kernel::http::{HttpAnswer, HttpError};
 use crate::kernel::tenant::TenantId;
 
 /// `prev_hash` of a tenant's first entry.
@@ -171,6 +172,12 @@ pub enum AuditError {
     Contention(u32),
     #[error("DynamoDB call failed: {0}")]
     Dynamo(String),
+}
+
+impl HttpError for AuditError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        HttpAnswer::internal_logged("audit error", self)
+    }
 }
 
 /// Why a chain failed verification, with the first sequence number at fault.
@@ -383,4 +390,22 @@ pub fn verify_chain(tenant: &TenantId, entries: &[Entry]) -> Result<Verified, Ch
         entries: entries.len() as u64,
         head_hash: prev_hash,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::http::table::{internal, row};
+
+    #[test]
+    fn every_audit_error_is_a_bare_500() {
+        for err in [
+            AuditError::Encode("e".into()),
+            AuditError::Decode("d".into()),
+            AuditError::Contention(5),
+            AuditError::Dynamo("ResourceNotFoundException: table custody-audit-x".into()),
+        ] {
+            assert_eq!(row(&err), internal(), "{err}");
+        }
+    }
 }

@@ -20,6 +20,7 @@ use super::{
     store_connection,
 };
 use crate::kernel::audit::Event;
+use crate::kernel::http::{HttpAnswer, HttpError};
 use crate::kernel::retention::RetentionClass;
 use crate::kernel::seal::{Purpose, SealContext, Sealed};
 use crate::kernel::store::{Entity, Key, keys};
@@ -95,6 +96,17 @@ pub enum StartError {
     ReturnUrlInvalid,
     #[error(transparent)]
     Oauth(#[from] OauthError),
+}
+
+impl HttpError for StartError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            StartError::ReturnUrlNotAllowed | StartError::ReturnUrlInvalid => {
+                HttpAnswer::bad_request("return_url", self.to_string())
+            }
+            StartError::Oauth(e) => e.answer(),
+        }
+    }
 }
 
 /// Starts a connection for `tenant` to `provider`.
@@ -389,4 +401,23 @@ async fn finish(
         .await
         .map_err(OauthError::from)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::http::table::{row, shown};
+
+    #[test]
+    fn every_start_error_has_its_http_answer() {
+        for err in [
+            StartError::ReturnUrlNotAllowed,
+            StartError::ReturnUrlInvalid,
+        ] {
+            let want = shown(400, "invalid-request", Some("return_url"));
+            assert_eq!(row(&err), want, "{err}");
+        }
+        let err = StartError::Oauth(OauthError::UnknownProvider);
+        assert_eq!(row(&err), row(&OauthError::UnknownProvider));
+    }
 }
