@@ -19,11 +19,12 @@ use super::{
     Connection, ConnectionStatus, OauthDeps, OauthError, ProviderKind, expiry, seal_context,
     store_connection,
 };
-use crate::audit::Event;
-use crate::retention::RetentionClass;
-use crate::seal::{Purpose, SealContext, Sealed};
-use crate::store::{Entity, Key, keys};
-use crate::tenant::TenantId;
+use crate::kernel::audit::Event;
+use crate::kernel::http::{HttpAnswer, HttpError};
+use crate::kernel::retention::RetentionClass;
+use crate::kernel::seal::{Purpose, SealContext, Sealed};
+use crate::kernel::store::{Entity, Key, keys};
+use crate::kernel::tenant::TenantId;
 
 /// Name of the cookie that binds a flow to the browser that started it.
 pub const BINDING_COOKIE: &str = "__Host-custody-oauth";
@@ -95,6 +96,17 @@ pub enum StartError {
     ReturnUrlInvalid,
     #[error(transparent)]
     Oauth(#[from] OauthError),
+}
+
+impl HttpError for StartError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            StartError::ReturnUrlNotAllowed | StartError::ReturnUrlInvalid => {
+                HttpAnswer::bad_request("return_url", self.to_string())
+            }
+            StartError::Oauth(e) => e.answer(),
+        }
+    }
 }
 
 /// Starts a connection for `tenant` to `provider`.
@@ -382,11 +394,30 @@ async fn finish(
             Event::new(
                 state.actor.clone(),
                 "connection.created",
-                crate::store::keys::connection(&provider.name),
+                crate::kernel::store::keys::connection(&provider.name),
             )
             .detail("scopes", connection.scopes.join(" ")),
         )
         .await
         .map_err(OauthError::from)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::http::table::{row, shown};
+
+    #[test]
+    fn every_start_error_has_its_http_answer() {
+        for err in [
+            StartError::ReturnUrlNotAllowed,
+            StartError::ReturnUrlInvalid,
+        ] {
+            let want = shown(400, "invalid-request", Some("return_url"));
+            assert_eq!(row(&err), want, "{err}");
+        }
+        let err = StartError::Oauth(OauthError::UnknownProvider);
+        assert_eq!(row(&err), row(&OauthError::UnknownProvider));
+    }
 }

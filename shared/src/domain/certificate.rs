@@ -23,8 +23,9 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
 use serde::{Deserialize, Serialize};
 
-use crate::aws::error_text;
-use crate::privacy::AuditRef;
+use crate::kernel::audit::AuditRef;
+use crate::kernel::aws::error_text;
+use crate::kernel::http::{HttpAnswer, HttpError};
 
 /// KMS `Sign` limit for `RAW` messages.
 pub const MAX_DOCUMENT_BYTES: usize = 4096;
@@ -48,6 +49,12 @@ pub enum CertificateError {
     BadSignature,
     #[error("signature does not match the document")]
     Invalid,
+}
+
+impl HttpError for CertificateError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        HttpAnswer::internal_logged("certificate error", self)
+    }
 }
 
 /// What was erased.
@@ -244,4 +251,25 @@ pub fn verify(
     key.verify(signed.document.as_bytes(), &signature)
         .map_err(|_| CertificateError::Invalid)?;
     signed.certificate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::http::table::{internal, row};
+
+    #[test]
+    fn every_certificate_error_is_a_bare_500() {
+        for err in [
+            CertificateError::TooLarge(5000),
+            CertificateError::Encode("e".into()),
+            CertificateError::Kms("KMSInvalidStateException".into()),
+            CertificateError::Missing("signature"),
+            CertificateError::BadPublicKey,
+            CertificateError::BadSignature,
+            CertificateError::Invalid,
+        ] {
+            assert_eq!(row(&err), internal(), "{err}");
+        }
+    }
 }

@@ -22,7 +22,8 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::tenant::TenantId;
+use crate::kernel::http::{HttpAnswer, HttpError, LogLevel};
+use crate::kernel::tenant::TenantId;
 
 /// Base of every problem `type` URI: `https://custody.dev/problems/<slug>`.
 pub const PROBLEM_TYPE_BASE: &str = "https://custody.dev/problems/";
@@ -219,6 +220,24 @@ impl Problem {
         }
     }
 
+    /// The problem an error's [`HttpAnswer`] describes. Its cause, if it has one to
+    /// log, is logged here, where the response is made.
+    pub fn from_answer(answer: HttpAnswer<'_>) -> Self {
+        if let Some(log) = &answer.log {
+            match log.level {
+                LogLevel::Warn => tracing::warn!(error = %log.cause, "{}", log.message),
+                LogLevel::Error => tracing::error!(error = %log.cause, "{}", log.message),
+            }
+        }
+        Self {
+            type_uri: format!("{PROBLEM_TYPE_BASE}{}", answer.kind.slug),
+            title: answer.kind.title.to_owned(),
+            status: answer.status,
+            detail: answer.detail.into_owned(),
+            field: answer.field.map(Cow::into_owned),
+        }
+    }
+
     /// Names the offending input.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
@@ -227,69 +246,42 @@ impl Problem {
 
     /// 400: the input at `field` is invalid.
     pub fn bad_request(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            "Invalid request",
-            detail,
-        )
-        .with_field(field)
+        Self::from_answer(HttpAnswer::bad_request(field.into(), detail.into()))
     }
 
     /// 401: no usable credentials.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            detail,
-        )
+        Self::from_answer(HttpAnswer::unauthorized(detail.into()))
     }
 
     /// 403: authenticated, but the role does not allow this.
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+        Self::from_answer(HttpAnswer::forbidden(detail.into()))
     }
 
     /// 404. Also what another tenant's resources look like (see [`ensure_owned`]).
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", "not found")
+        Self::from_answer(HttpAnswer::not_found())
     }
 
     /// 409: the request conflicts with the resource's current state.
     pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+        Self::from_answer(HttpAnswer::conflict(detail.into()))
     }
 
     /// 413: the body is larger than `limit` bytes.
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            "Payload too large",
-            format!("request body is larger than the limit of {limit} bytes"),
-        )
-        .with_field("body")
+        Self::from_answer(HttpAnswer::payload_too_large(limit))
     }
 
     /// 415: the body is not JSON.
     pub fn unsupported_media_type() -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-            "request body must be JSON (content-type application/json)",
-        )
+        Self::from_answer(HttpAnswer::unsupported_media_type())
     }
 
     /// 500 with a generic detail. Log the cause where it happens; never put it here.
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal server error",
-            "the request could not be completed because of an internal error",
-        )
+        Self::from_answer(HttpAnswer::internal())
     }
 
     /// The problem as an HTTP response: `application/problem+json`, `no-store`, and
@@ -548,222 +540,12 @@ fn skip_backticked(s: &str) -> Option<&str> {
 }
 
 // ---------------------------------------------------------------------------------
-// The one place where the errors of the other modules become HTTP statuses. Caller
-// mistakes are 4xx naming the problem; our own faults are a bare 500, logged here
-// with their cause (which never contains a secret: those types redact themselves).
+// Errors of the other modules: each states its answer beside its definition
+// (`kernel::http::HttpError`), so this module needs none of them.
 
-impl From<crate::store::StoreError> for Problem {
-    fn from(err: crate::store::StoreError) -> Self {
-        use crate::store::StoreError;
-        match err {
-            StoreError::InvalidCursor => Problem::bad_request("cursor", err.to_string()),
-            StoreError::AlreadyExists | StoreError::ConditionFailed => {
-                Problem::conflict(err.to_string())
-            }
-            StoreError::Decode { .. } | StoreError::Encode(_) | StoreError::Dynamo(_) => {
-                tracing::error!(error = %err, "store error");
-                Problem::internal()
-            }
-        }
-    }
-}
-
-impl From<crate::seal::SealError> for Problem {
-    fn from(err: crate::seal::SealError) -> Self {
-        use crate::seal::SealError;
-        match err {
-            SealError::TooLarge(_) | SealError::Empty => {
-                Problem::bad_request("secret", err.to_string())
-            }
-            SealError::Rejected | SealError::NotText | SealError::Kms(_) => {
-                tracing::error!(error = %err, "seal error");
-                Problem::internal()
-            }
-        }
-    }
-}
-
-impl From<crate::audit::AuditError> for Problem {
-    fn from(err: crate::audit::AuditError) -> Self {
-        tracing::error!(error = %err, "audit error");
-        Problem::internal()
-    }
-}
-
-impl From<crate::idempotency::IdempotencyError> for Problem {
-    fn from(err: crate::idempotency::IdempotencyError) -> Self {
-        use crate::idempotency::IdempotencyError;
-        match err {
-            IdempotencyError::PayloadMismatch => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency key reused",
-                err.to_string(),
-            )
-            .with_field("idempotency-key"),
-            IdempotencyError::InProgress => Problem::conflict(err.to_string()),
-            IdempotencyError::Result(_) | IdempotencyError::Store(_) => {
-                tracing::error!(error = %err, "idempotency error");
-                Problem::internal()
-            }
-        }
-    }
-}
-
-impl From<crate::schedule::ScheduleError> for Problem {
-    fn from(err: crate::schedule::ScheduleError) -> Self {
-        // Expressions and time zones are validated before they reach Scheduler, so a
-        // refusal here is ours (or the service's), never the caller's.
-        tracing::error!(error = %err, "schedule error");
-        Problem::internal()
-    }
-}
-
-impl From<crate::oauth::OauthError> for Problem {
-    fn from(err: crate::oauth::OauthError) -> Self {
-        use crate::oauth::OauthError;
-        match err {
-            OauthError::UnknownProvider => Problem::new(
-                StatusCode::NOT_FOUND,
-                "unknown-provider",
-                "Unknown provider",
-                "no OAuth provider of this name is configured",
-            )
-            .with_field("provider"),
-            OauthError::NotConnected(_) => Problem::new(
-                StatusCode::NOT_FOUND,
-                "not-connected",
-                "Not connected",
-                err.to_string(),
-            ),
-            OauthError::NeedsReconsent(_) => Problem::new(
-                StatusCode::CONFLICT,
-                "needs-reconsent",
-                "Connection needs re-authorization",
-                err.to_string(),
-            ),
-            // The provider's fault, not the caller's nor ours.
-            OauthError::InvalidGrant(_) | OauthError::Provider { .. } => {
-                tracing::warn!(error = %err, "OAuth provider error");
-                Problem::new(
-                    StatusCode::BAD_GATEWAY,
-                    "provider-error",
-                    "Provider error",
-                    "the OAuth provider refused or failed the request",
-                )
-            }
-            OauthError::RefreshBusy(_) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "refresh-in-progress",
-                "Try again",
-                err.to_string(),
-            ),
-            OauthError::Seal(e) => e.into(),
-            OauthError::Store(e) => e.into(),
-            OauthError::Audit(e) => e.into(),
-            OauthError::Config(_) | OauthError::Schedule(_) => {
-                tracing::error!(error = %err, "oauth error");
-                Problem::internal()
-            }
-        }
-    }
-}
-
-impl From<crate::oauth::flow::StartError> for Problem {
-    fn from(err: crate::oauth::flow::StartError) -> Self {
-        use crate::oauth::flow::StartError;
-        match err {
-            StartError::ReturnUrlNotAllowed | StartError::ReturnUrlInvalid => {
-                Problem::bad_request("return_url", err.to_string())
-            }
-            StartError::Oauth(e) => e.into(),
-        }
-    }
-}
-
-impl From<crate::oauth::webhook::WebhookError> for Problem {
-    fn from(err: crate::oauth::webhook::WebhookError) -> Self {
-        use crate::oauth::webhook::WebhookError;
-        match err {
-            WebhookError::BadSignature => Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "bad-signature",
-                "Bad signature",
-                err.to_string(),
-            ),
-            WebhookError::TooLarge => {
-                Problem::payload_too_large(crate::oauth::webhook::MAX_BODY_BYTES)
-            }
-            WebhookError::Malformed(field) => Problem::bad_request(field, err.to_string()),
-            WebhookError::Stale => Problem::bad_request("timestamp", err.to_string()),
-            WebhookError::ReplayedId => Problem::conflict(err.to_string()).with_field("webhookId"),
-            WebhookError::Oauth(e) => e.into(),
-            WebhookError::Config(_) => {
-                tracing::error!(error = %err, "webhook configuration error");
-                Problem::internal()
-            }
-        }
-    }
-}
-
-impl From<crate::imports::ImportError> for Problem {
-    fn from(err: crate::imports::ImportError) -> Self {
-        use crate::imports::ImportError;
-        match err {
-            ImportError::NotFound => Problem::not_found(),
-            ImportError::State(_) | ImportError::Contended => Problem::conflict(err.to_string()),
-            ImportError::Store(e) => e.into(),
-            ImportError::S3(_) => {
-                tracing::error!(error = %err, "import storage error");
-                Problem::internal()
-            }
-        }
-    }
-}
-
-impl From<crate::webhook::WebhookError> for Problem {
-    fn from(err: crate::webhook::WebhookError) -> Self {
-        use crate::webhook::WebhookError;
-        match err {
-            WebhookError::InvalidUrl(_) => Problem::bad_request("destination.url", err.to_string()),
-            WebhookError::WeakSecret => Problem::bad_request("destination.secret", err.to_string()),
-            // The customer's receiver failed: neither the caller's request nor our fault.
-            WebhookError::Refused { .. } | WebhookError::Exhausted { .. } => {
-                tracing::warn!(error = %err, "destination webhook failed");
-                Problem::new(
-                    StatusCode::BAD_GATEWAY,
-                    "destination-failed",
-                    "Destination failed",
-                    err.to_string(),
-                )
-            }
-        }
-    }
-}
-
-impl From<crate::privacy::PrivacyError> for Problem {
-    fn from(err: crate::privacy::PrivacyError) -> Self {
-        use crate::privacy::PrivacyError;
-        match err {
-            PrivacyError::ReasonMissing | PrivacyError::TextTooLong => {
-                Problem::bad_request("reason", err.to_string())
-            }
-            PrivacyError::ExtensionTooLong(_) | PrivacyError::ExtensionTooShort(_) => {
-                Problem::bad_request("months", err.to_string())
-            }
-            PrivacyError::InvalidPurpose => Problem::bad_request("purpose", err.to_string()),
-            PrivacyError::AlreadyExtended
-            | PrivacyError::PastDue
-            | PrivacyError::InvalidTransition { .. }
-            | PrivacyError::NotOpen => Problem::conflict(err.to_string()),
-        }
-    }
-}
-
-impl From<crate::certificate::CertificateError> for Problem {
-    fn from(err: crate::certificate::CertificateError) -> Self {
-        tracing::error!(error = %err, "certificate error");
-        Problem::internal()
+impl<E: HttpError> From<E> for Problem {
+    fn from(err: E) -> Self {
+        Problem::from_answer(err.answer())
     }
 }
 
@@ -772,8 +554,9 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    const JWT_EVENT: &str = include_str!("../tests/fixtures/apigw/http_api_jwt.json");
-    const NO_AUTH_EVENT: &str = include_str!("../tests/fixtures/apigw/http_api_no_authorizer.json");
+    const JWT_EVENT: &str = include_str!("../../tests/fixtures/apigw/http_api_jwt.json");
+    const NO_AUTH_EVENT: &str =
+        include_str!("../../tests/fixtures/apigw/http_api_no_authorizer.json");
     const FAKE_TOKEN_PART: &str = "FAKE-SIGNATURE-NOT-A-REAL-TOKEN";
 
     fn event() -> Value {
@@ -1208,7 +991,7 @@ mod tests {
 #[cfg(test)]
 mod error_mapping_tests {
     use super::*;
-    use crate::store::StoreError;
+    use crate::kernel::store::StoreError;
 
     #[test]
     fn caller_mistakes_are_4xx_and_our_faults_are_bare_500s() {
@@ -1228,7 +1011,29 @@ mod error_mapping_tests {
             !internal.detail.contains("custody-x"),
             "no internals in the response"
         );
-        let rejected = Problem::from(crate::seal::SealError::Rejected);
+        let rejected = Problem::from(crate::kernel::seal::SealError::Rejected);
         assert_eq!(rejected.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn an_errors_answer_becomes_the_problem_unchanged() {
+        use crate::kernel::idempotency::IdempotencyError;
+
+        let problem = Problem::from(IdempotencyError::PayloadMismatch);
+        assert_eq!(
+            serde_json::to_value(&problem).unwrap(),
+            serde_json::json!({
+                "type": "https://custody.dev/problems/idempotency-key-reused",
+                "title": "Idempotency key reused",
+                "status": 422,
+                "detail": "the same idempotency key was used with a different payload",
+                "field": "idempotency-key",
+            })
+        );
+        // The generic constructors are the kernel's answers too.
+        assert_eq!(
+            Problem::from(StoreError::Encode("x".into())),
+            Problem::internal()
+        );
     }
 }

@@ -28,14 +28,16 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
+use http::StatusCode;
 use rand::Rng as _;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditError, AuditLog, Event};
-use crate::seal::{Purpose, SealContext, SealError, Sealed, Sealer};
-use crate::store::{Condition, Entity, Key, Store, StoreError, keys};
-use crate::tenant::TenantId;
+use crate::kernel::audit::{AuditError, AuditLog, Event};
+use crate::kernel::http::{HttpAnswer, HttpError, LogLevel, ProblemKind};
+use crate::kernel::seal::{Purpose, SealContext, SealError, Sealed, Sealer};
+use crate::kernel::store::{Condition, Entity, Key, Store, StoreError, keys};
+use crate::kernel::tenant::TenantId;
 
 pub use provider::{
     ClientSecrets, OauthConfig, Provider, ProviderConfig, ProviderConfigError, ProviderKind,
@@ -100,7 +102,48 @@ pub enum OauthError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
-    Schedule(#[from] crate::schedule::ScheduleError),
+    Schedule(#[from] crate::domain::schedule::ScheduleError),
+}
+
+impl HttpError for OauthError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            OauthError::UnknownProvider => HttpAnswer::new(
+                StatusCode::NOT_FOUND,
+                ProblemKind::new("unknown-provider", "Unknown provider"),
+                "no OAuth provider of this name is configured",
+            )
+            .with_field("provider"),
+            OauthError::NotConnected(_) => HttpAnswer::new(
+                StatusCode::NOT_FOUND,
+                ProblemKind::new("not-connected", "Not connected"),
+                self.to_string(),
+            ),
+            OauthError::NeedsReconsent(_) => HttpAnswer::new(
+                StatusCode::CONFLICT,
+                ProblemKind::new("needs-reconsent", "Connection needs re-authorization"),
+                self.to_string(),
+            ),
+            // The provider's fault, not the caller's nor ours.
+            OauthError::InvalidGrant(_) | OauthError::Provider { .. } => HttpAnswer::new(
+                StatusCode::BAD_GATEWAY,
+                ProblemKind::new("provider-error", "Provider error"),
+                "the OAuth provider refused or failed the request",
+            )
+            .logged(LogLevel::Warn, "OAuth provider error", self),
+            OauthError::RefreshBusy(_) => HttpAnswer::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ProblemKind::new("refresh-in-progress", "Try again"),
+                self.to_string(),
+            ),
+            OauthError::Seal(e) => e.answer(),
+            OauthError::Store(e) => e.answer(),
+            OauthError::Audit(e) => e.answer(),
+            OauthError::Config(_) | OauthError::Schedule(_) => {
+                HttpAnswer::internal_logged("oauth error", self)
+            }
+        }
+    }
 }
 
 /// Everything the OAuth code needs, built once per cold start.
@@ -379,7 +422,7 @@ async fn refresh(deps: &OauthDeps, leased: Connection) -> Result<AccessToken, Oa
                         "connection.needs_reconsent",
                         keys::connection(&provider_name),
                     )
-                    .outcome(crate::audit::Outcome::Failure)
+                    .outcome(crate::kernel::audit::Outcome::Failure)
                     .detail("reason", "invalid_grant"),
                 )
                 .await?;
@@ -496,7 +539,7 @@ pub struct Disconnected {
 /// Idempotent: disconnecting what is not connected still removes the schedule.
 pub async fn disconnect(
     deps: &OauthDeps,
-    schedules: &crate::schedule::ExportSchedules,
+    schedules: &crate::domain::schedule::ExportSchedules,
     tenant: &TenantId,
     provider: &str,
     actor: &str,
@@ -613,6 +656,65 @@ pub(crate) async fn delete_if_account(
         {
             Ok(None)
         }
-        Err(err) => Err(StoreError::Dynamo(crate::aws::error_text(&err)).into()),
+        Err(err) => Err(StoreError::Dynamo(crate::kernel::aws::error_text(&err)).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::http::LogLevel;
+    use crate::kernel::http::table::{Detail, internal, row, shown};
+
+    #[test]
+    fn every_oauth_error_has_its_http_answer() {
+        let unknown = (
+            404,
+            "unknown-provider",
+            Some("provider".to_owned()),
+            Detail::Fixed("no OAuth provider of this name is configured".into()),
+            None,
+        );
+        assert_eq!(row(&OauthError::UnknownProvider), unknown);
+        let not_connected = shown(404, "not-connected", None);
+        assert_eq!(row(&OauthError::NotConnected("crm".into())), not_connected);
+        let reconsent = shown(409, "needs-reconsent", None);
+        assert_eq!(row(&OauthError::NeedsReconsent("crm".into())), reconsent);
+        let busy = shown(503, "refresh-in-progress", None);
+        assert_eq!(row(&OauthError::RefreshBusy("crm".into())), busy);
+
+        // The provider's fault: a 502 that does not repeat what the provider said.
+        let provider = (
+            502,
+            "provider-error",
+            None,
+            Detail::Fixed("the OAuth provider refused or failed the request".into()),
+            Some(LogLevel::Warn),
+        );
+        for err in [
+            OauthError::InvalidGrant("crm".into()),
+            OauthError::Provider {
+                provider: "crm".into(),
+                reason: "HTTP 500 from token endpoint".into(),
+            },
+        ] {
+            assert_eq!(row(&err), provider, "{err}");
+        }
+
+        // Wrapped errors answer as themselves.
+        let secret = shown(400, "invalid-request", Some("secret"));
+        assert_eq!(row(&OauthError::Seal(SealError::Empty)), secret);
+        let cursor = shown(400, "invalid-request", Some("cursor"));
+        assert_eq!(row(&OauthError::Store(StoreError::InvalidCursor)), cursor);
+        for err in [
+            OauthError::Audit(AuditError::Contention(5)),
+            OauthError::Seal(SealError::Rejected),
+            OauthError::Config("CUSTODY_OAUTH_PROVIDERS is not JSON".into()),
+            OauthError::Schedule(crate::domain::schedule::ScheduleError::Scheduler(
+                "ValidationException".into(),
+            )),
+        ] {
+            assert_eq!(row(&err), internal(), "{err}");
+        }
     }
 }

@@ -7,8 +7,9 @@
 
 use aws_sdk_scheduler::types::{FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target};
 
-use crate::aws::error_text;
-use crate::tenant::TenantId;
+use crate::kernel::aws::error_text;
+use crate::kernel::http::{HttpAnswer, HttpError};
+use crate::kernel::tenant::TenantId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -16,6 +17,14 @@ pub enum ScheduleError {
     Invalid(String),
     #[error("EventBridge Scheduler call failed: {0}")]
     Scheduler(String),
+}
+
+impl HttpError for ScheduleError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        // Expressions and time zones are validated before they reach Scheduler, so a
+        // refusal here is ours (or the service's), never the caller's.
+        HttpAnswer::internal_logged("schedule error", self)
+    }
 }
 
 /// What to run and when.
@@ -52,6 +61,18 @@ mod tests {
             ExportSchedules::name(&long_a),
             ExportSchedules::name(&long_b)
         );
+    }
+
+    #[test]
+    fn every_schedule_error_is_a_bare_500() {
+        use crate::kernel::http::table::{internal, row};
+
+        for err in [
+            ScheduleError::Invalid("bad expression".into()),
+            ScheduleError::Scheduler("ValidationException".into()),
+        ] {
+            assert_eq!(row(&err), internal(), "{err}");
+        }
     }
 }
 

@@ -12,10 +12,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::aws::error_text;
-use crate::clock::SharedClock;
-use crate::retention::TTL_ATTRIBUTE;
-use crate::tenant::TenantId;
+use crate::kernel::aws::error_text;
+use crate::kernel::clock::SharedClock;
+use crate::kernel::http::{HttpAnswer, HttpError};
+use crate::kernel::retention::TTL_ATTRIBUTE;
+use crate::kernel::tenant::TenantId;
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -27,7 +28,7 @@ pub const SUBJECT_SK: &str = "subject_sk";
 /// Key builders, so every key of a tenant starts with `T#<tenant>` (the IAM
 /// `dynamodb:LeadingKeys` condition and tenant isolation rely on it).
 pub mod keys {
-    use crate::tenant::TenantId;
+    use crate::kernel::tenant::TenantId;
 
     pub fn tenant(tenant: &TenantId) -> String {
         format!("T#{tenant}")
@@ -165,6 +166,20 @@ pub enum StoreError {
     Encode(String),
     #[error("DynamoDB call failed: {0}")]
     Dynamo(String),
+}
+
+impl HttpError for StoreError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            StoreError::InvalidCursor => HttpAnswer::bad_request("cursor", self.to_string()),
+            StoreError::AlreadyExists | StoreError::ConditionFailed => {
+                HttpAnswer::conflict(self.to_string())
+            }
+            StoreError::Decode { .. } | StoreError::Encode(_) | StoreError::Dynamo(_) => {
+                HttpAnswer::internal_logged("store error", self)
+            }
+        }
+    }
 }
 
 /// An extra condition for a write, in DynamoDB expression syntax.
@@ -607,5 +622,31 @@ mod tests {
         item.insert(TTL_ATTRIBUTE.into(), AttributeValue::N("100".into()));
         assert!(is_expired_at(&item, 100));
         assert!(!is_expired_at(&item, 99));
+    }
+
+    #[test]
+    fn every_store_error_has_its_http_answer() {
+        use crate::kernel::http::table::{internal, row, shown};
+
+        let cursor = shown(400, "invalid-request", Some("cursor"));
+        assert_eq!(row(&StoreError::InvalidCursor), cursor);
+        assert_eq!(
+            row(&StoreError::AlreadyExists),
+            shown(409, "conflict", None)
+        );
+        assert_eq!(
+            row(&StoreError::ConditionFailed),
+            shown(409, "conflict", None)
+        );
+        for err in [
+            StoreError::Decode {
+                kind: "connection",
+                reason: "missing field".into(),
+            },
+            StoreError::Encode("bad map".into()),
+            StoreError::Dynamo("ResourceNotFoundException: table custody-x".into()),
+        ] {
+            assert_eq!(row(&err), internal(), "{err}");
+        }
     }
 }

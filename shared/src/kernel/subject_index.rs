@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Entity, Key, keys};
-use crate::tenant::TenantId;
+use crate::kernel::store::{Entity, Key, keys};
+use crate::kernel::tenant::TenantId;
 
 /// Where the subject's data is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

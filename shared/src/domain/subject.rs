@@ -39,7 +39,7 @@ use secrecy::{ExposeSecret, SecretBox, SecretSlice};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::tenant::TenantId;
+use crate::kernel::tenant::TenantId;
 
 pub(crate) type HmacSha256 = Hmac<Sha256>;
 

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use url::Url;
 
-use crate::aws::error_text;
+use crate::kernel::aws::error_text;
 
 /// Suffix of WebDAV temporary names; readers of the archive ignore such files.
 pub const PARTIAL_SUFFIX: &str = ".partial";

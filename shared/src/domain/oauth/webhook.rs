@@ -12,16 +12,18 @@ use aws_lc_rs::signature::{ED25519, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256}
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
+use http::StatusCode;
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 use rustls_pki_types::pem::PemObject as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{AccountLink, OauthDeps, OauthError, delete_if_account};
-use crate::audit::Event;
-use crate::retention::RetentionClass;
-use crate::schedule::ExportSchedules;
-use crate::store::{Entity, Key, StoreError, keys};
+use crate::domain::schedule::ExportSchedules;
+use crate::kernel::audit::Event;
+use crate::kernel::http::{HttpAnswer, HttpError, ProblemKind};
+use crate::kernel::retention::RetentionClass;
+use crate::kernel::store::{Entity, Key, StoreError, keys};
 
 /// Environment variables of the webhook keys.
 pub mod vars {
@@ -55,6 +57,28 @@ pub enum WebhookError {
     ReplayedId,
     #[error(transparent)]
     Oauth(#[from] OauthError),
+}
+
+impl HttpError for WebhookError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            WebhookError::BadSignature => HttpAnswer::new(
+                StatusCode::UNAUTHORIZED,
+                ProblemKind::new("bad-signature", "Bad signature"),
+                self.to_string(),
+            ),
+            WebhookError::TooLarge => HttpAnswer::payload_too_large(MAX_BODY_BYTES),
+            WebhookError::Malformed(field) => HttpAnswer::bad_request(*field, self.to_string()),
+            WebhookError::Stale => HttpAnswer::bad_request("timestamp", self.to_string()),
+            WebhookError::ReplayedId => {
+                HttpAnswer::conflict(self.to_string()).with_field("webhookId")
+            }
+            WebhookError::Oauth(e) => e.answer(),
+            WebhookError::Config(_) => {
+                HttpAnswer::internal_logged("webhook configuration error", self)
+            }
+        }
+    }
 }
 
 /// The public keys webhooks are verified with.
@@ -358,5 +382,37 @@ async fn act(
             Ok(WebhookOutcome::Installed)
         }
         _ => Ok(WebhookOutcome::Ignored),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::http::table::{Detail, internal, row, shown};
+
+    #[test]
+    fn every_webhook_error_has_its_http_answer() {
+        let bad_signature = shown(401, "bad-signature", None);
+        assert_eq!(row(&WebhookError::BadSignature), bad_signature);
+        let too_large = (
+            413,
+            "payload-too-large",
+            Some("body".to_owned()),
+            Detail::Fixed(format!(
+                "request body is larger than the limit of {MAX_BODY_BYTES} bytes"
+            )),
+            None,
+        );
+        assert_eq!(row(&WebhookError::TooLarge), too_large);
+        let malformed = shown(400, "invalid-request", Some("locationId"));
+        assert_eq!(row(&WebhookError::Malformed("locationId")), malformed);
+        let stale = shown(400, "invalid-request", Some("timestamp"));
+        assert_eq!(row(&WebhookError::Stale), stale);
+        let replayed = shown(409, "conflict", Some("webhookId"));
+        assert_eq!(row(&WebhookError::ReplayedId), replayed);
+        let wrapped = WebhookError::Oauth(OauthError::NeedsReconsent("highlevel".into()));
+        assert_eq!(row(&wrapped), shown(409, "needs-reconsent", None));
+        let config = WebhookError::Config("key is not PEM".into());
+        assert_eq!(row(&config), internal());
     }
 }

@@ -13,8 +13,9 @@ use aws_sdk_kms::primitives::Blob;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::aws::error_text;
-use crate::tenant::TenantId;
+use crate::kernel::aws::error_text;
+use crate::kernel::http::{HttpAnswer, HttpError};
+use crate::kernel::tenant::TenantId;
 
 /// KMS `Encrypt` takes at most 4 KiB of plaintext.
 pub const MAX_PLAINTEXT_BYTES: usize = 4096;
@@ -132,6 +133,19 @@ pub enum SealError {
     Kms(String),
 }
 
+impl HttpError for SealError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            SealError::TooLarge(_) | SealError::Empty => {
+                HttpAnswer::bad_request("secret", self.to_string())
+            }
+            SealError::Rejected | SealError::NotText | SealError::Kms(_) => {
+                HttpAnswer::internal_logged("seal error", self)
+            }
+        }
+    }
+}
+
 /// Seals and opens secrets with one KMS key.
 #[derive(Clone, Debug)]
 pub struct Sealer {
@@ -238,5 +252,22 @@ mod tests {
         assert_eq!(ctx["custody:tenant"], "acme");
         assert_eq!(ctx["custody:purpose"], "oauth_access_token");
         assert_eq!(ctx["custody:record"], "CONN#highlevel");
+    }
+
+    #[test]
+    fn every_seal_error_has_its_http_answer() {
+        use crate::kernel::http::table::{internal, row, shown};
+
+        for err in [SealError::TooLarge(5000), SealError::Empty] {
+            let want = shown(400, "invalid-request", Some("secret"));
+            assert_eq!(row(&err), want, "{err}");
+        }
+        for err in [
+            SealError::Rejected,
+            SealError::NotText,
+            SealError::Kms("AccessDeniedException: key arn:aws:kms:x".into()),
+        ] {
+            assert_eq!(row(&err), internal(), "{err}");
+        }
     }
 }

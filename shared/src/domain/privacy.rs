@@ -31,11 +31,12 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::certificate::SignedCertificate;
-use crate::retention::RetentionClass;
-use crate::seal::Sealed;
-use crate::store::{Entity, Key, keys};
-use crate::tenant::TenantId;
+use crate::domain::certificate::SignedCertificate;
+use crate::kernel::http::{HttpAnswer, HttpError};
+use crate::kernel::retention::RetentionClass;
+use crate::kernel::seal::Sealed;
+use crate::kernel::store::{Entity, Key, keys};
+use crate::kernel::tenant::TenantId;
 
 /// The product's acknowledgement commitment.
 pub const PRODUCT_ACK_HOURS: i64 = 48;
@@ -80,6 +81,24 @@ pub enum PrivacyError {
     NotOpen,
 }
 
+impl HttpError for PrivacyError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            PrivacyError::ReasonMissing | PrivacyError::TextTooLong => {
+                HttpAnswer::bad_request("reason", self.to_string())
+            }
+            PrivacyError::ExtensionTooLong(_) | PrivacyError::ExtensionTooShort(_) => {
+                HttpAnswer::bad_request("months", self.to_string())
+            }
+            PrivacyError::InvalidPurpose => HttpAnswer::bad_request("purpose", self.to_string()),
+            PrivacyError::AlreadyExtended
+            | PrivacyError::PastDue
+            | PrivacyError::InvalidTransition { .. }
+            | PrivacyError::NotOpen => HttpAnswer::conflict(self.to_string()),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Regulations and deadlines
 // ---------------------------------------------------------------------------------
@@ -100,7 +119,9 @@ impl Regulation {
     }
 }
 
-pub use crate::zone::{TenantZone, UnknownTimeZone};
+pub use crate::kernel::zone::{TenantZone, UnknownTimeZone};
+// Requests and certificates both carry audit references; the type lives in the kernel.
+pub use crate::kernel::audit::AuditRef;
 
 /// `date` plus `months` calendar months, clamped to the end of a shorter month.
 pub fn add_months_clamped(date: NaiveDate, months: u32) -> NaiveDate {
@@ -382,24 +403,6 @@ impl Step {
                 Step::EraseItems,
                 Step::Certify,
             ],
-        }
-    }
-}
-
-/// A reference to an audit entry: enough to find it and to prove it unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRef {
-    pub seq: u64,
-    pub action: String,
-    pub hash: String,
-}
-
-impl From<&crate::audit::Entry> for AuditRef {
-    fn from(entry: &crate::audit::Entry) -> Self {
-        Self {
-            seq: entry.seq,
-            action: entry.action.clone(),
-            hash: entry.hash.clone(),
         }
     }
 }
@@ -1214,5 +1217,32 @@ mod tests {
         assert!(validate_purpose("Marketing").is_err());
         assert!(validate_purpose("a#b").is_err());
         assert!(validate_purpose("").is_err());
+    }
+
+    #[test]
+    fn every_privacy_error_has_its_http_answer() {
+        use crate::kernel::http::table::{row, shown};
+
+        for (err, field) in [
+            (PrivacyError::ReasonMissing, "reason"),
+            (PrivacyError::TextTooLong, "reason"),
+            (PrivacyError::ExtensionTooLong("2 months"), "months"),
+            (PrivacyError::ExtensionTooShort("month"), "months"),
+            (PrivacyError::InvalidPurpose, "purpose"),
+        ] {
+            let want = shown(400, "invalid-request", Some(field));
+            assert_eq!(row(&err), want, "{err}");
+        }
+        for err in [
+            PrivacyError::AlreadyExtended,
+            PrivacyError::PastDue,
+            PrivacyError::InvalidTransition {
+                from: Status::Complete,
+                to: Status::Pending,
+            },
+            PrivacyError::NotOpen,
+        ] {
+            assert_eq!(row(&err), shown(409, "conflict", None), "{err}");
+        }
     }
 }

@@ -13,7 +13,7 @@
 //!   - a rows import stores each posted batch's valid rows as one JSON Lines object,
 //!     one JSON object per line: `rows/<seq>.jsonl` (`seq` 1-based, 8 digits).
 //!
-//!   Every object carries the tag [`crate::retention::S3_TAG_KEY`] = class name, so
+//!   Every object carries the tag [`crate::kernel::retention::S3_TAG_KEY`] = class name, so
 //!   the bucket's lifecycle rule of that class deletes it (all versions).
 //! - One [`SubjectRef`] per (subject, object) in the `by_subject` index: `source`
 //!   `ImportObject`, `source_id` = `<import>/<object name>` (e.g.
@@ -47,13 +47,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::aws::error_text;
-use crate::retention::{RetentionClass, S3_TAG_KEY};
-use crate::seal::Sealed;
-use crate::store::{Condition, Entity, Key, Page, PageRequest, Store, StoreError, keys};
-use crate::subject::{Identifier, IdentifierKind, Pseudonym, PseudonymKey};
-use crate::subject_index::{Source, SubjectRef};
-use crate::tenant::TenantId;
+use crate::domain::subject::{Identifier, IdentifierKind, Pseudonym, PseudonymKey};
+use crate::kernel::aws::error_text;
+use crate::kernel::http::{HttpAnswer, HttpError};
+use crate::kernel::retention::{RetentionClass, S3_TAG_KEY};
+use crate::kernel::seal::Sealed;
+use crate::kernel::store::{Condition, Entity, Key, Page, PageRequest, Store, StoreError, keys};
+use crate::kernel::subject_index::{Source, SubjectRef};
+use crate::kernel::tenant::TenantId;
 
 /// Longest CSV record or JSON line, in bytes.
 pub const MAX_ROW_BYTES: usize = 64 * 1024;
@@ -1037,6 +1038,19 @@ pub enum ImportError {
     S3(String),
 }
 
+impl HttpError for ImportError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            ImportError::NotFound => HttpAnswer::not_found(),
+            ImportError::State(_) | ImportError::Contended => {
+                HttpAnswer::conflict(self.to_string())
+            }
+            ImportError::Store(e) => e.answer(),
+            ImportError::S3(_) => HttpAnswer::internal_logged("import storage error", self),
+        }
+    }
+}
+
 /// What deleting an import's data removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purged {
@@ -1216,7 +1230,7 @@ impl Imports {
             expires_at,
         };
         let condition = Condition::new("attribute_not_exists(pk) OR #exp < :exp")
-            .name("#exp", crate::retention::TTL_ATTRIBUTE)
+            .name("#exp", crate::kernel::retention::TTL_ATTRIBUTE)
             .value(":exp", AttributeValue::N(expires_at.to_string()));
         match self.store.put_if(&marker, condition).await {
             Ok(()) | Err(StoreError::ConditionFailed) => Ok(()),
@@ -1755,5 +1769,29 @@ mod tests {
         assert_eq!(subject_kind("Phone Number"), Some(IdentifierKind::Phone));
         assert_eq!(subject_kind("contactId"), Some(IdentifierKind::ContactId));
         assert_eq!(subject_kind("name"), None);
+    }
+
+    #[test]
+    fn every_import_error_has_its_http_answer() {
+        use crate::kernel::http::table::{Detail, internal, row, shown};
+
+        let not_found = (
+            404,
+            "not-found",
+            None,
+            Detail::Fixed("not found".into()),
+            None,
+        );
+        assert_eq!(row(&ImportError::NotFound), not_found);
+        for err in [
+            ImportError::State(Status::Delivered),
+            ImportError::Contended,
+        ] {
+            assert_eq!(row(&err), shown(409, "conflict", None), "{err}");
+        }
+        let cursor = shown(400, "invalid-request", Some("cursor"));
+        assert_eq!(row(&ImportError::Store(StoreError::InvalidCursor)), cursor);
+        let s3 = ImportError::S3("NoSuchBucket: custody-imports-x".into());
+        assert_eq!(row(&s3), internal());
     }
 }

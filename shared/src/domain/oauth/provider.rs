@@ -370,7 +370,7 @@ impl ClientSecrets {
                     .map_err(|e| {
                         OauthError::Config(format!(
                             "client secrets: {}",
-                            crate::aws::error_text(&e)
+                            crate::kernel::aws::error_text(&e)
                         ))
                     })?;
                 let text = out.secret_string.unwrap_or_default();

@@ -17,9 +17,10 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::aws::error_text;
-use crate::clock::SharedClock;
-use crate::tenant::TenantId;
+use crate::kernel::aws::error_text;
+use crate::kernel::clock::SharedClock;
+use crate::kernel::http::{HttpAnswer, HttpError};
+use crate::kernel::tenant::TenantId;
 
 /// `prev_hash` of a tenant's first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -140,6 +141,27 @@ impl Entry {
     }
 }
 
+/// A reference to an audit entry: enough to find it and to prove it unchanged.
+///
+/// Here, beside [`Entry`], because both privacy requests and certificates of deletion
+/// carry it (`custody::privacy::AuditRef` re-exports it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRef {
+    pub seq: u64,
+    pub action: String,
+    pub hash: String,
+}
+
+impl From<&Entry> for AuditRef {
+    fn from(entry: &Entry) -> Self {
+        Self {
+            seq: entry.seq,
+            action: entry.action.clone(),
+            hash: entry.hash.clone(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit entry could not be encoded: {0}")]
@@ -150,6 +172,12 @@ pub enum AuditError {
     Contention(u32),
     #[error("DynamoDB call failed: {0}")]
     Dynamo(String),
+}
+
+impl HttpError for AuditError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        HttpAnswer::internal_logged("audit error", self)
+    }
 }
 
 /// Why a chain failed verification, with the first sequence number at fault.
@@ -362,4 +390,22 @@ pub fn verify_chain(tenant: &TenantId, entries: &[Entry]) -> Result<Verified, Ch
         entries: entries.len() as u64,
         head_hash: prev_hash,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::http::table::{internal, row};
+
+    #[test]
+    fn every_audit_error_is_a_bare_500() {
+        for err in [
+            AuditError::Encode("e".into()),
+            AuditError::Decode("d".into()),
+            AuditError::Contention(5),
+            AuditError::Dynamo("ResourceNotFoundException: table custody-audit-x".into()),
+        ] {
+            assert_eq!(row(&err), internal(), "{err}");
+        }
+    }
 }

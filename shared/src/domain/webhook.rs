@@ -28,12 +28,14 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use hmac::Mac;
+use http::StatusCode;
 use rand::Rng as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::subject::{HmacSha256, new_hmac};
+use crate::domain::subject::{HmacSha256, new_hmac};
+use crate::kernel::http::{HttpAnswer, HttpError, LogLevel, ProblemKind};
 
 pub const TIMESTAMP_HEADER: &str = "custody-timestamp";
 pub const SIGNATURE_HEADER: &str = "custody-signature";
@@ -89,6 +91,26 @@ pub enum WebhookError {
     /// a transport error kind, never a body).
     #[error("destination did not accept the batch after {attempts} attempts (last: {last})")]
     Exhausted { attempts: u32, last: String },
+}
+
+impl HttpError for WebhookError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            WebhookError::InvalidUrl(_) => {
+                HttpAnswer::bad_request("destination.url", self.to_string())
+            }
+            WebhookError::WeakSecret => {
+                HttpAnswer::bad_request("destination.secret", self.to_string())
+            }
+            // The customer's receiver failed: neither the caller's request nor our fault.
+            WebhookError::Refused { .. } | WebhookError::Exhausted { .. } => HttpAnswer::new(
+                StatusCode::BAD_GATEWAY,
+                ProblemKind::new("destination-failed", "Destination failed"),
+                self.to_string(),
+            )
+            .logged(LogLevel::Warn, "destination webhook failed", self),
+        }
+    }
 }
 
 /// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
@@ -427,6 +449,34 @@ mod tests {
         assert_eq!(policy.ceiling(40), Duration::from_millis(350));
         for retry in 1..6 {
             assert!(policy.backoff(retry) <= policy.ceiling(retry));
+        }
+    }
+
+    #[test]
+    fn every_webhook_error_has_its_http_answer() {
+        use crate::kernel::http::LogLevel;
+        use crate::kernel::http::table::{Detail, row, shown};
+
+        let url = shown(400, "invalid-request", Some("destination.url"));
+        assert_eq!(row(&WebhookError::InvalidUrl("must be https")), url);
+        let secret = shown(400, "invalid-request", Some("destination.secret"));
+        assert_eq!(row(&WebhookError::WeakSecret), secret);
+        // The customer's receiver failed: a 502 that says how, logged as a warning.
+        let failed = (
+            502,
+            "destination-failed",
+            None,
+            Detail::Message,
+            Some(LogLevel::Warn),
+        );
+        for err in [
+            WebhookError::Refused { status: 404 },
+            WebhookError::Exhausted {
+                attempts: 3,
+                last: "HTTP 503".into(),
+            },
+        ] {
+            assert_eq!(row(&err), failed, "{err}");
         }
     }
 }

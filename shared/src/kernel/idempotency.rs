@@ -17,13 +17,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::retention::{RetentionClass, TTL_ATTRIBUTE};
-use crate::store::{Condition, Entity, Key, Store, StoreError, keys};
-use crate::tenant::TenantId;
+use crate::kernel::http::{HttpAnswer, HttpError, ProblemKind};
+use crate::kernel::retention::{RetentionClass, TTL_ATTRIBUTE};
+use crate::kernel::store::{Condition, Entity, Key, Store, StoreError, keys};
+use crate::kernel::tenant::TenantId;
 
 /// The longest a Lambda invocation can run; the fallback in-progress window.
 pub const MAX_INVOCATION: Duration = Duration::from_secs(900);
@@ -71,6 +73,23 @@ pub enum IdempotencyError {
     Result(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl HttpError for IdempotencyError {
+    fn answer(&self) -> HttpAnswer<'_> {
+        match self {
+            IdempotencyError::PayloadMismatch => HttpAnswer::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ProblemKind::new("idempotency-key-reused", "Idempotency key reused"),
+                self.to_string(),
+            )
+            .with_field("idempotency-key"),
+            IdempotencyError::InProgress => HttpAnswer::conflict(self.to_string()),
+            IdempotencyError::Result(_) | IdempotencyError::Store(_) => {
+                HttpAnswer::internal_logged("idempotency error", self)
+            }
+        }
+    }
 }
 
 /// What running an idempotent unit of work produced.
@@ -248,5 +267,27 @@ impl Idempotency {
     async fn release(&self, key: &Key) -> Result<(), IdempotencyError> {
         self.store.delete(key).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::http::table::{internal, row, shown};
+
+    #[test]
+    fn every_idempotency_error_has_its_http_answer() {
+        let reused = shown(422, "idempotency-key-reused", Some("idempotency-key"));
+        assert_eq!(row(&IdempotencyError::PayloadMismatch), reused);
+        let busy = shown(409, "conflict", None);
+        assert_eq!(row(&IdempotencyError::InProgress), busy);
+        // A store error under idempotency is ours, even a conflict.
+        for err in [
+            IdempotencyError::Result("expected a string".into()),
+            IdempotencyError::Store(StoreError::AlreadyExists),
+            IdempotencyError::Store(StoreError::Dynamo("throttled".into())),
+        ] {
+            assert_eq!(row(&err), internal(), "{err}");
+        }
     }
 }

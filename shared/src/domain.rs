@@ -1,0 +1,14 @@
+//! The domain adapters: one module per product concept, built on the kernel. A
+//! domain module may use the kernel and other domain modules (without cycles), never
+//! the edge: each error states its own HTTP answer by implementing
+//! [`crate::kernel::http::HttpError`] beside its definition.
+
+pub mod certificate;
+pub mod highlevel;
+pub mod imports;
+pub mod oauth;
+pub mod privacy;
+pub mod schedule;
+pub mod sink;
+pub mod subject;
+pub mod webhook;
