@@ -40,6 +40,24 @@ def die(msg: str) -> None:
     sys.exit(1)
 
 
+def serialize_dynamodb() -> None:
+    """DynamoDB applies each conditional write atomically; moto's threaded server
+    checks the condition and writes in whichever threads happen to run, so two
+    concurrent conditional puts on one key can both succeed. One lock around each
+    DynamoDB request restores the real rule (the audit chain's concurrent-writer
+    test depends on it)."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    lock = threading.RLock()
+    original = DynamoHandler.call_action
+
+    def call_action(self):
+        with lock:
+            return original(self)
+
+    DynamoHandler.call_action = call_action
+
+
 def start_server(port: int):
     from moto.server import ThreadedMotoServer
 
@@ -109,6 +127,7 @@ def main() -> None:
     # runs at an arbitrary point, so there is no locking hazard.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
+    serialize_dynamodb()
     server = start_server(args.port)
     port = server.get_host_and_port()[1]
     # Some moto services build URLs pointing back at the server from MOTO_PORT.
