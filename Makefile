@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 PY := .venv/bin/python
 LOCAL := .local
 
-.PHONY: venv lint deploycheck test demo up down fmt bench
+.PHONY: venv lint deploycheck test demo up down fmt bench build deploy
 
 venv:
 	@infra/bootstrap.sh
@@ -22,6 +22,7 @@ venv:
 # and works offline (checked in a network namespace with no interfaces); the
 # dummy credentials only keep it away from any real account.
 lint: venv
+	@echo "lint: fmt, clippy (first run compiles the workspace: several minutes), cfn-lint, OpenAPI, sam validate"
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	.venv/bin/cfn-lint template.yaml
@@ -40,7 +41,8 @@ deploycheck: venv
 # One emulator for the whole run (the Rust harness starts its own if
 # CUSTODY_EMULATOR_ENDPOINT is unset).
 test: venv lint
-	$(PY) -m pytest -q -p no:cacheprovider infra/deploycheck
+	@echo "test: deployability checks (about 30 s), then every Rust test against one emulator (first run builds everything: about 12-15 minutes on 2 cores)"
+	$(PY) -m pytest -q -p no:cacheprovider infra/deploycheck infra/test_emulator.py
 	infra/with-emulator.sh cargo test --workspace --all-targets
 
 # Cold start, first invocation, size and throughput (docs/PERFORMANCE.md): prints
@@ -54,11 +56,31 @@ bench: venv
 	# function code inside it, so they measure what is deployed.
 	nice -n 19 cargo run -q --release -p custody-bench -- --out docs/bench-results.json
 
+# sam build / sam deploy as the README's Deploy section says, with the project's own
+# cargo-lambda and zig (.venv/bin first on PATH; SAM's rust-cargolambda builder looks
+# them up there). Release, arm64, LTO: slow on a first run.
+SAM := env PATH="$(CURDIR)/.venv/bin:$$PATH" SAM_CLI_TELEMETRY=0 .venv/bin/sam
+
+build: venv
+	@echo "build: sam build, 5 functions in release for arm64 (first run: about 15 minutes on 2 cores)"
+	rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 ||
+	  rustup target list --installed | grep -qx aarch64-unknown-linux-gnu ||
+	  { echo "build: needs the Rust target aarch64-unknown-linux-gnu (rustup target add aarch64-unknown-linux-gnu)" >&2; exit 1; }
+	started=$$SECONDS
+	$(SAM) build
+	echo "build: done in $$((SECONDS - started)) s; artifacts in .aws-sam/build"
+
+# Deploys with samconfig.toml's defaults (fill in its parameter_overrides first);
+# `make deploy ARGS=--guided` asks for each value instead.
+deploy: build
+	$(SAM) deploy $(ARGS)
+
 FUNCTIONS := -p oauth -p export -p import -p expiry -p dsar -p custody-local
 
 # The whole product on the local stack, step by step (README's first command).
 demo: venv
-	cargo build -q --bins $(FUNCTIONS)
+	@echo "demo: building the functions and the local stack (first run: about 6-9 minutes on 2 cores; then seconds)"
+	cargo build --bins $(FUNCTIONS)
 	target/debug/custody-local demo
 
 # The same stack left running (own session, so Ctrl-C here does not reach it):
@@ -69,7 +91,8 @@ up: venv
 	  echo "local stack already up:"; cat $(LOCAL)/ready; exit 0
 	fi
 	rm -f $(LOCAL)/ready
-	cargo build -q --bins $(FUNCTIONS)
+	echo "up: building the functions and the local stack (first run: about 6-9 minutes on 2 cores; then seconds)"
+	cargo build --bins $(FUNCTIONS)
 	env -u CUSTODY_EMULATOR_ENDPOINT setsid target/debug/custody-local up --ready-file $(LOCAL)/ready --state-file $(LOCAL)/stack.json \
 	  </dev/null >$(LOCAL)/up.log 2>&1 &
 	echo $$! >$(LOCAL)/up.pid

@@ -28,14 +28,15 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 
-# Quiet unless it fails: capture pip's output and show it only on error.
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
-if ! { "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip &&
-       "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req"; } >"$log" 2>&1; then
-  cat "$log" >&2
-  echo "bootstrap: pip install -r $req failed" >&2
+# A first install takes a few minutes (moto, cfn-lint, aws-sam-cli, cargo-lambda and
+# zig are large): say so, and show pip's own lines, one per package.
+echo "bootstrap: installing $req into $venv (first run: about 2-3 minutes)"
+started=$SECONDS
+if ! { "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q --upgrade pip &&
+       "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -r "$req" |
+         { grep --line-buffered -E '^(Collecting|Successfully installed)' || true; }; }; then
+  echo "bootstrap: pip install -r $req failed (see above)" >&2
   exit 1
 fi
 echo "$want" >"$stamp"
-echo "bootstrap: ${created}installed $req into $venv"
+echo "bootstrap: ${created}installed $req into $venv in $((SECONDS - started)) s"

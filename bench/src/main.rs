@@ -442,7 +442,8 @@ fn measure_size(workspace: &Workspace, python: &Path, built: &Built) -> Size {
             .filter(|(_, b)| b.is_ok())
             .map(|(f, _)| (f.package.clone(), f.binary.clone())),
     );
-    let (command, took) = match size::build_arm64(workspace, &wanted) {
+    let template: Vec<String> = built.iter().map(|(f, _)| f.binary.clone()).collect();
+    let (command, took) = match size::build_arm64(workspace, &wanted, &template) {
         Ok(done) => done,
         Err(err) => return skipped_size(&format!("failed: {err}")),
     };

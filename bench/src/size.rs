@@ -1,5 +1,7 @@
-//! Size: the arm64 `bootstrap` exactly as deployment builds it
-//! (`cargo lambda build --release --arm64`), its zip, and what weighs.
+//! Size: the arm64 `bootstrap` exactly as deployment builds it (`sam build`, whose
+//! rust-cargolambda builder runs `cargo lambda build --release` for arm64), its zip,
+//! and what weighs. Building through `sam build` here is also the check that the
+//! README's deploy path (`make build`) keeps working.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -106,33 +108,55 @@ pub struct CrateWeight {
     pub rlib_bytes: u64,
 }
 
-/// Builds `binaries` (package, binary) with the venv's cargo-lambda, which needs
-/// zig: the `ziglang` wheel provides it as `python3 -m ziglang`, found through
-/// the venv's `bin` on PATH. Returns the command and how long it took.
+/// Builds the template's functions with `sam build` (as `make build` does) and the
+/// other `binaries` (package, binary: the bare-runtime baseline, which is not in the
+/// template) with `cargo lambda build --release --arm64`. Both use the venv's
+/// cargo-lambda, which needs zig: the `ziglang` wheel provides it as
+/// `python3 -m ziglang`, found through the venv's `bin` first on PATH. Either way the
+/// bootstrap lands in `target/lambda/<binary>/`. Returns the commands and how long
+/// they took.
 pub fn build_arm64(
     workspace: &Workspace,
     binaries: &[(String, String)],
+    template_binaries: &[String],
 ) -> Result<(String, Duration), BenchError> {
     let venv_bin = workspace.root.join(".venv/bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![venv_bin.clone()];
     paths.extend(std::env::split_paths(&path));
     let joined = std::env::join_paths(paths).map_err(|e| BenchError::Measurement(e.to_string()))?;
-    let mut command = Command::new(venv_bin.join("cargo-lambda"));
-    command
-        .args(["lambda", "build", "--release", "--arm64"])
-        .current_dir(&workspace.root)
-        .env("PATH", joined);
-    for (package, _) in binaries {
-        command.args(["-p", package]);
-    }
-    for (_, binary) in binaries {
-        command.args(["--bin", binary]);
-    }
-    let shown = describe(&command);
     let started = Instant::now();
-    run(&mut command)?;
-    Ok((shown, started.elapsed()))
+    let mut shown = Vec::new();
+    let others: Vec<&(String, String)> = binaries
+        .iter()
+        .filter(|(_, b)| !template_binaries.contains(b))
+        .collect();
+    if !others.is_empty() {
+        let mut command = Command::new(venv_bin.join("cargo-lambda"));
+        command
+            .args(["lambda", "build", "--release", "--arm64"])
+            .current_dir(&workspace.root)
+            .env("PATH", &joined);
+        for (package, _) in &others {
+            command.args(["-p", package]);
+        }
+        for (_, binary) in &others {
+            command.args(["--bin", binary]);
+        }
+        shown.push(describe(&command));
+        run(&mut command)?;
+    }
+    if binaries.iter().any(|(_, b)| template_binaries.contains(b)) {
+        let mut command = Command::new(venv_bin.join("sam"));
+        command
+            .args(["build"])
+            .current_dir(&workspace.root)
+            .env("PATH", &joined)
+            .env("SAM_CLI_TELEMETRY", "0");
+        shown.push(describe(&command));
+        run(&mut command)?;
+    }
+    Ok((shown.join(" && "), started.elapsed()))
 }
 
 /// The bootstrap cargo-lambda wrote for `binary`, and its zip.
