@@ -205,6 +205,7 @@ pub async fn run(
                 continue;
             }
             let Some(due) = entry.next.filter(|due| *due <= now) else {
+                // Completed: no further invocation, or the next one is past EndDate.
                 let finished = entry.next.is_none()
                     || entry
                         .end
@@ -256,17 +257,7 @@ pub async fn run(
                 tracing::info!(schedule = %firing.schedule, outcome = ?firing.outcome, "schedule fired");
                 history.push(firing);
             });
-            if entry.next.is_none()
-                && schedule.action_after_completion() == Some(&ActionAfterCompletion::Delete)
-            {
-                let _ = scheduler
-                    .delete_schedule()
-                    .name(name)
-                    .group_name(group)
-                    .send()
-                    .await;
-                tracked.remove(&key);
-            }
+            // A schedule with no next invocation is deleted (DELETE) on the next look.
         }
         tracked.retain(|key, _| present.contains(key));
         tokio::time::sleep(poll).await;
