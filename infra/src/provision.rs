@@ -586,6 +586,7 @@ async fn create_table(
             .point_in_time_recovery_specification(
                 ddb::PointInTimeRecoverySpecification::builder()
                     .point_in_time_recovery_enabled(prop_bool(pitr, "PointInTimeRecoveryEnabled"))
+                    .set_recovery_period_in_days(prop_i32(pitr, "RecoveryPeriodInDays"))
                     .build()
                     .map_err(|e| template_err(e.to_string()))?,
             )

@@ -48,10 +48,15 @@ pub enum RetentionClass {
     VerificationCode,
     /// The hash-chained audit log.
     Audit,
+    /// Function logs (CloudWatch Logs): "technical logs are retained for 30 days".
+    FunctionLog,
+    /// Point-in-time recovery of both tables: "30-day rolling backup window". A
+    /// deleted token or an erased subject is restorable for this long, no longer.
+    Backup,
 }
 
 impl RetentionClass {
-    pub const ALL: [RetentionClass; 8] = [
+    pub const ALL: [RetentionClass; 10] = [
         RetentionClass::ExportLog,
         RetentionClass::Import30d,
         RetentionClass::Import90d,
@@ -60,6 +65,8 @@ impl RetentionClass {
         RetentionClass::Idempotency,
         RetentionClass::VerificationCode,
         RetentionClass::Audit,
+        RetentionClass::FunctionLog,
+        RetentionClass::Backup,
     ];
 
     pub fn period(self) -> Period {
@@ -74,6 +81,8 @@ impl RetentionClass {
             // Two years is the floor the product promises; regulated tenants often
             // need six or seven, so the log is never deleted automatically.
             RetentionClass::Audit => Period::AtLeastDays(730),
+            RetentionClass::FunctionLog => Period::Days(30),
+            RetentionClass::Backup => Period::Days(30),
         }
     }
 
@@ -88,6 +97,8 @@ impl RetentionClass {
             RetentionClass::Idempotency => "idempotency",
             RetentionClass::VerificationCode => "verification-code",
             RetentionClass::Audit => "audit",
+            RetentionClass::FunctionLog => "function-log",
+            RetentionClass::Backup => "backup",
         }
     }
 
@@ -101,6 +112,8 @@ impl RetentionClass {
             RetentionClass::Import30d | RetentionClass::Import90d => Store::ImportsBucket,
             RetentionClass::DsarResult => Store::DsarResultsBucket,
             RetentionClass::Audit => Store::AuditTable,
+            RetentionClass::FunctionLog => Store::LogGroups,
+            RetentionClass::Backup => Store::PointInTimeRecovery,
             RetentionClass::ExportLog
             | RetentionClass::OauthState
             | RetentionClass::Idempotency
@@ -148,6 +161,10 @@ pub enum Store {
     ImportsBucket,
     /// One lifecycle rule for the whole bucket.
     DsarResultsBucket,
+    /// Each function's log group's `RetentionInDays`.
+    LogGroups,
+    /// Both tables' `PointInTimeRecoverySpecification.RecoveryPeriodInDays`.
+    PointInTimeRecovery,
 }
 
 #[cfg(test)]
@@ -183,6 +200,8 @@ mod tests {
         assert_eq!(RetentionClass::Import30d.days(), Some(30));
         assert_eq!(RetentionClass::Import90d.days(), Some(90));
         assert_eq!(RetentionClass::DsarResult.days(), Some(7));
+        assert_eq!(RetentionClass::FunctionLog.days(), Some(30));
+        assert_eq!(RetentionClass::Backup.days(), Some(30));
         assert!(matches!(RetentionClass::Audit.period(), Period::AtLeastDays(d) if d >= 730));
     }
 }

@@ -255,3 +255,63 @@ fn functions_may_only_append_to_and_query_the_audit_table() {
         "every function appends to the audit log ({checked} statements found)"
     );
 }
+
+/// `!Ref X` → `X`.
+fn ref_target(value: &Value) -> Option<&str> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "!Ref" => tagged.value.as_str(),
+        _ => None,
+    }
+}
+
+#[test]
+fn logs_and_backups_keep_the_promised_days() {
+    let template = template();
+    let resources = template["Resources"].as_mapping().expect("Resources");
+
+    // Every function logs to a log group of its own whose retention is the table's.
+    let mut functions = 0;
+    for (logical, res) in resources {
+        if res["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        functions += 1;
+        let logical = logical.as_str().unwrap_or("?");
+        let group = ref_target(&res["Properties"]["LoggingConfig"]["LogGroup"])
+            .unwrap_or_else(|| panic!("{logical} has no LoggingConfig.LogGroup: !Ref <group>"));
+        let group_res = resource(&template, group);
+        assert_eq!(group_res["Type"].as_str(), Some("AWS::Logs::LogGroup"));
+        assert_eq!(
+            group_res["Properties"]["RetentionInDays"].as_i64(),
+            RetentionClass::FunctionLog.days(),
+            "{group}: retention differs from retention::FunctionLog"
+        );
+    }
+    assert_eq!(functions, 5);
+    // No log group without a retention (it would keep everything forever).
+    for (logical, res) in resources {
+        if res["Type"].as_str() == Some("AWS::Logs::LogGroup") {
+            assert!(
+                res["Properties"]["RetentionInDays"].as_i64().is_some(),
+                "{logical:?} keeps logs forever"
+            );
+        }
+    }
+
+    // Both tables: point-in-time recovery on, with the promised window.
+    for table in ["CustodyTable", "AuditTable"] {
+        let pitr = &resource(&template, table)["Properties"]["PointInTimeRecoverySpecification"];
+        assert_eq!(
+            pitr["PointInTimeRecoveryEnabled"].as_bool(),
+            Some(true),
+            "{table}"
+        );
+        assert_eq!(
+            pitr["RecoveryPeriodInDays"].as_i64(),
+            RetentionClass::Backup.days(),
+            "{table}: backup window differs from retention::Backup"
+        );
+    }
+    assert_eq!(RetentionClass::FunctionLog.store(), Store::LogGroups);
+    assert_eq!(RetentionClass::Backup.store(), Store::PointInTimeRecovery);
+}
