@@ -18,8 +18,8 @@ fn row(class: RetentionClass) -> (&'static str, &'static str, &'static str) {
         ),
         RetentionClass::Import30d => (
             "uploaded imports are deleted after a month",
-            "object tag `retention-class=import-30d`; S3 lifecycle rule `retention-import-30d` (noncurrent versions too); the import's data marker expires by TTL",
-            "`template.rs::template_matches_retention`, `tests/tests/import_expiry_erasure.rs`",
+            "object tag `retention-class=import-30d`; S3 lifecycle rule `retention-import-30d` (noncurrent versions too); the import's data marker expires by TTL; past the expiry a download is refused (410) before the platform deletes, and no link outlives it",
+            "`template.rs::template_matches_retention`, `functions/import/tests/import/expired_reads.rs`, `tests/tests/import_expiry_erasure.rs`",
         ),
         RetentionClass::Import90d => (
             "the longer import class a tenant may choose",
@@ -94,8 +94,9 @@ fn render() -> String {
          {ABORT_INCOMPLETE_MULTIPART_DAYS} day(s), so expired data does not linger as an \
          old version.\n\n\
          Not yet in this table (issue \"Retention everywhere\"): API access logs (none are \
-         enabled), retention classes per kind of audit entry, and reads that refuse \
-         expired imports before the platform deletes them.\n"
+         enabled) and retention classes per kind of audit entry; import listings and \
+         access bundles still show an import past its expiry until the platform \
+         deletes it (downloads are refused).\n"
     ));
     out
 }

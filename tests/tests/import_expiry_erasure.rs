@@ -195,7 +195,7 @@ async fn erasure_then_expiry_of_an_import_leave_nothing_and_are_recorded_once() 
     let (status, refused) = api
         .call(Method::GET, &format!("/imports/{id}/download"), None)
         .await;
-    assert_eq!(status, 409, "download of an expired import: {refused}");
+    assert_eq!(status, 410, "download of an expired import: {refused}");
     let entries = expiry_entries(&env, "LifecycleExpiration:DeleteMarkerCreated").await;
     assert_eq!(entries.len(), 1, "one event, delivered twice: {entries:#?}");
     let entry = &entries[0];
@@ -293,7 +293,7 @@ async fn erasure_then_expiry_of_an_import_leave_nothing_and_are_recorded_once() 
     let (status, _) = api
         .call(Method::GET, &format!("/imports/{id}/download"), None)
         .await;
-    assert_eq!(status, 409);
+    assert_eq!(status, 410, "an expired import's download is gone");
     let stored = everything_stored(&env).await;
     assert!(
         !stored.contains(OTHER_EMAIL),

@@ -755,6 +755,20 @@ pub struct Download {
 async fn download(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     caller.require(Role::Viewer)?;
     let import = owned(deps, caller, req).await?;
+    // Past its retention the data is refused at once, though S3 lifecycle and TTL
+    // delete it days later: the promise is the number, not the platform's delay.
+    let now = deps.clock.now();
+    let expired_at = import.data_expires_at.filter(|at| *at <= now.timestamp());
+    if import.status == Status::Expired || expired_at.is_some() {
+        let when = expired_at
+            .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
+            .map(|at| format!(" on {}", at.format("%Y-%m-%d %H:%M UTC")))
+            .unwrap_or_default();
+        return Err(Problem::gone(format!(
+            "this import's data passed its retention ({}){when} and is deleted; it cannot be downloaded",
+            import.retention_class.name()
+        )));
+    }
     let objects = if import.status.is_gone() || import.data_deleted_at.is_some() {
         Vec::new()
     } else {
@@ -765,12 +779,19 @@ async fn download(deps: &Deps, caller: &Caller, req: &Request) -> Result<Respons
             "this import holds no stored data (bypass mode, deleted, expired, or not uploaded yet)",
         ));
     }
-    let expires_at =
-        deps.clock.now() + chrono::Duration::from_std(DOWNLOAD_URL_TTL).unwrap_or_default();
+    // A link never outlives the data's retention.
+    let mut ttl = DOWNLOAD_URL_TTL;
+    if let Some(left) = import
+        .data_expires_at
+        .and_then(|at| u64::try_from(at - now.timestamp()).ok())
+    {
+        ttl = ttl.min(std::time::Duration::from_secs(left.max(1)));
+    }
+    let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or_default();
     let prefix = import.prefix();
     let mut links = Vec::with_capacity(objects.len());
     for object in &objects {
-        let config = PresigningConfig::expires_in(DOWNLOAD_URL_TTL).map_err(internal)?;
+        let config = PresigningConfig::expires_in(ttl).map_err(internal)?;
         let presigned = deps
             .imports
             .s3()

@@ -269,6 +269,11 @@ impl Problem {
         Self::from_answer(HttpAnswer::conflict(detail.into()))
     }
 
+    /// 410: gone for good (data past its retention).
+    pub fn gone(detail: impl Into<String>) -> Self {
+        Self::from_answer(HttpAnswer::gone(detail.into()))
+    }
+
     /// 413: the body is larger than `limit` bytes.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::from_answer(HttpAnswer::payload_too_large(limit))

@@ -78,6 +78,7 @@ impl ProblemKind {
     pub const FORBIDDEN: Self = Self::new("forbidden", "Forbidden");
     pub const NOT_FOUND: Self = Self::new("not-found", "Not found");
     pub const CONFLICT: Self = Self::new("conflict", "Conflict");
+    pub const GONE: Self = Self::new("gone", "Gone");
     pub const PAYLOAD_TOO_LARGE: Self = Self::new("payload-too-large", "Payload too large");
     pub const UNSUPPORTED_MEDIA_TYPE: Self =
         Self::new("unsupported-media-type", "Unsupported media type");
@@ -173,6 +174,11 @@ impl<'a> HttpAnswer<'a> {
     /// 409: the request conflicts with the resource's current state.
     pub fn conflict(detail: impl Into<Cow<'a, str>>) -> Self {
         Self::new(StatusCode::CONFLICT, ProblemKind::CONFLICT, detail)
+    }
+
+    /// 410: the resource existed and is gone for good (past its retention).
+    pub fn gone(detail: impl Into<Cow<'a, str>>) -> Self {
+        Self::new(StatusCode::GONE, ProblemKind::GONE, detail)
     }
 
     /// 413: the body is larger than `limit` bytes.

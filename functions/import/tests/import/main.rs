@@ -5,6 +5,7 @@
 mod api;
 mod deletion;
 mod delivery;
+mod expired_reads;
 mod files;
 mod rows;
 
@@ -49,6 +50,11 @@ pub const TEST_RETRY: RetryPolicy = RetryPolicy {
 };
 
 pub async fn env() -> Env {
+    env_with_clock(TestStack::system_clock()).await
+}
+
+/// The same, on a clock the test moves (retention tests).
+pub async fn env_with_clock(clock: custody::clock::SharedClock) -> Env {
     let stack = TestStack::new().await;
     let app_secret = custody::subject::load_app_secret(
         &stack.clients.secrets,
@@ -66,7 +72,7 @@ pub async fn env() -> Env {
         &stack.clients,
         custody::http::client().unwrap(),
         app_secret,
-        TestStack::system_clock(),
+        clock,
     );
     let dest = DestinationSim::start(SECRET).await.unwrap();
     Env { stack, deps, dest }
