@@ -283,16 +283,32 @@ fn record_json(record: &aws_sdk_dynamodbstreams::types::Record, stream_arn: &str
     out
 }
 
-/// An asynchronous invocation as Lambda makes it: the first attempt and two retries.
-pub async fn invoke_with_retries(function: &LocalFunction, event: &Json) {
-    for attempt in 1..=3u64 {
+/// Lambda's attempts at an asynchronous invocation: the first and two retries.
+pub const ASYNC_ATTEMPTS: u32 = 3;
+
+/// An asynchronous invocation as Lambda makes it. Returns the attempt that
+/// succeeded, or the last error.
+pub async fn invoke_async(function: &LocalFunction, event: &Json) -> Result<u32, String> {
+    let mut last = String::new();
+    for attempt in 1..=ASYNC_ATTEMPTS {
         match function.invoke(event).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(attempt),
             Err(err) => {
                 tracing::warn!(function = function.name(), attempt, error = %err, "event delivery failed");
-                tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+                last = err.to_string();
+                tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))).await;
             }
         }
+    }
+    Err(last)
+}
+
+/// [`invoke_async`] for sources with no failure destination yet: a final failure is
+/// logged as an error, never dropped without a trace (on-failure queues: issue
+/// "Nothing lost silently").
+pub async fn invoke_with_retries(function: &LocalFunction, event: &Json) {
+    if let Err(error) = invoke_async(function, event).await {
+        tracing::error!(function = function.name(), %error, "event dropped after Lambda's async retries: no on-failure destination");
     }
 }
 

@@ -81,3 +81,32 @@ pub fn unique_stage() -> String {
     // The random tail of a ULID: 12 characters are plenty to be unique per run.
     format!("t{}", &id[id.len() - 12..])
 }
+
+/// Builds the function binaries and `custody-local`, which a whole local stack runs.
+/// `cargo test --workspace --all-targets` builds them already; a test run of one
+/// package does not, so stack tests call this first (a no-op when they are fresh).
+pub fn build_binaries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(crate::repo_root())
+        .args([
+            "build",
+            "-q",
+            "--bins",
+            "-p",
+            "oauth",
+            "-p",
+            "export",
+            "-p",
+            "import",
+            "-p",
+            "expiry",
+            "-p",
+            "dsar",
+            "-p",
+            "custody-local",
+        ])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the binaries failed");
+}

@@ -20,6 +20,22 @@ use serde_json::{Value as Json, json};
 
 use crate::runtime_api::{InvokeError, LocalFunction};
 
+/// The local function a name, an ARN, or an ARN with a qualifier names: deployed
+/// names (the template's `FunctionName`, resolved) map to binaries through `names`.
+pub fn resolve<'a>(
+    name_or_arn: &str,
+    names: &HashMap<String, String>,
+    functions: &'a HashMap<String, Arc<LocalFunction>>,
+) -> Option<&'a Arc<LocalFunction>> {
+    let short = name_or_arn
+        .split(":function:")
+        .nth(1)
+        .unwrap_or(name_or_arn)
+        .split(':')
+        .next()?;
+    functions.get(names.get(short).map(String::as_str).unwrap_or(short))
+}
+
 #[derive(Clone)]
 struct Shared {
     functions: HashMap<String, Arc<LocalFunction>>,
@@ -42,16 +58,7 @@ async fn invoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // A name, an ARN, or an ARN with a qualifier.
-    let short = name
-        .split(":function:")
-        .nth(1)
-        .unwrap_or(&name)
-        .split(':')
-        .next()
-        .unwrap_or_default();
-    let binary = shared.names.get(short).map(String::as_str).unwrap_or(short);
-    let Some(function) = shared.functions.get(binary).cloned() else {
+    let Some(function) = resolve(&name, &shared.names, &shared.functions).cloned() else {
         return error(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",

@@ -11,16 +11,18 @@
 //!   `<aws.scheduler.schedule-arn>`) replaced;
 //! - the Lambda target invoked asynchronously: a function error is retried by Lambda's
 //!   async retry (two more attempts), not by the Scheduler;
-//! - a target the Scheduler cannot deliver to (no such function) is retried per the
-//!   schedule's `RetryPolicy` (at most `MaximumRetryAttempts`, within
-//!   `MaximumEventAgeInSeconds`) and then sent to its `DeadLetterConfig` queue, or
-//!   dropped with an error log when it has none, as the service drops it.
+//! - a target the Scheduler cannot deliver to (no such function) goes to the
+//!   schedule's `DeadLetterConfig` queue, or is dropped with an error log when it has
+//!   none, as the service drops it after its `RetryPolicy`.
 //!
-//! Deliberate differences: retry delays are seconds, not the service's minutes, so a
-//! test sees the outcome; a flexible time window fires at its start; a schedule
-//! missed while the stack was down is not replayed (nor is it by the service).
+//! Deliberate differences: a missing local function never appears, so the
+//! Scheduler's own retries (minutes apart, up to a day) are not waited out; Lambda's
+//! async retries are seconds apart, not minutes; a flexible time window fires at its
+//! start; a schedule missed while the stack was down is not replayed (nor is it by
+//! the service); a function error after the async retries is logged as an error and
+//! recorded (`Outcome::FunctionFailed`), as no on-failure destination exists yet.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,12 +33,6 @@ use serde_json::Value as Json;
 
 use crate::runtime_api::LocalFunction;
 use crate::schedule_expression::Expression;
-
-/// Lambda's default for asynchronous invocations: the first attempt plus two retries.
-const ASYNC_ATTEMPTS: u32 = 3;
-/// The service's defaults when a schedule has no `RetryPolicy`.
-const DEFAULT_RETRY_ATTEMPTS: i32 = 185;
-const DEFAULT_EVENT_AGE_SECONDS: i32 = 86_400;
 
 /// One invocation the scheduler made (or failed to make), for tests and logs.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,9 +73,11 @@ impl History {
     }
 }
 
-/// A schedule as last read from the emulator, with when it fires next.
+/// A schedule as last read from the emulator (read again only when its
+/// `LastModificationDate` changes), with when it fires next.
 struct Tracked {
     modified: Option<f64>,
+    schedule: aws_sdk_scheduler::operation::get_schedule::GetScheduleOutput,
     next: Option<Timestamp>,
     expression: Option<Expression>,
     tz: TimeZone,
@@ -87,19 +85,56 @@ struct Tracked {
     end: Option<Timestamp>,
 }
 
-fn timestamp(t: &aws_smithy_types::DateTime) -> Option<Timestamp> {
-    Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
+impl Tracked {
+    fn read(
+        schedule: aws_sdk_scheduler::operation::get_schedule::GetScheduleOutput,
+        modified: Option<f64>,
+        now: Timestamp,
+    ) -> Tracked {
+        let tz = schedule
+            .schedule_expression_timezone()
+            .and_then(|z| TimeZone::get(z).ok())
+            .unwrap_or(TimeZone::UTC);
+        let expression = match Expression::parse(schedule.schedule_expression().unwrap_or_default())
+        {
+            Ok(e) => Some(e),
+            Err(err) => {
+                tracing::warn!(schedule = schedule.name(), error = %err, "schedule never fires");
+                None
+            }
+        };
+        let start = schedule.start_date().and_then(timestamp);
+        let anchor = start.unwrap_or(now);
+        // at() fires even when its time has just passed (a "run now" made a moment
+        // ago); a rate starts at once or at its start date; a cron runs at its next
+        // time from now (or from its start date).
+        let just_before = |t: Timestamp| {
+            t.checked_sub(jiff::SignedDuration::from_secs(1))
+                .unwrap_or(t)
+        };
+        let from = match (&expression, start) {
+            (Some(Expression::At(_)), _) => Timestamp::MIN,
+            (_, Some(start)) if start > now => just_before(start),
+            (Some(Expression::Rate(_)), None) => just_before(now),
+            _ => now,
+        };
+        let next = expression
+            .as_ref()
+            .and_then(|e| e.next_after(from, anchor, &tz));
+        Tracked {
+            modified,
+            end: schedule.end_date().and_then(timestamp),
+            schedule,
+            next,
+            expression,
+            tz,
+            anchor,
+        }
+    }
 }
 
-/// Maps a target ARN (`arn:aws:lambda:…:function:NAME[:qualifier]`) to a local function.
-fn function_for<'a>(
-    arn: &str,
-    names: &HashMap<String, String>,
-    functions: &'a HashMap<String, Arc<LocalFunction>>,
-) -> Option<&'a Arc<LocalFunction>> {
-    let name = arn.split(":function:").nth(1)?.split(':').next()?;
-    let binary = names.get(name).map(String::as_str).unwrap_or(name);
-    functions.get(binary)
+fn timestamp(t: &aws_smithy_types::DateTime) -> Option<Timestamp> {
+    Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
 }
 
 fn render_input(input: &str, scheduled: &str, execution: &str, attempt: u32, arn: &str) -> String {
@@ -126,7 +161,7 @@ pub async fn run(
     let mut tracked: HashMap<(String, String), Tracked> = HashMap::new();
     loop {
         let now = Timestamp::now();
-        let mut present = Vec::new();
+        let mut present = HashSet::new();
         let mut pages = scheduler.list_schedules().into_paginator().send();
         let mut summaries = Vec::new();
         while let Some(page) = pages.next().await {
@@ -143,65 +178,29 @@ pub async fn run(
                 continue;
             };
             let key = (group.to_owned(), name.to_owned());
-            present.push(key.clone());
-            let Ok(schedule) = scheduler
-                .get_schedule()
-                .name(name)
-                .group_name(group)
-                .send()
-                .await
-            else {
+            present.insert(key.clone());
+            let modified = summary
+                .last_modification_date()
+                .or(summary.creation_date())
+                .map(|d| d.as_secs_f64());
+            if tracked.get(&key).is_none_or(|t| t.modified != modified) {
+                // New or changed (UpdateSchedule replaces the whole definition).
+                let Ok(schedule) = scheduler
+                    .get_schedule()
+                    .name(name)
+                    .group_name(group)
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                tracked.insert(key.clone(), Tracked::read(schedule, modified, now));
+            }
+            let Some(entry) = tracked.get_mut(&key) else {
                 continue;
             };
-            let modified = schedule
-                .last_modification_date()
-                .or(schedule.creation_date())
-                .map(|d| d.as_secs_f64());
-            let entry = tracked.entry(key.clone()).or_insert_with(|| Tracked {
-                modified: None,
-                next: None,
-                expression: None,
-                tz: TimeZone::UTC,
-                anchor: now,
-                end: None,
-            });
-            if entry.modified != modified {
-                // New or changed (UpdateSchedule replaces the whole definition).
-                entry.modified = modified;
-                entry.tz = schedule
-                    .schedule_expression_timezone()
-                    .and_then(|z| TimeZone::get(z).ok())
-                    .unwrap_or(TimeZone::UTC);
-                entry.expression =
-                    match Expression::parse(schedule.schedule_expression().unwrap_or_default()) {
-                        Ok(e) => Some(e),
-                        Err(err) => {
-                            tracing::warn!(schedule = name, error = %err, "schedule never fires");
-                            None
-                        }
-                    };
-                let start = schedule.start_date().and_then(timestamp);
-                entry.anchor = start.unwrap_or(now);
-                entry.end = schedule.end_date().and_then(timestamp);
-                // at() fires even when its time has just passed (a "run now" made a
-                // moment ago); a rate starts at once or at its start date; a cron runs
-                // at its next time from now (or from its start date).
-                let just_before = |t: Timestamp| {
-                    t.checked_sub(jiff::SignedDuration::from_secs(1))
-                        .unwrap_or(t)
-                };
-                let from = match (&entry.expression, start) {
-                    (Some(Expression::At(_)), _) => Timestamp::MIN,
-                    (_, Some(start)) if start > now => just_before(start),
-                    (Some(Expression::Rate(_)), None) => just_before(now),
-                    _ => now,
-                };
-                entry.next = entry
-                    .expression
-                    .as_ref()
-                    .and_then(|e| e.next_after(from, entry.anchor, &entry.tz));
-            }
-            if schedule.state() == Some(&ScheduleState::Disabled) {
+            let schedule = &entry.schedule;
+            if summary.state() == Some(&ScheduleState::Disabled) {
                 continue;
             }
             let Some(due) = entry.next.filter(|due| *due <= now) else {
@@ -273,28 +272,17 @@ async fn deliver(
     sqs: &aws_sdk_sqs::Client,
 ) -> Firing {
     let execution = ulid::Ulid::new().to_string().to_lowercase();
-    let input = target.input().unwrap_or("{}");
-    let Some(function) = function_for(target.arn(), names, functions) else {
-        let policy = target.retry_policy();
-        let attempts = policy
-            .and_then(|p| p.maximum_retry_attempts())
-            .unwrap_or(DEFAULT_RETRY_ATTEMPTS);
-        let max_age = policy
-            .and_then(|p| p.maximum_event_age_in_seconds())
-            .unwrap_or(DEFAULT_EVENT_AGE_SECONDS);
-        let started = tokio::time::Instant::now();
-        // Locally a missing function never appears: retry briefly, as a sign of the
-        // policy, then give up as the service would after its retries.
-        for attempt in 0..attempts.clamp(0, 3) {
-            if started.elapsed().as_secs() >= max_age as u64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200 * (attempt as u64 + 1))).await;
-        }
+    let body = render_input(
+        target.input().unwrap_or("{}"),
+        &firing.scheduled_time,
+        &execution,
+        1,
+        schedule_arn,
+    );
+    let Some(function) = crate::lambda_api::resolve(target.arn(), names, functions) else {
         let reason = format!("no function for target {}", target.arn());
         firing.outcome = match target.dead_letter_config().and_then(|d| d.arn()) {
             Some(queue_arn) => {
-                let body = render_input(input, &firing.scheduled_time, &execution, 1, schedule_arn);
                 match dead_letter(sqs, queue_arn, &body, &reason, schedule_arn).await {
                     Ok(()) => Outcome::DeadLettered {
                         queue_arn: queue_arn.to_owned(),
@@ -304,31 +292,22 @@ async fn deliver(
                     },
                 }
             }
-            None => {
-                tracing::error!(schedule = %firing.schedule, %reason, "event dropped: the schedule has no dead-letter queue");
-                Outcome::Dropped { reason }
-            }
+            None => Outcome::Dropped { reason },
         };
+        if let Outcome::Dropped { reason } = &firing.outcome {
+            tracing::error!(schedule = %firing.schedule, %reason, "scheduled event dropped");
+        }
         return firing;
     };
     firing.function = Some(function.name().to_owned());
-    let mut last_error = String::new();
-    for attempt in 1..=ASYNC_ATTEMPTS {
-        let body = render_input(input, &firing.scheduled_time, &execution, 1, schedule_arn);
-        let event: Json = serde_json::from_str(&body).unwrap_or(Json::String(body));
-        match function.invoke(&event).await {
-            Ok(_) => {
-                firing.outcome = Outcome::Completed { attempt };
-                return firing;
-            }
-            Err(err) => {
-                last_error = err.to_string();
-                tracing::warn!(function = function.name(), attempt, error = %err, "scheduled invocation failed");
-                tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
-            }
+    let event: Json = serde_json::from_str(&body).unwrap_or(Json::String(body));
+    firing.outcome = match crate::event_sources::invoke_async(function, &event).await {
+        Ok(attempt) => Outcome::Completed { attempt },
+        Err(error) => {
+            tracing::error!(schedule = %firing.schedule, function = function.name(), %error, "scheduled invocation failed after Lambda's async retries: no on-failure destination");
+            Outcome::FunctionFailed { error }
         }
-    }
-    firing.outcome = Outcome::FunctionFailed { error: last_error };
+    };
     firing
 }
 

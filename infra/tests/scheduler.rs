@@ -2,7 +2,6 @@
 //! `at()` schedule within seconds (then deleted, `ActionAfterCompletion: DELETE`), and
 //! a target it cannot deliver to lands in the schedule's dead-letter queue.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_sdk_scheduler::types::{
@@ -12,21 +11,8 @@ use aws_sdk_scheduler::types::{
 use custody_local::scheduler::{Firing, Outcome};
 use custody_local::stack::{LocalStack, StackOptions};
 
-fn build_functions() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(custody_local::repo_root())
-        .args([
-            "build", "-q", "--bins", "-p", "oauth", "-p", "export", "-p", "import", "-p", "expiry",
-            "-p", "dsar",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the function binaries failed");
-}
-
 async fn stack() -> LocalStack {
-    build_functions();
+    custody_local::harness::build_binaries();
     LocalStack::start(StackOptions::new(custody_local::harness::unique_stage()))
         .await
         .unwrap_or_else(|e| panic!("{e}"))

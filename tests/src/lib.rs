@@ -13,34 +13,7 @@ pub fn binaries() -> PathBuf {
         .join("debug")
 }
 
-/// The function binaries and `custody-local`. `cargo test --workspace --all-targets`
-/// builds them already; `cargo test -p custody-journeys` alone does not, so build
-/// them here (a no-op when they are fresh).
-pub fn build_binaries() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(custody_local::repo_root())
-        .args([
-            "build",
-            "-q",
-            "--bins",
-            "-p",
-            "oauth",
-            "-p",
-            "export",
-            "-p",
-            "import",
-            "-p",
-            "expiry",
-            "-p",
-            "dsar",
-            "-p",
-            "custody-local",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the binaries failed");
-}
+pub use custody_local::harness::build_binaries;
 
 /// A process is alive (a zombie, exited but not reaped, counts as gone).
 pub fn alive(pid: u32) -> bool {
@@ -63,10 +36,11 @@ pub struct UpStack {
 impl UpStack {
     pub fn start() -> UpStack {
         build_binaries();
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "custody-up-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let ready = dir.join("ready");

@@ -46,6 +46,15 @@ fn hrefs(xml: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_journey_over_http_on_the_up_stack() {
     let stack = UpStack::start();
+    // The state file holds bearer tokens and the WebDAV password: owner-only.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(stack.state_file())
+            .expect("state file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "state file mode {mode:o}");
+    }
     let http = client();
     let base = stack.get("/base_url");
     let token = stack.get("/token");
