@@ -69,7 +69,6 @@ def trust_policy_problems(template: dict[str, Any]) -> list[str]:
 def run(
     template_path: Path = ROOT / "template.yaml",
     samconfig_path: Path = ROOT / "samconfig.toml",
-    deploy: bool = True,
 ) -> Report:
     report = Report()
     sam_template = sam.load(template_path)
@@ -105,21 +104,20 @@ def run(
     for problem in quotas.violations(transformed, resolver):
         report.fail("quota", problem)
 
-    if deploy:
-        capabilities = config.get("capabilities", "CAPABILITY_IAM")
-        capabilities = capabilities.split() if isinstance(capabilities, str) else list(capabilities)
-        d = emulator.deploy(sam.package(sam_template), transformed, values, capabilities, stack)
-        report.deployment = d
-        for err in d.validate_errors:
-            report.fail("validate-template (packaged)", err)
-        if d.change_set_status != "CREATE_COMPLETE":
-            report.fail("change set", f"{d.change_set_status} {d.change_set_reason}")
-        if d.stack_status != "CREATE_COMPLETE":
-            report.fail("emulator deploy", f"{d.stack_status} {d.stack_reason}")
-        report.notes.append(
-            f"emulator deploy: {len(d.created)} resources created; "
-            f"skipped (moto has no CloudFormation support): {', '.join(sorted(d.skipped_types)) or 'none'}"
-        )
+    capabilities = config.get("capabilities", "CAPABILITY_IAM")
+    capabilities = capabilities.split() if isinstance(capabilities, str) else list(capabilities)
+    d = emulator.deploy(sam.package(sam_template), transformed, values, capabilities, stack)
+    report.deployment = d
+    for err in d.validate_errors:
+        report.fail("validate-template (packaged)", err)
+    if d.change_set_status != "CREATE_COMPLETE":
+        report.fail("change set", f"{d.change_set_status} {d.change_set_reason}")
+    if d.stack_status != "CREATE_COMPLETE":
+        report.fail("emulator deploy", f"{d.stack_status} {d.stack_reason}")
+    report.notes.append(
+        f"emulator deploy: {len(d.created)} resources created; "
+        f"skipped (moto has no CloudFormation support): {', '.join(sorted(d.skipped_types)) or 'none'}"
+    )
     return report
 
 

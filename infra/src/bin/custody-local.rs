@@ -118,13 +118,15 @@ async fn up(ready_file: Option<String>, state_file: Option<String>) -> ExitCode 
 /// Writes a file only its owner can read: it holds bearer tokens and passwords.
 fn write_private(path: &str, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    // `mode` applies only to a new file: an older one keeps its mode unless told.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(contents.as_bytes())
 }
 
