@@ -61,6 +61,11 @@ fn row(class: RetentionClass) -> (&'static str, &'static str, &'static str) {
             "`PointInTimeRecoverySpecification.RecoveryPeriodInDays` on both tables",
             "`template.rs::logs_and_backups_keep_the_promised_days`",
         ),
+        RetentionClass::Bypass => (
+            "bypass mode pushes the rows and keeps nothing",
+            "object tag `retention-class=bypass`; S3 lifecycle rule `retention-bypass` as the backstop (noncurrent versions too)",
+            "`template.rs::template_matches_retention`",
+        ),
     }
 }
 

@@ -53,10 +53,13 @@ pub enum RetentionClass {
     /// Point-in-time recovery of both tables: "30-day rolling backup window". A
     /// deleted token or an erased subject is restorable for this long, no longer.
     Backup,
+    /// A bypass-mode upload: deleted when processing ends; this is the backstop for
+    /// an object whose processing never ended.
+    Bypass,
 }
 
 impl RetentionClass {
-    pub const ALL: [RetentionClass; 10] = [
+    pub const ALL: [RetentionClass; 11] = [
         RetentionClass::ExportLog,
         RetentionClass::Import30d,
         RetentionClass::Import90d,
@@ -67,6 +70,7 @@ impl RetentionClass {
         RetentionClass::Audit,
         RetentionClass::FunctionLog,
         RetentionClass::Backup,
+        RetentionClass::Bypass,
     ];
 
     pub fn period(self) -> Period {
@@ -83,6 +87,7 @@ impl RetentionClass {
             RetentionClass::Audit => Period::AtLeastDays(730),
             RetentionClass::FunctionLog => Period::Days(30),
             RetentionClass::Backup => Period::Days(30),
+            RetentionClass::Bypass => Period::Days(1),
         }
     }
 
@@ -99,6 +104,7 @@ impl RetentionClass {
             RetentionClass::Audit => "audit",
             RetentionClass::FunctionLog => "function-log",
             RetentionClass::Backup => "backup",
+            RetentionClass::Bypass => "bypass",
         }
     }
 
@@ -109,7 +115,9 @@ impl RetentionClass {
     /// Where the class lives and so which mechanism deletes it.
     pub fn store(self) -> Store {
         match self {
-            RetentionClass::Import30d | RetentionClass::Import90d => Store::ImportsBucket,
+            RetentionClass::Import30d | RetentionClass::Import90d | RetentionClass::Bypass => {
+                Store::ImportsBucket
+            }
             RetentionClass::DsarResult => Store::DsarResultsBucket,
             RetentionClass::Audit => Store::AuditTable,
             RetentionClass::FunctionLog => Store::LogGroups,

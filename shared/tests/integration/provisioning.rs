@@ -112,8 +112,15 @@ async fn every_resource_exists_as_the_template_states() {
     // Buckets: versioning, SSE-KMS with the data key, public access blocked,
     // lifecycle rules as stated, TLS-only policy.
     let data_key_arn = &resources["DataKey"].arn;
+    // One rule per imports-bucket retention class, plus old versions with unfinished
+    // uploads, and expired delete markers.
+    let import_rules = custody::retention::RetentionClass::ALL
+        .into_iter()
+        .filter(|c| c.store() == custody::retention::Store::ImportsBucket)
+        .count()
+        + 2;
     for (bucket, expected_rules) in [
-        (&stack.config.imports_bucket, 4usize),
+        (&stack.config.imports_bucket, import_rules),
         (&stack.config.dsar_results_bucket, 1usize),
     ] {
         // Versioning, checked by behaviour (moto answers GetBucketVersioning with an XML
