@@ -152,6 +152,82 @@ impl RetentionClass {
         self.duration().map(|d| (now + d).timestamp())
     }
 
+    /// What the product promises for the class, its mechanism and the test that
+    /// proves it: `docs/RETENTION.md` and `GET /retention` are rendered from these.
+    /// An exhaustive match, so a new class does not compile until it says all three.
+    fn described(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            RetentionClass::ExportLog => (
+                "export logs are kept up to 90 days",
+                "`expires_at` on each export-run item; DynamoDB TTL deletes it and every read filters expired items",
+                "`shared/tests/integration/store.rs`, `functions/export/tests/export/api.rs`",
+            ),
+            RetentionClass::Import30d => (
+                "uploaded imports are deleted after a month",
+                "object tag `retention-class=import-30d`; S3 lifecycle rule `retention-import-30d` (noncurrent versions too); the import's data marker expires by TTL; past the expiry a download is refused (410) before the platform deletes, and no link outlives it",
+                "`template.rs::template_matches_retention`, `functions/import/tests/import/expired_reads.rs`, `tests/tests/import_expiry_erasure.rs`",
+            ),
+            RetentionClass::Import90d => (
+                "the longer import class a tenant may choose",
+                "object tag `retention-class=import-90d`; S3 lifecycle rule `retention-import-90d`",
+                "`template.rs::template_matches_retention`",
+            ),
+            RetentionClass::DsarResult => (
+                "access bundles live only as long as their links need",
+                "one lifecycle rule for the whole DSAR-results bucket (noncurrent versions too)",
+                "`template.rs::template_matches_retention`",
+            ),
+            RetentionClass::OauthState => (
+                "OAuth state and PKCE verifier only between redirect and callback",
+                "`expires_at` (TTL) and the read filter; the callback consumes the state",
+                "`functions/oauth/tests/oauth/flow.rs`",
+            ),
+            RetentionClass::Idempotency => (
+                "idempotency records only as long as a retry can arrive",
+                "`expires_at` (TTL) and the read filter",
+                "`shared/tests/integration/idempotency.rs`",
+            ),
+            RetentionClass::VerificationCode => (
+                "one-time verification codes for data-subject self-service",
+                "`expires_at` (TTL) and the read filter",
+                "`functions/dsar/tests/dsar/verification.rs`",
+            ),
+            RetentionClass::Audit => (
+                "every export, deletion and data access is logged immutably, at least 24 months",
+                "append-only audit table: no TTL, deletion protection, no function has a delete grant",
+                "`template.rs::functions_may_only_append_to_and_query_the_audit_table`, `shared/tests/integration/audit.rs`",
+            ),
+            RetentionClass::FunctionLog => (
+                "technical logs are retained for 30 days",
+                "one CloudWatch log group per function with `RetentionInDays`, wired with `LoggingConfig`",
+                "`template.rs::logs_and_backups_keep_the_promised_days`",
+            ),
+            RetentionClass::Backup => (
+                "a 30-day rolling backup window",
+                "`PointInTimeRecoverySpecification.RecoveryPeriodInDays` on both tables",
+                "`template.rs::logs_and_backups_keep_the_promised_days`",
+            ),
+            RetentionClass::Bypass => (
+                "bypass mode pushes the rows and keeps nothing",
+                "object tag `retention-class=bypass`; S3 lifecycle rule `retention-bypass` as the backstop (noncurrent versions too)",
+                "`template.rs::template_matches_retention`",
+            ),
+        }
+    }
+
+    pub fn promise(self) -> &'static str {
+        self.described().0
+    }
+
+    pub fn mechanism(self) -> &'static str {
+        self.described().1
+    }
+
+    /// The tests that prove the class is kept (paths relative to the repository).
+    pub fn proof(self) -> &'static str {
+        self.described().2
+    }
+
     /// The import classes a tenant may choose between.
     pub fn import_classes() -> [RetentionClass; 2] {
         [RetentionClass::Import30d, RetentionClass::Import90d]
