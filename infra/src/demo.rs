@@ -994,9 +994,9 @@ async fn uninstall(env: &Environment) -> Result<Vec<String>, String> {
 
 async fn audit(env: &Environment) -> Result<Vec<String>, String> {
     let tenant = TenantId::parse(TENANT).map_err(|e| e.to_string())?;
-    let log = AuditLog::new(
-        env.stack.clients.dynamodb.clone(),
-        &env.stack.provisioned.config.audit_table,
+    let log = AuditLog::from_config(
+        &env.stack.clients,
+        &env.stack.provisioned.config,
         std::sync::Arc::new(SystemClock),
     );
     let verified = log
@@ -1008,11 +1008,19 @@ async fn audit(env: &Environment) -> Result<Vec<String>, String> {
         .entries(&tenant, None, None)
         .await
         .map_err(|e| e.to_string())?;
-    let mut lines = vec![format!(
-        "{} entries, hash chain unbroken, head {}…",
-        verified.entries,
-        &verified.head_hash[..16]
-    )];
+    let mut lines: Vec<String> = verified
+        .chains
+        .iter()
+        .map(|chain| {
+            format!(
+                "{} chain: {} entries, unbroken, {} signed checkpoint(s), head {}…",
+                chain.class.name(),
+                chain.entries,
+                chain.checkpoints,
+                &chain.head_hash[..16]
+            )
+        })
+        .collect();
     for entry in entries {
         lines.push(format!(
             "  #{:<3} {} {:<34} {:<22} {:?} {}",

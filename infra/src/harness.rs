@@ -52,11 +52,12 @@ impl TestStack {
     }
 
     pub fn audit(&self, clock: SharedClock) -> custody::audit::AuditLog {
-        custody::audit::AuditLog::new(
-            self.clients.dynamodb.clone(),
-            &self.config.audit_table,
-            clock,
-        )
+        custody::audit::AuditLog::from_config(&self.clients, &self.config, clock)
+    }
+
+    /// The deployment's signing key (certificates, audit checkpoints).
+    pub fn signer(&self) -> custody::signing::Signer {
+        custody::signing::Signer::new(self.clients.kms.clone(), &self.config.signing_key_id)
     }
 
     pub fn sealer(&self) -> custody::seal::Sealer {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod idempotency;
 pub mod retention;
 pub mod seal;
+pub mod signing;
 pub mod store;
 // In the kernel rather than beside `subject`: a store entity that refers only to
 // `store` and `tenant`; `imports` and the DSAR function use it.

@@ -397,9 +397,9 @@ pub mod world {
 
     /// The tenant's audit log, read as the verifier reads it.
     pub fn audit_log(env: &Environment) -> AuditLog {
-        AuditLog::new(
-            env.stack.clients.dynamodb.clone(),
-            &env.stack.provisioned.config.audit_table,
+        AuditLog::from_config(
+            &env.stack.clients,
+            &env.stack.provisioned.config,
             custody::clock::system(),
         )
     }

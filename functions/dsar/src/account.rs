@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
-use custody::audit::Event;
+use custody::audit::{AuditClass, Event};
 use custody::certificate::{Certificate, ErasedStore, SCHEMA, Scope};
 use custody::privacy::{AccountDeletion, PurgeCounts, PurgeStatus, PurgeStep};
 use custody::store::{Condition, Item, Key, StoreError, keys};
@@ -206,7 +206,7 @@ pub async fn purge(
         pages += 1;
     }
     if job.status == PurgeStatus::Purging {
-        let head = deps.audit.head(tenant).await?;
+        let head = deps.audit.head(tenant, AuditClass::Evidence).await?;
         let now = deps.now();
         let certificate = Certificate {
             schema: SCHEMA.to_owned(),
@@ -244,7 +244,7 @@ pub async fn purge(
     }
     // The certificate goes to the audit log (kept) once: a rerun after a crash finds
     // it at the head (nothing else of the tenant writes after the purge).
-    let head = deps.audit.head(tenant).await?;
+    let head = deps.audit.head(tenant, AuditClass::Evidence).await?;
     let logged = head
         .as_ref()
         .is_some_and(|h| h.action == "account.purged" && h.target == job.id);

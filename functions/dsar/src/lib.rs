@@ -139,7 +139,7 @@ impl Deps {
     ) -> Self {
         let store = Store::new(clients.dynamodb.clone(), &config.table, clock.clone());
         Self {
-            audit: AuditLog::new(clients.dynamodb.clone(), &config.audit_table, clock.clone()),
+            audit: AuditLog::from_config(clients, &config, clock.clone()),
             idempotency: Idempotency::new(store.clone()),
             imports: Imports::new(store.clone(), clients.s3.clone(), &config.imports_bucket),
             s3: clients.s3.clone(),

@@ -62,7 +62,7 @@ impl Deps {
         let store = Store::new(clients.dynamodb.clone(), &config.table, clock.clone());
         Self {
             imports: Imports::new(store.clone(), clients.s3.clone(), &config.imports_bucket),
-            audit: AuditLog::new(clients.dynamodb.clone(), &config.audit_table, clock.clone()),
+            audit: AuditLog::from_config(clients, config, clock.clone()),
             idempotency: Idempotency::new(store),
             clock,
         }

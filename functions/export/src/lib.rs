@@ -71,7 +71,7 @@ impl Deps {
     ) -> Self {
         let store = Store::new(clients.dynamodb.clone(), &config.table, clock.clone());
         Self {
-            audit: AuditLog::new(clients.dynamodb.clone(), &config.audit_table, clock),
+            audit: AuditLog::from_config(clients, config, clock),
             sealer: Sealer::new(clients.kms.clone(), &config.data_key_id),
             schedules: ExportSchedules::new(clients.scheduler.clone(), &config.schedule_group),
             scheduler: clients.scheduler.clone(),

@@ -27,7 +27,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         oauth_config,
         store,
         custody::seal::Sealer::new(clients.kms.clone(), &config.data_key_id),
-        custody::audit::AuditLog::new(clients.dynamodb.clone(), &config.audit_table, clock.clone()),
+        custody::audit::AuditLog::from_config(&clients, &config, clock.clone()),
         clients.secrets.clone(),
         http.clone(),
     );

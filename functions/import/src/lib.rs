@@ -95,7 +95,7 @@ impl Deps {
         Self {
             imports: Imports::new(store.clone(), clients.s3.clone(), &config.imports_bucket),
             sealer: Sealer::new(clients.kms.clone(), &config.data_key_id),
-            audit: AuditLog::new(clients.dynamodb.clone(), &config.audit_table, clock.clone()),
+            audit: AuditLog::from_config(clients, &config, clock.clone()),
             idempotency: Idempotency::new(store),
             sender: Sender::new(http, settings.retry),
             config,

@@ -27,7 +27,7 @@ async fn main() -> Result<(), Error> {
             oauth_config,
             custody::store::Store::new(clients.dynamodb.clone(), &config.table, clock.clone()),
             custody::seal::Sealer::new(clients.kms.clone(), &config.data_key_id),
-            custody::audit::AuditLog::new(clients.dynamodb.clone(), &config.audit_table, clock),
+            custody::audit::AuditLog::from_config(&clients, &config, clock),
             clients.secrets.clone(),
             custody::http::client()?,
         ),

@@ -1,35 +1,20 @@
 //! Certificates of deletion: a JSON document saying what was erased, signed with the
-//! asymmetric KMS key (ECC_NIST_P256, `ECDSA_SHA_256`), verifiable offline by anyone
-//! holding the public key.
+//! KMS signing key (`custody::signing`), verifiable offline by anyone holding the
+//! public key.
 //!
-//! The signed bytes are the document's JSON text exactly as stored (`document`), so
-//! verification never depends on re-serialising: take `document` as UTF-8 bytes,
-//! `signature` (base64 of an ASN.1 DER ECDSA signature) and the public key (DER
-//! SubjectPublicKeyInfo from KMS `GetPublicKey`, or its PEM form) and check with any
-//! ECDSA P-256/SHA-256 verifier, e.g.
-//! `openssl dgst -sha256 -verify key.pem -signature sig.der document.json`.
-//! [`verify`] does the same in Rust.
-//!
-//! KMS signs at most 4 KiB in `RAW` mode (and the emulator has no `DIGEST` mode), so a
-//! document carries counts, ids and hashes only and is refused if larger.
+//! The signed bytes are the document's JSON text exactly as stored (`document`);
+//! [`verify`] checks them in Rust, `openssl dgst -sha256 -verify` does the same.
+//! A document carries counts, ids and hashes only (KMS signs at most 4 KiB).
 
-use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{Signature, VerifyingKey};
-use p256::pkcs8::DecodePublicKey as _;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::audit::AuditRef;
-use crate::kernel::aws::error_text;
 use crate::kernel::http::{HttpAnswer, HttpError};
-
-/// KMS `Sign` limit for `RAW` messages.
-pub const MAX_DOCUMENT_BYTES: usize = 4096;
-pub const ALGORITHM: &str = "ECDSA_SHA_256";
+use crate::kernel::signing::{self, MAX_MESSAGE_BYTES as MAX_DOCUMENT_BYTES, Signer, SigningError};
+pub use crate::kernel::signing::{ALGORITHM, public_key_pem};
 /// Version tag of the document format.
 pub const SCHEMA: &str = "custody.certificate-of-deletion/v1";
 
@@ -49,6 +34,19 @@ pub enum CertificateError {
     BadSignature,
     #[error("signature does not match the document")]
     Invalid,
+}
+
+impl From<SigningError> for CertificateError {
+    fn from(err: SigningError) -> Self {
+        match err {
+            SigningError::TooLarge(n) => Self::TooLarge(n),
+            SigningError::Kms(e) => Self::Kms(e),
+            SigningError::Missing(what) => Self::Missing(what),
+            SigningError::BadPublicKey => Self::BadPublicKey,
+            SigningError::BadSignature => Self::BadSignature,
+            SigningError::Invalid => Self::Invalid,
+        }
+    }
 }
 
 impl HttpError for CertificateError {
@@ -107,8 +105,9 @@ pub struct Certificate {
     pub erased: Vec<ErasedStore>,
     /// The audit entries of the request, by sequence number and hash.
     pub audit_entries: Vec<AuditRef>,
-    /// The hash of the newest audit entry when the certificate was issued: anchors
-    /// the chain so a later truncation is detectable.
+    /// The hash of the newest entry of the tenant's evidence chain of the audit log
+    /// when the certificate was issued (the chain that holds privacy requests and
+    /// deletions): anchors it so a later truncation is detectable.
     pub audit_head_hash: String,
     pub key_id: String,
     pub algorithm: String,
@@ -146,20 +145,18 @@ pub struct PublicKey {
 /// Signs certificates with the KMS signing key.
 #[derive(Clone, Debug)]
 pub struct CertificateSigner {
-    kms: aws_sdk_kms::Client,
-    key_id: String,
+    signer: Signer,
 }
 
 impl CertificateSigner {
     pub fn new(kms: aws_sdk_kms::Client, key_id: impl Into<String>) -> Self {
         Self {
-            kms,
-            key_id: key_id.into(),
+            signer: Signer::new(kms, key_id),
         }
     }
 
     pub fn key_id(&self) -> &str {
-        &self.key_id
+        self.signer.key_id()
     }
 
     /// Serialises and signs `certificate` (its `key_id` and `algorithm` are set here).
@@ -167,73 +164,30 @@ impl CertificateSigner {
         &self,
         mut certificate: Certificate,
     ) -> Result<SignedCertificate, CertificateError> {
-        certificate.key_id = self.key_id.clone();
+        certificate.key_id = self.key_id().to_owned();
         certificate.algorithm = ALGORITHM.to_owned();
         let document = serde_json::to_string(&certificate)
             .map_err(|e| CertificateError::Encode(e.to_string()))?;
-        if document.len() > MAX_DOCUMENT_BYTES {
-            return Err(CertificateError::TooLarge(document.len()));
-        }
-        let out = self
-            .kms
-            .sign()
-            .key_id(&self.key_id)
-            .message(Blob::new(document.as_bytes()))
-            .message_type(MessageType::Raw)
-            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
-            .send()
-            .await
-            .map_err(|e| CertificateError::Kms(error_text(&e)))?;
-        let signature = out
-            .signature()
-            .ok_or(CertificateError::Missing("signature"))?;
+        let signature = self.signer.sign(document.as_bytes()).await?;
         Ok(SignedCertificate {
             document,
-            signature: STANDARD.encode(signature.as_ref()),
-            key_id: self.key_id.clone(),
+            signature,
+            key_id: self.key_id().to_owned(),
             algorithm: ALGORITHM.to_owned(),
         })
     }
 
     /// The public key (KMS `GetPublicKey`), DER and PEM.
     pub async fn public_key(&self) -> Result<PublicKey, CertificateError> {
-        let out = self
-            .kms
-            .get_public_key()
-            .key_id(&self.key_id)
-            .send()
-            .await
-            .map_err(|e| CertificateError::Kms(error_text(&e)))?;
-        let der = out
-            .public_key()
-            .ok_or(CertificateError::Missing("public key"))?
-            .as_ref()
-            .to_vec();
-        // Refuse to publish anything that would not verify our signatures.
-        VerifyingKey::from_public_key_der(&der).map_err(|_| CertificateError::BadPublicKey)?;
+        let key = self.signer.public_key().await?;
         Ok(PublicKey {
-            key_id: out.key_id().unwrap_or(&self.key_id).to_owned(),
+            key_id: key.key_id,
             algorithm: ALGORITHM.to_owned(),
-            key_spec: out
-                .key_spec()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_else(|| "ECC_NIST_P256".to_owned()),
-            der_base64: STANDARD.encode(&der),
-            pem: public_key_pem(&der),
+            key_spec: key.key_spec,
+            der_base64: STANDARD.encode(&key.der),
+            pem: public_key_pem(&key.der),
         })
     }
-}
-
-/// PEM (`-----BEGIN PUBLIC KEY-----`) of a DER SubjectPublicKeyInfo.
-pub fn public_key_pem(der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(chunk));
-        pem.push('\n');
-    }
-    pem.push_str("-----END PUBLIC KEY-----\n");
-    pem
 }
 
 /// Verifies a signed certificate offline against a DER public key and returns the
@@ -242,14 +196,11 @@ pub fn verify(
     signed: &SignedCertificate,
     public_key_der: &[u8],
 ) -> Result<Certificate, CertificateError> {
-    let key = VerifyingKey::from_public_key_der(public_key_der)
-        .map_err(|_| CertificateError::BadPublicKey)?;
-    let der = STANDARD
-        .decode(&signed.signature)
-        .map_err(|_| CertificateError::BadSignature)?;
-    let signature = Signature::from_der(&der).map_err(|_| CertificateError::BadSignature)?;
-    key.verify(signed.document.as_bytes(), &signature)
-        .map_err(|_| CertificateError::Invalid)?;
+    signing::verify(
+        public_key_der,
+        signed.document.as_bytes(),
+        &signed.signature,
+    )?;
     signed.certificate()
 }
 

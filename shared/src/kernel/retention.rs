@@ -46,8 +46,12 @@ pub enum RetentionClass {
     Idempotency,
     /// One-time verification codes for data-subject self-service.
     VerificationCode,
-    /// The hash-chained audit log.
-    Audit,
+    /// Audit entries of export and import activity ("logs of export operations … up
+    /// to 90 days"). Deleted by TTL a whole daily segment at a time.
+    AuditActivity,
+    /// Audit entries that are evidence: privacy requests, consent, deletions,
+    /// connections, settings (CCPA §7101 keeps request records 24 months).
+    AuditEvidence,
     /// Function logs (CloudWatch Logs): "technical logs are retained for 30 days".
     FunctionLog,
     /// Point-in-time recovery of both tables: "30-day rolling backup window". A
@@ -59,7 +63,7 @@ pub enum RetentionClass {
 }
 
 impl RetentionClass {
-    pub const ALL: [RetentionClass; 11] = [
+    pub const ALL: [RetentionClass; 12] = [
         RetentionClass::ExportLog,
         RetentionClass::Import30d,
         RetentionClass::Import90d,
@@ -67,7 +71,8 @@ impl RetentionClass {
         RetentionClass::OauthState,
         RetentionClass::Idempotency,
         RetentionClass::VerificationCode,
-        RetentionClass::Audit,
+        RetentionClass::AuditActivity,
+        RetentionClass::AuditEvidence,
         RetentionClass::FunctionLog,
         RetentionClass::Backup,
         RetentionClass::Bypass,
@@ -84,7 +89,8 @@ impl RetentionClass {
             RetentionClass::VerificationCode => Period::Minutes(15),
             // Two years is the floor the product promises; regulated tenants often
             // need six or seven, so the log is never deleted automatically.
-            RetentionClass::Audit => Period::AtLeastDays(730),
+            RetentionClass::AuditActivity => Period::Days(90),
+            RetentionClass::AuditEvidence => Period::AtLeastDays(730),
             RetentionClass::FunctionLog => Period::Days(30),
             RetentionClass::Backup => Period::Days(30),
             RetentionClass::Bypass => Period::Days(1),
@@ -101,7 +107,8 @@ impl RetentionClass {
             RetentionClass::OauthState => "oauth-state",
             RetentionClass::Idempotency => "idempotency",
             RetentionClass::VerificationCode => "verification-code",
-            RetentionClass::Audit => "audit",
+            RetentionClass::AuditActivity => "audit-activity",
+            RetentionClass::AuditEvidence => "audit-evidence",
             RetentionClass::FunctionLog => "function-log",
             RetentionClass::Backup => "backup",
             RetentionClass::Bypass => "bypass",
@@ -119,7 +126,7 @@ impl RetentionClass {
                 Store::ImportsBucket
             }
             RetentionClass::DsarResult => Store::DsarResultsBucket,
-            RetentionClass::Audit => Store::AuditTable,
+            RetentionClass::AuditActivity | RetentionClass::AuditEvidence => Store::AuditTable,
             RetentionClass::FunctionLog => Store::LogGroups,
             RetentionClass::Backup => Store::PointInTimeRecovery,
             RetentionClass::ExportLog
@@ -192,10 +199,15 @@ impl RetentionClass {
                 "`expires_at` (TTL) and the read filter",
                 "`functions/dsar/tests/dsar/verification.rs`",
             ),
-            RetentionClass::Audit => (
-                "every export, deletion and data access is logged immutably, at least 24 months",
-                "append-only audit table: no TTL, deletion protection, no function has a delete grant",
-                "`template.rs::functions_may_only_append_to_and_query_the_audit_table`, `shared/tests/integration/audit.rs`",
+            RetentionClass::AuditActivity => (
+                "export and import activity in the audit log is kept up to 90 days",
+                "its own hash chain per tenant, cut into daily segments; every entry of a segment has the same `expires_at` (the segment's day + 90 days, so an entry lives 89 to 90 days) and DynamoDB TTL removes it; each closed segment is sealed by a checkpoint signed with the KMS signing key, and `verify` proves the chain from the oldest checkpoint still retained; no function has a delete grant",
+                "`shared/tests/integration/audit.rs::expired_segments_go_and_the_rest_still_verifies`, `template.rs::functions_may_only_append_to_and_query_the_audit_table`",
+            ),
+            RetentionClass::AuditEvidence => (
+                "every export, deletion and data access is logged immutably; privacy-request and deletion evidence at least 24 months",
+                "its own hash chain per tenant, segments sealed by signed checkpoints like the activity chain, with no `expires_at`: never deleted automatically; deletion protection on the table, no function has a delete grant",
+                "`shared/tests/integration/audit.rs::every_tampering_is_detected`, `template.rs::functions_may_only_append_to_and_query_the_audit_table`",
             ),
             RetentionClass::FunctionLog => (
                 "technical logs are retained for 30 days",
@@ -239,7 +251,8 @@ impl RetentionClass {
 pub enum Store {
     /// DynamoDB TTL on `expires_at`, with reads filtering expired items.
     Table,
-    /// No TTL: kept at least the stated period.
+    /// The audit table: TTL on `expires_at` for the classes that expire, none for
+    /// the others; checkpoints expire with their segment.
     AuditTable,
     /// One lifecycle rule per class, by object tag.
     ImportsBucket,
@@ -275,7 +288,7 @@ mod tests {
             RetentionClass::OauthState.expires_at(now),
             Some(1_700_000_000 + 600)
         );
-        assert_eq!(RetentionClass::Audit.expires_at(now), None);
+        assert_eq!(RetentionClass::AuditEvidence.expires_at(now), None);
     }
 
     #[test]
@@ -286,6 +299,9 @@ mod tests {
         assert_eq!(RetentionClass::DsarResult.days(), Some(7));
         assert_eq!(RetentionClass::FunctionLog.days(), Some(30));
         assert_eq!(RetentionClass::Backup.days(), Some(30));
-        assert!(matches!(RetentionClass::Audit.period(), Period::AtLeastDays(d) if d >= 730));
+        assert_eq!(RetentionClass::AuditActivity.days(), Some(90));
+        assert!(
+            matches!(RetentionClass::AuditEvidence.period(), Period::AtLeastDays(d) if d >= 730)
+        );
     }
 }

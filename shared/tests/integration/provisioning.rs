@@ -94,7 +94,7 @@ async fn every_resource_exists_as_the_template_states() {
         .iter()
         .map(|k| k.attribute_name().to_owned())
         .collect();
-    assert_eq!(audit_keys, ["tenant", "seq"]);
+    assert_eq!(audit_keys, [custody::audit::PARTITION_KEY, "seq"]);
     let audit_ttl = ddb
         .describe_time_to_live()
         .table_name(&stack.config.audit_table)
@@ -103,10 +103,11 @@ async fn every_resource_exists_as_the_template_states() {
         .unwrap()
         .time_to_live_description
         .and_then(|d| d.time_to_live_status().cloned());
-    assert_ne!(
+    // Activity segments expire by TTL; evidence entries carry no expires_at.
+    assert_eq!(
         audit_ttl,
         Some(TimeToLiveStatus::Enabled),
-        "audit must not expire"
+        "audit activity must expire"
     );
 
     // Buckets: versioning, SSE-KMS with the data key, public access blocked,

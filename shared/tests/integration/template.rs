@@ -128,14 +128,27 @@ fn template_matches_retention() {
         );
     }
 
-    // The audit log never expires by itself.
+    // The audit log: TTL on the attribute entries carry, which holds the activity
+    // class's days (the evidence class never expires), keyed as the code writes.
     let audit = &resource(&template, "AuditTable")["Properties"];
-    assert!(
-        audit.get("TimeToLiveSpecification").is_none(),
-        "audit table must have no TTL"
+    let ttl = &audit["TimeToLiveSpecification"];
+    assert_eq!(ttl["AttributeName"].as_str(), Some(TTL_ATTRIBUTE));
+    assert_eq!(ttl["Enabled"].as_bool(), Some(true));
+    assert_eq!(
+        audit["KeySchema"][0]["AttributeName"].as_str(),
+        Some(custody::audit::PARTITION_KEY)
     );
     assert_eq!(audit["DeletionProtectionEnabled"].as_bool(), Some(true));
-    assert!(RetentionClass::Audit.duration().is_none());
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+    let start = day.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp();
+    assert_eq!(
+        custody::audit::AuditClass::Activity.expires_at(day),
+        RetentionClass::AuditActivity
+            .days()
+            .map(|d| start + d * 86_400)
+    );
+    assert!(RetentionClass::AuditEvidence.duration().is_none());
+    assert_eq!(custody::audit::AuditClass::Evidence.expires_at(day), None);
 }
 
 #[test]
@@ -314,4 +327,41 @@ fn logs_and_backups_keep_the_promised_days() {
     }
     assert_eq!(RetentionClass::FunctionLog.store(), Store::LogGroups);
     assert_eq!(RetentionClass::Backup.store(), Store::PointInTimeRecovery);
+}
+
+/// Every function that appends to the audit log may seal a segment, which signs a
+/// checkpoint with the signing key: without `kms:Sign` the first append of a new day
+/// would fail.
+#[test]
+fn every_audit_writer_may_sign_checkpoints() {
+    let template = template();
+    let resources = template["Resources"].as_mapping().unwrap();
+    let mut writers = 0;
+    for (logical, resource) in resources {
+        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let statements: Vec<Value> = resource["Properties"]["Policies"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["Statement"].as_sequence().cloned().unwrap_or_default())
+            .collect();
+        let grants = |action: &str, on: &str| {
+            statements.iter().any(|s| {
+                let actions = format!("{:?}", s["Action"]);
+                s["Effect"].as_str() == Some("Allow")
+                    && actions.contains(&format!("\"{action}\""))
+                    && format!("{:?}", s["Resource"]).contains(on)
+            })
+        };
+        if grants("dynamodb:PutItem", "AuditTable") {
+            writers += 1;
+            assert!(
+                grants("kms:Sign", "SigningKey"),
+                "{logical:?} appends to the audit log but may not sign checkpoints"
+            );
+        }
+    }
+    assert_eq!(writers, 5, "all five functions append to the audit log");
 }
