@@ -414,16 +414,35 @@ async fn list(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Bo
     )
 }
 
-/// The caller's import named by the path, or 404 (also for another tenant's id).
+/// The caller's import named by the path, as readers see it (`expired` once past its
+/// retention), or 404 (also for another tenant's id).
 async fn owned(deps: &Deps, caller: &Caller, req: &Request) -> Result<Import, Problem> {
     let id = path_param(req, "id")?;
     let import = deps
         .imports
-        .get(&caller.tenant, &id)
+        .read(&caller.tenant, &id)
         .await?
         .ok_or_else(Problem::not_found)?;
     custody::api::ensure_owned(caller, &import.tenant)?;
     Ok(import)
+}
+
+/// 410 for anything that would read an import's data past its retention, though S3
+/// lifecycle and TTL delete it days later: the promise is the number, not the
+/// platform's delay.
+fn refuse_if_past_retention(import: &Import, action: &str) -> Result<(), Problem> {
+    if import.status != Status::Expired {
+        return Ok(());
+    }
+    let when = import
+        .data_expires_at
+        .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
+        .map(|at| format!(" on {}", at.format("%Y-%m-%d %H:%M UTC")))
+        .unwrap_or_default();
+    Err(Problem::gone(format!(
+        "this import's data passed its retention ({}){when} and is deleted; it cannot be {action}",
+        import.retention_class.name()
+    )))
 }
 
 async fn get(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
@@ -675,6 +694,7 @@ async fn complete(deps: &Deps, caller: &Caller, req: &Request) -> Result<Respons
             "file imports complete by themselves when the upload is processed",
         ));
     }
+    refuse_if_past_retention(&import, "delivered")?;
     deps.imports
         .update(&import.tenant, &import.id, |imp| match imp.status {
             Status::Created | Status::Processing => {
@@ -696,6 +716,7 @@ async fn complete(deps: &Deps, caller: &Caller, req: &Request) -> Result<Respons
 async fn retry(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     caller.require(Role::Operator)?;
     let import = owned(deps, caller, req).await?;
+    refuse_if_past_retention(&import, "delivered")?;
     deps.imports
         .update(&import.tenant, &import.id, |imp| match imp.status {
             Status::DeliveryFailed => {
@@ -755,20 +776,8 @@ pub struct Download {
 async fn download(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     caller.require(Role::Viewer)?;
     let import = owned(deps, caller, req).await?;
-    // Past its retention the data is refused at once, though S3 lifecycle and TTL
-    // delete it days later: the promise is the number, not the platform's delay.
+    refuse_if_past_retention(&import, "downloaded")?;
     let now = deps.clock.now();
-    let expired_at = import.data_expires_at.filter(|at| *at <= now.timestamp());
-    if import.status == Status::Expired || expired_at.is_some() {
-        let when = expired_at
-            .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
-            .map(|at| format!(" on {}", at.format("%Y-%m-%d %H:%M UTC")))
-            .unwrap_or_default();
-        return Err(Problem::gone(format!(
-            "this import's data passed its retention ({}){when} and is deleted; it cannot be downloaded",
-            import.retention_class.name()
-        )));
-    }
     let objects = if import.status.is_gone() || import.data_deleted_at.is_some() {
         Vec::new()
     } else {
