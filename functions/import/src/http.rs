@@ -182,8 +182,19 @@ pub struct Created {
 async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     caller.require(Role::Operator)?;
     let input: CreateImport = json_body(req, MAX_CREATE_BODY_BYTES)?;
-    let class = input.retention_class.unwrap_or(RetentionClass::Import30d);
-    if !RetentionClass::import_classes().contains(&class) {
+    // Bypass has its own class: its tag selects the 1-day lifecycle backstop, so an
+    // upload whose processing never ends is still gone within a day.
+    let class = match (input.mode, input.retention_class) {
+        (Mode::Bypass, None | Some(RetentionClass::Bypass)) => RetentionClass::Bypass,
+        (Mode::Bypass, Some(_)) => {
+            return Err(Problem::bad_request(
+                "retention_class",
+                "bypass imports keep nothing; retention_class must be bypass or absent",
+            ));
+        }
+        (Mode::Store, requested) => requested.unwrap_or(RetentionClass::Import30d),
+    };
+    if input.mode == Mode::Store && !RetentionClass::import_classes().contains(&class) {
         return Err(Problem::bad_request(
             "retention_class",
             "retention_class must be import-30d or import-90d",
@@ -310,7 +321,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
         &import,
         Event::new(caller.actor(), "import.created", keys::import(&id))
             .detail("format", format_name(import.format))
-            .detail("mode", mode_name(import.mode))
+            .detail("mode", process::mode_name(import.mode))
             .detail("retention_class", class.name()),
     )
     .await?;
@@ -327,13 +338,6 @@ fn format_name(format: Format) -> &'static str {
         Format::Csv => "csv",
         Format::Jsonl => "jsonl",
         Format::Rows => "rows",
-    }
-}
-
-fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Store => "store",
-        Mode::Bypass => "bypass",
     }
 }
 
@@ -717,6 +721,12 @@ async fn retry(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<B
     caller.require(Role::Operator)?;
     let import = owned(deps, caller, req).await?;
     refuse_if_past_retention(&import, "delivered")?;
+    if import.mode == Mode::Bypass {
+        // Its data was deleted when processing ended: there is nothing to resume from.
+        return Err(Problem::conflict(
+            "a bypass import keeps no data to retry from; upload it again in a new import",
+        ));
+    }
     deps.imports
         .update(&import.tenant, &import.id, |imp| match imp.status {
             Status::DeliveryFailed => {
