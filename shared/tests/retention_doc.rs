@@ -37,9 +37,7 @@ fn render() -> String {
          {ABORT_INCOMPLETE_MULTIPART_DAYS} day(s), so expired data does not linger as an \
          old version.\n\n\
          Not yet in this table (issue \"Retention everywhere\"): API access logs (none are \
-         enabled) and retention classes per kind of audit entry; import listings and \
-         access bundles still show an import past its expiry until the platform \
-         deletes it (downloads are refused).\n"
+         enabled) and retention classes per kind of audit entry.\n"
     ));
     out
 }

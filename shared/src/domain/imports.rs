@@ -126,7 +126,8 @@ impl Format {
 pub enum Mode {
     /// Keep the data until its retention class expires it.
     Store,
-    /// Push to the destination and keep nothing.
+    /// Push to the destination and keep nothing: the upload (class `bypass`) is
+    /// deleted when processing ends, whatever the outcome.
     Bypass,
 }
 
@@ -139,12 +140,14 @@ pub enum Status {
     Processing,
     /// Every valid row reached the destination.
     Delivered,
-    /// A batch kept failing; the data stays stored until it expires, and
-    /// `POST /imports/{id}/retry` resumes from the first undelivered batch.
+    /// A batch kept failing; in store mode the data stays stored until it expires,
+    /// and `POST /imports/{id}/retry` resumes from the first undelivered batch (in
+    /// bypass mode it is deleted: nothing to resume from).
     DeliveryFailed,
     /// The file as a whole is unusable (see `error`); nothing was pushed.
     Invalid,
-    /// The data reached the end of its retention and is gone.
+    /// The data reached the end of its retention and is gone. Readers show it from
+    /// `data_expires_at` on ([`Import::seen_at`]), before the platform deletes.
     Expired,
     /// The data was deleted on request.
     Deleted,
