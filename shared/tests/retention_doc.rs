@@ -36,10 +36,8 @@ fn render() -> String {
          {NONCURRENT_VERSION_DAYS} day(s) and aborts unfinished multipart uploads after \
          {ABORT_INCOMPLETE_MULTIPART_DAYS} day(s), so expired data does not linger as an \
          old version.\n\n\
-         Not yet in this table (issue \"Retention everywhere\"): API access logs (none are \
-         enabled); import listings and \
-         access bundles still show an import past its expiry until the platform \
-         deletes it (downloads are refused).\n"
+         The HTTP API has no access logging enabled, so no access log is kept; each \
+         function logs the requests it serves, kept as `function-log`.\n"
     ));
     out
 }

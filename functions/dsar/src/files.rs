@@ -173,13 +173,15 @@ pub struct ObjectErasure {
 }
 
 /// Rewrites the object without the subject's rows (same key, tags and SSE-KMS), or
-/// deletes it when no data row is left, then deletes every older version: the old
-/// bytes must not survive as a noncurrent version. Idempotent: a second run removes
-/// no rows and finds no older versions.
+/// deletes it when no data row is left — or, with `whole` (data past its retention,
+/// which nobody may read any more), deletes it outright — then deletes every older
+/// version: the old bytes must not survive as a noncurrent version. Idempotent: a
+/// second run removes no rows and finds no older versions.
 pub async fn erase_from_object(
     deps: &Deps,
     key: &str,
     matcher: &SubjectMatcher<'_>,
+    whole: bool,
 ) -> Result<ObjectErasure, FileError> {
     let mut outcome = ObjectErasure::default();
     let bucket = &deps.config.imports_bucket;
@@ -187,7 +189,9 @@ pub async fn erase_from_object(
     if let Some(bytes) = read_object(deps, key).await? {
         let split = split(key, &bytes, matcher)?;
         outcome.rows_removed = split.matched.len() as u64;
-        if outcome.rows_removed > 0 && split.kept_rows > 0 {
+        if whole {
+            // Every version goes below; nothing is kept.
+        } else if outcome.rows_removed > 0 && split.kept_rows > 0 {
             let tags = deps
                 .s3
                 .get_object_tagging()
@@ -223,7 +227,7 @@ pub async fn erase_from_object(
             outcome.rewritten = true;
         }
         // No subject rows: the current version stays (an earlier run rewrote it).
-        if outcome.rows_removed == 0 {
+        if outcome.rows_removed == 0 && !whole {
             keep_version = current_version(deps, key).await?;
         }
     }

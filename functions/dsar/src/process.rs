@@ -334,14 +334,35 @@ pub struct Found {
     pub requests: BTreeSet<String>,
 }
 
+/// What a search for the subject's records may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Live records only: what access may disclose.
+    Live,
+    /// Expired records TTL has not deleted yet too: erasing more is safe.
+    Erasure,
+}
+
 /// Reads the `by_subject` index for every pseudonym of the request and resolves the
 /// subject refs: one query per pseudonym plus one read per record found, so the
 /// cost follows the subject's records, never the table's size.
-pub async fn find(deps: &Deps, request: &PrivacyRequest) -> Result<Found, ProcessError> {
+pub async fn find(
+    deps: &Deps,
+    request: &PrivacyRequest,
+    reach: Reach,
+) -> Result<Found, ProcessError> {
     let mut found = Found::default();
     let mut seen = HashSet::new();
     for pseudonym in &request.pseudonyms {
-        for item in deps.store.subject_items(&request.tenant, pseudonym).await? {
+        let items = match reach {
+            Reach::Live => deps.store.subject_items(&request.tenant, pseudonym).await?,
+            Reach::Erasure => {
+                deps.store
+                    .subject_items_for_erasure(&request.tenant, pseudonym)
+                    .await?
+            }
+        };
+        for item in items {
             let (Some(pk), Some(sk)) = (text(&item, "pk"), text(&item, "sk")) else {
                 continue;
             };
@@ -350,9 +371,14 @@ pub async fn find(deps: &Deps, request: &PrivacyRequest) -> Result<Found, Proces
                 continue;
             }
             let kind = text(&item, "kind").unwrap_or_default();
-            if kind == <SubjectRef as custody::store::Entity>::KIND
-                && let Some(subject_ref) = deps.store.get::<SubjectRef>(&key).await?
-            {
+            let subject_ref = if kind != <SubjectRef as custody::store::Entity>::KIND {
+                None
+            } else if reach == Reach::Erasure {
+                deps.store.get_for_erasure::<SubjectRef>(&key).await?
+            } else {
+                deps.store.get::<SubjectRef>(&key).await?
+            };
+            if let Some(subject_ref) = subject_ref {
                 match subject_ref.source {
                     Source::ImportObject => {
                         if let Some(object) = subject_ref.object_key {
@@ -392,6 +418,24 @@ async fn rows_of(
         return Ok(Vec::new());
     };
     Ok(files::split(object, &bytes, &matcher)?.matched)
+}
+
+/// Whether an import object's data may still be disclosed: not past its import's
+/// retention (the shared rule, `Imports::data_readable`), and never another tenant's.
+async fn object_readable(
+    deps: &Deps,
+    tenant: &TenantId,
+    object: &str,
+) -> Result<bool, ProcessError> {
+    match ObjectKey::parse(object) {
+        Some(parsed) if parsed.tenant != *tenant => Ok(false),
+        Some(parsed) => Ok(deps
+            .imports
+            .data_readable(tenant, &parsed.import_id)
+            .await?),
+        // Not custody's layout: judged by its refs' own expiry, already filtered.
+        None => Ok(true),
+    }
 }
 
 /// The country code the import normalised national phone numbers with.
@@ -496,12 +540,17 @@ async fn bundle_step(
 /// The access bundle: a JSON document (schema [`BUNDLE_SCHEMA`]) of every record held
 /// about the subject.
 pub async fn build_bundle(deps: &Deps, request: &PrivacyRequest) -> Result<Value, ProcessError> {
-    let found = find(deps, request).await?;
+    let found = find(deps, request, Reach::Live).await?;
     let pseudonyms: HashSet<String> = request.pseudonyms.iter().cloned().collect();
     let mut record_count = 0u64;
 
     let mut imported = Vec::new();
     for object in &found.objects {
+        // Past its import's retention the data is not disclosed, though S3
+        // lifecycle deletes it days later (erasure still reaches it).
+        if !object_readable(deps, &request.tenant, object).await? {
+            continue;
+        }
         let rows = rows_of(deps, request, object, &pseudonyms).await?;
         if rows.is_empty() {
             continue;
@@ -631,7 +680,7 @@ fn sanitised(item: Item) -> Value {
 // ---------------------------------------------------------------------------------
 
 async fn plan_step(deps: &Deps, request: &mut PrivacyRequest) -> Result<(), ProcessError> {
-    let found = find(deps, request).await?;
+    let found = find(deps, request, Reach::Erasure).await?;
     request.plan = Some(ErasurePlan {
         objects: found.objects.into_iter().collect(),
         items: found
@@ -673,7 +722,10 @@ async fn erase_files_step(
                     default_country_code: default_country_code(deps, &request.tenant, object)
                         .await?,
                 };
-                let outcome = files::erase_from_object(deps, object, &matcher).await?;
+                // Past its retention nobody may read the object any more, so it goes
+                // whole: rewriting it would give the other rows a new lifecycle clock.
+                let whole = !object_readable(deps, &request.tenant, object).await?;
+                let outcome = files::erase_from_object(deps, object, &matcher, whole).await?;
                 Ok((
                     outcome.rows_removed,
                     outcome.rewritten,

@@ -182,8 +182,19 @@ pub struct Created {
 async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     caller.require(Role::Operator)?;
     let input: CreateImport = json_body(req, MAX_CREATE_BODY_BYTES)?;
-    let class = input.retention_class.unwrap_or(RetentionClass::Import30d);
-    if !RetentionClass::import_classes().contains(&class) {
+    // Bypass has its own class: its tag selects the 1-day lifecycle backstop, so an
+    // upload whose processing never ends is still gone within a day.
+    let class = match (input.mode, input.retention_class) {
+        (Mode::Bypass, None | Some(RetentionClass::Bypass)) => RetentionClass::Bypass,
+        (Mode::Bypass, Some(_)) => {
+            return Err(Problem::bad_request(
+                "retention_class",
+                "bypass imports keep nothing; retention_class must be bypass or absent",
+            ));
+        }
+        (Mode::Store, requested) => requested.unwrap_or(RetentionClass::Import30d),
+    };
+    if input.mode == Mode::Store && !RetentionClass::import_classes().contains(&class) {
         return Err(Problem::bad_request(
             "retention_class",
             "retention_class must be import-30d or import-90d",
@@ -310,7 +321,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
         &import,
         Event::new(caller.actor(), "import.created", keys::import(&id))
             .detail("format", format_name(import.format))
-            .detail("mode", mode_name(import.mode))
+            .detail("mode", process::mode_name(import.mode))
             .detail("retention_class", class.name()),
     )
     .await?;
@@ -327,13 +338,6 @@ fn format_name(format: Format) -> &'static str {
         Format::Csv => "csv",
         Format::Jsonl => "jsonl",
         Format::Rows => "rows",
-    }
-}
-
-fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Store => "store",
-        Mode::Bypass => "bypass",
     }
 }
 
@@ -414,16 +418,35 @@ async fn list(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Bo
     )
 }
 
-/// The caller's import named by the path, or 404 (also for another tenant's id).
+/// The caller's import named by the path, as readers see it (`expired` once past its
+/// retention), or 404 (also for another tenant's id).
 async fn owned(deps: &Deps, caller: &Caller, req: &Request) -> Result<Import, Problem> {
     let id = path_param(req, "id")?;
     let import = deps
         .imports
-        .get(&caller.tenant, &id)
+        .read(&caller.tenant, &id)
         .await?
         .ok_or_else(Problem::not_found)?;
     custody::api::ensure_owned(caller, &import.tenant)?;
     Ok(import)
+}
+
+/// 410 for anything that would read an import's data past its retention, though S3
+/// lifecycle and TTL delete it days later: the promise is the number, not the
+/// platform's delay.
+fn refuse_if_past_retention(import: &Import, action: &str) -> Result<(), Problem> {
+    if import.status != Status::Expired {
+        return Ok(());
+    }
+    let when = import
+        .data_expires_at
+        .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
+        .map(|at| format!(" on {}", at.format("%Y-%m-%d %H:%M UTC")))
+        .unwrap_or_default();
+    Err(Problem::gone(format!(
+        "this import's data passed its retention ({}){when} and is deleted; it cannot be {action}",
+        import.retention_class.name()
+    )))
 }
 
 async fn get(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
@@ -675,6 +698,7 @@ async fn complete(deps: &Deps, caller: &Caller, req: &Request) -> Result<Respons
             "file imports complete by themselves when the upload is processed",
         ));
     }
+    refuse_if_past_retention(&import, "delivered")?;
     deps.imports
         .update(&import.tenant, &import.id, |imp| match imp.status {
             Status::Created | Status::Processing => {
@@ -696,6 +720,13 @@ async fn complete(deps: &Deps, caller: &Caller, req: &Request) -> Result<Respons
 async fn retry(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     caller.require(Role::Operator)?;
     let import = owned(deps, caller, req).await?;
+    refuse_if_past_retention(&import, "delivered")?;
+    if import.mode == Mode::Bypass {
+        // Its data was deleted when processing ended: there is nothing to resume from.
+        return Err(Problem::conflict(
+            "a bypass import keeps no data to retry from; upload it again in a new import",
+        ));
+    }
     deps.imports
         .update(&import.tenant, &import.id, |imp| match imp.status {
             Status::DeliveryFailed => {
@@ -755,20 +786,8 @@ pub struct Download {
 async fn download(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     caller.require(Role::Viewer)?;
     let import = owned(deps, caller, req).await?;
-    // Past its retention the data is refused at once, though S3 lifecycle and TTL
-    // delete it days later: the promise is the number, not the platform's delay.
+    refuse_if_past_retention(&import, "downloaded")?;
     let now = deps.clock.now();
-    let expired_at = import.data_expires_at.filter(|at| *at <= now.timestamp());
-    if import.status == Status::Expired || expired_at.is_some() {
-        let when = expired_at
-            .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
-            .map(|at| format!(" on {}", at.format("%Y-%m-%d %H:%M UTC")))
-            .unwrap_or_default();
-        return Err(Problem::gone(format!(
-            "this import's data passed its retention ({}){when} and is deleted; it cannot be downloaded",
-            import.retention_class.name()
-        )));
-    }
     let objects = if import.status.is_gone() || import.data_deleted_at.is_some() {
         Vec::new()
     } else {

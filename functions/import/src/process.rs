@@ -21,8 +21,8 @@ use chrono::{DateTime, Utc};
 use custody::audit::{Event, Outcome};
 use custody::idempotency::RunError;
 use custody::imports::{
-    FileError, Import, ImportError, LineError, MAX_RECORDED_ERRORS, ObjectKey, ObjectKind,
-    ParseError, ParsedRow, Status, SubjectCounter, stream_rows,
+    FileError, Import, ImportError, LineError, MAX_RECORDED_ERRORS, Mode, ObjectKey, ObjectKind,
+    ParseError, ParsedRow, Purged, Status, SubjectCounter, stream_rows,
 };
 use custody::seal::{Purpose, SealContext, SealError};
 use custody::store::keys;
@@ -154,8 +154,18 @@ async fn run_upload(
         .await;
     let import = match claimed {
         Ok(import) => import,
-        // Already processed, failed or deleted: nothing to do for this event.
-        Err(ImportError::State(status)) => return Ok(status),
+        // Already processed, failed or deleted: nothing more to do for this event,
+        // except that an import which ended keeping nothing must hold nothing (a
+        // crash may have come between recording the end and the purge, or this is
+        // another upload to the same key). A purge of nothing is a no-op.
+        Err(ImportError::State(status)) => {
+            if let Some(import) = deps.imports.get(tenant, &object.import_id).await?
+                && keeps_nothing(&import)
+            {
+                deps.imports.purge(tenant, &import.id).await?;
+            }
+            return Ok(status);
+        }
         Err(err) => return Err(err.into()),
     };
     let s3 = deps.imports.s3();
@@ -189,7 +199,8 @@ async fn run_upload(
     if let Err(file_error) = validation.verdict {
         // A file we cannot parse can neither be pushed nor searched for a data
         // subject, so it is not kept: its data goes now, the log keeps the reason.
-        let purged = deps.imports.purge(tenant, &import.id).await?;
+        // The end is recorded first, so a redelivered event finds it and purges
+        // again (see above) rather than finding the object gone mid-processing.
         let now = deps.clock.now();
         let import = deps
             .imports
@@ -202,10 +213,12 @@ async fn run_upload(
                 imp.rows_invalid = validation.rows_invalid;
                 imp.errors = validation.errors.clone();
                 imp.data_deleted_at = Some(now);
+                imp.data_expires_at = None;
                 imp.completed_at = Some(now);
                 Ok(())
             })
             .await?;
+        let purged = deps.imports.purge(tenant, &import.id).await?;
         audit(
             deps,
             &import,
@@ -386,7 +399,8 @@ enum Step {
 
 /// Pushes the valid rows of `objects` (in order) to the import's destination,
 /// resuming after the batches already acknowledged. The import must be `processing`.
-/// Ends `delivered` (and, in bypass mode, with its data deleted) or `delivery_failed`.
+/// Ends `delivered` or `delivery_failed`; in bypass mode either way with its data
+/// deleted.
 pub async fn deliver(
     deps: &Deps,
     tenant: &TenantId,
@@ -493,11 +507,29 @@ impl Target<'_> {
     }
 }
 
+/// Whether an import that has ended must hold no data: bypass imports (whatever
+/// the outcome) and files that turned out invalid.
+fn keeps_nothing(import: &Import) -> bool {
+    import.mode == Mode::Bypass || import.status == Status::Invalid
+}
+
+/// Ends a bypass import's processing: every version of its data goes, whether the
+/// rows were delivered or not. Called after the end is recorded, so a crash in
+/// between is finished by the redelivered event. `None` in store mode.
+async fn purge_if_bypass(deps: &Deps, import: &Import) -> Result<Option<Purged>, ProcessError> {
+    if import.mode != Mode::Bypass {
+        return Ok(None);
+    }
+    Ok(Some(deps.imports.purge(&import.tenant, &import.id).await?))
+}
+
 async fn fail_delivery(
     deps: &Deps,
     import: &Import,
     error: &WebhookError,
 ) -> Result<Status, ProcessError> {
+    let bypass = import.mode == Mode::Bypass;
+    let now = deps.clock.now();
     let updated = deps
         .imports
         .update(&import.tenant, &import.id, |imp| {
@@ -505,7 +537,13 @@ async fn fail_delivery(
                 return Err(ImportError::State(imp.status));
             }
             imp.status = Status::DeliveryFailed;
+            // The error names a status or a transport failure, never a row.
             imp.error = Some(error.to_string());
+            if bypass {
+                imp.completed_at = Some(now);
+                imp.data_deleted_at = Some(now);
+                imp.data_expires_at = None;
+            }
             Ok(())
         })
         .await;
@@ -514,26 +552,21 @@ async fn fail_delivery(
         Err(ImportError::State(status)) => return Ok(status),
         Err(err) => return Err(err.into()),
     };
-    audit(
-        deps,
-        &import,
-        Event::new(ACTOR, "import.delivery_failed", keys::import(&import.id))
-            .outcome(Outcome::Failure)
-            .detail("reason", error.to_string())
-            .detail("batches_delivered", import.batches_delivered),
-    )
-    .await?;
+    let purged = purge_if_bypass(deps, &import).await?;
+    let mut event = Event::new(ACTOR, "import.delivery_failed", keys::import(&import.id))
+        .outcome(Outcome::Failure)
+        .detail("reason", error.to_string())
+        .detail("batches_delivered", import.batches_delivered)
+        .detail("mode", mode_name(import.mode));
+    if let Some(purged) = purged {
+        event = event.detail("object_versions_deleted", purged.object_versions);
+    }
+    audit(deps, &import, event).await?;
     Ok(Status::DeliveryFailed)
 }
 
 async fn finish_delivery(deps: &Deps, import: &Import) -> Result<Status, ProcessError> {
-    let bypass = import.mode == custody::imports::Mode::Bypass;
-    // Bypass keeps nothing once the rows are delivered: every version goes.
-    let purged = if bypass {
-        Some(deps.imports.purge(&import.tenant, &import.id).await?)
-    } else {
-        None
-    };
+    let bypass = import.mode == Mode::Bypass;
     let now = deps.clock.now();
     let updated = deps
         .imports
@@ -556,15 +589,24 @@ async fn finish_delivery(deps: &Deps, import: &Import) -> Result<Status, Process
         Err(ImportError::State(status)) => return Ok(status),
         Err(err) => return Err(err.into()),
     };
+    // Bypass keeps nothing once the rows are delivered: every version goes.
+    let purged = purge_if_bypass(deps, &import).await?;
     let mut event = Event::new(ACTOR, "import.delivered", keys::import(&import.id))
         .detail("rows_delivered", import.rows_delivered)
         .detail("batches", import.batches_delivered)
-        .detail("mode", if bypass { "bypass" } else { "store" });
+        .detail("mode", mode_name(import.mode));
     if let Some(purged) = purged {
         event = event.detail("object_versions_deleted", purged.object_versions);
     }
     audit(deps, &import, event).await?;
     Ok(Status::Delivered)
+}
+
+pub(crate) fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Store => "store",
+        Mode::Bypass => "bypass",
+    }
 }
 
 pub(crate) async fn audit(

@@ -126,7 +126,8 @@ impl Format {
 pub enum Mode {
     /// Keep the data until its retention class expires it.
     Store,
-    /// Push to the destination and keep nothing.
+    /// Push to the destination and keep nothing: the upload (class `bypass`) is
+    /// deleted when processing ends, whatever the outcome.
     Bypass,
 }
 
@@ -139,12 +140,14 @@ pub enum Status {
     Processing,
     /// Every valid row reached the destination.
     Delivered,
-    /// A batch kept failing; the data stays stored until it expires, and
-    /// `POST /imports/{id}/retry` resumes from the first undelivered batch.
+    /// A batch kept failing; in store mode the data stays stored until it expires,
+    /// and `POST /imports/{id}/retry` resumes from the first undelivered batch (in
+    /// bypass mode it is deleted: nothing to resume from).
     DeliveryFailed,
     /// The file as a whole is unusable (see `error`); nothing was pushed.
     Invalid,
-    /// The data reached the end of its retention and is gone.
+    /// The data reached the end of its retention and is gone. Readers show it from
+    /// `data_expires_at` on ([`Import::seen_at`]), before the platform deletes.
     Expired,
     /// The data was deleted on request.
     Deleted,
@@ -278,6 +281,23 @@ impl Import {
             required: self.required_columns.clone(),
             default_country_code: self.default_country_code.clone(),
         }
+    }
+
+    /// Whether the import's data is past its retention at `now`: marked `expired`, or
+    /// `data_expires_at` reached. S3 lifecycle and DynamoDB TTL delete days late, so
+    /// readers go by the number, not by whether the platform has acted yet.
+    pub fn past_retention(&self, now: DateTime<Utc>) -> bool {
+        self.status == Status::Expired
+            || self.data_expires_at.is_some_and(|at| at <= now.timestamp())
+    }
+
+    /// The import as a reader sees it at `now`: past its retention it is `expired`,
+    /// the same before and after the platform deleted the data.
+    pub fn seen_at(mut self, now: DateTime<Utc>) -> Self {
+        if self.past_retention(now) && !self.status.is_gone() {
+            self.status = Status::Expired;
+        }
+        self
     }
 }
 
@@ -1111,6 +1131,9 @@ impl Imports {
         &self.bucket
     }
 
+    /// The import as stored, for writers (processing, delivery, deletion, expiry).
+    /// Readers use [`Imports::read`], [`Imports::list`] and [`Imports::data_readable`],
+    /// which apply the retention.
     pub async fn get(&self, tenant: &TenantId, id: &str) -> Result<Option<Import>, ImportError> {
         if !is_import_id(id) {
             return Ok(None);
@@ -1118,11 +1141,34 @@ impl Imports {
         Ok(self.store.get(&Import::key_of(tenant, id)).await?)
     }
 
+    /// The import as a reader sees it now ([`Import::seen_at`]): `expired` once its
+    /// data is past its retention, though the platform deletes the data later.
+    pub async fn read(&self, tenant: &TenantId, id: &str) -> Result<Option<Import>, ImportError> {
+        let now = self.store.clock().now();
+        Ok(self
+            .get(tenant, id)
+            .await?
+            .map(|import| import.seen_at(now)))
+    }
+
+    /// Whether an import's stored data may be read now (for an access bundle): not
+    /// once it is past its retention or gone. Data no import item accounts for is
+    /// judged by its own subject refs' expiry, which the store already filters.
+    pub async fn data_readable(&self, tenant: &TenantId, id: &str) -> Result<bool, ImportError> {
+        let now = self.store.clock().now();
+        Ok(match self.get(tenant, id).await? {
+            Some(import) => !import.past_retention(now) && !import.status.is_gone(),
+            None => true,
+        })
+    }
+
     pub async fn create(&self, import: &Import) -> Result<(), ImportError> {
         Ok(self.store.create(import).await?)
     }
 
-    /// Newest first.
+    /// Newest first, leaving out imports past their retention ([`Import::past_retention`]),
+    /// whether or not the platform has deleted their data yet. A page may so hold
+    /// fewer than `limit` imports; its cursor still continues after it.
     pub async fn list(
         &self,
         tenant: &TenantId,
@@ -1134,12 +1180,17 @@ impl Imports {
             cursor,
             descending: true,
         };
-        Ok(self
+        let mut page: Page<Import> = self
             .store
             .query(&keys::tenant(tenant), &keys::import(""), &request)
-            .await?)
+            .await?;
+        let now = self.store.clock().now();
+        page.items.retain(|import| !import.past_retention(now));
+        Ok(page)
     }
 
+    /// Every import of the tenant, past its retention or not: for deletion, which
+    /// must reach data the platform has not deleted yet.
     pub async fn all(&self, tenant: &TenantId) -> Result<Vec<Import>, ImportError> {
         Ok(self
             .store

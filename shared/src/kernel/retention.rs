@@ -171,8 +171,8 @@ impl RetentionClass {
             ),
             RetentionClass::Import30d => (
                 "uploaded imports are deleted after a month",
-                "object tag `retention-class=import-30d`; S3 lifecycle rule `retention-import-30d` (noncurrent versions too); the import's data marker expires by TTL; past the expiry a download is refused (410) before the platform deletes, and no link outlives it",
-                "`template.rs::template_matches_retention`, `functions/import/tests/import/expired_reads.rs`, `tests/tests/import_expiry_erasure.rs`",
+                "object tag `retention-class=import-30d`; S3 lifecycle rule `retention-import-30d` (noncurrent versions too); the import's data marker expires by TTL; past the expiry, before the platform deletes, every reader goes by the number (`custody::imports`, on the injected clock): listings leave the import out, by id it is shown `expired`, a download or retry is refused (410), no link outlives it, and access bundles leave its rows out (erasure still reaches them)",
+                "`template.rs::template_matches_retention`, `functions/import/tests/import/expired_reads.rs::listing_leaves_out_and_get_shows_expired_an_import_past_retention`, `functions/import/tests/import/expired_reads.rs::download_is_gone_past_retention_though_the_objects_remain`, `functions/dsar/tests/dsar/expired.rs::an_import_past_retention_is_left_out_of_the_bundle_and_still_erased`, `tests/tests/import_expiry_erasure.rs`",
             ),
             RetentionClass::Import90d => (
                 "the longer import class a tenant may choose",
@@ -221,8 +221,8 @@ impl RetentionClass {
             ),
             RetentionClass::Bypass => (
                 "bypass mode pushes the rows and keeps nothing",
-                "object tag `retention-class=bypass`; S3 lifecycle rule `retention-bypass` as the backstop (noncurrent versions too)",
-                "`template.rs::template_matches_retention`",
+                "the upload is deleted (every version, its index entries and data marker) when processing ends, whether the rows were delivered, delivery failed or the file was invalid; a redelivered event purges again; failures are reported by line, rule and count only; row batches are pushed when posted and never stored; object tag `retention-class=bypass` (signed into the presigned PUT, set again when processed) with S3 lifecycle rule `retention-bypass` as the backstop for processing that never ends (noncurrent versions too)",
+                "`functions/import/tests/import/bypass.rs::a_delivered_bypass_file_leaves_no_version_and_a_second_event_changes_nothing`, `functions/import/tests/import/bypass.rs::a_failed_bypass_delivery_keeps_nothing_and_reports_no_row_data`, `functions/import/tests/import/bypass.rs::an_invalid_bypass_file_keeps_nothing`, `functions/import/tests/import/rows.rs::bypass_rows_are_pushed_at_once_and_never_stored`, `template.rs::template_matches_retention`",
             ),
         }
     }

@@ -508,24 +508,63 @@ impl Store {
         tenant: &TenantId,
         pseudonym: &str,
     ) -> Result<Vec<Item>, StoreError> {
+        self.subject_index(tenant, pseudonym, true).await
+    }
+
+    /// The same, expired items included: for erasure only, which must also reach
+    /// what TTL has not deleted yet (erasing more is safe; disclosing is not, so
+    /// every other read filters).
+    pub async fn subject_items_for_erasure(
+        &self,
+        tenant: &TenantId,
+        pseudonym: &str,
+    ) -> Result<Vec<Item>, StoreError> {
+        self.subject_index(tenant, pseudonym, false).await
+    }
+
+    /// The entity at `key` whether or not it has expired: for erasure only (see
+    /// [`Store::subject_items_for_erasure`]).
+    pub async fn get_for_erasure<E: Entity>(&self, key: &Key) -> Result<Option<E>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key.to_item()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| StoreError::Dynamo(error_text(&err)))?;
+        out.item.map(Self::decode).transpose()
+    }
+
+    async fn subject_index(
+        &self,
+        tenant: &TenantId,
+        pseudonym: &str,
+        live_only: bool,
+    ) -> Result<Vec<Item>, StoreError> {
         let subject_pk = keys::subject(tenant, pseudonym);
         let mut start: Option<Item> = None;
         let mut all = Vec::new();
         loop {
-            let out = self
+            let mut query = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .index_name(SUBJECT_INDEX)
                 .key_condition_expression("#spk = :spk")
-                .filter_expression("attribute_not_exists(#exp) OR #exp > :now")
                 .expression_attribute_names("#spk", SUBJECT_PK)
-                .expression_attribute_names("#exp", TTL_ATTRIBUTE)
-                .expression_attribute_values(":spk", AttributeValue::S(subject_pk.clone()))
-                .expression_attribute_values(
-                    ":now",
-                    AttributeValue::N(self.now_epoch().to_string()),
-                )
+                .expression_attribute_values(":spk", AttributeValue::S(subject_pk.clone()));
+            if live_only {
+                query = query
+                    .filter_expression("attribute_not_exists(#exp) OR #exp > :now")
+                    .expression_attribute_names("#exp", TTL_ATTRIBUTE)
+                    .expression_attribute_values(
+                        ":now",
+                        AttributeValue::N(self.now_epoch().to_string()),
+                    );
+            }
+            let out = query
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
@@ -534,7 +573,7 @@ impl Store {
                 out.items
                     .unwrap_or_default()
                     .into_iter()
-                    .filter(|item| !self.is_expired(item)),
+                    .filter(|item| !live_only || !self.is_expired(item)),
             );
             match out.last_evaluated_key {
                 Some(key) => start = Some(key),

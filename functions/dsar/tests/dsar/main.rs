@@ -6,6 +6,7 @@ mod access;
 mod account;
 mod cost;
 mod erasure;
+mod expired;
 mod requests;
 mod verification;
 

@@ -3,6 +3,7 @@
 //! Every request and trigger starts from the files in `events/import/`.
 
 mod api;
+mod bypass;
 mod deletion;
 mod delivery;
 mod expired_reads;
@@ -141,13 +142,17 @@ pub async fn create(env: &Env, body: Value) -> Created {
 }
 
 pub fn file_body(env: &Env, format: &str, mode: &str, size: usize) -> Value {
-    json!({
+    let mut body = json!({
         "format": format,
         "mode": mode,
-        "retention_class": "import-30d",
         "destination": {"url": env.dest.url(), "secret": SECRET},
         "size": size,
-    })
+    });
+    // Bypass imports have their own class (`bypass`, the default for that mode).
+    if mode == "store" {
+        body["retention_class"] = json!("import-30d");
+    }
+    body
 }
 
 /// Uploads `content` with the presigned PUT the create response gave, exactly as a
@@ -233,6 +238,32 @@ pub async fn versions_under(env: &Env, prefix: &str) -> usize {
         .await
         .unwrap();
     out.versions().len() + out.delete_markers().len()
+}
+
+/// Every object version and delete marker of exactly `key`: (version id, is a
+/// delete marker). `list_object_versions` takes a prefix, so other keys are dropped.
+pub async fn versions_of_key(env: &Env, key: &str) -> Vec<(String, bool)> {
+    let out = env
+        .stack
+        .clients
+        .s3
+        .list_object_versions()
+        .bucket(&env.stack.config.imports_bucket)
+        .prefix(key)
+        .send()
+        .await
+        .unwrap();
+    let versions = out
+        .versions()
+        .iter()
+        .filter(|v| v.key() == Some(key))
+        .map(|v| (v.version_id().unwrap_or("null").to_owned(), false));
+    let markers = out
+        .delete_markers()
+        .iter()
+        .filter(|m| m.key() == Some(key))
+        .map(|m| (m.version_id().unwrap_or("null").to_owned(), true));
+    versions.chain(markers).collect()
 }
 
 /// Raw subject-ref items of the tenant (expired or not), straight from the table.
