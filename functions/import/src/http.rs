@@ -182,7 +182,9 @@ pub struct Created {
 async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     caller.require(Role::Operator)?;
     let input: CreateImport = json_body(req, MAX_CREATE_BODY_BYTES)?;
-    let class = input.retention_class.unwrap_or(RetentionClass::Import30d);
+    let class = input
+        .retention_class
+        .unwrap_or_else(RetentionClass::default_import_class);
     if !RetentionClass::import_classes().contains(&class) {
         return Err(Problem::bad_request(
             "retention_class",

@@ -7,6 +7,7 @@ mod account;
 mod cost;
 mod erasure;
 mod requests;
+mod retention;
 mod verification;
 
 use std::collections::HashMap;
