@@ -93,7 +93,7 @@ up: venv
 	rm -f $(LOCAL)/ready
 	echo "up: building the functions and the local stack (first run: about 6-9 minutes on 2 cores; then seconds)"
 	cargo build --bins $(FUNCTIONS)
-	env -u CUSTODY_EMULATOR_ENDPOINT setsid target/debug/custody-local up --ready-file $(LOCAL)/ready --state-file $(LOCAL)/stack.json \
+	env -u CUSTODY_EMULATOR_ENDPOINT setsid target/debug/custody-local up --ready-file $(LOCAL)/ready --state-file $(LOCAL)/stack.json --log-dir $(LOCAL)/logs \
 	  </dev/null >$(LOCAL)/up.log 2>&1 &
 	echo $$! >$(LOCAL)/up.pid
 	for _ in {1..1200}; do   # up to 2 min for the stack to come up
@@ -102,7 +102,7 @@ up: venv
 	  sleep 0.1
 	done
 	cat $(LOCAL)/ready
-	echo "logs: $(LOCAL)/up.log    stop with: make down"
+	echo "logs: $(LOCAL)/up.log (each function's also in $(LOCAL)/logs/<function>.log)    stop with: make down"
 
 # Stops what `make up` started; every child process dies with it.
 down:

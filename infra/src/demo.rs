@@ -5,8 +5,10 @@
 //! an error naming the step. `custody-local demo` prints the journey; `custody-local
 //! up` starts the same environment and leaves it running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -69,9 +71,32 @@ pub struct Environment {
     pub webdav: WebDavSim,
     pub destination: DestinationSim,
     pub signer: WebhookSigner,
+    client_secret: String,
     dav_password: String,
     destination_secret: String,
+    /// Secret values the journey handled (OAuth state, code and cookie, bearer
+    /// tokens, presigned-URL signatures), for tests that look for them in logs.
+    handled: Mutex<BTreeSet<String>>,
     http: reqwest::Client,
+}
+
+/// How the environment runs its functions.
+#[derive(Debug, Clone)]
+pub struct EnvironmentOptions {
+    /// Keep each function's output in `<dir>/<function>.log` (besides printing it).
+    pub log_dir: Option<PathBuf>,
+    /// The functions' `RUST_LOG`. The demo's is `warn`, so its transcript stays
+    /// readable; a test of what the logs contain asks for more.
+    pub log_filter: String,
+}
+
+impl Default for EnvironmentOptions {
+    fn default() -> Self {
+        Self {
+            log_dir: None,
+            log_filter: "warn".into(),
+        }
+    }
 }
 
 fn random_secret(prefix: &str) -> String {
@@ -85,6 +110,14 @@ fn random_secret(prefix: &str) -> String {
 impl Environment {
     /// Starts the simulated services, then the local stack configured to use them.
     pub async fn start(stage: &str) -> Result<Environment, DemoError> {
+        Self::start_with(stage, EnvironmentOptions::default()).await
+    }
+
+    /// [`Environment::start`] with its functions' logs kept and filtered as asked.
+    pub async fn start_with(
+        stage: &str,
+        run: EnvironmentOptions,
+    ) -> Result<Environment, DemoError> {
         let setup =
             |what: &str, e: &dyn std::fmt::Display| DemoError::Setup(format!("{what}: {e}"));
         let client_secret = random_secret("cs_");
@@ -146,8 +179,9 @@ impl Environment {
                 "true".into(),
             ),
             ("CUSTODY_DSAR_ALLOW_LOOPBACK_WEBHOOKS".into(), "true".into()),
-            ("RUST_LOG".into(), "warn".into()),
+            ("RUST_LOG".into(), run.log_filter.clone()),
         ]);
+        options.log_dir = run.log_dir.clone();
         let stack = LocalStack::start(options).await?;
         oauth.register_redirect_uri(&format!("{}/oauth/highlevel/callback", stack.base_url));
         // The client secret lives in Secrets Manager, as in production.
@@ -174,14 +208,99 @@ impl Environment {
             webdav,
             destination,
             signer,
+            client_secret,
             dav_password,
             destination_secret,
+            handled: Mutex::new(BTreeSet::new()),
             http,
         })
     }
 
     pub fn admin_token(&self) -> String {
-        self.stack.token(TENANT, "admin")
+        let token = self.stack.token(TENANT, "admin");
+        self.handled_secret(&token);
+        token
+    }
+
+    fn handled_secret(&self, value: &str) {
+        if !value.is_empty() {
+            self.handled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(value.to_owned());
+        }
+    }
+
+    /// The signature of a presigned URL, which is what makes the link a credential.
+    fn handled_presigned(&self, url: &str) {
+        if let Ok(url) = url::Url::parse(url) {
+            for (name, value) in url.query_pairs() {
+                if name.eq_ignore_ascii_case("X-Amz-Signature")
+                    || name.eq_ignore_ascii_case("X-Amz-Security-Token")
+                {
+                    self.handled_secret(&value);
+                }
+            }
+        }
+    }
+
+    /// Every secret of this world a log line must never hold: the OAuth client
+    /// secret, every access and refresh token the provider issued, the WebDAV
+    /// password, the destination's signing secret, the pseudonym application secret,
+    /// and what the journey handled so far (OAuth state, code and browser-binding
+    /// cookie, bearer tokens, presigned-URL signatures).
+    pub async fn secrets(&self) -> Result<Vec<String>, DemoError> {
+        let mut all: BTreeSet<String> = self
+            .handled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        all.extend([
+            self.client_secret.clone(),
+            self.dav_password.clone(),
+            self.destination_secret.clone(),
+        ]);
+        all.extend(self.oauth.issued_access_tokens());
+        all.extend(self.oauth.issued_refresh_tokens());
+        let pseudonym = self
+            .stack
+            .clients
+            .secrets
+            .get_secret_value()
+            .secret_id(&self.stack.provisioned.config.pseudonym_secret_id)
+            .send()
+            .await
+            .map_err(|e| DemoError::Setup(format!("pseudonym secret: {e}")))?;
+        all.extend(pseudonym.secret_string().map(str::to_owned));
+        Ok(all.into_iter().filter(|s| !s.is_empty()).collect())
+    }
+
+    /// Every value that identifies a person the journey handles: the privacy steps'
+    /// subject, every contact of the imported file (contact id, name, email, phone,
+    /// the phone without its `+`) and every contact of the simulated HighLevel
+    /// location the export reads (contact ids).
+    pub fn subject_identifiers(&self) -> Vec<String> {
+        let mut all = BTreeSet::new();
+        all.extend(
+            [SUBJECT_EMAIL, SUBJECT_PHONE, SUBJECT_CONTACT, SUBJECT_NAME].map(str::to_owned),
+        );
+        let csv = demo_csv();
+        for line in csv.lines().skip(1) {
+            // contact_id,name,email,phone,note: the note is free text, not an id.
+            for field in line.split(',').take(4) {
+                let field = field.trim();
+                if !field.is_empty() {
+                    all.insert(field.to_owned());
+                    if let Some(digits) = field.strip_prefix('+') {
+                        all.insert(digits.to_owned());
+                    }
+                }
+            }
+        }
+        for message in self.highlevel.messages(LOCATION).iter() {
+            all.insert(message.contact_id.clone());
+        }
+        all.into_iter().collect()
     }
 
     /// The running stack as JSON (`custody-local up --state-file`): what a script or a
@@ -430,6 +549,12 @@ async fn connect(env: &Environment) -> Result<Vec<String>, String> {
     check(params.contains_key("state"), || {
         "authorize URL has no state".into()
     })?;
+    if let Some(state) = params.get("state") {
+        env.handled_secret(state);
+    }
+    if let Some((_, value)) = binding.split_once('=') {
+        env.handled_secret(value);
+    }
     lines.push(format!(
         "redirected to the provider with state and PKCE S256 ({})",
         authorize_url.path()
@@ -444,6 +569,13 @@ async fn connect(env: &Environment) -> Result<Vec<String>, String> {
         format!("provider answered {}", at_provider.status())
     })?;
     let callback = header(&at_provider, "location")?;
+    if let Ok(url) = url::Url::parse(&callback) {
+        for (name, value) in url.query_pairs() {
+            if name == "code" || name == "state" {
+                env.handled_secret(&value);
+            }
+        }
+    }
     let done = env
         .http
         .get(&callback)
@@ -649,7 +781,9 @@ async fn import(env: &Environment) -> Result<Vec<String>, String> {
         .ok_or("no import id")?
         .to_owned();
     let upload = &created["upload"];
-    let mut put = env.http.put(upload["url"].as_str().ok_or("no upload URL")?);
+    let upload_url = upload["url"].as_str().ok_or("no upload URL")?;
+    env.handled_presigned(upload_url);
+    let mut put = env.http.put(upload_url);
     for (name, value) in upload["headers"].as_object().into_iter().flatten() {
         put = put.header(name.as_str(), value.as_str().unwrap_or_default());
     }
@@ -706,6 +840,7 @@ async fn import(env: &Environment) -> Result<Vec<String>, String> {
     let url = download["objects"][0]["url"]
         .as_str()
         .ok_or("no download link")?;
+    env.handled_presigned(url);
     let bytes = env
         .http
         .get(url)
@@ -782,6 +917,7 @@ async fn privacy(env: &Environment) -> Result<Vec<String>, String> {
     ));
     let done = wait_request(env, &id).await?;
     let url = done["download"]["url"].as_str().ok_or("no bundle link")?;
+    env.handled_presigned(url);
     let bundle = env
         .http
         .get(url)

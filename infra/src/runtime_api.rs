@@ -7,8 +7,9 @@
 //! the cold-start benchmark, which reads the time of the first poll.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{Notify, oneshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,8 @@ struct Shared {
     ready: Notify,
     started: Instant,
     first_poll: Mutex<Option<Instant>>,
+    /// The request ids of every invocation, in order (tests find them in the logs).
+    invoked: Mutex<Vec<String>>,
 }
 
 /// One function process and the Runtime API it polls.
@@ -70,16 +74,32 @@ pub struct LocalFunction {
     // Lambda runs one invocation per sandbox at a time; so do we.
     serial: tokio::sync::Mutex<()>,
     timeout: Duration,
+    /// The tasks copying the process's output into its log file, while it has one.
+    log_copies: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl LocalFunction {
     /// Starts the Runtime API on a free loopback port and the binary with `env`
-    /// (plus the variables Lambda sets). The process dies with this one.
+    /// (plus the variables Lambda sets). The process dies with this one; its output
+    /// goes where this process's goes.
     pub async fn start(
         name: &str,
         binary: &Path,
         env: &[(String, String)],
         timeout: Duration,
+    ) -> std::io::Result<LocalFunction> {
+        Self::start_logged(name, binary, env, timeout, None).await
+    }
+
+    /// [`LocalFunction::start`], and with `log_file` every line the process writes
+    /// (stdout and stderr) is also appended to that file, as CloudWatch would keep
+    /// it; the lines still reach this process's stdout and stderr.
+    pub async fn start_logged(
+        name: &str,
+        binary: &Path,
+        env: &[(String, String)],
+        timeout: Duration,
+        log_file: Option<PathBuf>,
     ) -> std::io::Result<LocalFunction> {
         let shared = Arc::new(Shared {
             function: name.to_owned(),
@@ -92,6 +112,7 @@ impl LocalFunction {
             ready: Notify::new(),
             started: Instant::now(),
             first_poll: Mutex::new(None),
+            invoked: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let address = listener.local_addr()?;
@@ -118,7 +139,32 @@ impl LocalFunction {
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .kill_on_drop(true);
         die_with_parent(&mut command);
-        let child = command.spawn()?;
+        let log = match &log_file {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                command
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                Some(Arc::new(Mutex::new(file)))
+            }
+            None => None,
+        };
+        let mut child = command.spawn()?;
+        let mut log_copies = Vec::new();
+        if let Some(file) = log {
+            if let Some(out) = child.stdout.take() {
+                log_copies.push(tokio::spawn(copy_lines(out, file.clone(), Echo::Stdout)));
+            }
+            if let Some(err) = child.stderr.take() {
+                log_copies.push(tokio::spawn(copy_lines(err, file, Echo::Stderr)));
+            }
+        }
         Ok(LocalFunction {
             shared,
             address,
@@ -126,7 +172,34 @@ impl LocalFunction {
             server,
             serial: tokio::sync::Mutex::new(()),
             timeout,
+            log_copies: Mutex::new(log_copies),
         })
+    }
+
+    /// Kills the process and waits until everything it wrote is in its log file
+    /// (at most `limit`), so a test reads the whole log. Without a log file it only
+    /// kills.
+    pub async fn kill_and_flush_logs(&self, limit: Duration) {
+        self.kill_now();
+        let copies: Vec<_> = self
+            .log_copies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for copy in copies {
+            // The pipe closes when the process dies, so each copy ends by itself.
+            let _ = tokio::time::timeout(limit, copy).await;
+        }
+    }
+
+    /// The request ids of the invocations so far, oldest first.
+    pub fn invocation_ids(&self) -> Vec<String> {
+        self.shared
+            .invoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn name(&self) -> &str {
@@ -179,6 +252,11 @@ impl LocalFunction {
             if let Some(error) = &queue.init_error {
                 return Err(InvokeError::NotRunning(self.name().into(), error.clone()));
             }
+            self.shared
+                .invoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id.clone());
             queue.in_flight.insert(id.clone(), tx);
             queue.waiting.push_back(Pending {
                 id: id.clone(),
@@ -233,6 +311,43 @@ impl Drop for LocalFunction {
             let _ = child.start_kill();
         }
         self.server.abort();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Echo {
+    Stdout,
+    Stderr,
+}
+
+/// Copies a process's output, line by line, into its log file and onto this
+/// process's stream of the same kind. Whole lines under one lock, so stdout and
+/// stderr lines never interleave mid-line in the file.
+async fn copy_lines(
+    from: impl tokio::io::AsyncRead + Unpin,
+    file: Arc<Mutex<std::fs::File>>,
+    echo: Echo,
+) {
+    let mut reader = tokio::io::BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if !line.ends_with(b"\n") {
+            line.push(b'\n');
+        }
+        {
+            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+            // A full disk must not stop the function: the echo below still shows it.
+            let _ = file.write_all(&line);
+        }
+        let _ = match echo {
+            Echo::Stdout => std::io::stdout().lock().write_all(&line),
+            Echo::Stderr => std::io::stderr().lock().write_all(&line),
+        };
     }
 }
 

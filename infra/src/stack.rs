@@ -46,6 +46,9 @@ pub struct StackOptions {
     /// Where the function binaries are (default `<repo>/target/debug`).
     pub binaries: PathBuf,
     pub invocation_timeout: Duration,
+    /// When set, each function's output (its JSON logs) is also kept in
+    /// `<log_dir>/<function>.log`, as its CloudWatch log group would keep it.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl StackOptions {
@@ -58,6 +61,7 @@ impl StackOptions {
             overrides: BTreeMap::new(),
             binaries: target.join("debug"),
             invocation_timeout: Duration::from_secs(60),
+            log_dir: None,
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct LocalStack {
     /// What the local EventBridge Scheduler fired.
     pub schedules: crate::scheduler::History,
     pub issuer: LocalIssuer,
+    /// Where the functions' logs are kept (`StackOptions::log_dir`).
+    pub log_dir: Option<PathBuf>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -145,7 +151,11 @@ impl LocalStack {
             let env: Vec<(String, String)> = env.into_iter().collect();
             let timeout =
                 function_timeout(&template, &binary).unwrap_or(options.invocation_timeout);
-            let function = LocalFunction::start(&binary, &path, &env, timeout)
+            let log_file = options
+                .log_dir
+                .as_ref()
+                .map(|dir| dir.join(format!("{binary}.log")));
+            let function = LocalFunction::start_logged(&binary, &path, &env, timeout, log_file)
                 .await
                 .map_err(|e| StackError::Start(binary.clone(), e))?;
             functions.insert(binary, Arc::new(function));
@@ -195,6 +205,7 @@ impl LocalStack {
             lambda_url,
             schedules,
             issuer,
+            log_dir: options.log_dir,
             tasks: vec![gateway_task, sources, lambda_task, scheduler],
         })
     }
@@ -207,6 +218,17 @@ impl LocalStack {
 
     pub fn function(&self, name: &str) -> Option<&Arc<LocalFunction>> {
         self.functions.get(name)
+    }
+
+    /// Stops every function and waits until all it wrote is in its log file: what a
+    /// test does before it reads the logs of a journey.
+    pub async fn stop_functions_and_flush_logs(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for function in self.functions.values() {
+            function.kill_and_flush_logs(Duration::from_secs(10)).await;
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod highlevel;
 pub mod imports;
 pub mod oauth;
 pub mod privacy;
+pub mod retention_view;
 pub mod schedule;
 pub mod sink;
 pub mod subject;

@@ -2,6 +2,7 @@
 //! and the account; viewers (and up) read status and certificates; any caller of the
 //! tenant may submit a subject's verification code (the code is the proof).
 //! `GET /privacy/public-key` is public so anyone can verify a certificate.
+//! `GET /retention` (viewer and up) shows the retention table the privacy policy promises.
 
 use std::collections::HashSet;
 
@@ -55,8 +56,19 @@ pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Prob
         "GET /privacy/settings" => get_settings(deps, &caller).await,
         "PUT /privacy/settings" => put_settings(deps, req, &caller).await,
         "DELETE /account" => delete_account(deps, req, &caller).await,
+        "GET /retention" => retention(&caller),
         _ => Err(Problem::not_found()),
     }
+}
+
+/// The tenant's effective retention table: every class, its period and store, what
+/// is promised and how it is kept, and the import classes the tenant may choose.
+fn retention(caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Viewer)?;
+    json_response(
+        StatusCode::OK,
+        &custody::retention_view::RetentionView::for_tenant(&caller.tenant),
+    )
 }
 
 fn problem(err: ProcessError) -> Problem {

@@ -192,7 +192,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
                 "bypass imports keep nothing; retention_class must be bypass or absent",
             ));
         }
-        (Mode::Store, requested) => requested.unwrap_or(RetentionClass::Import30d),
+        (Mode::Store, requested) => requested.unwrap_or_else(RetentionClass::default_import_class),
     };
     if input.mode == Mode::Store && !RetentionClass::import_classes().contains(&class) {
         return Err(Problem::bad_request(

@@ -4,9 +4,11 @@
 //!   emulator from template.yaml and prints the `export` lines to use it.
 //! - `custody-local demo`: starts everything (emulator, simulated HighLevel, WebDAV,
 //!   destination, the real function binaries, the HTTP API) and runs the journey.
-//! - `custody-local up [--ready-file PATH] [--state-file PATH]`: starts the same and
-//!   keeps it running until Ctrl-C / SIGTERM, printing the base URL, a bearer token and
-//!   example requests; the state file is the same as JSON (for scripts and tests).
+//! - `custody-local up [--ready-file PATH] [--state-file PATH] [--log-dir DIR]`:
+//!   starts the same and keeps it running until Ctrl-C / SIGTERM, printing the base
+//!   URL, a bearer token and example requests; the state file is the same as JSON
+//!   (for scripts and tests); with `--log-dir`, each function's logs are also kept
+//!   in `DIR/<function>.log`.
 //! - `custody-local invoke [--async] <function> <event-file>`: delivers an event (e.g.
 //!   a file in `events/`) to a running stack's function and prints the response.
 //!
@@ -15,13 +17,13 @@
 use std::process::ExitCode;
 
 use custody::aws::sdk_config_for_endpoint;
-use custody_local::demo::{Environment, journey};
+use custody_local::demo::{Environment, EnvironmentOptions, journey};
 use custody_local::provision::provision;
 use custody_local::{REGION, template_path};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: custody-local provision --endpoint URL [--stage NAME]\n       custody-local demo\n       custody-local up [--ready-file PATH] [--state-file PATH]\n       custody-local invoke [--async] [--stack STATE-FILE] <function> <event-file>"
+        "usage: custody-local provision --endpoint URL [--stage NAME]\n       custody-local demo\n       custody-local up [--ready-file PATH] [--state-file PATH] [--log-dir DIR]\n       custody-local invoke [--async] [--stack STATE-FILE] <function> <event-file>"
     );
     ExitCode::from(2)
 }
@@ -85,8 +87,16 @@ async fn demo() -> ExitCode {
     }
 }
 
-async fn up(ready_file: Option<String>, state_file: Option<String>) -> ExitCode {
-    let env = match Environment::start("local").await {
+async fn up(
+    ready_file: Option<String>,
+    state_file: Option<String>,
+    log_dir: Option<String>,
+) -> ExitCode {
+    let options = EnvironmentOptions {
+        log_dir: log_dir.map(Into::into),
+        ..EnvironmentOptions::default()
+    };
+    let env = match Environment::start_with("local", options).await {
         Ok(env) => env,
         Err(err) => {
             eprintln!("custody-local up: {err}");
@@ -251,15 +261,17 @@ async fn main() -> ExitCode {
         Some("up") => {
             let mut ready = None;
             let mut state = None;
+            let mut logs = None;
             let mut rest = args[1..].iter();
             while let Some(flag) = rest.next() {
                 match (flag.as_str(), rest.next()) {
                     ("--ready-file", Some(path)) => ready = Some(path.clone()),
                     ("--state-file", Some(path)) => state = Some(path.clone()),
+                    ("--log-dir", Some(path)) => logs = Some(path.clone()),
                     _ => return usage(),
                 }
             }
-            up(ready, state).await
+            up(ready, state, logs).await
         }
         Some("invoke") => invoke_command(&args[1..]).await,
         _ => usage(),

@@ -244,6 +244,11 @@ impl RetentionClass {
     pub fn import_classes() -> [RetentionClass; 2] {
         [RetentionClass::Import30d, RetentionClass::Import90d]
     }
+
+    /// The import class used when an import names none.
+    pub fn default_import_class() -> RetentionClass {
+        RetentionClass::Import30d
+    }
 }
 
 /// The store whose own mechanism enforces a class.

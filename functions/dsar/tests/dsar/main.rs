@@ -8,6 +8,7 @@ mod cost;
 mod erasure;
 mod expired;
 mod requests;
+mod retention;
 mod verification;
 
 use std::collections::HashMap;
