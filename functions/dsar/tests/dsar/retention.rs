@@ -47,10 +47,19 @@ async fn the_retention_table_lists_every_class_with_its_numbers_for_any_role() {
                 "{row}"
             );
         }
-        // The audit log is a floor, never deleted automatically.
-        let audit = rows.iter().find(|r| r["name"] == "audit").expect("audit");
-        assert_eq!(audit["store"], "audit-table");
-        assert_eq!(audit["period"]["at_least"], true);
+        // Audit evidence is a floor, never deleted automatically; activity expires.
+        let evidence = rows
+            .iter()
+            .find(|r| r["name"] == RetentionClass::AuditEvidence.name())
+            .expect("audit evidence");
+        assert_eq!(evidence["store"], "audit-table");
+        assert_eq!(evidence["period"]["at_least"], true);
+        let activity = rows
+            .iter()
+            .find(|r| r["name"] == RetentionClass::AuditActivity.name())
+            .expect("audit activity");
+        assert_eq!(activity["store"], "audit-table");
+        assert_eq!(activity["period"]["expires_automatically"], true);
         let import = rows
             .iter()
             .find(|r| r["name"] == RetentionClass::default_import_class().name())
