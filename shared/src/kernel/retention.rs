@@ -57,13 +57,17 @@ pub enum RetentionClass {
     /// Point-in-time recovery of both tables: "30-day rolling backup window". A
     /// deleted token or an erased subject is restorable for this long, no longer.
     Backup,
+    /// An object version after it stops being current (an overwrite, a rewrite by
+    /// erasure, a delete): buckets are versioned, so without this an expired or
+    /// erased object would linger as an old version.
+    NoncurrentVersion,
     /// A bypass-mode upload: deleted when processing ends; this is the backstop for
     /// an object whose processing never ended.
     Bypass,
 }
 
 impl RetentionClass {
-    pub const ALL: [RetentionClass; 12] = [
+    pub const ALL: [RetentionClass; 13] = [
         RetentionClass::ExportLog,
         RetentionClass::Import30d,
         RetentionClass::Import90d,
@@ -75,6 +79,7 @@ impl RetentionClass {
         RetentionClass::AuditEvidence,
         RetentionClass::FunctionLog,
         RetentionClass::Backup,
+        RetentionClass::NoncurrentVersion,
         RetentionClass::Bypass,
     ];
 
@@ -93,6 +98,7 @@ impl RetentionClass {
             RetentionClass::AuditEvidence => Period::AtLeastDays(730),
             RetentionClass::FunctionLog => Period::Days(30),
             RetentionClass::Backup => Period::Days(30),
+            RetentionClass::NoncurrentVersion => Period::Days(NONCURRENT_VERSION_DAYS as i64),
             RetentionClass::Bypass => Period::Days(1),
         }
     }
@@ -111,6 +117,7 @@ impl RetentionClass {
             RetentionClass::AuditEvidence => "audit-evidence",
             RetentionClass::FunctionLog => "function-log",
             RetentionClass::Backup => "backup",
+            RetentionClass::NoncurrentVersion => "noncurrent-version",
             RetentionClass::Bypass => "bypass",
         }
     }
@@ -128,6 +135,7 @@ impl RetentionClass {
             RetentionClass::DsarResult => Store::DsarResultsBucket,
             RetentionClass::AuditActivity | RetentionClass::AuditEvidence => Store::AuditTable,
             RetentionClass::FunctionLog => Store::LogGroups,
+            RetentionClass::NoncurrentVersion => Store::Buckets,
             RetentionClass::Backup => Store::PointInTimeRecovery,
             RetentionClass::ExportLog
             | RetentionClass::OauthState
@@ -219,6 +227,11 @@ impl RetentionClass {
                 "`PointInTimeRecoverySpecification.RecoveryPeriodInDays` on both tables",
                 "`template.rs::logs_and_backups_keep_the_promised_days`",
             ),
+            RetentionClass::NoncurrentVersion => (
+                "an overwritten, rewritten or deleted object does not linger as an old version",
+                "`NoncurrentVersionExpiration` on every lifecycle rule of both buckets that expires data, and one untagged rule for the whole imports prefix; unfinished multipart uploads are aborted after the same day",
+                "`template.rs::template_matches_retention`, `shared/tests/integration/provisioning.rs`",
+            ),
             RetentionClass::Bypass => (
                 "bypass mode pushes the rows and keeps nothing",
                 "the upload is deleted (every version, its index entries and data marker) when processing ends, whether the rows were delivered, delivery failed or the file was invalid; a redelivered event purges again; failures are reported by line, rule and count only; row batches are pushed when posted and never stored; object tag `retention-class=bypass` (signed into the presigned PUT, set again when processed) with S3 lifecycle rule `retention-bypass` as the backstop for processing that never ends (noncurrent versions too)",
@@ -263,6 +276,8 @@ pub enum Store {
     ImportsBucket,
     /// One lifecycle rule for the whole bucket.
     DsarResultsBucket,
+    /// Every bucket's `NoncurrentVersionExpiration`.
+    Buckets,
     /// Each function's log group's `RetentionInDays`.
     LogGroups,
     /// Both tables' `PointInTimeRecoverySpecification.RecoveryPeriodInDays`.
