@@ -73,6 +73,27 @@ pub mod names {
     pub const AWS_THROTTLES: &str = "AwsThrottles";
     /// AWS request attempts after the first (the SDK's retries), by `service` (counter).
     pub const AWS_RETRIES: &str = "AwsRetries";
+
+    /// Every name above.
+    pub const ALL: [&str; 17] = [
+        EXPORT_RUNS_STARTED,
+        EXPORT_RUNS_COMPLETED,
+        EXPORT_RUNS_FAILED,
+        EXPORT_RUNS_CONTINUED,
+        EXPORT_MESSAGES,
+        EXPORT_BYTES,
+        HIGHLEVEL_THROTTLED,
+        IMPORT_ROWS_DELIVERED,
+        IMPORT_ROWS_FAILED,
+        PRIVACY_REQUESTS_OPENED,
+        PRIVACY_REQUESTS_COMPLETED,
+        PRIVACY_REQUESTS_OVERDUE,
+        ACCOUNT_PURGES_STUCK,
+        PURGE_ITEMS_DELETED,
+        PURGES_COMPLETED,
+        AWS_THROTTLES,
+        AWS_RETRIES,
+    ];
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -76,3 +76,22 @@ fn the_schedule_event_is_told_apart_by_its_shape() {
         &serde_json::json!({"check": "something-else"})
     ));
 }
+
+#[test]
+fn the_template_schedules_the_check_daily_with_that_shape() {
+    let template =
+        custody_local::provision::load_template(&custody_local::template_path()).unwrap();
+    let schedule = &template["Resources"]["DsarFunction"]["Properties"]["Events"]["DeadlineCheck"];
+    assert_eq!(schedule["Type"].as_str(), Some("Schedule"));
+    // Once a day: a fixed minute and hour, every day.
+    let expression = schedule["Properties"]["Schedule"].as_str().unwrap();
+    assert!(
+        expression.starts_with("cron(") && expression.ends_with(" * * ? *)"),
+        "{expression}"
+    );
+    let input: Value =
+        serde_json::from_str(schedule["Properties"]["Input"].as_str().unwrap()).unwrap();
+    assert!(DeadlineCheck::matches(&input));
+    let file: Value = serde_json::from_str(event!("schedule_deadline_check")).unwrap();
+    assert_eq!(input, file);
+}
