@@ -13,7 +13,6 @@
 //! conditional write), and a later run skips them. A batch acknowledged by the
 //! receiver whose count update was lost is sent again with the same delivery id.
 
-use custody::metrics::{self, names};
 use std::time::Duration;
 
 use aws_lambda_events::s3::S3Event;
@@ -25,6 +24,7 @@ use custody::imports::{
     FileError, Import, ImportError, LineError, MAX_RECORDED_ERRORS, Mode, ObjectKey, ObjectKind,
     ParseError, ParsedRow, Purged, Status, SubjectCounter, stream_rows,
 };
+use custody::metrics::{self, names};
 use custody::seal::{Purpose, SealContext, SealError};
 use custody::store::keys;
 use custody::subject::PseudonymKey;
