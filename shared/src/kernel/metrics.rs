@@ -191,6 +191,8 @@ const THROTTLING_CODES: [&str; 10] = [
 #[derive(Debug)]
 pub struct AwsCallMetrics {
     service: &'static str,
+    /// One log line per client and container: the metric carries the count, and a
+    /// throttling storm must not also flood the log.
     warned: AtomicBool,
 }
 
