@@ -20,6 +20,8 @@ VALUES = params.samconfig_parameters(ROOT / "samconfig.toml")
 MOTO_UNSUPPORTED = {
     "AWS::ApiGatewayV2::Api",
     "AWS::ApiGatewayV2::Stage",
+    # The operational alarms: cfn-lint still checks them on the transformed template.
+    "AWS::CloudWatch::Alarm",
     "AWS::S3::BucketPolicy",
     "AWS::Scheduler::ScheduleGroup",
     "AWS::SecretsManager::Secret",

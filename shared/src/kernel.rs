@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod idempotency;
+pub mod metrics;
 pub mod retention;
 pub mod seal;
 pub mod signing;

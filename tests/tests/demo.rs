@@ -73,8 +73,9 @@ struct FunctionLog {
 }
 
 /// The log file of every function of the template, proven to be a real capture:
-/// every line is a JSON log object, and the lines name the invocations' request ids
-/// and the events the journey must have caused.
+/// every line is a JSON log object or an EMF metrics document (`custody::metrics`,
+/// flushed after each invocation), and the lines name the invocations' request ids,
+/// the events the journey must have caused and the metrics it must have counted.
 fn read_logs(dir: &Path, env: &Environment) -> Vec<FunctionLog> {
     let mut logs = Vec::new();
     for function in custody_local::stack::function_binaries(&env.stack.template) {
@@ -91,7 +92,7 @@ fn read_logs(dir: &Path, env: &Environment) -> Vec<FunctionLog> {
                 )
             });
             assert!(
-                value["level"].is_string(),
+                value["level"].is_string() || value["_aws"]["CloudWatchMetrics"].is_array(),
                 "{}:{}: {line}",
                 path.display(),
                 n + 1
@@ -112,6 +113,22 @@ fn read_logs(dir: &Path, env: &Environment) -> Vec<FunctionLog> {
     assert!(
         total > 0,
         "no function logged anything: the capture is broken"
+    );
+    // The export's metrics, from the real binary's recorder.
+    let export = logs
+        .iter()
+        .find(|l| l.function == "export")
+        .expect("no log of export");
+    assert!(
+        export.lines.iter().any(|line| line.contains(&format!(
+            "\"Namespace\":\"{}\"",
+            custody::metrics::NAMESPACE
+        )) && line.contains(&format!(
+            "\"{}\":",
+            custody::metrics::names::EXPORT_MESSAGES
+        ))),
+        "export's log has no EMF line with {}",
+        custody::metrics::names::EXPORT_MESSAGES
     );
     // Known lines of the journey, each under the request id it was invoked with.
     for (function, message) in [

@@ -171,6 +171,7 @@ pub async fn purge(
         }
         let (deleted, next) = purge_table_page(deps, tenant, job.table_cursor.as_deref()).await?;
         job.counts.table_items += deleted;
+        custody::metrics::count(custody::metrics::names::PURGE_ITEMS_DELETED, deleted);
         job.table_cursor = next;
         if job.table_cursor.is_none() {
             job.steps_done.push(PurgeStep::Table);
@@ -241,6 +242,7 @@ pub async fn purge(
         job.certificate = Some(deps.signer.sign(certificate).await?);
         job.status = PurgeStatus::Certified;
         save(deps, &mut job).await?;
+        custody::metrics::count(custody::metrics::names::PURGES_COMPLETED, 1);
     }
     // The certificate goes to the audit log (kept) once: a rerun after a crash finds
     // it at the head (nothing else of the tenant writes after the purge).

@@ -1,16 +1,19 @@
 //! The `dsar` function: data-subject access and erasure requests, consent records,
 //! verification of subjects, certificates of deletion and account deletion.
 //!
-//! Two triggers, both functions of (deps, event):
+//! Three triggers, each a function of (deps, event):
 //! - [`handle_http`]: the `/privacy/*` and `DELETE /account` routes (API Gateway v2
 //!   with the JWT authorizer; `GET /privacy/public-key` is public);
 //! - [`handle_stream`]: the table's stream, filtered in the template to privacy
 //!   requests whose status became `pending` / `in_processing` and account deletions
 //!   that are `purging`. Every processing step records its completion on the item,
 //!   and every such write is itself a stream record, so a run that stops (deadline,
-//!   crash) is continued by the next record; duplicates find the step done.
+//!   crash) is continued by the next record; duplicates find the step done;
+//! - [`deadlines::check`]: the daily schedule (`{"check": "deadlines"}`), gauges of
+//!   overdue requests and stuck purges for the alarms.
 
 pub mod account;
+pub mod deadlines;
 pub mod files;
 pub mod process;
 pub mod routes;

@@ -1,9 +1,11 @@
-//! Wiring only: config, clients, then one of two runtimes by the event's shape (the
-//! HTTP API and the table stream invoke the same function).
+//! Wiring only: config, clients, then one of three handlers by the event's shape (the
+//! HTTP API, the table stream and the daily deadline-check schedule invoke the same
+//! function).
 
 use std::time::Duration;
 
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use dsar::deadlines::DeadlineCheck;
 use dsar::{Budget, Deps, DsarConfig};
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
@@ -14,6 +16,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     custody::telemetry::init();
+    let metrics = custody::metrics::init("dsar")?;
     let config = custody::config::Config::from_env()?;
     let dsar = DsarConfig::from_env()?;
     let sdk = custody::aws::sdk_config().await;
@@ -30,18 +33,25 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         custody::clock::system(),
     );
     let deps = &deps;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let (payload, context) = event.into_parts();
-        if payload.get("Records").is_some() {
-            let stream: StreamEvent = serde_json::from_value(payload)?;
-            let budget = Budget::from_deadline_ms(context.deadline, deps.now(), DEADLINE_MARGIN);
-            let response = dsar::handle_stream(deps, stream, budget).await;
-            Ok::<Value, lambda_runtime::Error>(serde_json::to_value(response)?)
-        } else {
-            let request = lambda_http::request::from_str(&payload.to_string())?;
-            let response = dsar::handle_http(deps, request).await;
-            Ok(dsar::http_response_json(response))
-        }
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        metrics.flushed(handle(deps, event))
     }))
     .await
+}
+
+async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+    let (payload, context) = event.into_parts();
+    if DeadlineCheck::matches(&payload) {
+        let report = dsar::deadlines::check(deps).await?;
+        Ok(serde_json::to_value(report)?)
+    } else if payload.get("Records").is_some() {
+        let stream: StreamEvent = serde_json::from_value(payload)?;
+        let budget = Budget::from_deadline_ms(context.deadline, deps.now(), DEADLINE_MARGIN);
+        let response = dsar::handle_stream(deps, stream, budget).await;
+        Ok(serde_json::to_value(response)?)
+    } else {
+        let request = lambda_http::request::from_str(&payload.to_string())?;
+        let response = dsar::handle_http(deps, request).await;
+        Ok(dsar::http_response_json(response))
+    }
 }

@@ -193,6 +193,7 @@ async fn run_steps(
         request.note = None;
     }
     save(deps, request).await?;
+    custody::metrics::count(custody::metrics::names::PRIVACY_REQUESTS_COMPLETED, 1);
     Ok(Progress::Finished(Status::Complete))
 }
 

@@ -328,6 +328,7 @@ async fn create(
             tracing::error!(error = %custody::aws::error_text(&e), "privacy request could not be stored");
             Problem::internal()
         })?;
+    custody::metrics::count(custody::metrics::names::PRIVACY_REQUESTS_OPENED, 1);
     deps.audit
         .append(
             tenant,

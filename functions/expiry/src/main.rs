@@ -9,13 +9,14 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     custody::telemetry::init();
+    let metrics = custody::metrics::init("expiry")?;
     let config = custody::config::Config::from_env()?;
     let sdk = custody::aws::sdk_config().await;
     let clients = custody::aws::Clients::new(&sdk);
     let deps = std::sync::Arc::new(Deps::new(&config, &clients, custody::clock::system()));
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         let deps = deps.clone();
-        async move { expiry::handle(&deps, event).await.map(|_| ()) }
+        metrics.flushed(async move { expiry::handle(&deps, event).await.map(|_| ()) })
     }))
     .await
 }

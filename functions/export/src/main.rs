@@ -14,6 +14,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     custody::telemetry::init();
+    let metrics = custody::metrics::init("export")?;
     let config = Config::from_env()?;
     let export_config = ExportConfig::from_env()?;
     let oauth_config = OauthConfig::from_env()?;
@@ -37,13 +38,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
 
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         let deps = &deps;
-        async move {
+        metrics.flushed(async move {
             let budget = Budget::from_deadline_ms(event.context.deadline, DEADLINE_MARGIN);
             // Boxed: the worker future is deep enough to exceed the layout query limit.
             Box::pin(handle_event(deps, event.payload, &budget))
                 .await
                 .map_err(lambda_runtime::Error::from)
-        }
+        })
     }))
     .await
 }

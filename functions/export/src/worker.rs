@@ -25,6 +25,7 @@ use custody::highlevel::{
     Channel, ExportQuery, HighLevelClient, HighLevelError, MAX_PAGE_SIZE, Message,
 };
 use custody::idempotency::{IdempotencyError, Outcome as IdemOutcome, RunError};
+use custody::metrics::{self, names};
 use custody::schedule::ScheduleError;
 use custody::seal::{Purpose, SealContext};
 use custody::sink::{Receipt, S3Sink, Sink, SinkError, WebDavSink};
@@ -406,7 +407,8 @@ async fn run(
                 settings.channels.clone(),
             );
             match deps.store.create(&run).await {
-                Ok(()) | Err(StoreError::AlreadyExists) => {}
+                Ok(()) => metrics::count(names::EXPORT_RUNS_STARTED, 1),
+                Err(StoreError::AlreadyExists) => {}
                 Err(err) => return Err(err.into()),
             }
             deps.audit
@@ -499,6 +501,7 @@ async fn run(
     run.updated_at = deps.store.clock().now();
     match progress {
         Ok(Progress::Done) => {
+            metrics::count(names::EXPORT_RUNS_COMPLETED, 1);
             run.status = RunStatus::Completed;
             run.phase = Phase::Done;
             run.finished_at = Some(run.updated_at);
@@ -535,6 +538,7 @@ async fn run(
             })
         }
         Ok(Progress::OutOfTime) => {
+            metrics::count(names::EXPORT_RUNS_CONTINUED, 1);
             run.status = RunStatus::Continued;
             deps.store.put(&run).await?;
             kick::kick(deps, tenant, run.updated_at + CONTINUE_AFTER).await?;
@@ -555,6 +559,7 @@ async fn end_run(
     kind: &str,
     detail: String,
 ) -> Result<(), WorkerError> {
+    metrics::count(names::EXPORT_RUNS_FAILED, 1);
     let now = deps.store.clock().now();
     run.status = status;
     run.finished_at = Some(now);
@@ -583,6 +588,7 @@ async fn fail_run(
     kind: &str,
     detail: String,
 ) -> Result<Outcome, WorkerError> {
+    metrics::count(names::EXPORT_RUNS_FAILED, 1);
     let now = deps.store.clock().now();
     run.status = RunStatus::Failed;
     run.updated_at = now;
@@ -856,6 +862,8 @@ async fn drive(
                     run.conversations += 1;
                     run.messages += count;
                     run.bytes += receipt.bytes;
+                    metrics::count(names::EXPORT_MESSAGES, count);
+                    metrics::count(names::EXPORT_BYTES, receipt.bytes);
                     checkpoint(deps, run).await?;
                 }
                 run.write_page += 1;
@@ -879,6 +887,7 @@ async fn drive(
                     )
                     .await?;
                 run.bytes += receipt.bytes;
+                metrics::count(names::EXPORT_BYTES, receipt.bytes);
                 run.phase = Phase::Done;
                 return Ok(Progress::Done);
             }

@@ -17,6 +17,7 @@ use custody::imports::{
     MAX_UPLOAD_BYTES, Mode, ObjectKey, Purged, Status, SubjectCounter, is_column_name,
     new_import_id, rows_batch_key,
 };
+use custody::metrics::{self, names};
 use custody::retention::RetentionClass;
 use custody::seal::{Purpose, SealContext};
 use custody::store::keys;
@@ -653,7 +654,9 @@ async fn accept_rows(
                         &webhook::delivery_id(&import.id, number),
                         body.into(),
                     )
-                    .await?;
+                    .await
+                    .inspect_err(|_| metrics::count(names::IMPORT_ROWS_FAILED, accepted))?;
+                metrics::count(names::IMPORT_ROWS_DELIVERED, accepted);
                 delivered = Some(accepted);
             }
         }

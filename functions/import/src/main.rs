@@ -9,6 +9,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     custody::telemetry::init();
+    let metrics = custody::metrics::init("import")?;
     let config = custody::config::Config::from_env()?;
     let settings = Settings::from_env()?;
     let sdk = custody::aws::sdk_config().await;
@@ -25,7 +26,7 @@ async fn main() -> Result<(), Error> {
     ));
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         let deps = deps.clone();
-        async move { import::handle(&deps, event).await }
+        metrics.flushed(async move { import::handle(&deps, event).await })
     }))
     .await
 }

@@ -24,6 +24,7 @@ use custody::imports::{
     FileError, Import, ImportError, LineError, MAX_RECORDED_ERRORS, Mode, ObjectKey, ObjectKind,
     ParseError, ParsedRow, Purged, Status, SubjectCounter, stream_rows,
 };
+use custody::metrics::{self, names};
 use custody::seal::{Purpose, SealContext, SealError};
 use custody::store::keys;
 use custody::subject::PseudonymKey;
@@ -499,7 +500,13 @@ impl Target<'_> {
             })
             .await;
         match updated {
-            Ok(_) => Ok(Step::Continue),
+            Ok(imp) => {
+                // Counted once: only the write that advanced past this batch did.
+                if imp.batches_delivered == number + 1 {
+                    metrics::count(names::IMPORT_ROWS_DELIVERED, rows as u64);
+                }
+                Ok(Step::Continue)
+            }
             // Deleted (or otherwise moved on) while delivering: stop here.
             Err(ImportError::State(status)) => Ok(Step::Stop(status)),
             Err(err) => Err(err.into()),
@@ -552,6 +559,10 @@ async fn fail_delivery(
         Err(ImportError::State(status)) => return Ok(status),
         Err(err) => return Err(err.into()),
     };
+    metrics::count(
+        names::IMPORT_ROWS_FAILED,
+        import.rows_valid.saturating_sub(import.rows_delivered),
+    );
     let purged = purge_if_bypass(deps, &import).await?;
     let mut event = Event::new(ACTOR, "import.delivery_failed", keys::import(&import.id))
         .outcome(Outcome::Failure)

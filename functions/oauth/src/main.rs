@@ -9,6 +9,7 @@ use lambda_http::{Error, Request, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     custody::telemetry::init();
+    let metrics = custody::metrics::init("oauth")?;
     let config = custody::config::Config::from_env()?;
     let oauth_config = OauthConfig::from_env()?;
     if oauth_config.redirect_base.is_none() {
@@ -39,7 +40,7 @@ async fn main() -> Result<(), Error> {
     });
     lambda_http::run(service_fn(|req: Request| {
         let deps = deps.clone();
-        async move { Ok::<_, Error>(oauth::handle(&deps, req).await) }
+        metrics.flushed(async move { Ok::<_, Error>(oauth::handle(&deps, req).await) })
     }))
     .await
 }

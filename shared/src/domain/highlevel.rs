@@ -478,6 +478,10 @@ impl HighLevelClient {
                 401 | 403 => return Err(HighLevelError::Unauthorized(status.as_u16())),
                 429 => {
                     self.count(|s| s.throttled += 1);
+                    crate::kernel::metrics::count(
+                        crate::kernel::metrics::names::HIGHLEVEL_THROTTLED,
+                        1,
+                    );
                     let mut limiter = self.limiter.lock().await;
                     if limiter.daily_remaining == Some(0) {
                         return Err(HighLevelError::DailyQuotaExhausted);

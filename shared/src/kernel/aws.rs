@@ -8,6 +8,8 @@
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
 
+use crate::kernel::metrics::AwsCallMetrics;
+
 /// Loads the SDK config from the environment (honours `AWS_ENDPOINT_URL`).
 pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
@@ -34,7 +36,8 @@ pub fn sdk_config_for_endpoint(endpoint: &str, region: &str) -> SdkConfig {
         .build()
 }
 
-/// The AWS clients custody uses, built once per cold start and cloned cheaply.
+/// The AWS clients custody uses, built once per cold start and cloned cheaply. Each
+/// counts its throttles and retries ([`AwsCallMetrics`]).
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
@@ -47,11 +50,27 @@ pub struct Clients {
 impl Clients {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
-            dynamodb: aws_sdk_dynamodb::Client::new(config),
-            kms: aws_sdk_kms::Client::new(config),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(config)
+                    .interceptor(AwsCallMetrics::new("dynamodb"))
+                    .build(),
+            ),
+            kms: aws_sdk_kms::Client::from_conf(
+                aws_sdk_kms::config::Builder::from(config)
+                    .interceptor(AwsCallMetrics::new("kms"))
+                    .build(),
+            ),
             s3: s3_client(config),
-            secrets: aws_sdk_secretsmanager::Client::new(config),
-            scheduler: aws_sdk_scheduler::Client::new(config),
+            secrets: aws_sdk_secretsmanager::Client::from_conf(
+                aws_sdk_secretsmanager::config::Builder::from(config)
+                    .interceptor(AwsCallMetrics::new("secretsmanager"))
+                    .build(),
+            ),
+            scheduler: aws_sdk_scheduler::Client::from_conf(
+                aws_sdk_scheduler::config::Builder::from(config)
+                    .interceptor(AwsCallMetrics::new("scheduler"))
+                    .build(),
+            ),
         }
     }
 }
@@ -59,7 +78,8 @@ impl Clients {
 /// S3 needs path-style addressing when the endpoint is overridden (an emulator on
 /// `localhost` cannot serve `bucket.localhost`); real AWS keeps virtual-hosted style.
 pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let mut builder = aws_sdk_s3::config::Builder::from(config);
+    let mut builder =
+        aws_sdk_s3::config::Builder::from(config).interceptor(AwsCallMetrics::new("s3"));
     if config.endpoint_url().is_some() {
         builder = builder.force_path_style(true);
     }

@@ -365,3 +365,102 @@ fn every_audit_writer_may_sign_checkpoints() {
     }
     assert_eq!(writers, 5, "all five functions append to the audit log");
 }
+
+/// `!If [NotifyAlarms, [!Ref AlarmTopicArn], !Ref AWS::NoValue]`: the topic when one is
+/// configured, no action otherwise.
+fn notifies_the_alarm_topic(actions: &Value) -> bool {
+    let Value::Tagged(tagged) = actions else {
+        return false;
+    };
+    let Some(args) = tagged.value.as_sequence() else {
+        return false;
+    };
+    tagged.tag == "!If"
+        && args.len() == 3
+        && args[0].as_str() == Some("NotifyAlarms")
+        && args[1].as_sequence().is_some_and(|topics| {
+            topics.len() == 1 && ref_target(&topics[0]) == Some("AlarmTopicArn")
+        })
+        && ref_target(&args[2]) == Some("AWS::NoValue")
+}
+
+#[test]
+fn alarms_watch_what_the_code_emits_and_notify_the_topic() {
+    use custody::metrics::{FUNCTION_DIMENSION, NAMESPACE, names};
+
+    let template = template();
+    let topic = &template["Parameters"]["AlarmTopicArn"];
+    assert!(topic["AllowedPattern"].as_str().is_some());
+    assert!(topic["ConstraintDescription"].as_str().is_some());
+    assert!(template["Conditions"].get("NotifyAlarms").is_some());
+
+    let resources = template["Resources"].as_mapping().expect("Resources");
+    let alarms: Vec<(&str, &Value)> = resources
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
+        .map(|(l, r)| (l.as_str().unwrap_or("?"), &r["Properties"]))
+        .collect();
+    for (logical, alarm) in &alarms {
+        assert!(
+            notifies_the_alarm_topic(&alarm["AlarmActions"]),
+            "{logical} does not notify AlarmTopicArn"
+        );
+        // Custom metrics: the code's namespace and names, the `function` dimension only.
+        if alarm["Namespace"].as_str() != Some("AWS/Lambda") {
+            assert_eq!(alarm["Namespace"].as_str(), Some(NAMESPACE), "{logical}");
+            let name = alarm["MetricName"].as_str().unwrap_or_default();
+            assert!(
+                names::ALL.contains(&name),
+                "{logical}: {name} is not emitted"
+            );
+            let dimensions = alarm["Dimensions"].as_sequence().expect("Dimensions");
+            assert_eq!(dimensions.len(), 1, "{logical}");
+            assert_eq!(dimensions[0]["Name"].as_str(), Some(FUNCTION_DIMENSION));
+        }
+    }
+    let find = |metric: &str, function: &str| {
+        alarms.iter().find(|(_, a)| {
+            a["MetricName"].as_str() == Some(metric)
+                && a["Dimensions"]
+                    .as_sequence()
+                    .and_then(|d| d.first())
+                    .is_some_and(|d| ref_target(&d["Value"]) == Some(function))
+        })
+    };
+
+    for (metric, what) in [
+        (names::PRIVACY_REQUESTS_OVERDUE, "overdue privacy requests"),
+        (names::ACCOUNT_PURGES_STUCK, "stuck purges"),
+    ] {
+        let (logical, alarm) =
+            find(metric, "DsarFunction").unwrap_or_else(|| panic!("no alarm on {what} ({metric})"));
+        assert_eq!(alarm["Threshold"].as_i64(), Some(0), "{logical}");
+        assert_eq!(
+            alarm["ComparisonOperator"].as_str(),
+            Some("GreaterThanThreshold"),
+            "{logical}"
+        );
+    }
+
+    // Errors and throttles of every function.
+    for (logical, res) in resources {
+        if res["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let function = logical.as_str().unwrap_or("?");
+        for metric in ["Errors", "Throttles"] {
+            let (alarm_id, alarm) = find(metric, function)
+                .unwrap_or_else(|| panic!("no {metric} alarm for {function}"));
+            assert_eq!(
+                alarm["Namespace"].as_str(),
+                Some("AWS/Lambda"),
+                "{alarm_id}"
+            );
+            assert_eq!(
+                alarm["Dimensions"][0]["Name"].as_str(),
+                Some("FunctionName"),
+                "{alarm_id}"
+            );
+        }
+    }
+}

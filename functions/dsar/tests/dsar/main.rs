@@ -5,6 +5,7 @@
 mod access;
 mod account;
 mod cost;
+mod deadlines;
 mod erasure;
 mod expired;
 mod requests;
