@@ -61,6 +61,7 @@ pub enum StoreName {
     DsarResultsBucket,
     LogGroups,
     PointInTimeRecovery,
+    FailureQueues,
 }
 
 /// The import classes the tenant may choose per import, and the one used when an
@@ -97,6 +98,7 @@ impl From<Store> for StoreName {
             Store::DsarResultsBucket => StoreName::DsarResultsBucket,
             Store::LogGroups => StoreName::LogGroups,
             Store::PointInTimeRecovery => StoreName::PointInTimeRecovery,
+            Store::FailureQueues => StoreName::FailureQueues,
         }
     }
 }
