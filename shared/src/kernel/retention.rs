@@ -235,7 +235,7 @@ impl RetentionClass {
             RetentionClass::FailedEvent => (
                 "nothing is lost silently: an event a function keeps failing on is kept for an operator to replay, then deleted",
                 "one SSE-KMS (data key) SQS queue per function with `MessageRetentionPeriod`; Lambda's on-failure destinations (S3 and Scheduler invocations, stream batches) and the export schedules' dead-letter config send there; a message stays until it expires or an operator removes it",
-                "`template.rs::every_asynchronous_source_has_a_failure_destination`, `template.rs::failure_queues_are_encrypted_and_keep_the_promised_days`",
+                "`template.rs::every_asynchronous_source_has_a_failure_destination`, `template.rs::failure_queues_are_encrypted_and_keep_the_promised_days`, `infra/tests/failure_paths.rs`",
             ),
         }
     }
