@@ -25,6 +25,9 @@ MOTO_UNSUPPORTED = {
     "AWS::S3::BucketPolicy",
     "AWS::Scheduler::ScheduleGroup",
     "AWS::SecretsManager::Secret",
+    # The functions' on-failure destinations for asynchronous invocations
+    # (test_each_function_may_send_only_to_its_own_failure_queue reads them).
+    "AWS::Lambda::EventInvokeConfig",
 }
 
 
@@ -50,7 +53,8 @@ def test_template_yaml_is_deployable(report: check.Report) -> None:
     assert d.skipped_types <= MOTO_UNSUPPORTED, d.skipped_types - MOTO_UNSUPPORTED
     kinds = set(d.created.values())
     for kind in ("AWS::Lambda::Function", "AWS::IAM::Role", "AWS::DynamoDB::Table",
-                 "AWS::S3::Bucket", "AWS::KMS::Key", "AWS::Lambda::EventSourceMapping"):
+                 "AWS::S3::Bucket", "AWS::KMS::Key", "AWS::Lambda::EventSourceMapping",
+                 "AWS::SQS::Queue"):
         assert kind in kinds, f"the emulator deploy created no {kind}"
 
 
@@ -228,3 +232,60 @@ def test_transformed_template_lints_clean_and_lint_can_fail(transformed: dict) -
     bad = copy.deepcopy(transformed)
     bad["Resources"]["CustodyTable"]["Properties"]["BillingMode"] = "FREE"
     assert check.lint(bad), "cfn-lint accepted BillingMode FREE"
+
+
+# ---------------------------------------------------------------- failure destinations
+
+FAILURE_QUEUES = {
+    "ImportFunction": "ImportFailureQueue",
+    "ExpiryFunction": "ExpiryFailureQueue",
+    "DsarFunction": "DsarFailureQueue",
+    "ExportFunction": "ExportFailureQueue",
+}
+
+
+def _role_statements(transformed: dict, role: str) -> list[dict]:
+    props = transformed["Resources"][role]["Properties"]
+    return [s for p in props.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+
+
+def test_each_function_may_send_only_to_its_own_failure_queue(transformed: dict) -> None:
+    """What SAM grants for `OnFailure: Type: SQS` (not guessed): the function's role
+    may `sqs:SendMessage` to its failure queue, and to no other queue; and every
+    on-failure destination in the transformed template is that queue."""
+    resources = transformed["Resources"]
+    for function, queue in FAILURE_QUEUES.items():
+        sends = [s for s in _role_statements(transformed, f"{function}Role")
+                 if "sqs:" in json.dumps(s.get("Action"))]
+        assert sends, f"{function} may not send to {queue}"
+        for s in sends:
+            assert s["Action"] == "sqs:SendMessage", s
+            assert s["Resource"] == {"Fn::GetAtt": [queue, "Arn"]}, (function, s)
+    destinations = {
+        logical: res["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]
+        for logical, res in resources.items()
+        if res["Type"] in ("AWS::Lambda::EventInvokeConfig", "AWS::Lambda::EventSourceMapping")
+    }
+    # import, expiry, export: EventInvokeConfig; expiry, dsar: stream mappings.
+    assert len(destinations) == 5, destinations
+    for logical, destination in destinations.items():
+        function = next(f for f in FAILURE_QUEUES if logical.startswith(f))
+        assert destination == {"Fn::GetAtt": [FAILURE_QUEUES[function], "Arn"]}, logical
+
+
+def test_only_sams_destination_policy_may_lack_a_version(transformed: dict) -> None:
+    resolver = Resolver(transformed, VALUES, "custody-prod")
+    changed = copy.deepcopy(transformed)
+    role = changed["Resources"]["ImportFunctionRole"]["Properties"]
+    # SAM's own policy passes; the same statement in a policy of ours does not,
+    # nor does SAM's policy once it grants more than sending.
+    role["Policies"].append({"PolicyName": "Mine", "PolicyDocument": {"Statement": [
+        {"Effect": "Allow", "Action": "sqs:SendMessage",
+         "Resource": {"Fn::GetAtt": ["ImportFailureQueue", "Arn"]}}]}})
+    findings = [str(f) for f in iam.check(changed, resolver)]
+    assert any("ImportFunctionRole/Mine: NO_VERSION" in f for f in findings), findings
+    assert not any("SQSPolicy: NO_VERSION" in f for f in findings), findings
+    sam_policy = next(p for p in role["Policies"] if p["PolicyName"].endswith("SQSPolicy"))
+    sam_policy["PolicyDocument"]["Statement"][0]["Action"] = "sqs:*"
+    findings = [str(f) for f in iam.check(changed, resolver)]
+    assert any("SQSPolicy: NO_VERSION" in f for f in findings), findings

@@ -6,7 +6,20 @@
 //! - S3 notifications → functions: polls the bucket's object versions and invokes the
 //!   functions whose template `S3` events match (event type and key prefix/suffix).
 //!
-//! Delivery is at least once, like AWS: a failed invocation is retried.
+//! Delivery is at least once, like AWS: a failed invocation is retried. What still
+//! fails goes where the template says, in the shape AWS sends:
+//! - an asynchronous invocation (S3, Scheduler, `Event` invokes), after the function's
+//!   `EventInvokeConfig.MaximumRetryAttempts`, to its `OnFailure` queue as an
+//!   invocation record (`requestContext`, `requestPayload`, `responseContext`,
+//!   `responsePayload`);
+//! - a stream batch, invoked synchronously, retried from the first failed record
+//!   (`ReportBatchItemFailures`) or bisected on a function error
+//!   (`BisectBatchOnFunctionError`) up to the event's `MaximumRetryAttempts` or
+//!   `MaximumRecordAgeInSeconds`, then to its `OnFailure` queue as batch metadata
+//!   (`DDBStreamBatchInfo`: shard and sequence numbers, not the records).
+//!
+//! Deliberate differences: retries are milliseconds apart, not Lambda's backoff;
+//! a stream's batches are not held in shard order while one is retried.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +41,119 @@ pub struct StreamSubscription {
     pub table_logical_id: String,
     pub patterns: Vec<Json>,
     pub batch_size: usize,
+    /// `MaximumRetryAttempts`; `None` (AWS's -1) retries until the record is too old.
+    pub max_retries: Option<u32>,
+    /// `MaximumRecordAgeInSeconds`; `None` is the stream's own 24 hours.
+    pub max_record_age: Option<Duration>,
+    pub bisect: bool,
+    pub report_item_failures: bool,
+    /// Logical id of the `OnFailure` queue.
+    pub on_failure: Option<String>,
+}
+
+/// A function's `EventInvokeConfig`: what Lambda does with asynchronous invocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsyncConfig {
+    pub max_retries: u32,
+    /// Logical id of the `OnFailure` queue.
+    pub on_failure: Option<String>,
+}
+
+impl Default for AsyncConfig {
+    /// Lambda's defaults: two retries, no destination.
+    fn default() -> Self {
+        AsyncConfig {
+            max_retries: 2,
+            on_failure: None,
+        }
+    }
+}
+
+/// `OnFailure.Destination: !GetAtt <queue>.Arn` → `<queue>`.
+fn on_failure_target(config: &Value) -> Option<String> {
+    config
+        .get("DestinationConfig")
+        .and_then(|d| d.get("OnFailure"))
+        .and_then(|o| o.get("Destination"))
+        .and_then(tag_target)
+}
+
+/// Every function's asynchronous-invocation config, by binary.
+pub fn async_configs(template: &Value) -> HashMap<String, AsyncConfig> {
+    template
+        .get("Resources")
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some("AWS::Serverless::Function"))
+        .map(|(logical, r)| {
+            let config = &r["Properties"]["EventInvokeConfig"];
+            let defaults = AsyncConfig::default();
+            (
+                binary_name(logical.as_str().unwrap_or_default(), r),
+                AsyncConfig {
+                    max_retries: config
+                        .get("MaximumRetryAttempts")
+                        .and_then(Value::as_u64)
+                        .map_or(defaults.max_retries, |n| n as u32),
+                    on_failure: on_failure_target(config),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Where failed events go: the provisioned queues, and who sends to them.
+#[derive(Clone)]
+pub struct Failures {
+    sqs: aws_sdk_sqs::Client,
+    configs: HashMap<String, AsyncConfig>,
+    /// Queue logical id → URL.
+    queues: HashMap<String, String>,
+}
+
+impl Failures {
+    pub fn new(sdk: &aws_config::SdkConfig, template: &Value, provisioned: &Provisioned) -> Self {
+        Failures {
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            configs: async_configs(template),
+            queues: provisioned
+                .resources
+                .iter()
+                .filter(|(_, p)| p.kind == "AWS::SQS::Queue")
+                .map(|(logical, p)| (logical.clone(), p.id.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn async_config(&self, function: &str) -> AsyncConfig {
+        self.configs.get(function).cloned().unwrap_or_default()
+    }
+
+    /// Sends `record` to the queue `logical`; an error says why it could not.
+    async fn send(&self, logical: &str, record: &Json) -> Result<(), String> {
+        let url = self
+            .queues
+            .get(logical)
+            .ok_or_else(|| format!("queue {logical} was not provisioned"))?;
+        self.sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(record.to_string())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| custody::aws::error_text(&e))
+    }
+}
+
+/// The ARN Lambda names a local function by in its records.
+pub fn function_arn(function: &str) -> String {
+    format!(
+        "arn:aws:lambda:{}:{}:function:{function}",
+        crate::REGION,
+        crate::ACCOUNT_ID
+    )
 }
 
 /// A function's subscription to a bucket's notifications.
@@ -95,6 +221,7 @@ pub fn subscriptions(template: &Value) -> (Vec<StreamSubscription>, Vec<BucketSu
                         .filter_map(|f| f.get("Pattern").and_then(Value::as_str))
                         .filter_map(|p| serde_json::from_str(p).ok())
                         .collect();
+                    let response_types = format!("{:?}", props.get("FunctionResponseTypes"));
                     streams.push(StreamSubscription {
                         function: function.clone(),
                         table_logical_id: table,
@@ -103,6 +230,21 @@ pub fn subscriptions(template: &Value) -> (Vec<StreamSubscription>, Vec<BucketSu
                             .get("BatchSize")
                             .and_then(Value::as_u64)
                             .unwrap_or(100) as usize,
+                        max_retries: props
+                            .get("MaximumRetryAttempts")
+                            .and_then(Value::as_i64)
+                            .and_then(|n| u32::try_from(n).ok()),
+                        max_record_age: props
+                            .get("MaximumRecordAgeInSeconds")
+                            .and_then(Value::as_i64)
+                            .and_then(|n| u64::try_from(n).ok())
+                            .map(Duration::from_secs),
+                        bisect: props
+                            .get("BisectBatchOnFunctionError")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                        report_item_failures: response_types.contains("ReportBatchItemFailures"),
+                        on_failure: on_failure_target(props),
                     });
                 }
                 Some("S3") => {
@@ -283,32 +425,186 @@ fn record_json(record: &aws_sdk_dynamodbstreams::types::Record, stream_arn: &str
     out
 }
 
-/// Lambda's attempts at an asynchronous invocation: the first and two retries.
-pub const ASYNC_ATTEMPTS: u32 = 3;
-
-/// An asynchronous invocation as Lambda makes it. Returns the attempt that
-/// succeeded, or the last error.
-pub async fn invoke_async(function: &LocalFunction, event: &Json) -> Result<u32, String> {
-    let mut last = String::new();
-    for attempt in 1..=ASYNC_ATTEMPTS {
+/// An asynchronous invocation as Lambda makes it: the first attempt and the
+/// function's configured retries; then the invocation record goes to its on-failure
+/// queue (or, with none, is logged as dropped). Returns the attempt that succeeded,
+/// or the last error.
+pub async fn invoke_async(
+    function: &LocalFunction,
+    event: &Json,
+    failures: &Failures,
+) -> Result<u32, String> {
+    let config = failures.async_config(function.name());
+    let attempts = config.max_retries + 1;
+    let mut last = None;
+    for attempt in 1..=attempts {
         match function.invoke(event).await {
             Ok(_) => return Ok(attempt),
             Err(err) => {
                 tracing::warn!(function = function.name(), attempt, error = %err, "event delivery failed");
-                last = err.to_string();
-                tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))).await;
+                last = Some(err);
+                if attempt < attempts {
+                    tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))).await;
+                }
             }
         }
     }
-    Err(last)
+    let (error_type, message) = match &last {
+        Some(crate::runtime_api::InvokeError::Function {
+            error_type,
+            message,
+            ..
+        }) => (error_type.clone(), message.clone()),
+        Some(other) => ("Runtime.ExitError".to_owned(), other.to_string()),
+        None => ("Runtime.Unknown".to_owned(), String::new()),
+    };
+    let record = json!({
+        "version": "1.0",
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "requestContext": {
+            "requestId": ulid::Ulid::new().to_string().to_lowercase(),
+            "functionArn": format!("{}:$LATEST", function_arn(function.name())),
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": event,
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": "Unhandled",
+        },
+        "responsePayload": {"errorType": error_type, "errorMessage": message},
+    });
+    deliver_failure(
+        function.name(),
+        config.on_failure.as_deref(),
+        &record,
+        failures,
+    )
+    .await;
+    Err(message)
 }
 
-/// [`invoke_async`] for sources with no failure destination yet: a final failure is
-/// logged as an error, never dropped without a trace (on-failure queues: issue
-/// "Nothing lost silently").
-pub async fn invoke_with_retries(function: &LocalFunction, event: &Json) {
-    if let Err(error) = invoke_async(function, event).await {
-        tracing::error!(function = function.name(), %error, "event dropped after Lambda's async retries: no on-failure destination");
+async fn deliver_failure(function: &str, queue: Option<&str>, record: &Json, failures: &Failures) {
+    match queue {
+        Some(queue) => match failures.send(queue, record).await {
+            Ok(()) => {
+                tracing::warn!(
+                    function,
+                    queue,
+                    "failed event sent to the on-failure destination"
+                )
+            }
+            Err(error) => {
+                tracing::error!(function, queue, %error, %record, "failed event could not be sent to its on-failure destination")
+            }
+        },
+        None => {
+            tracing::error!(function, %record, "failed event dropped: no on-failure destination")
+        }
+    }
+}
+
+/// A stream batch as Lambda's event source mapping delivers it: synchronously,
+/// retried, bisected, then reported to the on-failure queue.
+pub async fn deliver_stream_batch(
+    function: &LocalFunction,
+    subscription: &StreamSubscription,
+    shard_id: &str,
+    stream_arn: &str,
+    batch: Vec<Json>,
+    failures: &Failures,
+) {
+    let sequence = |r: &Json| r["dynamodb"]["SequenceNumber"].as_str().map(str::to_owned);
+    let created = |r: &Json| r["dynamodb"]["ApproximateCreationDateTime"].as_i64();
+    // (records, retries spent on them)
+    let mut pending = std::collections::VecDeque::from([(batch, 0u32)]);
+    let mut invocations = 0u32;
+    while let Some((records, retries)) = pending.pop_front() {
+        if records.is_empty() {
+            continue;
+        }
+        invocations += 1;
+        let failed: Option<(Vec<Json>, bool)> =
+            match function.invoke(&json!({"Records": records})).await {
+                Ok(response) if subscription.report_item_failures => {
+                    let reported: Vec<String> = response["batchItemFailures"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
+                        .collect();
+                    if reported.is_empty() {
+                        None
+                    } else {
+                        // Lambda retries from the lowest failed sequence number; an
+                        // identifier not in the batch fails the whole batch.
+                        let first = records
+                            .iter()
+                            .position(|r| sequence(r).is_some_and(|s| reported.contains(&s)))
+                            .unwrap_or(0);
+                        Some((records[first..].to_vec(), false))
+                    }
+                }
+                Ok(_) => None,
+                Err(err) => {
+                    tracing::warn!(function = function.name(), error = %err, "stream batch failed");
+                    Some((records, true))
+                }
+            };
+        let Some((failed, function_error)) = failed else {
+            continue;
+        };
+        let too_old = subscription.max_record_age.is_some_and(|age| {
+            failed
+                .first()
+                .and_then(created)
+                .is_some_and(|at| chrono::Utc::now().timestamp() - at > age.as_secs() as i64)
+        });
+        let exhausted = subscription.max_retries.is_some_and(|max| retries >= max);
+        if too_old || exhausted {
+            let info = json!({
+                "shardId": shard_id,
+                "startSequenceNumber": failed.first().and_then(sequence),
+                "endSequenceNumber": failed.last().and_then(sequence),
+                "approximateArrivalOfFirstRecord": failed.first().and_then(created).and_then(|t| chrono::DateTime::from_timestamp(t, 0)).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                "approximateArrivalOfLastRecord": failed.last().and_then(created).and_then(|t| chrono::DateTime::from_timestamp(t, 0)).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                "batchSize": failed.len(),
+                "streamArn": stream_arn,
+            });
+            let mut response = json!({"statusCode": 200, "executedVersion": "$LATEST"});
+            if function_error {
+                response["functionError"] = json!("Unhandled");
+            }
+            let record = json!({
+                "requestContext": {
+                    "requestId": ulid::Ulid::new().to_string().to_lowercase(),
+                    "functionArn": function_arn(function.name()),
+                    "condition": if too_old { "RecordAgeExceeded" } else { "RetryAttemptsExhausted" },
+                    "approximateInvokeCount": invocations,
+                },
+                "responseContext": response,
+                "version": "1.0",
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "DDBStreamBatchInfo": info,
+            });
+            deliver_failure(
+                function.name(),
+                subscription.on_failure.as_deref(),
+                &record,
+                failures,
+            )
+            .await;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if function_error && subscription.bisect && failed.len() > 1 {
+            let (left, right) = failed.split_at(failed.len() / 2);
+            pending.push_front((right.to_vec(), retries + 1));
+            pending.push_front((left.to_vec(), retries + 1));
+        } else {
+            pending.push_front((failed, retries + 1));
+        }
     }
 }
 
@@ -318,6 +614,7 @@ pub async fn run(
     provisioned: Provisioned,
     template: Value,
     functions: HashMap<String, Arc<LocalFunction>>,
+    failures: Failures,
     poll: Duration,
 ) {
     let (streams, buckets) = subscriptions(&template);
@@ -326,7 +623,8 @@ pub async fn run(
     let s3 = custody::aws::s3_client(&sdk);
 
     // Stream shard iterators start at the current end: only changes from now on.
-    let mut iterators: HashMap<String, (String, Option<String>)> = HashMap::new();
+    // table → (stream ARN, shard id, shard iterator)
+    let mut iterators: HashMap<String, (String, String, Option<String>)> = HashMap::new();
     for table in streams
         .iter()
         .map(|s| s.table_logical_id.clone())
@@ -341,12 +639,12 @@ pub async fn run(
         let Some(stream_arn) = out.table.and_then(|t| t.latest_stream_arn) else {
             continue;
         };
-        iterators.insert(table, (stream_arn, None));
+        iterators.insert(table, (stream_arn, String::new(), None));
     }
     let mut seen_versions: HashMap<String, HashSet<String>> = HashMap::new();
     let mut first_bucket_poll = true;
     loop {
-        for (table, (stream_arn, shard_iterators)) in iterators.iter_mut() {
+        for (table, (stream_arn, shard_id, shard_iterators)) in iterators.iter_mut() {
             if shard_iterators.is_none() {
                 if let Ok(desc) = streams_client
                     .describe_stream()
@@ -367,6 +665,7 @@ pub async fn run(
                             .send()
                             .await
                     {
+                        *shard_id = shard.shard_id().unwrap_or_default().to_owned();
                         *shard_iterators = it.shard_iterator;
                     }
                 }
@@ -405,7 +704,15 @@ pub async fn run(
                     .cloned()
                     .collect();
                 for batch in selected.chunks(subscription.batch_size.max(1)) {
-                    invoke_with_retries(function, &json!({"Records": batch})).await;
+                    deliver_stream_batch(
+                        function,
+                        subscription,
+                        shard_id,
+                        stream_arn,
+                        batch.to_vec(),
+                        &failures,
+                    )
+                    .await;
                 }
             }
         }
@@ -475,7 +782,7 @@ pub async fn run(
                         }
                     }
                 }]});
-                invoke_with_retries(function, &event).await;
+                let _ = invoke_async(function, &event, &failures).await;
             }
         }
         first_bucket_poll = false;

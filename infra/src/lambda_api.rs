@@ -41,6 +41,7 @@ struct Shared {
     functions: HashMap<String, Arc<LocalFunction>>,
     /// Deployed function names (and binaries) → binary.
     names: HashMap<String, String>,
+    failures: crate::event_sources::Failures,
 }
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {
@@ -87,7 +88,8 @@ async fn invoke(
         "DryRun" => StatusCode::NO_CONTENT.into_response(),
         "Event" => {
             tokio::spawn(async move {
-                crate::event_sources::invoke_with_retries(&function, &event).await;
+                let _ =
+                    crate::event_sources::invoke_async(&function, &event, &shared.failures).await;
             });
             StatusCode::ACCEPTED.into_response()
         }
@@ -122,8 +124,13 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     functions: HashMap<String, Arc<LocalFunction>>,
     names: HashMap<String, String>,
+    failures: crate::event_sources::Failures,
 ) -> tokio::task::JoinHandle<()> {
-    let shared = Arc::new(Shared { functions, names });
+    let shared = Arc::new(Shared {
+        functions,
+        names,
+        failures,
+    });
     let app = axum::Router::new()
         .route(
             "/2015-03-31/functions/{name}/invocations",

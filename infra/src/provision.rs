@@ -74,9 +74,10 @@ pub fn load_template(path: &Path) -> Result<Value, ProvisionError> {
 }
 
 /// Creation order: a resource may refer only to kinds created before it.
-const ORDER: [&str; 7] = [
+const ORDER: [&str; 8] = [
     "AWS::KMS::Key",
     "AWS::KMS::Alias",
+    "AWS::SQS::Queue",
     "AWS::SecretsManager::Secret",
     "AWS::DynamoDB::Table",
     "AWS::S3::Bucket",
@@ -278,6 +279,7 @@ pub async fn provision(
                 "AWS::Scheduler::ScheduleGroup" => {
                     create_schedule_group(&clients, &resolver, &logical, props).await?
                 }
+                "AWS::SQS::Queue" => create_queue(sdk, &resolver, &logical, props).await?,
                 "AWS::S3::BucketPolicy" => {
                     put_bucket_policy(&clients, &resolver, &logical, props, &mut adjusted).await?
                 }
@@ -872,6 +874,45 @@ async fn create_schedule_group(
         kind: "AWS::Scheduler::ScheduleGroup".into(),
         id: name,
         arn: out.schedule_group_arn,
+    })
+}
+
+/// A queue with the template's attributes (retention, SSE-KMS key). `!Ref` gives its
+/// URL, `!GetAtt .Arn` its ARN, as CloudFormation does.
+async fn create_queue(
+    sdk: &SdkConfig,
+    resolver: &Resolver<'_>,
+    logical: &str,
+    props: &Value,
+) -> Result<Physical, ProvisionError> {
+    use aws_sdk_sqs::types::QueueAttributeName as Attr;
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let name = prop_str(resolver, props, "QueueName")?
+        .unwrap_or_else(|| format!("{}-{logical}", resolver.stage));
+    let mut request = sqs.create_queue().queue_name(&name);
+    for (property, attribute) in [
+        ("MessageRetentionPeriod", Attr::MessageRetentionPeriod),
+        ("KmsMasterKeyId", Attr::KmsMasterKeyId),
+        (
+            "KmsDataKeyReusePeriodSeconds",
+            Attr::KmsDataKeyReusePeriodSeconds,
+        ),
+        ("VisibilityTimeout", Attr::VisibilityTimeout),
+    ] {
+        if let Some(value) = prop_str(resolver, props, property)? {
+            request = request.attributes(attribute, value);
+        }
+    }
+    let url = request
+        .send()
+        .await
+        .map_err(|e| aws_err(logical, &e))?
+        .queue_url
+        .ok_or_else(|| template_err(format!("{logical}: no queue URL")))?;
+    Ok(Physical {
+        kind: "AWS::SQS::Queue".into(),
+        id: url,
+        arn: format!("arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{name}"),
     })
 }
 

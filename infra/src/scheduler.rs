@@ -15,12 +15,15 @@
 //!   schedule's `DeadLetterConfig` queue, or is dropped with an error log when it has
 //!   none, as the service drops it after its `RetryPolicy`.
 //!
+//! - a function error after Lambda's async retries (the function's
+//!   `EventInvokeConfig`) goes to the function's on-failure queue as an invocation
+//!   record (`event_sources::invoke_async`) and is recorded (`Outcome::FunctionFailed`).
+//!
 //! Deliberate differences: a missing local function never appears, so the
-//! Scheduler's own retries (minutes apart, up to a day) are not waited out; Lambda's
-//! async retries are seconds apart, not minutes; a flexible time window fires at its
-//! start; a schedule missed while the stack was down is not replayed (nor is it by
-//! the service); a function error after the async retries is logged as an error and
-//! recorded (`Outcome::FunctionFailed`), as no on-failure destination exists yet.
+//! Scheduler's own retries (`RetryPolicy`, minutes apart, up to a day) are not
+//! waited out; Lambda's async retries are seconds apart, not minutes; a flexible time
+//! window fires at its start; a schedule missed while the stack was down is not
+//! replayed (nor is it by the service).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -48,7 +51,7 @@ pub struct Firing {
 pub enum Outcome {
     /// The function returned (on this attempt, 1-based).
     Completed { attempt: u32 },
-    /// Every async attempt failed: Lambda's on-failure destination would get it.
+    /// Every async attempt failed: the function's on-failure destination got it.
     FunctionFailed { error: String },
     /// The target could not be reached; sent to the dead-letter queue.
     DeadLettered { queue_arn: String },
@@ -152,6 +155,7 @@ pub async fn run(
     functions: HashMap<String, Arc<LocalFunction>>,
     names: HashMap<String, String>,
     history: History,
+    failures: crate::event_sources::Failures,
     poll: Duration,
 ) {
     let scheduler = aws_sdk_scheduler::Client::new(&sdk);
@@ -243,16 +247,25 @@ pub async fn run(
                 outcome: Outcome::Completed { attempt: 0 },
             };
             let schedule_arn = schedule.arn().unwrap_or_default().to_owned();
-            let (functions, names, history, sqs) = (
+            let (functions, names, history, sqs, failures) = (
                 functions.clone(),
                 names.clone(),
                 history.clone(),
                 sqs.clone(),
+                failures.clone(),
             );
             // Each firing on its own task: a long export does not hold up other schedules.
             tokio::spawn(async move {
-                let firing =
-                    deliver(firing, &target, &schedule_arn, &functions, &names, &sqs).await;
+                let firing = deliver(
+                    firing,
+                    &target,
+                    &schedule_arn,
+                    &functions,
+                    &names,
+                    &sqs,
+                    &failures,
+                )
+                .await;
                 tracing::info!(schedule = %firing.schedule, outcome = ?firing.outcome, "schedule fired");
                 history.push(firing);
             });
@@ -270,6 +283,7 @@ async fn deliver(
     functions: &HashMap<String, Arc<LocalFunction>>,
     names: &HashMap<String, String>,
     sqs: &aws_sdk_sqs::Client,
+    failures: &crate::event_sources::Failures,
 ) -> Firing {
     let execution = ulid::Ulid::new().to_string().to_lowercase();
     let body = render_input(
@@ -301,12 +315,9 @@ async fn deliver(
     };
     firing.function = Some(function.name().to_owned());
     let event: Json = serde_json::from_str(&body).unwrap_or(Json::String(body));
-    firing.outcome = match crate::event_sources::invoke_async(function, &event).await {
+    firing.outcome = match crate::event_sources::invoke_async(function, &event, failures).await {
         Ok(attempt) => Outcome::Completed { attempt },
-        Err(error) => {
-            tracing::error!(schedule = %firing.schedule, function = function.name(), %error, "scheduled invocation failed after Lambda's async retries: no on-failure destination");
-            Outcome::FunctionFailed { error }
-        }
+        Err(error) => Outcome::FunctionFailed { error },
     };
     firing
 }

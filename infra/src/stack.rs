@@ -177,14 +177,20 @@ impl LocalStack {
                 .local_addr()
                 .map_err(|e| StackError::Start("lambda API".into(), e))?
         );
-        let lambda_task =
-            crate::lambda_api::serve(lambda_listener, functions.clone(), names.clone());
+        let failures = crate::event_sources::Failures::new(&sdk, &template, &provisioned);
+        let lambda_task = crate::lambda_api::serve(
+            lambda_listener,
+            functions.clone(),
+            names.clone(),
+            failures.clone(),
+        );
         let schedules = crate::scheduler::History::default();
         let scheduler = tokio::spawn(crate::scheduler::run(
             sdk.clone(),
             functions.clone(),
             names,
             schedules.clone(),
+            failures.clone(),
             Duration::from_secs(1),
         ));
         let sources = tokio::spawn(crate::event_sources::run(
@@ -192,6 +198,7 @@ impl LocalStack {
             provisioned.clone(),
             template.clone(),
             functions.clone(),
+            failures,
             Duration::from_millis(250),
         ));
         Ok(LocalStack {

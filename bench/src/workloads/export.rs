@@ -179,6 +179,9 @@ fn deps(stack: &TestStack, highlevel_url: &str) -> Result<Deps, BenchError> {
         scheduler_role_arn: format!(
             "arn:aws:iam::123456789012:role/custody-export-scheduler-{stage}"
         ),
+        dead_letter_queue_arn: format!(
+            "arn:aws:sqs:us-east-1:123456789012:custody-export-failures-{stage}"
+        ),
         highlevel_base_url: highlevel_url.to_owned(),
         allow_http_loopback: true,
     };

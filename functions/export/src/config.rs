@@ -18,6 +18,8 @@ pub mod vars {
 pub struct ExportConfig {
     pub function_arn: String,
     pub scheduler_role_arn: String,
+    /// The schedules' dead-letter queue (`custody::schedule::DEAD_LETTER_QUEUE_ARN_VAR`).
+    pub dead_letter_queue_arn: String,
     pub highlevel_base_url: String,
     pub allow_http_loopback: bool,
 }
@@ -36,6 +38,7 @@ impl ExportConfig {
         Ok(Self {
             function_arn: required(vars::FUNCTION_ARN)?,
             scheduler_role_arn: required(vars::SCHEDULER_ROLE_ARN)?,
+            dead_letter_queue_arn: required(custody::schedule::DEAD_LETTER_QUEUE_ARN_VAR)?,
             highlevel_base_url: lookup(vars::HIGHLEVEL_API_URL)
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
@@ -57,6 +60,7 @@ mod tests {
         let config = ExportConfig::from_lookup(|name| match name {
             vars::FUNCTION_ARN => Some("arn:f".into()),
             vars::SCHEDULER_ROLE_ARN => Some("arn:r".into()),
+            custody::schedule::DEAD_LETTER_QUEUE_ARN_VAR => Some("arn:q".into()),
             _ => None,
         })
         .unwrap();

@@ -10,7 +10,7 @@
 //! kick replaces the pending one instead of stacking invocations.
 
 use aws_sdk_scheduler::types::{
-    ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target,
+    ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState,
 };
 use chrono::{DateTime, Utc};
 use custody::TenantId;
@@ -35,12 +35,12 @@ pub fn kick_input(tenant: &TenantId) -> String {
 /// Schedules one invocation of the export for `tenant` at `at` (UTC).
 pub async fn kick(deps: &Deps, tenant: &TenantId, at: DateTime<Utc>) -> Result<(), ScheduleError> {
     let expression = format!("at({})", at.format("%Y-%m-%dT%H:%M:%S"));
-    let target = Target::builder()
-        .arn(&deps.config.function_arn)
-        .role_arn(&deps.config.scheduler_role_arn)
-        .input(kick_input(tenant))
-        .build()
-        .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+    let target = custody::schedule::target(
+        &deps.config.function_arn,
+        &deps.config.scheduler_role_arn,
+        kick_input(tenant),
+        &deps.config.dead_letter_queue_arn,
+    )?;
     let window = FlexibleTimeWindow::builder()
         .mode(FlexibleTimeWindowMode::Off)
         .build()

@@ -117,6 +117,7 @@ async fn put_settings(
                 timezone: settings.schedule.timezone.clone(),
                 target_arn: deps.config.function_arn.clone(),
                 role_arn: deps.config.scheduler_role_arn.clone(),
+                dead_letter_arn: deps.config.dead_letter_queue_arn.clone(),
             },
         )
         .await?;

@@ -62,6 +62,7 @@ pub enum StoreName {
     LogGroups,
     PointInTimeRecovery,
     Buckets,
+    FailureQueues,
 }
 
 /// The import classes the tenant may choose per import, and the one used when an
@@ -99,6 +100,7 @@ impl From<Store> for StoreName {
             Store::LogGroups => StoreName::LogGroups,
             Store::PointInTimeRecovery => StoreName::PointInTimeRecovery,
             Store::Buckets => StoreName::Buckets,
+            Store::FailureQueues => StoreName::FailureQueues,
         }
     }
 }

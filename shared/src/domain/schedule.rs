@@ -5,7 +5,10 @@
 //! deleting the account remove it. Removing is idempotent: a schedule that is already
 //! gone is not an error (events are delivered at least once).
 
-use aws_sdk_scheduler::types::{FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target};
+use aws_sdk_scheduler::types::{
+    DeadLetterConfig, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, ScheduleState,
+    Target,
+};
 
 use crate::kernel::aws::error_text;
 use crate::kernel::http::{HttpAnswer, HttpError};
@@ -27,6 +30,40 @@ impl HttpError for ScheduleError {
     }
 }
 
+/// The environment variable naming the schedules' dead-letter queue (the export
+/// function's failure queue).
+pub const DEAD_LETTER_QUEUE_ARN_VAR: &str = "CUSTODY_EXPORT_DEAD_LETTER_QUEUE_ARN";
+
+/// Scheduler's own retries when it cannot deliver (throttled, function missing or
+/// not permitted): then the event goes to the dead-letter queue instead of being
+/// dropped. An hour bounds how late an export may start; the queue keeps the rest.
+pub const RETRY_ATTEMPTS: i32 = 10;
+pub const MAX_EVENT_AGE_SECONDS: i32 = 3600;
+
+/// A schedule target invoking `target_arn` as `role_arn` with `input`, with the
+/// retry policy and dead-letter queue every export schedule carries. A function
+/// error is not Scheduler's to retry: the invocation is asynchronous, so Lambda's
+/// retries and the function's on-failure destination take it.
+pub fn target(
+    target_arn: &str,
+    role_arn: &str,
+    input: String,
+    dead_letter_arn: &str,
+) -> Result<Target, ScheduleError> {
+    let retry = RetryPolicy::builder()
+        .maximum_retry_attempts(RETRY_ATTEMPTS)
+        .maximum_event_age_in_seconds(MAX_EVENT_AGE_SECONDS)
+        .build();
+    Target::builder()
+        .arn(target_arn)
+        .role_arn(role_arn)
+        .input(input)
+        .retry_policy(retry)
+        .dead_letter_config(DeadLetterConfig::builder().arn(dead_letter_arn).build())
+        .build()
+        .map_err(|e| ScheduleError::Invalid(e.to_string()))
+}
+
 /// What to run and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleSpec {
@@ -37,6 +74,8 @@ pub struct ScheduleSpec {
     /// ARN of the function to invoke, and of the role Scheduler assumes to do it.
     pub target_arn: String,
     pub role_arn: String,
+    /// ARN of the SQS queue Scheduler sends an event it could not deliver to.
+    pub dead_letter_arn: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,12 +156,12 @@ impl ExportSchedules {
             "scheduled_time": "<aws.scheduler.scheduled-time>",
         })
         .to_string();
-        let target = Target::builder()
-            .arn(&spec.target_arn)
-            .role_arn(&spec.role_arn)
-            .input(input)
-            .build()
-            .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+        let target = target(
+            &spec.target_arn,
+            &spec.role_arn,
+            input,
+            &spec.dead_letter_arn,
+        )?;
         let window = FlexibleTimeWindow::builder()
             .mode(FlexibleTimeWindowMode::Off)
             .build()

@@ -64,6 +64,10 @@ pub enum RetentionClass {
     /// A bypass-mode upload: deleted when processing ends; this is the backstop for
     /// an object whose processing never ended.
     Bypass,
+    /// An event a function failed on after every retry (async invocation records,
+    /// stream batch metadata, undeliverable schedules), in its failure queue until an
+    /// operator redrives it. 14 days is the SQS maximum: the longest an operator has.
+    FailedEvent,
 }
 
 impl RetentionClass {
@@ -81,6 +85,7 @@ impl RetentionClass {
         RetentionClass::Backup,
         RetentionClass::NoncurrentVersion,
         RetentionClass::Bypass,
+        RetentionClass::FailedEvent,
     ];
 
     pub fn period(self) -> Period {
@@ -100,6 +105,7 @@ impl RetentionClass {
             RetentionClass::Backup => Period::Days(30),
             RetentionClass::NoncurrentVersion => Period::Days(NONCURRENT_VERSION_DAYS as i64),
             RetentionClass::Bypass => Period::Days(1),
+            RetentionClass::FailedEvent => Period::Days(14),
         }
     }
 
@@ -119,6 +125,7 @@ impl RetentionClass {
             RetentionClass::Backup => "backup",
             RetentionClass::NoncurrentVersion => "noncurrent-version",
             RetentionClass::Bypass => "bypass",
+            RetentionClass::FailedEvent => "failed-event",
         }
     }
 
@@ -137,6 +144,7 @@ impl RetentionClass {
             RetentionClass::FunctionLog => Store::LogGroups,
             RetentionClass::NoncurrentVersion => Store::Buckets,
             RetentionClass::Backup => Store::PointInTimeRecovery,
+            RetentionClass::FailedEvent => Store::FailureQueues,
             RetentionClass::ExportLog
             | RetentionClass::OauthState
             | RetentionClass::Idempotency
@@ -237,6 +245,11 @@ impl RetentionClass {
                 "the upload is deleted (every version, its index entries and data marker) when processing ends, whether the rows were delivered, delivery failed or the file was invalid; a redelivered event purges again; failures are reported by line, rule and count only; row batches are pushed when posted and never stored; object tag `retention-class=bypass` (signed into the presigned PUT, set again when processed) with S3 lifecycle rule `retention-bypass` as the backstop for processing that never ends (noncurrent versions too)",
                 "`functions/import/tests/import/bypass.rs::a_delivered_bypass_file_leaves_no_version_and_a_second_event_changes_nothing`, `functions/import/tests/import/bypass.rs::a_failed_bypass_delivery_keeps_nothing_and_reports_no_row_data`, `functions/import/tests/import/bypass.rs::an_invalid_bypass_file_keeps_nothing`, `functions/import/tests/import/rows.rs::bypass_rows_are_pushed_at_once_and_never_stored`, `template.rs::template_matches_retention`",
             ),
+            RetentionClass::FailedEvent => (
+                "nothing is lost silently: an event a function keeps failing on is kept for an operator to replay, then deleted",
+                "one SSE-KMS (data key) SQS queue per function with `MessageRetentionPeriod`; Lambda's on-failure destinations (S3 and Scheduler invocations, stream batches) and the export schedules' dead-letter config send there; a message stays until it expires or an operator removes it",
+                "`template.rs::every_asynchronous_source_has_a_failure_destination`, `template.rs::failure_queues_are_encrypted_and_keep_the_promised_days`, `infra/tests/failure_paths.rs`",
+            ),
         }
     }
 
@@ -282,6 +295,8 @@ pub enum Store {
     LogGroups,
     /// Both tables' `PointInTimeRecoverySpecification.RecoveryPeriodInDays`.
     PointInTimeRecovery,
+    /// Each failure queue's `MessageRetentionPeriod`.
+    FailureQueues,
 }
 
 #[cfg(test)]
@@ -319,6 +334,7 @@ mod tests {
         assert_eq!(RetentionClass::DsarResult.days(), Some(7));
         assert_eq!(RetentionClass::FunctionLog.days(), Some(30));
         assert_eq!(RetentionClass::Backup.days(), Some(30));
+        assert_eq!(RetentionClass::FailedEvent.days(), Some(14));
         assert_eq!(RetentionClass::AuditActivity.days(), Some(90));
         assert!(
             matches!(RetentionClass::AuditEvidence.period(), Period::AtLeastDays(d) if d >= 730)

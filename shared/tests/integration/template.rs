@@ -443,24 +443,280 @@ fn alarms_watch_what_the_code_emits_and_notify_the_topic() {
     }
 
     // Errors and throttles of every function.
+    /// `!GetAtt X.Arn` → `X`.
+    fn get_att_arn(value: &Value) -> Option<&str> {
+        match value {
+            Value::Tagged(tagged) if tagged.tag == "!GetAtt" => {
+                tagged.value.as_str()?.strip_suffix(".Arn")
+            }
+            _ => None,
+        }
+    }
+
+    /// The queue an on-failure destination names; it must be one of the template's
+    /// SQS queues, by `!GetAtt <queue>.Arn`, with `Type: SQS`, which makes SAM grant the
+    /// function's role `sqs:SendMessage` on exactly that queue (infra/deploycheck holds
+    /// the transformed roles to it).
+    fn on_failure_queue<'a>(template: &Value, where_: &str, destination: &'a Value) -> &'a str {
+        let on_failure = &destination["OnFailure"];
+        assert_eq!(
+            on_failure["Type"].as_str(),
+            Some("SQS"),
+            "{where_}: OnFailure.Type"
+        );
+        let queue = get_att_arn(&on_failure["Destination"]).unwrap_or_else(|| {
+            panic!("{where_}: OnFailure.Destination must be !GetAtt <queue>.Arn")
+        });
+        assert_eq!(
+            resource(template, queue)["Type"].as_str(),
+            Some("AWS::SQS::Queue"),
+            "{where_}: {queue}"
+        );
+        queue
+    }
+
+    /// Nothing lost silently: every asynchronous way into a function ends, after its
+    /// retries, in a failure queue. Stream events carry `DestinationConfig.OnFailure`;
+    /// a function invoked asynchronously (an S3 notification, a Scheduler target) has an
+    /// `EventInvokeConfig` with bounded retries and an on-failure queue.
+    #[test]
+    fn every_asynchronous_source_has_a_failure_destination() {
+        let template = template();
+        let resources = template["Resources"].as_mapping().unwrap();
+        // Functions the scheduler role may invoke are Scheduler targets, invoked
+        // asynchronously like an S3 notification.
+        let scheduler_policy = format!(
+            "{:?}",
+            resource(&template, "ExportSchedulerRole")["Properties"]["Policies"]
+        );
+        let mut queues_used = std::collections::BTreeSet::new();
+        let mut async_functions = 0;
+        let mut stream_events = 0;
+        for (logical, res) in resources {
+            if res["Type"].as_str() != Some("AWS::Serverless::Function") {
+                continue;
+            }
+            let function = logical.as_str().unwrap_or("?");
+            for metric in ["Errors", "Throttles"] {
+                let (alarm_id, alarm) = find(metric, function)
+                    .unwrap_or_else(|| panic!("no {metric} alarm for {function}"));
+                assert_eq!(
+                    alarm["Namespace"].as_str(),
+                    Some("AWS/Lambda"),
+                    "{alarm_id}"
+                );
+                assert_eq!(
+                    alarm["Dimensions"][0]["Name"].as_str(),
+                    Some("FunctionName"),
+                    "{alarm_id}"
+                );
+            }
+        }
+        let logical = logical.as_str().unwrap_or("?");
+        let props = &res["Properties"];
+        let mut invoked_async = props["FunctionName"]
+            .as_str()
+            .or_else(|| match &props["FunctionName"] {
+                Value::Tagged(t) => t.value.as_str(),
+                _ => None,
+            })
+            .is_some_and(|name| scheduler_policy.contains(name));
+        let mut queue_of_function = None;
+        for (name, event) in props["Events"].as_mapping().into_iter().flatten() {
+            let name = name.as_str().unwrap_or("?");
+            match event["Type"].as_str() {
+                Some("S3")
+                | Some("Schedule")
+                | Some("ScheduleV2")
+                | Some("SNS")
+                | Some("EventBridgeRule")
+                | Some("CloudWatchEvent") => invoked_async = true,
+                Some("DynamoDB") | Some("Kinesis") | Some("SQS") => {
+                    stream_events += 1;
+                    let where_ = format!("{logical}.{name}");
+                    let queue = on_failure_queue(
+                        &template,
+                        &where_,
+                        &event["Properties"]["DestinationConfig"],
+                    );
+                    let retries = event["Properties"]["MaximumRetryAttempts"].as_i64();
+                    assert!(
+                        retries.is_some_and(|r| r >= 0),
+                        "{where_}: MaximumRetryAttempts must be bounded, or a poisoned record blocks its shard for a day"
+                    );
+                    let age = event["Properties"]["MaximumRecordAgeInSeconds"].as_i64();
+                    assert!(
+                        age.is_some_and(|a| (60..86_400).contains(&a)),
+                        "{where_}: records must go to the queue before the stream's 24 h drop them"
+                    );
+                    assert_eq!(
+                        event["Properties"]["BisectBatchOnFunctionError"].as_bool(),
+                        Some(true),
+                        "{where_}: one poisoned record must not fail its whole batch"
+                    );
+                    queue_of_function.get_or_insert(queue);
+                    assert_eq!(
+                        queue_of_function,
+                        Some(queue),
+                        "{where_}: one queue per function"
+                    );
+                    queues_used.insert(queue.to_owned());
+                }
+                _ => {}
+            }
+        }
+        if invoked_async {
+            async_functions += 1;
+            let config = &props["EventInvokeConfig"];
+            let retries = config["MaximumRetryAttempts"].as_i64();
+            assert!(
+                retries.is_some_and(|r| (0..=2).contains(&r)),
+                "{logical}: EventInvokeConfig.MaximumRetryAttempts"
+            );
+            let queue = on_failure_queue(&template, logical, &config["DestinationConfig"]);
+            queue_of_function.get_or_insert(queue);
+            assert_eq!(
+                queue_of_function,
+                Some(queue),
+                "{logical}: one queue per function"
+            );
+            queues_used.insert(queue.to_owned());
+        }
+    }
+    // import and expiry (S3), export (Scheduler); dsar and expiry (stream).
+    assert_eq!(async_functions, 3);
+    assert_eq!(stream_events, 2);
+
+    // The export function puts that same queue on every schedule as its
+    // dead-letter queue, and the scheduler role may send there.
+    let export = &resource(&template, "ExportFunction")["Properties"];
+    let dlq = get_att_arn(
+        &export["Environment"]["Variables"][custody::schedule::DEAD_LETTER_QUEUE_ARN_VAR],
+    )
+    .expect("ExportFunction names its schedules' dead-letter queue by !GetAtt");
+    assert_eq!(
+        Some(dlq),
+        get_att_arn(&export["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"])
+    );
+    assert!(
+        scheduler_policy.contains("sqs:SendMessage") && scheduler_policy.contains(dlq),
+        "the scheduler role must be allowed to send to {dlq}"
+    );
+
+    // Every queue is used; nothing else is a queue.
+    let all_queues: std::collections::BTreeSet<String> = resources
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::SQS::Queue"))
+        .filter_map(|(l, _)| l.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(all_queues, queues_used);
+    assert_eq!(all_queues.len(), 4);
+}
+
+/// Failure queues keep a record for the failed-event class's days, sealed with the
+/// data key; every role that sends to one (the functions with an on-failure
+/// destination, the scheduler role) may use the key through SQS.
+#[test]
+fn failure_queues_are_encrypted_and_keep_the_promised_days() {
+    let template = template();
+    let resources = template["Resources"].as_mapping().unwrap();
+    let days = RetentionClass::FailedEvent.days().expect("days");
+    assert_eq!(RetentionClass::FailedEvent.store(), Store::FailureQueues);
+    let mut queues = 0;
     for (logical, res) in resources {
-        if res["Type"].as_str() != Some("AWS::Serverless::Function") {
+        if res["Type"].as_str() != Some("AWS::SQS::Queue") {
             continue;
         }
-        let function = logical.as_str().unwrap_or("?");
-        for metric in ["Errors", "Throttles"] {
-            let (alarm_id, alarm) = find(metric, function)
-                .unwrap_or_else(|| panic!("no {metric} alarm for {function}"));
-            assert_eq!(
-                alarm["Namespace"].as_str(),
-                Some("AWS/Lambda"),
-                "{alarm_id}"
-            );
-            assert_eq!(
-                alarm["Dimensions"][0]["Name"].as_str(),
-                Some("FunctionName"),
-                "{alarm_id}"
-            );
-        }
+        queues += 1;
+        let props = &res["Properties"];
+        assert_eq!(
+            props["MessageRetentionPeriod"].as_i64(),
+            Some(days * 86_400),
+            "{logical:?}: retention differs from retention::FailedEvent"
+        );
+        assert_eq!(
+            get_att_arn(&props["KmsMasterKeyId"]),
+            Some("DataKey"),
+            "{logical:?} must be SSE-KMS with the data key"
+        );
+    }
+    assert!(queues > 0);
+
+    let may_use_key_via_sqs = |statements: &[Value]| {
+        statements.iter().any(|s| {
+            let actions = format!("{:?}", s["Action"]);
+            s["Effect"].as_str() == Some("Allow")
+                && actions.contains("kms:GenerateDataKey")
+                && actions.contains("kms:Decrypt")
+                && get_att_arn(&s["Resource"]) == Some("DataKey")
+                && format!("{:?}", s["Condition"]).contains("sqs.${AWS::Region}.amazonaws.com")
+        })
+    };
+    for (logical, res) in resources {
+        let statements: Vec<Value> = match res["Type"].as_str() {
+            Some("AWS::Serverless::Function")
+                if res["Properties"]["EventInvokeConfig"].is_mapping()
+                    || format!("{:?}", res["Properties"]["Events"]).contains("OnFailure") =>
+            {
+                res["Properties"]["Policies"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|p| p["Statement"].as_sequence().cloned().unwrap_or_default())
+                    .collect()
+            }
+            Some("AWS::IAM::Role") if format!("{res:?}").contains("sqs:SendMessage") => {
+                res["Properties"]["Policies"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|p| {
+                        p["PolicyDocument"]["Statement"]
+                            .as_sequence()
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            }
+            _ => continue,
+        };
+        assert!(
+            may_use_key_via_sqs(&statements),
+            "{logical:?} sends to an SSE-KMS queue but may not use the data key through SQS"
+        );
+    }
+}
+
+/// Any message in any failure queue pages: every `AWS::SQS::Queue` has an alarm on its
+/// visible messages above zero that notifies the alarm topic.
+#[test]
+fn every_failure_queue_has_an_alarm() {
+    let template = template();
+    let resources = template["Resources"].as_mapping().unwrap();
+    let queues: Vec<String> = resources
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::SQS::Queue"))
+        .filter_map(|(name, _)| name.as_str().map(str::to_owned))
+        .collect();
+    assert!(queues.len() >= 4, "{queues:?}");
+    for queue in &queues {
+        let alarm = resources.iter().find(|(_, r)| {
+            let props = &r["Properties"];
+            r["Type"].as_str() == Some("AWS::CloudWatch::Alarm")
+                && props["Namespace"].as_str() == Some("AWS/SQS")
+                && props["MetricName"].as_str() == Some("ApproximateNumberOfMessagesVisible")
+                && format!("{:?}", props["Dimensions"]).contains(&format!("{queue}.QueueName"))
+        });
+        let Some((name, alarm)) = alarm else {
+            panic!("no alarm watches {queue}");
+        };
+        let props = &alarm["Properties"];
+        assert_eq!(props["Threshold"].as_i64(), Some(0), "{name:?}");
+        assert_eq!(
+            props["ComparisonOperator"].as_str(),
+            Some("GreaterThanThreshold"),
+            "{name:?}"
+        );
+        assert!(notifies_the_alarm_topic(&props["AlarmActions"]), "{name:?}");
     }
 }

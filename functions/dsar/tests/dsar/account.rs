@@ -94,6 +94,8 @@ async fn account_deletion_removes_tokens_at_once_and_purges_everything() {
                 timezone: "UTC".into(),
                 target_arn: "arn:aws:lambda:us-east-1:123456789012:function:export".into(),
                 role_arn: "arn:aws:iam::123456789012:role/scheduler".into(),
+                dead_letter_arn: "arn:aws:sqs:us-east-1:123456789012:custody-export-failures"
+                    .into(),
             },
         )
         .await

@@ -251,6 +251,20 @@ async fn run_now_queues_a_one_time_invocation() {
     let target = kick.target().unwrap();
     assert_eq!(target.arn(), env.deps.config.function_arn);
     assert_eq!(target.role_arn(), env.deps.config.scheduler_role_arn);
+    // Undeliverable kicks go to the failure queue, after bounded retries.
+    assert_eq!(
+        target.dead_letter_config().and_then(|d| d.arn()),
+        Some(env.deps.config.dead_letter_queue_arn.as_str())
+    );
+    let retry = target.retry_policy().expect("retry policy");
+    assert_eq!(
+        retry.maximum_retry_attempts(),
+        Some(custody::schedule::RETRY_ATTEMPTS)
+    );
+    assert_eq!(
+        retry.maximum_event_age_in_seconds(),
+        Some(custody::schedule::MAX_EVENT_AGE_SECONDS)
+    );
     let input: Value = serde_json::from_str(target.input().unwrap()).unwrap();
     let file: Value =
         serde_json::from_str(include_str!("../../../../events/export/kick.json")).unwrap();

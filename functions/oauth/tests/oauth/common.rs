@@ -374,6 +374,8 @@ pub async fn add_schedule(env: &Env, tenant_name: &str) {
                 timezone: "UTC".into(),
                 target_arn: "arn:aws:lambda:us-east-1:123456789012:function:export".into(),
                 role_arn: "arn:aws:iam::123456789012:role/custody-scheduler".into(),
+                dead_letter_arn: "arn:aws:sqs:us-east-1:123456789012:custody-export-failures"
+                    .into(),
             },
         )
         .await
