@@ -71,7 +71,7 @@ pub enum RetentionClass {
 }
 
 impl RetentionClass {
-    pub const ALL: [RetentionClass; 13] = [
+    pub const ALL: [RetentionClass; 14] = [
         RetentionClass::ExportLog,
         RetentionClass::Import30d,
         RetentionClass::Import90d,
