@@ -116,6 +116,9 @@ async fn export_runs_emit_their_counts_and_no_tenant_or_location() {
         scheduler_role_arn: format!(
             "arn:aws:iam::123456789012:role/custody-export-scheduler-{stage}"
         ),
+        dead_letter_queue_arn: format!(
+            "arn:aws:sqs:us-east-1:123456789012:custody-export-failures-{stage}"
+        ),
         highlevel_base_url: highlevel.base_url(),
         allow_http_loopback: true,
     };

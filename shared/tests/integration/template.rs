@@ -443,74 +443,79 @@ fn alarms_watch_what_the_code_emits_and_notify_the_topic() {
     }
 
     // Errors and throttles of every function.
-    /// `!GetAtt X.Arn` → `X`.
-    fn get_att_arn(value: &Value) -> Option<&str> {
-        match value {
-            Value::Tagged(tagged) if tagged.tag == "!GetAtt" => {
-                tagged.value.as_str()?.strip_suffix(".Arn")
-            }
-            _ => None,
+    for (logical, res) in resources {
+        if res["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let function = logical.as_str().unwrap_or("?");
+        for metric in ["Errors", "Throttles"] {
+            let (alarm_id, alarm) = find(metric, function)
+                .unwrap_or_else(|| panic!("no {metric} alarm for {function}"));
+            assert_eq!(
+                alarm["Namespace"].as_str(),
+                Some("AWS/Lambda"),
+                "{alarm_id}"
+            );
+            assert_eq!(
+                alarm["Dimensions"][0]["Name"].as_str(),
+                Some("FunctionName"),
+                "{alarm_id}"
+            );
         }
     }
+}
 
-    /// The queue an on-failure destination names; it must be one of the template's
-    /// SQS queues, by `!GetAtt <queue>.Arn`, with `Type: SQS`, which makes SAM grant the
-    /// function's role `sqs:SendMessage` on exactly that queue (infra/deploycheck holds
-    /// the transformed roles to it).
-    fn on_failure_queue<'a>(template: &Value, where_: &str, destination: &'a Value) -> &'a str {
-        let on_failure = &destination["OnFailure"];
-        assert_eq!(
-            on_failure["Type"].as_str(),
-            Some("SQS"),
-            "{where_}: OnFailure.Type"
-        );
-        let queue = get_att_arn(&on_failure["Destination"]).unwrap_or_else(|| {
-            panic!("{where_}: OnFailure.Destination must be !GetAtt <queue>.Arn")
-        });
-        assert_eq!(
-            resource(template, queue)["Type"].as_str(),
-            Some("AWS::SQS::Queue"),
-            "{where_}: {queue}"
-        );
-        queue
+/// `!GetAtt X.Arn` → `X`.
+fn get_att_arn(value: &Value) -> Option<&str> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "!GetAtt" => {
+            tagged.value.as_str()?.strip_suffix(".Arn")
+        }
+        _ => None,
     }
+}
 
-    /// Nothing lost silently: every asynchronous way into a function ends, after its
-    /// retries, in a failure queue. Stream events carry `DestinationConfig.OnFailure`;
-    /// a function invoked asynchronously (an S3 notification, a Scheduler target) has an
-    /// `EventInvokeConfig` with bounded retries and an on-failure queue.
-    #[test]
-    fn every_asynchronous_source_has_a_failure_destination() {
-        let template = template();
-        let resources = template["Resources"].as_mapping().unwrap();
-        // Functions the scheduler role may invoke are Scheduler targets, invoked
-        // asynchronously like an S3 notification.
-        let scheduler_policy = format!(
-            "{:?}",
-            resource(&template, "ExportSchedulerRole")["Properties"]["Policies"]
-        );
-        let mut queues_used = std::collections::BTreeSet::new();
-        let mut async_functions = 0;
-        let mut stream_events = 0;
-        for (logical, res) in resources {
-            if res["Type"].as_str() != Some("AWS::Serverless::Function") {
-                continue;
-            }
-            let function = logical.as_str().unwrap_or("?");
-            for metric in ["Errors", "Throttles"] {
-                let (alarm_id, alarm) = find(metric, function)
-                    .unwrap_or_else(|| panic!("no {metric} alarm for {function}"));
-                assert_eq!(
-                    alarm["Namespace"].as_str(),
-                    Some("AWS/Lambda"),
-                    "{alarm_id}"
-                );
-                assert_eq!(
-                    alarm["Dimensions"][0]["Name"].as_str(),
-                    Some("FunctionName"),
-                    "{alarm_id}"
-                );
-            }
+/// The queue an on-failure destination names; it must be one of the template's
+/// SQS queues, by `!GetAtt <queue>.Arn`, with `Type: SQS`, which makes SAM grant the
+/// function's role `sqs:SendMessage` on exactly that queue (infra/deploycheck holds
+/// the transformed roles to it).
+fn on_failure_queue<'a>(template: &Value, where_: &str, destination: &'a Value) -> &'a str {
+    let on_failure = &destination["OnFailure"];
+    assert_eq!(
+        on_failure["Type"].as_str(),
+        Some("SQS"),
+        "{where_}: OnFailure.Type"
+    );
+    let queue = get_att_arn(&on_failure["Destination"])
+        .unwrap_or_else(|| panic!("{where_}: OnFailure.Destination must be !GetAtt <queue>.Arn"));
+    assert_eq!(
+        resource(template, queue)["Type"].as_str(),
+        Some("AWS::SQS::Queue"),
+        "{where_}: {queue}"
+    );
+    queue
+}
+
+/// Nothing lost silently: every asynchronous way into a function ends, after its
+/// retries, in a failure queue. Stream events carry `DestinationConfig.OnFailure`;
+/// a function invoked asynchronously (an S3 notification, a Scheduler target) has an
+/// `EventInvokeConfig` with bounded retries and an on-failure queue.
+#[test]
+fn every_asynchronous_source_has_a_failure_destination() {
+    let template = template();
+    let resources = template["Resources"].as_mapping().unwrap();
+    // Functions the scheduler role may invoke are Scheduler targets, invoked
+    // asynchronously like an S3 notification.
+    let scheduler_policy = format!(
+        "{:?}",
+        resource(&template, "ExportSchedulerRole")["Properties"]["Policies"]
+    );
+    let mut queues_used = std::collections::BTreeSet::new();
+    let mut async_functions = 0;
+    let mut stream_events = 0;
+    for (logical, res) in resources {
+        if res["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
         }
         let logical = logical.as_str().unwrap_or("?");
         let props = &res["Properties"];
