@@ -266,8 +266,9 @@ def test_each_function_may_send_only_to_its_own_failure_queue(transformed: dict)
         for logical, res in resources.items()
         if res["Type"] in ("AWS::Lambda::EventInvokeConfig", "AWS::Lambda::EventSourceMapping")
     }
-    # import, expiry, export: EventInvokeConfig; expiry, dsar: stream mappings.
-    assert len(destinations) == 5, destinations
+    # import, expiry, export, dsar (its daily deadline check): EventInvokeConfig;
+    # expiry, dsar: stream mappings.
+    assert len(destinations) == 6, destinations
     for logical, destination in destinations.items():
         function = next(f for f in FAILURE_QUEUES if logical.startswith(f))
         assert destination == {"Fn::GetAtt": [FAILURE_QUEUES[function], "Arn"]}, logical
