@@ -57,6 +57,55 @@ def violations(template: dict[str, Any], values: dict[str, str]) -> list[str]:
             out.append(f"{name}: shorter than {spec['MinLength']}")
         if "MaxLength" in spec and len(value) > int(spec["MaxLength"]):
             out.append(f"{name}: longer than {spec['MaxLength']}")
+    return out + rule_violations(template, values)
+
+
+def rule_violations(template: dict[str, Any], values: dict[str, str]) -> list[str]:
+    """The template's `Rules` (assertions across parameters) as CloudFormation checks
+    them before it creates anything; moto ignores the section. Only the functions the
+    template uses are understood; any other is itself reported."""
+    specs = template.get("Parameters", {})
+
+    def value(name: str) -> Any:
+        spec = specs.get(name, {})
+        raw = values.get(name, spec.get("Default", ""))
+        raw = str(raw)
+        if spec.get("Type") == "CommaDelimitedList":
+            return [v.strip() for v in raw.split(",")]
+        return raw
+
+    def evaluate(node: Any) -> Any:
+        if isinstance(node, dict) and len(node) == 1:
+            (fn, arg), = node.items()
+            if fn == "Ref":
+                return value(arg)
+            if fn == "Fn::Equals":
+                a, b = (evaluate(x) for x in arg)
+                return a == b
+            if fn == "Fn::Not":
+                return not evaluate(arg[0])
+            if fn == "Fn::And":
+                return all(evaluate(x) for x in arg)
+            if fn == "Fn::Or":
+                return any(evaluate(x) for x in arg)
+            if fn == "Fn::Contains":
+                haystack, needle = evaluate(arg[0]), evaluate(arg[1])
+                return needle in haystack
+            raise ValueError(f"rule function {fn} is not understood by deploycheck")
+        if isinstance(node, list):
+            return [evaluate(x) for x in node]
+        return node
+
+    out = []
+    for name, rule in template.get("Rules", {}).items():
+        try:
+            if "RuleCondition" in rule and not evaluate(rule["RuleCondition"]):
+                continue
+            for assertion in rule.get("Assertions", []):
+                if not evaluate(assertion["Assert"]):
+                    out.append(f"rule {name}: {assertion.get('AssertDescription', 'assertion fails')}")
+        except ValueError as e:
+            out.append(f"rule {name}: {e}")
     return out
 
 

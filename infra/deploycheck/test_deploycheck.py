@@ -28,6 +28,10 @@ MOTO_UNSUPPORTED = {
     # The functions' on-failure destinations for asynchronous invocations
     # (test_each_function_may_send_only_to_its_own_failure_queue reads them).
     "AWS::Lambda::EventInvokeConfig",
+    # The user pool (IdentityProvider=cognito): shared/tests/integration/template.rs
+    # holds what matters, that no app client may write tenant or role.
+    "AWS::Cognito::UserPool",
+    "AWS::Cognito::UserPoolClient",
 }
 
 
@@ -202,8 +206,24 @@ def test_samconfig_values_pass_and_wrong_values_fail() -> None:
         ("OauthReturnUrls", "https://app.example.com, https://x.example.com"),
     ]:
         assert params.violations(template, dict(VALUES, **{name: value})), f"{name}={value!r} passes"
-    missing = {k: v for k, v in VALUES.items() if k != "OidcIssuer"}
-    assert params.violations(template, missing) == ["OidcIssuer: required (no Default) but not given"]
+    required = copy.deepcopy(template)
+    del required["Parameters"]["Stage"]["Default"]
+    missing = {k: v for k, v in VALUES.items() if k != "Stage"}
+    assert params.violations(required, missing) == ["Stage: required (no Default) but not given"]
+
+
+def test_an_external_issuer_must_be_named() -> None:
+    """The Rules section, which moto ignores: IdentityProvider=external without an
+    issuer or audience would deploy an API no token can pass."""
+    template = sam.load(ROOT / "template.yaml")
+    external = dict(VALUES, IdentityProvider="external")
+    assert params.violations(template, external) == [
+        "rule ExternalIssuerNamed: IdentityProvider=external needs OidcIssuer.",
+        "rule ExternalIssuerNamed: IdentityProvider=external needs OidcAudience (no empty entry).",
+    ]
+    named = dict(external, OidcIssuer="https://issuer.example.com", OidcAudience="client-1")
+    assert params.violations(template, named) == []
+    assert params.violations(template, dict(named, OidcAudience="client-1,")) != []
 
 
 def test_readme_documents_every_parameter() -> None:

@@ -31,10 +31,57 @@ pub const PROBLEM_TYPE_BASE: &str = "https://custody.dev/problems/";
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// Claims that carry the tenant id, in order of preference (Cognito custom attribute
-/// first, then a plain claim from any other OIDC issuer).
+/// first, then a plain claim, read only under [`ClaimNames::PrefixedOrPlain`]).
 const TENANT_CLAIMS: [&str; 2] = ["custom:tenant_id", "tenant_id"];
 /// Claims that carry the role, in order of preference.
 const ROLE_CLAIMS: [&str; 2] = ["custom:role", "role"];
+
+/// Which claim names carry tenant and role. A plain `tenant_id` or `role` is often a
+/// claim the user may edit (a profile field), so it is read only when the deployment
+/// says its issuer guarantees otherwise (template parameter `OidcPlainClaims`,
+/// README § Identity provider).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimNames {
+    /// Only `custom:tenant_id` and `custom:role` (the default).
+    Prefixed,
+    /// The `custom:` claims, else `tenant_id` and `role`.
+    PrefixedOrPlain,
+}
+
+impl ClaimNames {
+    /// From `CUSTODY_OIDC_PLAIN_CLAIMS`: `enabled` turns the fallback on; unset or any
+    /// other value keeps it off (fail closed).
+    pub fn from_env() -> Self {
+        Self::parse(
+            std::env::var(crate::kernel::config::vars::OIDC_PLAIN_CLAIMS)
+                .ok()
+                .as_deref(),
+        )
+    }
+
+    pub fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some("enabled") => Self::PrefixedOrPlain,
+            _ => Self::Prefixed,
+        }
+    }
+
+    fn count(self) -> usize {
+        match self {
+            Self::Prefixed => 1,
+            Self::PrefixedOrPlain => 2,
+        }
+    }
+
+    fn missing(self, what: &str) -> String {
+        match self {
+            Self::Prefixed => format!("missing JWT claim 'custom:{what}'"),
+            Self::PrefixedOrPlain => {
+                format!("missing JWT claim 'custom:{what}' (or '{what}')")
+            }
+        }
+    }
+}
 /// Longest `sub` claim accepted.
 const MAX_SUBJECT_LEN: usize = 255;
 
@@ -118,7 +165,14 @@ impl Caller {
 ///
 /// Missing authorizer or claims, or a missing or malformed tenant, role or `sub`
 /// claim, is a 401 whose detail names the claim (never its value, never the token).
+/// Claim names as the deployment configures them ([`ClaimNames::from_env`], read once).
 pub fn caller(req: &Request) -> Result<Caller, Problem> {
+    static NAMES: std::sync::OnceLock<ClaimNames> = std::sync::OnceLock::new();
+    caller_with(req, *NAMES.get_or_init(ClaimNames::from_env))
+}
+
+/// [`caller`] with the claim names given.
+pub fn caller_with(req: &Request, names: ClaimNames) -> Result<Caller, Problem> {
     let ctx = match req.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(ctx)) => ctx,
         _ => {
@@ -135,21 +189,20 @@ pub fn caller(req: &Request) -> Result<Caller, Problem> {
         .filter(|claims| !claims.is_empty())
         .ok_or_else(|| Problem::unauthorized("request carries no JWT authorizer claims"))?;
 
-    let claim = |names: &[&'static str]| -> Option<(&'static str, &str)> {
-        names
+    let claim = |candidates: &[&'static str]| -> Option<(&'static str, &str)> {
+        candidates[..names.count()]
             .iter()
             .find_map(|&name| claims.get(name).map(|v| (name, v.as_str())))
     };
 
-    let (name, raw) = claim(&TENANT_CLAIMS).ok_or_else(|| {
-        Problem::unauthorized("missing JWT claim 'custom:tenant_id' (or 'tenant_id')")
-    })?;
+    let (name, raw) =
+        claim(&TENANT_CLAIMS).ok_or_else(|| Problem::unauthorized(names.missing("tenant_id")))?;
     let tenant = TenantId::parse(raw).map_err(|e| {
         Problem::unauthorized(format!("JWT claim '{name}' is not a valid tenant id: {e}"))
     })?;
 
-    let (name, raw) = claim(&ROLE_CLAIMS)
-        .ok_or_else(|| Problem::unauthorized("missing JWT claim 'custom:role' (or 'role')"))?;
+    let (name, raw) =
+        claim(&ROLE_CLAIMS).ok_or_else(|| Problem::unauthorized(names.missing("role")))?;
     let role = raw.parse::<Role>().map_err(|e| {
         Problem::unauthorized(format!("JWT claim '{name}' is not a valid role: {e}"))
     })?;
@@ -621,17 +674,54 @@ mod tests {
         assert_eq!(c.subject, "7d8e9f00-1111-4222-8333-944455556666");
     }
 
-    #[test]
-    fn plain_claim_names_and_any_role_case_are_accepted() {
-        let req = with_claims(|c| {
+    fn plain_claims_only() -> Request {
+        with_claims(|c| {
             c.remove("custom:tenant_id");
             c.remove("custom:role");
             c.insert("tenant_id".into(), json!("globex_2"));
             c.insert("role".into(), json!("OPERATOR"));
+        })
+    }
+
+    #[test]
+    fn plain_claim_names_are_refused_unless_configured() {
+        // A plain `role` claim is often a profile field its user may edit: by default
+        // it grants nothing.
+        let p = caller_with(&plain_claims_only(), ClaimNames::Prefixed).unwrap_err();
+        assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(p.detail, "missing JWT claim 'custom:tenant_id'");
+        let only_role = with_claims(|c| {
+            c.remove("custom:role");
+            c.insert("role".into(), json!("admin"));
         });
-        let c = caller(&req).unwrap();
+        let p = caller_with(&only_role, ClaimNames::Prefixed).unwrap_err();
+        assert_eq!(p.detail, "missing JWT claim 'custom:role'");
+        // The process-wide default is the same (no CUSTODY_OIDC_PLAIN_CLAIMS in tests).
+        assert!(caller(&plain_claims_only()).is_err());
+    }
+
+    #[test]
+    fn plain_claim_names_and_any_role_case_are_accepted_when_configured() {
+        let c = caller_with(&plain_claims_only(), ClaimNames::PrefixedOrPlain).unwrap();
         assert_eq!(c.tenant.as_str(), "globex_2");
         assert_eq!(c.role, Role::Operator);
+    }
+
+    #[test]
+    fn only_the_word_enabled_turns_plain_claims_on() {
+        assert_eq!(
+            ClaimNames::parse(Some("enabled")),
+            ClaimNames::PrefixedOrPlain
+        );
+        for off in [
+            None,
+            Some("disabled"),
+            Some(""),
+            Some("true"),
+            Some("ENABLED"),
+        ] {
+            assert_eq!(ClaimNames::parse(off), ClaimNames::Prefixed, "{off:?}");
+        }
     }
 
     #[test]
@@ -640,7 +730,7 @@ mod tests {
             c.insert("tenant_id".into(), json!("other"));
             c.insert("role".into(), json!("viewer"));
         });
-        let c = caller(&req).unwrap();
+        let c = caller_with(&req, ClaimNames::PrefixedOrPlain).unwrap();
         assert_eq!(c.tenant.as_str(), "acme");
         assert_eq!(c.role, Role::Admin);
     }

@@ -16,6 +16,9 @@ pub mod vars {
     pub const SIGNING_KEY_ID: &str = "CUSTODY_SIGNING_KEY_ID";
     pub const PSEUDONYM_SECRET_ID: &str = "CUSTODY_PSEUDONYM_SECRET_ID";
     pub const SCHEDULE_GROUP: &str = "CUSTODY_SCHEDULE_GROUP";
+    /// `enabled` lets the API read unprefixed `tenant_id`/`role` claims (template
+    /// parameter `OidcPlainClaims`); optional, anything else means disabled.
+    pub const OIDC_PLAIN_CLAIMS: &str = "CUSTODY_OIDC_PLAIN_CLAIMS";
 
     /// Every variable `Config` requires.
     pub const REQUIRED: [&str; 8] = [

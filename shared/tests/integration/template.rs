@@ -727,3 +727,97 @@ fn every_failure_queue_has_an_alarm() {
         assert!(notifies_the_alarm_topic(&props["AlarmActions"]), "{name:?}");
     }
 }
+
+/// Security: tenant and role are the JWT's `custom:tenant_id` / `custom:role`. Cognito
+/// lets a user update every attribute their app client may write (by default, all),
+/// so no client of the template's pool may write either; the pool has them, and the
+/// API's authorizer trusts that pool when the template creates it.
+#[test]
+fn no_app_client_writes_tenant_or_role() {
+    let template = template();
+    let resources = template["Resources"].as_mapping().expect("Resources");
+    let pool = resource(&template, "UserPool");
+    let schema: Vec<&str> = pool["Properties"]["Schema"]
+        .as_sequence()
+        .expect("UserPool schema")
+        .iter()
+        .filter_map(|a| a["Name"].as_str())
+        .collect();
+    assert!(
+        schema.contains(&"tenant_id") && schema.contains(&"role"),
+        "{schema:?}"
+    );
+    assert_eq!(
+        pool["Properties"]["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"].as_bool(),
+        Some(true),
+        "self sign-up would let anyone into the pool"
+    );
+
+    let clients: Vec<(&str, &Value)> = resources
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Cognito::UserPoolClient"))
+        .map(|(l, r)| (l.as_str().unwrap_or("?"), r))
+        .collect();
+    assert!(!clients.is_empty(), "the template has no app client");
+    for (logical, client) in clients {
+        let props = &client["Properties"];
+        // Absent WriteAttributes means every attribute is writable.
+        let writes: Vec<&str> = props["WriteAttributes"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{logical}: WriteAttributes must be listed"))
+            .iter()
+            .map(|a| a.as_str().expect("attribute name"))
+            .collect();
+        for forbidden in ["custom:tenant_id", "custom:role"] {
+            assert!(
+                !writes.contains(&forbidden),
+                "{logical} lets users write {forbidden}"
+            );
+        }
+        assert!(
+            writes.iter().all(|a| !a.starts_with("custom:")),
+            "{logical} writes custom attributes: {writes:?}"
+        );
+        let reads: Vec<&str> = props["ReadAttributes"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{logical}: ReadAttributes must be listed"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for needed in ["custom:tenant_id", "custom:role"] {
+            assert!(
+                reads.contains(&needed),
+                "{logical}: ID tokens would lack {needed}"
+            );
+        }
+        assert_eq!(
+            props["UserPoolId"]
+                .as_str()
+                .or(ref_target(&props["UserPoolId"])),
+            Some("UserPool")
+        );
+    }
+
+    // The authorizer trusts the pool's issuer and client when the pool exists.
+    let jwt = &resource(&template, "HttpApi")["Properties"]["Auth"]["Authorizers"]["OidcJwt"]["JwtConfiguration"];
+    let issuer = format!("{:?}", jwt["issuer"]);
+    assert!(
+        issuer.contains("CreateUserPool")
+            && issuer.contains("cognito-idp")
+            && issuer.contains("${UserPool}"),
+        "{issuer}"
+    );
+    let audience = format!("{:?}", jwt["audience"]);
+    assert!(audience.contains("UserPoolApiClient"), "{audience}");
+
+    // The unprefixed claims are off unless the operator turns them on.
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(
+        ref_target(&globals[vars::OIDC_PLAIN_CLAIMS]),
+        Some("OidcPlainClaims")
+    );
+    assert_eq!(
+        template["Parameters"]["OidcPlainClaims"]["Default"].as_str(),
+        Some("disabled")
+    );
+}
