@@ -40,6 +40,62 @@ def die(msg: str) -> None:
     sys.exit(1)
 
 
+def enforce_trust_policies() -> None:
+    """AWS refuses AssumeRole unless the role exists and its trust policy allows it,
+    including a `sts:ExternalId` condition; moto issues credentials for any ARN. The
+    export's S3 destinations rest on that rule (a tenant must not be able to use
+    another customer's role), so the emulator holds it: the role must exist in the
+    emulator's IAM, and when its trust policy's Allow statements for sts:AssumeRole
+    all name an ExternalId, the caller's must be one of them. Principals are not
+    modelled (every caller is the emulator's one account)."""
+    from moto.iam.models import iam_backends
+    from moto.sts.exceptions import STSClientError
+    from moto.sts.models import STSBackend
+
+    class AccessDenied(STSClientError):
+        code = "AccessDenied"
+
+    original = STSBackend.assume_role
+
+    def allowed(document: str, external_id: str | None) -> bool:
+        policy = json.loads(document) if isinstance(document, str) else document
+        statements = policy.get("Statement", [])
+        if isinstance(statements, dict):
+            statements = [statements]
+        for statement in statements:
+            actions = statement.get("Action", [])
+            actions = [actions] if isinstance(actions, str) else actions
+            if statement.get("Effect") != "Allow" or not any(
+                a in ("sts:AssumeRole", "sts:*", "*") for a in actions
+            ):
+                continue
+            wanted = (
+                statement.get("Condition", {}).get("StringEquals", {}).get("sts:ExternalId")
+            )
+            if wanted is None:
+                return True
+            wanted = [wanted] if isinstance(wanted, str) else wanted
+            if external_id in wanted:
+                return True
+        return False
+
+    def assume_role(self, region_name, role_session_name, role_arn, policy, duration, external_id):
+        parts = role_arn.split(":")
+        account = parts[4] if len(parts) > 5 else ""
+        name = role_arn.split("/")[-1]
+        role = None
+        if account.isdigit():
+            roles = iam_backends[account]["aws"].roles.values()
+            role = next((r for r in roles if r.name == name), None)
+        if role is None:
+            raise AccessDenied(f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
+        if not allowed(role.assume_role_policy_document, external_id or None):
+            raise AccessDenied(f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
+        return original(self, region_name, role_session_name, role_arn, policy, duration, external_id)
+
+    STSBackend.assume_role = assume_role
+
+
 def serialize_dynamodb() -> None:
     """DynamoDB applies each conditional write atomically; moto's threaded server
     checks the condition and writes in whichever threads happen to run, so two
@@ -128,6 +184,7 @@ def main() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
     serialize_dynamodb()
+    enforce_trust_policies()
     server = start_server(args.port)
     port = server.get_host_and_port()[1]
     # Some moto services build URLs pointing back at the server from MOTO_PORT.

@@ -200,8 +200,6 @@ def test_samconfig_values_pass_and_wrong_values_fail() -> None:
         ("PublicApiBaseUrl", "https://api.example.com/"),
         ("Stage", "Prod"),
         ("GoogleClientId", "123.apps.googleusercontent.com.evil.com"),
-        ("ExportS3DestinationObjectArns", "arn:aws:s3:::*/*"),
-        ("ExportS3DestinationObjectArns", "arn:aws:s3:::customer-bucket,arn:aws:s3:::b/*"),
         ("ExportS3DestinationRoleArns", "arn:aws:iam::123456789012:role/*"),
         ("OauthReturnUrls", "https://app.example.com, https://x.example.com"),
     ]:

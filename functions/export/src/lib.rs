@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod config;
+pub mod customer_role;
 pub mod kick;
 pub mod model;
 pub mod routes;

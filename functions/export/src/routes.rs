@@ -93,11 +93,16 @@ async fn put_settings(
             bucket,
             prefix,
             role_arn,
-        } => Destination::S3 {
-            bucket,
-            prefix: prefix.unwrap_or_default().trim_matches('/').to_owned(),
-            role_arn,
-        },
+        } => {
+            // The role must trust this tenant now: a tenant naming another customer's
+            // bucket and role is refused here (422), and nothing is stored.
+            crate::customer_role::s3_client(deps.sdk.as_ref(), tenant, role_arn.as_deref()).await?;
+            Destination::S3 {
+                bucket,
+                prefix: prefix.unwrap_or_default().trim_matches('/').to_owned(),
+                role_arn,
+            }
+        }
     };
     let settings = ExportSettings {
         tenant: tenant.clone(),

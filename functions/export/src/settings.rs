@@ -81,7 +81,7 @@ pub enum DestinationRequest {
         #[serde(default)]
         prefix: Option<String>,
         /// The role in the customer's account to write with, assumed with the tenant id as
-        /// ExternalId.
+        /// ExternalId. Required; optional here so its absence is a 400 naming the field.
         #[serde(default)]
         role_arn: Option<String>,
     },
@@ -278,13 +278,22 @@ pub fn validate(request: &SettingsRequest, allow_http_loopback: bool) -> Result<
                     "must be at most 512 characters without '.' or '..' segments",
                 ));
             }
-            if let Some(arn) = role_arn
-                && !valid_role_arn(arn)
-            {
-                return Err(Problem::bad_request(
-                    "destination.role_arn",
-                    "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
-                ));
+            // Required: custody writes a customer's bucket only through the customer's
+            // role (crate::customer_role), never with its own.
+            match role_arn {
+                None => {
+                    return Err(Problem::bad_request(
+                        "destination.role_arn",
+                        "is required for an S3 destination: the IAM role custody assumes (with your tenant id as ExternalId) to write your bucket",
+                    ));
+                }
+                Some(arn) if !valid_role_arn(arn) => {
+                    return Err(Problem::bad_request(
+                        "destination.role_arn",
+                        "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
+                    ));
+                }
+                Some(_) => {}
             }
         }
     }
@@ -371,7 +380,14 @@ fn valid_role_arn(arn: &str) -> bool {
         && parts[4].chars().all(|c| c.is_ascii_digit())
         && parts[5]
             .strip_prefix("role/")
-            .is_some_and(|name| !name.is_empty() && name.len() <= 512)
+            .is_some_and(|name| {
+                !name.is_empty()
+                    && name.len() <= 512
+                    // IAM's path and name characters (openapi.yaml states the same).
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+=,.@_/-".contains(c))
+            })
 }
 
 #[cfg(test)]
@@ -480,6 +496,16 @@ mod tests {
                 false
             )
             .is_ok()
+        );
+        // Without a role the function would have to write with its own: refused.
+        let mut no_role = s3("good-bucket", "x");
+        no_role["destination"]
+            .as_object_mut()
+            .unwrap()
+            .remove("role_arn");
+        assert_eq!(
+            field_of(no_role, false).as_deref(),
+            Some("destination.role_arn")
         );
     }
 

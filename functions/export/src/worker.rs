@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_s3::Client as S3Client;
 use bytes::Bytes;
 use custody::TenantId;
 use custody::audit::{AuditError, Event, Outcome as AuditOutcome};
@@ -660,38 +659,15 @@ async fn open_destination(
         Destination::S3 {
             bucket,
             prefix,
-            role_arn: None,
-        } => Ok(AnySink::S3(S3Sink::new(
-            S3Client::clone(&deps.s3),
-            bucket.clone(),
-            prefix,
-        ))),
-        Destination::S3 {
-            bucket,
-            prefix,
-            role_arn: Some(role_arn),
+            role_arn,
         } => {
-            let sdk = deps
-                .sdk
-                .as_ref()
-                .ok_or("the customer's role cannot be assumed: no SDK configuration")?;
-            // The tenant id is the external id the customer's trust policy requires, so
-            // no other custody tenant can make us write with this role (confused deputy).
-            let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
-                .session_name(format!("custody-export-{tenant}"))
-                .external_id(tenant.as_str())
-                .configure(sdk)
-                .build()
-                .await;
-            let assumed = sdk
-                .to_builder()
-                .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(provider))
-                .build();
-            Ok(AnySink::S3(S3Sink::new(
-                custody::aws::s3_client(&assumed),
-                bucket.clone(),
-                prefix,
-            )))
+            // Only ever the customer's role (crate::customer_role): the function's own
+            // role may write no customer bucket.
+            let client =
+                crate::customer_role::s3_client(deps.sdk.as_ref(), tenant, role_arn.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            Ok(AnySink::S3(S3Sink::new(client, bucket.clone(), prefix)))
         }
     }
 }

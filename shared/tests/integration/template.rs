@@ -821,3 +821,50 @@ fn no_app_client_writes_tenant_or_role() {
         Some("disabled")
     );
 }
+
+/// Security: no function may read or write an S3 resource the deployer names by
+/// parameter (a customer's bucket). Customer buckets are written only through the
+/// customer's own role (export's `customer_role`), so one tenant cannot aim custody's
+/// credentials at another customer's bucket.
+#[test]
+fn functions_touch_only_their_own_buckets() {
+    let template = template();
+    let parameters: Vec<String> = template["Parameters"]
+        .as_mapping()
+        .expect("Parameters")
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .filter(|name| name != "Stage")
+        .collect();
+    let mut checked = 0;
+    for (logical, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        for policy in resource["Properties"]["Policies"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            for statement in policy["Statement"].as_sequence().into_iter().flatten() {
+                let actions = format!("{:?}", statement["Action"]);
+                if !actions.contains("s3:") {
+                    continue;
+                }
+                checked += 1;
+                let resource_text = format!("{:?}", statement["Resource"]);
+                for name in &parameters {
+                    assert!(
+                        !resource_text.contains(name.as_str()),
+                        "{logical:?} grants {actions} on parameter {name}: {resource_text}"
+                    );
+                }
+                assert!(
+                    !resource_text.contains("\"*\"") && !resource_text.contains(":::*"),
+                    "{logical:?} grants {actions} on any bucket: {resource_text}"
+                );
+            }
+        }
+    }
+    assert!(checked > 0, "no S3 statement found");
+}

@@ -384,3 +384,114 @@ async fn handle_event_dispatches_http_and_trigger_events() {
         .unwrap();
     assert_eq!(invalid["outcome"], "invalid_event");
 }
+
+/// Security: a tenant cannot aim its exports at another customer's bucket. custody's
+/// own role writes no customer bucket, so the only way in is the other customer's
+/// role, which trusts only *their* tenant id as ExternalId.
+#[tokio::test]
+async fn a_tenant_naming_another_customers_bucket_is_refused() {
+    let env = Env::new(fast_limits()).await;
+    let (acme, globex) = (tenant("acme"), tenant("globex"));
+    let bucket = format!("globex-archive-{}", env.stack.provisioned.stage);
+    env.stack
+        .clients
+        .s3
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let globex_role = env.customer_role("globex-writer", globex.as_str()).await;
+    let s3 = |role: Option<&str>| {
+        let mut destination = json!({"type": "s3", "bucket": bucket, "prefix": "exports"});
+        if let Some(role) = role {
+            destination["role_arn"] = json!(role);
+        }
+        json!({
+            "schedule": {"expression": "rate(1 day)", "timezone": "UTC"},
+            "channels": ["SMS"],
+            "date_range": crate::all_time(),
+            "destination": destination,
+        })
+    };
+
+    // globex configures its own bucket through its own role.
+    let (status, saved) = call(
+        &env,
+        request(PUT, &globex, "admin", Some(s3(Some(&globex_role)))),
+    )
+    .await;
+    assert_eq!(status, 200, "{saved}");
+
+    // acme names globex's bucket: without a role (custody's own credentials) …
+    let (status, problem) = call(&env, request(PUT, &acme, "admin", Some(s3(None)))).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "destination.role_arn");
+    // … and with globex's role, which STS refuses for acme's external id.
+    let (status, problem) = call(
+        &env,
+        request(PUT, &acme, "admin", Some(s3(Some(&globex_role)))),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["field"], "destination.role_arn");
+    assert_eq!(
+        problem["type"],
+        "https://custody.dev/problems/destination-refused"
+    );
+    // A role that does not exist is refused the same way.
+    let (status, problem) = call(
+        &env,
+        request(
+            PUT,
+            &acme,
+            "admin",
+            Some(s3(Some("arn:aws:iam::123456789012:role/nobody-here"))),
+        ),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+
+    // Nothing was stored for acme: no settings, no schedule, no audit entry.
+    let (status, _) = call(&env, request(GET, &acme, "viewer", None)).await;
+    assert_eq!(status, 404);
+    assert!(env.stack.schedules().get(&acme).await.unwrap().is_none());
+    let entries = env
+        .stack
+        .audit(TestStackClock::clock())
+        .entries(&acme, None, None)
+        .await
+        .unwrap();
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
+/// The external id custody sends is the caller's tenant id, and only that one opens
+/// a role: a role bound to another id is refused even for its intended bucket.
+#[tokio::test]
+async fn a_role_bound_to_another_external_id_is_refused() {
+    let env = Env::new(fast_limits()).await;
+    let acme = tenant("acme");
+    let bucket = format!("acme-archive-{}", env.stack.provisioned.stage);
+    let settings = |role: &str| {
+        json!({
+            "schedule": {"expression": "rate(1 day)", "timezone": "UTC"},
+            "channels": ["SMS"],
+            "date_range": crate::all_time(),
+            "destination": {"type": "s3", "bucket": bucket, "role_arn": role},
+        })
+    };
+    // The customer typed the wrong external id into their trust policy.
+    let wrong = env.customer_role("acme-typo", "acme-prod").await;
+    let (status, problem) = call(&env, request(PUT, &acme, "admin", Some(settings(&wrong)))).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["field"], "destination.role_arn");
+    assert!(
+        !problem.to_string().contains("acme-prod"),
+        "echoes the trust policy: {problem}"
+    );
+    // Fixed: the same settings with a role bound to "acme" pass.
+    let right = env.customer_role("acme-writer", "acme").await;
+    let (status, saved) = call(&env, request(PUT, &acme, "admin", Some(settings(&right)))).await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["destination"]["role_arn"], right.as_str());
+}

@@ -201,6 +201,32 @@ impl Env {
         );
     }
 
+    /// A customer's IAM role in the emulator's IAM whose trust policy allows
+    /// `sts:AssumeRole` only with `sts:ExternalId` = `external_id` (what a customer
+    /// following the README creates for their tenant id). Returns its ARN.
+    pub async fn customer_role(&self, name: &str, external_id: &str) -> String {
+        let iam = aws_sdk_iam::Client::new(&self.stack.sdk);
+        let trust = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": external_id}}
+            }]
+        });
+        let name = format!("{name}-{}", self.stack.provisioned.stage);
+        iam.create_role()
+            .role_name(&name)
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .unwrap()
+            .role
+            .unwrap()
+            .arn
+    }
+
     /// Settings exporting to a new WebDAV folder `root`.
     pub async fn webdav_settings(&self, root: &str, channels: &[Channel], range: Value) -> Value {
         self.dav.collection(root).await.unwrap();

@@ -136,12 +136,13 @@ async fn full_export_to_an_s3_destination_bucket() {
     let bucket = format!("customer-archive-{}", env.stack.provisioned.stage);
     let s3 = &env.stack.clients.s3;
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let role = env.customer_role("custody-writer", acme.as_str()).await;
     let settings = serde_json::json!({
         "schedule": {"expression": "rate(1 day)", "timezone": "UTC"},
         "channels": Channel::ALL,
         "date_range": all_time(),
         "destination": {"type": "s3", "bucket": bucket, "prefix": "/custody/exports/",
-                        "role_arn": "arn:aws:iam::210987654321:role/custody-writer"}
+                        "role_arn": role}
     });
     env.configure(&acme, settings).await;
     let (run_id, _) = env.run_to_completion(&acme, 1, Budget::unlimited).await;
