@@ -511,7 +511,10 @@ async fn get_request(
     let request = load_request(deps, caller, &id).await?;
     let now = deps.now();
     let mut download = None;
-    if let Some(bundle) = &request.bundle {
+    // The bundle is raw personal data: its link is for operators and admins; a viewer
+    // reads the request's metadata only.
+    let may_download = caller.role >= Role::Operator;
+    if let Some(bundle) = request.bundle.as_ref().filter(|_| may_download) {
         let lives =
             bundle.created_at + RetentionClass::DsarResult.duration().unwrap_or_default() > now;
         let exists = lives
@@ -627,7 +630,8 @@ struct VerifyBody {
 }
 
 async fn verify(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<Body>, Problem> {
-    caller.require(Role::Viewer)?;
+    // Verifying a subject's identity lets the request run: not a viewer's act.
+    caller.require(Role::Operator)?;
     let id = request_id(req)?;
     let body: VerifyBody = json_body(req, MAX_BODY)?;
     let mut request = load_request(deps, caller, &id).await?;

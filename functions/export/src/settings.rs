@@ -378,16 +378,14 @@ fn valid_role_arn(arn: &str) -> bool {
         && parts[2] == "iam"
         && parts[4].len() == 12
         && parts[4].chars().all(|c| c.is_ascii_digit())
-        && parts[5]
-            .strip_prefix("role/")
-            .is_some_and(|name| {
-                !name.is_empty()
+        && parts[5].strip_prefix("role/").is_some_and(|name| {
+            !name.is_empty()
                     && name.len() <= 512
                     // IAM's path and name characters (openapi.yaml states the same).
                     && name
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "+=,.@_/-".contains(c))
-            })
+        })
 }
 
 #[cfg(test)]

@@ -787,7 +787,8 @@ pub struct Download {
 }
 
 async fn download(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
-    caller.require(Role::Viewer)?;
+    // Raw imported data: operators and admins; viewers read metadata only.
+    caller.require(Role::Operator)?;
     let import = owned(deps, caller, req).await?;
     refuse_if_past_retention(&import, "downloaded")?;
     let now = deps.clock.now();

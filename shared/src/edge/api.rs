@@ -94,9 +94,10 @@ const MAX_SUBJECT_LEN: usize = 255;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Reads logs.
+    /// Reads metadata: logs, listings, request status. Never raw data.
     Viewer,
-    /// Runs exports and imports.
+    /// Runs exports and imports; downloads raw data (import files, access bundles);
+    /// verifies subjects.
     Operator,
     /// Manages connections, settings, privacy requests and deletes.
     Admin,

@@ -20,12 +20,28 @@ async fn access_bundle_has_all_of_the_subject_and_nothing_of_others() {
     let id = file_request(&deps, "export", &ANN, "gdpr").await;
     deliver(&deps, &id).await;
 
-    let (status, detail) = call(
+    // A viewer reads the request's metadata, never the bundle (raw personal data).
+    let (status, metadata) = call(
         &deps,
         request(
             event!("get_privacy_request"),
             "acme",
             "viewer",
+            None,
+            Some(&id),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{metadata}");
+    assert_eq!(metadata["status"], "complete");
+    assert!(metadata["download"].is_null(), "{metadata}");
+
+    let (status, detail) = call(
+        &deps,
+        request(
+            event!("get_privacy_request"),
+            "acme",
+            "operator",
             None,
             Some(&id),
         ),
@@ -94,7 +110,7 @@ async fn access_bundle_has_all_of_the_subject_and_nothing_of_others() {
         request(
             event!("get_privacy_request"),
             "acme",
-            "viewer",
+            "operator",
             None,
             Some(&id),
         ),
@@ -142,10 +158,13 @@ async fn access_bundle_has_all_of_the_subject_and_nothing_of_others() {
         .find(|e| e.action == "privacy_request.exported")
         .unwrap();
     assert!(exported.subject.as_deref().unwrap().starts_with("ps_"));
-    assert!(
+    // One per link issued to the operator; none for the viewer's read.
+    assert_eq!(
         entries
             .iter()
-            .any(|e| e.action == "privacy_request.bundle_link_issued")
+            .filter(|e| e.action == "privacy_request.bundle_link_issued")
+            .count(),
+        2
     );
     assert_eq!(contains_any(&format!("{entries:?}"), &ANN.needles()), None);
 }

@@ -83,7 +83,7 @@ async fn submit(deps: &Deps, id: &str, code: &str) -> (StatusCode, Value) {
         request(
             event!("post_privacy_request_verify"),
             "acme",
-            "viewer",
+            "operator",
             Some(json!({ "code": code })),
             Some(id),
         ),
