@@ -16,15 +16,13 @@ use chrono::{DateTime, Utc};
 use custody::TenantId;
 use custody::aws::error_text;
 use custody::schedule::ScheduleError;
-use sha2::{Digest, Sha256};
 
 use crate::Deps;
 
-/// The tenant's one-time schedule name. Hashed: Scheduler names are at most 64
-/// characters and a tenant id alone may be 64.
+/// The tenant's one-time schedule name (named beside the recurring one, so the two
+/// can never collide).
 pub fn kick_name(tenant: &TenantId) -> String {
-    let digest = hex::encode(Sha256::digest(tenant.as_str().as_bytes()));
-    format!("export-kick-{}", &digest[..24])
+    custody::schedule::ExportSchedules::kick_name(tenant)
 }
 
 /// The event the kick delivers (also `events/export/kick.json`).

@@ -85,9 +85,56 @@ pub struct ScheduleInfo {
     pub enabled: bool,
 }
 
+fn digest(tenant: &TenantId) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(tenant.as_str().as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_tenant_id_names_another_tenants_schedule() {
+        let victim = TenantId::parse("acme").unwrap();
+        let kick = ExportSchedules::kick_name(&victim);
+        // The attack: a tenant id chosen to spell the victim's kick schedule.
+        let hash = kick.trim_start_matches("export-kick.");
+        for hostile in [
+            format!("kick-{hash}"),
+            format!("kick.{hash}"),
+            "kick".into(),
+        ] {
+            if let Ok(hostile) = TenantId::parse(&hostile) {
+                assert_ne!(ExportSchedules::name(&hostile), kick);
+                assert_ne!(ExportSchedules::kick_name(&hostile), kick);
+            }
+        }
+        // A plain-named tenant spelling a long tenant's hashed name.
+        let long = TenantId::parse(&"a".repeat(64)).unwrap();
+        let hashed = ExportSchedules::name(&long);
+        let spelled = hashed.trim_start_matches("export-").replace('.', "-");
+        let spelled = TenantId::parse(&spelled).unwrap();
+        assert_ne!(ExportSchedules::name(&spelled), hashed);
+        // The structure that makes it hold for every id.
+        for id in [
+            "a",
+            "kick",
+            &"k".repeat(57),
+            &"k".repeat(58),
+            &"z".repeat(64),
+        ] {
+            let tenant = TenantId::parse(id).unwrap();
+            let name = ExportSchedules::name(&tenant);
+            assert!(name.len() <= 64 && name.starts_with("export-"), "{name}");
+            assert_eq!(name.contains('.'), id.len() > 57, "{name}");
+            let kick = ExportSchedules::kick_name(&tenant);
+            assert!(
+                kick.len() <= 64 && kick.starts_with("export-kick."),
+                "{kick}"
+            );
+        }
+    }
 
     #[test]
     fn names_fit_the_scheduler_limit() {
@@ -132,15 +179,28 @@ impl ExportSchedules {
     /// The schedule's name: one per tenant within the group. Scheduler names are at
     /// most 64 characters; a tenant id too long for `export-<tenant>` gets a prefix of
     /// it plus a hash, still unique and stable.
+    ///
+    /// Names are disjoint by construction, so no tenant id can name another tenant's
+    /// schedule: a plain name never contains `.` (tenant ids cannot), while hashed
+    /// names (`export-<40 chars>.<hash>`) and kick names (`export-kick.<hash>`) always
+    /// do, and differ in the length of the part before it.
     pub fn name(tenant: &TenantId) -> String {
         const MAX: usize = 64;
         let plain = format!("export-{tenant}");
         if plain.len() <= MAX {
             return plain;
         }
-        use sha2::Digest as _;
-        let hash = hex::encode(sha2::Sha256::digest(tenant.as_str().as_bytes()));
-        format!("export-{}-{}", &tenant.as_str()[..40], &hash[..16])
+        format!(
+            "export-{}.{}",
+            &tenant.as_str()[..40],
+            &digest(tenant)[..16]
+        )
+    }
+
+    /// The tenant's one-time "run now" / continuation schedule (see [`Self::name`]
+    /// for why it cannot collide with any tenant's recurring one).
+    pub fn kick_name(tenant: &TenantId) -> String {
+        format!("export-kick.{}", &digest(tenant)[..24])
     }
 
     /// Creates the tenant's schedule, or updates it if it exists.
