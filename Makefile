@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 PY := .venv/bin/python
 LOCAL := .local
 
-.PHONY: venv lint deploycheck test demo up down fmt bench build deploy
+.PHONY: venv lint deploycheck test demo up down fmt bench build deploy redrive
 
 venv:
 	@infra/bootstrap.sh
@@ -105,6 +105,11 @@ up: venv
 	echo "logs: $(LOCAL)/up.log (each function's also in $(LOCAL)/logs/<function>.log)    stop with: make down"
 
 # Stops what `make up` started; every child process dies with it.
+# Replays a failure queue of the running local stack into its function (README §
+# Redrive failed events): make redrive ARGS="--queue ImportFailureQueue --dry-run"
+redrive:
+	cargo run -q -p custody-local --bin custody-redrive -- --local $(ARGS)
+
 down:
 	@if [[ -f $(LOCAL)/up.pid ]]; then
 	  pid=$$(cat $(LOCAL)/up.pid)

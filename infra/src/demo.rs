@@ -310,6 +310,15 @@ impl Environment {
             "base_url": self.stack.base_url,
             "lambda_url": self.stack.lambda_url,
             "emulator": self.stack.endpoint,
+            // The failure queues by logical id (`make redrive ARGS="--queue …"`).
+            "failure_queues": self
+                .stack
+                .provisioned
+                .resources
+                .iter()
+                .filter(|(_, p)| p.kind == "AWS::SQS::Queue")
+                .map(|(logical, p)| (logical.clone(), json!(p.id)))
+                .collect::<serde_json::Map<_, _>>(),
             "tenant": TENANT,
             "token": self.admin_token(),
             "viewer_token": self.stack.token(TENANT, "viewer"),

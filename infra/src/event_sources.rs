@@ -389,7 +389,8 @@ fn image_json(map: &HashMap<String, StreamValue>) -> Json {
     )
 }
 
-fn record_json(record: &aws_sdk_dynamodbstreams::types::Record, stream_arn: &str) -> Json {
+/// A stream record as Lambda delivers it (also what redrive rebuilds a failed batch from).
+pub fn record_json(record: &aws_sdk_dynamodbstreams::types::Record, stream_arn: &str) -> Json {
     let mut out = json!({
         "eventID": record.event_id(),
         "eventName": record.event_name().map(|e| e.as_str()),

@@ -14,6 +14,7 @@ pub mod harness;
 pub mod lambda_api;
 pub mod local_jwt;
 pub mod provision;
+pub mod redrive;
 pub mod runtime_api;
 pub mod schedule_expression;
 pub mod scheduler;

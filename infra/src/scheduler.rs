@@ -297,7 +297,8 @@ async fn deliver(
         let reason = format!("no function for target {}", target.arn());
         firing.outcome = match target.dead_letter_config().and_then(|d| d.arn()) {
             Some(queue_arn) => {
-                match dead_letter(sqs, queue_arn, &body, &reason, schedule_arn).await {
+                match dead_letter(sqs, queue_arn, &body, &reason, schedule_arn, target.arn()).await
+                {
                     Ok(()) => Outcome::DeadLettered {
                         queue_arn: queue_arn.to_owned(),
                     },
@@ -330,6 +331,7 @@ async fn dead_letter(
     body: &str,
     reason: &str,
     schedule_arn: &str,
+    target_arn: &str,
 ) -> Result<(), String> {
     let name = queue_arn.rsplit(':').next().unwrap_or_default();
     let url = sqs
@@ -354,6 +356,8 @@ async fn dead_letter(
         .message_attributes("ERROR_MESSAGE", attribute(reason)?)
         .message_attributes("EXECUTION_ID", attribute(&ulid::Ulid::new().to_string())?)
         .message_attributes("SCHEDULE_ARN", attribute(schedule_arn)?)
+        .message_attributes("TARGET_ARN", attribute(target_arn)?)
+        .message_attributes("RETRY_ATTEMPTS", attribute("0")?)
         .send()
         .await
         .map(|_| ())

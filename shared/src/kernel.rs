@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;
+pub mod redrive;
 pub mod retention;
 pub mod seal;
 pub mod signing;

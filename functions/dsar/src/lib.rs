@@ -232,6 +232,17 @@ struct StreamImage {
 /// The stream entry point. Each record is handled on its own; a failed one is
 /// reported for redelivery (and, with bisecting, alone), the others are not.
 pub async fn handle_stream(deps: &Deps, event: StreamEvent, budget: Budget) -> StreamResponse {
+    handle_stream_records(deps, event, budget, false).await
+}
+
+/// [`handle_stream`] for records an operator replayed (`custody::redrive`): a
+/// privacy request that ended in `error` resumes.
+pub async fn handle_stream_records(
+    deps: &Deps,
+    event: StreamEvent,
+    budget: Budget,
+    redriven: bool,
+) -> StreamResponse {
     let mut response = StreamResponse::default();
     for record in event.records {
         let image: Result<StreamImage, _> =
@@ -246,6 +257,9 @@ pub async fn handle_stream(deps: &Deps, event: StreamEvent, budget: Budget) -> S
         };
         let result = match image.kind.as_str() {
             "privacy_request" => match image.sk.strip_prefix("DSAR#") {
+                Some(id) if redriven => process::resume_request(deps, &tenant, id, budget)
+                    .await
+                    .map(|_| ()),
                 Some(id) => process::process_request(deps, &tenant, id, budget)
                     .await
                     .map(|_| ()),

@@ -45,9 +45,10 @@ async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, lambda_
         let report = dsar::deadlines::check(deps).await?;
         Ok(serde_json::to_value(report)?)
     } else if payload.get("Records").is_some() {
+        let redriven = custody::redrive::is_redriven(&payload);
         let stream: StreamEvent = serde_json::from_value(payload)?;
         let budget = Budget::from_deadline_ms(context.deadline, deps.now(), DEADLINE_MARGIN);
-        let response = dsar::handle_stream(deps, stream, budget).await;
+        let response = dsar::handle_stream_records(deps, stream, budget, redriven).await;
         Ok(serde_json::to_value(response)?)
     } else {
         let request = lambda_http::request::from_str(&payload.to_string())?;

@@ -112,6 +112,11 @@ pub enum ProcessError {
     S3(String),
     #[error("bundle could not be encoded: {0}")]
     Encode(String),
+    /// Stream only (never an HTTP answer): the request ended in `error` after its
+    /// attempts. Its in-flight records keep failing so they end in the failure queue
+    /// (alarmed), from where an operator redrives them once the cause is fixed.
+    #[error("the request ended in error after its attempts; redrive it once the cause is fixed")]
+    GaveUp,
 }
 
 impl<E: Into<ProcessError>> From<RunError<E>> for ProcessError {
@@ -130,6 +135,28 @@ pub async fn process_request(
     id: &str,
     budget: Budget,
 ) -> Result<Progress, ProcessError> {
+    run_request(deps, tenant, id, budget, false).await
+}
+
+/// [`process_request`] for an operator's redrive (`custody::redrive`): a request that
+/// ended in `error` resumes from its last completed step, with fresh attempts and an
+/// audit entry saying so.
+pub async fn resume_request(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+    budget: Budget,
+) -> Result<Progress, ProcessError> {
+    run_request(deps, tenant, id, budget, true).await
+}
+
+async fn run_request(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+    budget: Budget,
+    resume: bool,
+) -> Result<Progress, ProcessError> {
     let key = PrivacyRequest::key_of(tenant, id);
     let Some(mut request) = deps.store.get::<PrivacyRequest>(&key).await? else {
         return Ok(Progress::NotRunnable(None));
@@ -141,6 +168,20 @@ pub async fn process_request(
             save(deps, &mut request).await?;
         }
         Status::InProcessing => {}
+        Status::Error if !resume => return Err(ProcessError::GaveUp),
+        Status::Error => {
+            request.move_to(Status::InProcessing, deps.now())?;
+            let attempts = std::mem::take(&mut request.attempts);
+            request.last_error = None;
+            save(deps, &mut request).await?;
+            deps.audit
+                .append(
+                    tenant,
+                    base_event(&request, "privacy_request.resumed")
+                        .detail("after_attempts", attempts),
+                )
+                .await?;
+        }
         other => return Ok(Progress::NotRunnable(Some(other))),
     }
     match run_steps(deps, &mut request, budget).await {
@@ -215,7 +256,7 @@ pub(crate) async fn save(deps: &Deps, request: &mut PrivacyRequest) -> Result<()
 /// Counts a failed run on the request; after [`MAX_ATTEMPTS`] it becomes `error`
 /// (audited). Best effort: the stream redelivers the record either way.
 async fn record_failure(deps: &Deps, tenant: &TenantId, id: &str, err: &ProcessError) {
-    if matches!(err, ProcessError::Conflict) {
+    if matches!(err, ProcessError::Conflict | ProcessError::GaveUp) {
         return;
     }
     let key = PrivacyRequest::key_of(tenant, id);
@@ -252,6 +293,7 @@ fn error_kind(err: &ProcessError) -> &'static str {
         ProcessError::Conflict => "conflict",
         ProcessError::S3(_) => "s3",
         ProcessError::Encode(_) => "encode",
+        ProcessError::GaveUp => "gave_up",
     }
 }
 
