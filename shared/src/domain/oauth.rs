@@ -46,9 +46,28 @@ pub use provider::{
 
 /// Refresh when the access token expires within this window.
 pub const REFRESH_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
-/// How long a refresh lease is held before another caller may take it over (a crashed
-/// holder must not block refreshes for long; a live one finishes well within it).
-const LEASE: chrono::Duration = chrono::Duration::seconds(30);
+/// The longest a refresh may spend before it calls the provider: opening the refresh
+/// token (KMS) and reading the client secret. Past it, the refresh gives up having
+/// used nothing.
+pub const REFRESH_PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a refresh waits for the provider's token endpoint.
+pub const REFRESH_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest storing the issued tokens may take (sealing and the conditional write,
+/// with their retries: [`KEEP_ATTEMPTS`]).
+pub const REFRESH_KEEP_BUDGET: Duration = Duration::from_secs(25);
+/// Attempts at sealing and storing tokens the provider issued: after the call, the
+/// old refresh token may be spent, so giving up early would lose the connection.
+const KEEP_ATTEMPTS: u32 = 6;
+/// How long a refresh lease is held before another caller may take it over: longer
+/// than the longest refresh (the three phases above, plus a margin), so no second
+/// caller refreshes with a refresh token the first one's call is spending. A crashed
+/// holder blocks refreshes for at most this long.
+pub const LEASE: chrono::Duration = chrono::Duration::seconds(
+    (REFRESH_PREPARE_TIMEOUT.as_secs()
+        + REFRESH_CALL_TIMEOUT.as_secs()
+        + REFRESH_KEEP_BUDGET.as_secs()
+        + 5) as i64,
+);
 /// How long a caller waits for another's refresh before giving up.
 const MAX_WAIT: Duration = Duration::from_secs(20);
 
@@ -410,7 +429,19 @@ async fn refresh(deps: &OauthDeps, leased: Connection) -> Result<AccessToken, Oa
             match deps.store.put_if(&marked, lease_condition(&leased)).await {
                 Ok(()) => {}
                 Err(StoreError::ConditionFailed) => {
-                    return Err(OauthError::NotConnected(provider_name));
+                    // Our lease ran out and another caller stored fresh tokens (ours was
+                    // the spent refresh token): use theirs.
+                    let key = connection_key(&leased.tenant, &provider_name);
+                    return match deps.store.get::<Connection>(&key).await? {
+                        Some(current)
+                            if current.status == ConnectionStatus::Active
+                                && current.access_expires_at
+                                    > (deps.now() + REFRESH_WINDOW).timestamp() =>
+                        {
+                            open_access(deps, &current).await
+                        }
+                        _ => Err(OauthError::NotConnected(provider_name)),
+                    };
                 }
                 Err(err) => return Err(err.into()),
             }
@@ -450,54 +481,125 @@ async fn refresh_under_lease(
         // Nothing to refresh with: the same outcome as a refused refresh token.
         return Err(OauthError::InvalidGrant(leased.provider.clone()));
     };
-    let refresh_token = deps
-        .sealer
-        .open(
-            &seal_context(&leased.tenant, &leased.provider, Purpose::OauthRefreshToken),
-            sealed_refresh,
-        )
-        .await?;
-    let secret = deps.secrets.get(&provider.name).await?;
-    let issued = provider
-        .refresh(&deps.http, &secret, &refresh_token)
-        .await?;
+    let timed_out = |phase: &str| OauthError::Provider {
+        provider: leased.provider.clone(),
+        reason: format!("{phase} took longer than the refresh allows"),
+    };
+    let (refresh_token, secret) = tokio::time::timeout(REFRESH_PREPARE_TIMEOUT, async {
+        let refresh_token = deps
+            .sealer
+            .open(
+                &seal_context(&leased.tenant, &leased.provider, Purpose::OauthRefreshToken),
+                sealed_refresh,
+            )
+            .await?;
+        let secret = deps.secrets.get(&provider.name).await?;
+        Ok::<_, OauthError>((refresh_token, secret))
+    })
+    .await
+    .map_err(|_| timed_out("preparing the refresh"))??;
+    let issued = tokio::time::timeout(
+        REFRESH_CALL_TIMEOUT,
+        provider.refresh(&deps.http, &secret, &refresh_token),
+    )
+    .await
+    .map_err(|_| timed_out("the token endpoint"))??;
+    // From here the provider may have rotated the refresh token: the old one may be
+    // spent, so the issued tokens must be stored whatever it takes.
+    keep_issued(deps, leased, &issued).await
+}
+
+/// Seals and stores tokens the provider issued, retrying sealing and the write; if
+/// the lease was lost meanwhile (another caller took it over after it ran out), the
+/// tokens are still stored unless someone has stored a newer refresh token since.
+async fn keep_issued(
+    deps: &OauthDeps,
+    leased: &Connection,
+    issued: &provider::IssuedTokens,
+) -> Result<AccessToken, OauthError> {
+    let mut last = None;
+    for attempt in 0..KEEP_ATTEMPTS {
+        if attempt > 0 {
+            let pause = 100u64 << attempt.min(5);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        match store_issued(deps, leased, issued).await {
+            Ok(token) => return Ok(token),
+            Err(err @ OauthError::NotConnected(_)) => return Err(err),
+            Err(err) => {
+                tracing::warn!(provider = %leased.provider, tenant = %leased.tenant, attempt, error = %err, "issued tokens not stored yet; retrying");
+                last = Some(err);
+            }
+        }
+    }
+    crate::kernel::metrics::count(crate::kernel::metrics::names::OAUTH_TOKENS_NOT_STORED, 1);
+    tracing::error!(provider = %leased.provider, tenant = %leased.tenant, "issued tokens could not be stored; the connection may need re-consent");
+    Err(last.unwrap_or_else(|| OauthError::NotConnected(leased.provider.clone())))
+}
+
+async fn store_issued(
+    deps: &OauthDeps,
+    leased: &Connection,
+    issued: &provider::IssuedTokens,
+) -> Result<AccessToken, OauthError> {
     let now = deps.now();
-    let mut updated = leased.clone();
-    updated.access_token = deps
+    let access_token = deps
         .sealer
         .seal(
             &seal_context(&leased.tenant, &leased.provider, Purpose::OauthAccessToken),
             &issued.access_token,
         )
         .await?;
-    if let Some(rotated) = &issued.refresh_token {
-        updated.refresh_token = Some(
+    let refresh_token = match &issued.refresh_token {
+        Some(rotated) => Some(
             deps.sealer
                 .seal(
                     &seal_context(&leased.tenant, &leased.provider, Purpose::OauthRefreshToken),
                     rotated,
                 )
                 .await?,
-        );
-    }
-    updated.access_expires_at = expiry(now, issued.expires_in);
-    if let Some(scopes) = issued.scopes {
-        updated.scopes = scopes;
-    }
-    updated.refreshed_at = Some(now);
-    updated.version += 1;
-    updated.lease_owner = None;
-    updated.lease_until = None;
+        ),
+        None => leased.refresh_token.clone(),
+    };
+    let with_tokens = |base: &Connection| {
+        let mut updated = base.clone();
+        updated.access_token = access_token.clone();
+        updated.refresh_token = refresh_token.clone();
+        updated.access_expires_at = expiry(now, issued.expires_in);
+        if let Some(scopes) = &issued.scopes {
+            updated.scopes = scopes.clone();
+        }
+        updated.status = ConnectionStatus::Active;
+        updated.refreshed_at = Some(now);
+        updated.version = base.version + 1;
+        updated.lease_owner = None;
+        updated.lease_until = None;
+        updated
+    };
     // One write: the new access token and the rotated refresh token together.
+    let mut updated = with_tokens(leased);
     match deps.store.put_if(&updated, lease_condition(leased)).await {
         Ok(()) => {}
         Err(StoreError::ConditionFailed) => {
-            return Err(OauthError::NotConnected(leased.provider.clone()));
+            // The lease is gone: disconnected (keep it so), or taken over after it ran
+            // out. Then ours is the live refresh token unless another was stored since.
+            let key = connection_key(&leased.tenant, &leased.provider);
+            let Some(current) = deps.store.get::<Connection>(&key).await? else {
+                return Err(OauthError::NotConnected(leased.provider.clone()));
+            };
+            if current.refresh_token != leased.refresh_token {
+                return open_access(deps, &current).await;
+            }
+            updated = with_tokens(&current);
+            let unchanged = Condition::new("#version = :version")
+                .name("#version", "version")
+                .value(":version", AttributeValue::N(current.version.to_string()));
+            deps.store.put_if(&updated, unchanged).await?;
         }
         Err(err) => return Err(err.into()),
     }
     Ok(AccessToken {
-        token: issued.access_token,
+        token: issued.access_token.clone(),
         expires_at: DateTime::from_timestamp(updated.access_expires_at, 0).unwrap_or_default(),
         account: updated.account,
         scopes: updated.scopes,

@@ -73,9 +73,12 @@ pub mod names {
     pub const AWS_THROTTLES: &str = "AwsThrottles";
     /// AWS request attempts after the first (the SDK's retries), by `service` (counter).
     pub const AWS_RETRIES: &str = "AwsRetries";
+    /// Tokens a provider issued on refresh that could not be stored after every retry
+    /// (the connection may then need re-consent) (counter).
+    pub const OAUTH_TOKENS_NOT_STORED: &str = "OauthTokensNotStored";
 
     /// Every name above.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         EXPORT_RUNS_STARTED,
         EXPORT_RUNS_COMPLETED,
         EXPORT_RUNS_FAILED,
@@ -93,6 +96,7 @@ pub mod names {
         PURGES_COMPLETED,
         AWS_THROTTLES,
         AWS_RETRIES,
+        OAUTH_TOKENS_NOT_STORED,
     ];
 }
 

@@ -211,3 +211,115 @@ async fn disconnect_needs_an_admin_and_a_known_provider() {
     assert_eq!(env.call(ev).await.status(), 404);
     assert!(env.connection_item("acme", "crm").await.is_some());
 }
+
+/// Security review item 5: the refresh lease outlives the longest refresh. A second
+/// caller arriving while a slow token endpoint holds the first one's refresh (past
+/// the old 30-second lease) waits for it instead of spending the refresh token again.
+#[tokio::test]
+async fn a_slow_token_endpoint_does_not_let_a_second_caller_refresh_with_the_same_token() {
+    let env = Env::new().await;
+    let sim = env.sim("highlevel");
+    sim.set_expires_in(300);
+    env.connect_fully("acme", "highlevel").await;
+    sim.set_expires_in(86_399);
+    sim.set_token_delay(Duration::from_millis(1500));
+    let acme = tenant("acme");
+
+    let first = {
+        let deps = env.deps.oauth.clone();
+        let acme = acme.clone();
+        tokio::spawn(async move { access_token(&deps, &acme, "highlevel").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Longer than the old lease, well inside the new one.
+    env.clock.advance(chrono::Duration::seconds(31));
+    let second = access_token(&env.deps.oauth, &acme, "highlevel").await;
+    let first = first.await.unwrap();
+
+    assert_eq!(sim.token_requests(), 2, "one refresh, not two");
+    let new_access = sim.issued_access_tokens()[1].clone();
+    assert_eq!(first.unwrap().token.expose_secret(), new_access);
+    assert_eq!(second.unwrap().token.expose_secret(), new_access);
+    let stored: Connection = env
+        .deps
+        .oauth
+        .store
+        .get(&connection_key(&acme, "highlevel"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, ConnectionStatus::Active);
+    assert!(
+        custody::oauth::LEASE.num_seconds() as u64
+            > custody::oauth::REFRESH_PREPARE_TIMEOUT.as_secs()
+                + custody::oauth::REFRESH_CALL_TIMEOUT.as_secs()
+                + custody::oauth::REFRESH_KEEP_BUDGET.as_secs()
+    );
+}
+
+/// Even when the lease did run out (a refresh slower than everything allows) and
+/// another caller took over with the spent refresh token, the rotated one the first
+/// caller received is stored: the connection stays usable.
+#[tokio::test]
+async fn a_rotated_refresh_token_is_kept_when_the_lease_was_lost() {
+    let env = Env::new().await;
+    let sim = env.sim("highlevel");
+    sim.set_expires_in(300);
+    env.connect_fully("acme", "highlevel").await;
+    sim.set_expires_in(86_399);
+    sim.set_token_delay(Duration::from_millis(1500));
+    let acme = tenant("acme");
+
+    let first = {
+        let deps = env.deps.oauth.clone();
+        let acme = acme.clone();
+        tokio::spawn(async move { access_token(&deps, &acme, "highlevel").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.clock
+        .advance(custody::oauth::LEASE + chrono::Duration::seconds(1));
+    // Takes the expired lease and refreshes with the refresh token the first call is
+    // spending: the provider refuses it.
+    let second = access_token(&env.deps.oauth, &acme, "highlevel").await;
+    let first = first
+        .await
+        .unwrap()
+        .expect("the first caller's refresh succeeds");
+
+    assert_eq!(sim.token_requests(), 3);
+    let issued = sim.issued_refresh_tokens();
+    let stored: Connection = env
+        .deps
+        .oauth
+        .store
+        .get(&connection_key(&acme, "highlevel"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, ConnectionStatus::Active, "{second:?}");
+    let kept = env
+        .deps
+        .oauth
+        .sealer
+        .open(
+            &SealContext::new(&acme, Purpose::OauthRefreshToken, "CONN#highlevel"),
+            stored.refresh_token.as_ref().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.expose_secret(),
+        issued.last().unwrap(),
+        "the rotated token is kept"
+    );
+    assert!(sim.refresh_token_live(kept.expose_secret()));
+    // The second caller got the first one's token, or was told to try again; never a
+    // broken connection.
+    if let Ok(token) = &second {
+        assert_eq!(token.token.expose_secret(), first.token.expose_secret());
+    }
+    let again = access_token(&env.deps.oauth, &acme, "highlevel")
+        .await
+        .unwrap();
+    assert_eq!(again.token.expose_secret(), first.token.expose_secret());
+}
