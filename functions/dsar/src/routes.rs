@@ -71,6 +71,9 @@ fn retention(caller: &Caller) -> Result<Response<Body>, Problem> {
     )
 }
 
+/// The earliest `received_at` accepted (openapi.yaml states it).
+const EARLIEST_RECEIVED_AT: DateTime<Utc> = DateTime::from_timestamp_nanos(946_684_800_000_000_000);
+
 fn problem(err: ProcessError) -> Problem {
     match err {
         ProcessError::Store(e) => e.into(),
@@ -233,6 +236,14 @@ async fn create(
         return Err(Problem::bad_request(
             "received_at",
             "received_at is in the future",
+        ));
+    }
+    // Deadlines and the twelve-month fee lookback are date arithmetic on it: a date
+    // near chrono's minimum would overflow. No real request predates this.
+    if received_at < EARLIEST_RECEIVED_AT {
+        return Err(Problem::bad_request(
+            "received_at",
+            "received_at is before 2000-01-01",
         ));
     }
     let settings = settings(deps, tenant).await?;

@@ -43,6 +43,25 @@ async fn deadlines_extension_listing_roles_and_tenants() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{ccpa}");
     assert_eq!(ccpa["due_at"], "2025-02-05T23:59:59Z");
+    // A crafted receipt date near chrono's minimum is a 400 naming the field, not a
+    // panic in the deadline arithmetic.
+    for received_at in ["-262143-01-01T00:00:00Z", "1999-12-31T23:59:59Z"] {
+        let body =
+            json!({ "subject": BOB.subject(), "regulation": "gdpr", "received_at": received_at });
+        let (status, problem) = call(
+            &deps,
+            request(
+                event!("post_privacy_delete"),
+                "acme",
+                "admin",
+                Some(body),
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{received_at}: {problem}");
+        assert_eq!(problem["field"], "received_at", "{problem}");
+    }
     assert_eq!(ccpa["acknowledged_in_time"], false);
     let ccpa = ccpa["id"].as_str().unwrap().to_owned();
     // A second request of Ann within twelve months is not free of charge.
