@@ -29,7 +29,7 @@ pub use domain::{
 };
 pub use edge::api;
 pub use kernel::{
-    audit, aws, clock, config, http, idempotency, metrics, retention, seal, signing, store,
+    audit, aws, clock, config, egress, http, idempotency, metrics, retention, seal, signing, store,
     subject_index, telemetry, tenant, zone,
 };
 

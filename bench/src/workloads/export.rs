@@ -153,7 +153,8 @@ pub async fn run(messages: u64) -> Result<Value, BenchError> {
 
 fn deps(stack: &TestStack, highlevel_url: &str) -> Result<Deps, BenchError> {
     let clock = TestStack::system_clock();
-    let http = custody::http::client().map_err(|e| failed("http client", e))?;
+    let http = custody::http::client(custody::egress::EgressPolicy::LOCAL)
+        .map_err(|e| failed("http client", e))?;
     let oauth_config = OauthConfig::from_lookup(|name| match name {
         "CUSTODY_OAUTH_PROVIDERS" => {
             Some(r#"[{"name":"highlevel","kind":"highlevel","client_id":"sim-client"}]"#.into())

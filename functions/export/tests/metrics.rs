@@ -91,7 +91,11 @@ async fn export_runs_emit_their_counts_and_no_tenant_or_location() {
     let dav_password = format!("dav-pw-{}", ulid::Ulid::new());
     let dav = WebDavSim::start(DAV_USER, &dav_password).await.unwrap();
     let clock = TestStack::system_clock();
-    let http = custody::http::client_with_timeout(Duration::from_secs(10)).unwrap();
+    let http = custody::http::client_with_timeout(
+        custody::egress::EgressPolicy::LOCAL,
+        Duration::from_secs(10),
+    )
+    .unwrap();
     let oauth_config = OauthConfig::from_lookup(|name| match name {
         "CUSTODY_OAUTH_PROVIDERS" => {
             Some(r#"[{"name":"highlevel","kind":"highlevel","client_id":"sim-client"}]"#.into())

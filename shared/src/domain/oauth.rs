@@ -154,7 +154,7 @@ pub struct OauthDeps {
     pub sealer: Sealer,
     pub audit: AuditLog,
     pub secrets: ClientSecrets,
-    /// `custody::http::client()`: no redirects, timeouts.
+    /// `custody::http::client`: no redirects, timeouts, egress guard.
     pub http: reqwest::Client,
 }
 

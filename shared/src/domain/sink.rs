@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use crate::kernel::aws::error_text;
+use crate::kernel::egress::{self, EgressError, EgressPolicy};
 
 /// Suffix of WebDAV temporary names; readers of the archive ignore such files.
 pub const PARTIAL_SUFFIX: &str = ".partial";
@@ -56,6 +57,8 @@ pub enum UrlError {
     Credentials,
     #[error("must not have a query or fragment")]
     QueryOrFragment,
+    #[error("must not point at an internal address")]
+    Internal,
 }
 
 /// Checks a WebDAV base URL: https, or http to a loopback host when
@@ -76,6 +79,19 @@ pub fn webdav_base_url(raw: &str, allow_http_loopback: bool) -> Result<Url, UrlE
     if url.query().is_some() || url.fragment().is_some() {
         return Err(UrlError::QueryOrFragment);
     }
+    // The egress guard's early check (IP literals); names are checked at connect time.
+    let policy = EgressPolicy {
+        allow_loopback: allow_http_loopback,
+    };
+    egress::check_url(url.as_str(), policy).map_err(|e| match e {
+        EgressError::Forbidden => UrlError::Internal,
+        EgressError::Scheme => UrlError::NotHttps,
+        EgressError::Credentials => UrlError::Credentials,
+        EgressError::Fragment => UrlError::QueryOrFragment,
+        EgressError::NotAbsolute | EgressError::NoHost | EgressError::Unresolved => {
+            UrlError::Invalid
+        }
+    })?;
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);
@@ -162,7 +178,7 @@ pub fn sha256_hex(content: &[u8]) -> String {
 // WebDAV
 // ---------------------------------------------------------------------------------
 
-/// A WebDAV collection with basic auth, over `custody::http::client()`.
+/// A WebDAV collection with basic auth, over `custody::http::client`.
 #[derive(Debug)]
 pub struct WebDavSink {
     http: reqwest::Client,
@@ -464,6 +480,20 @@ mod tests {
             Err(UrlError::QueryOrFragment)
         );
         assert_eq!(webdav_base_url("ftp://x/", true), Err(UrlError::NotHttps));
+        // Unchecked before the egress guard: internal literals over https.
+        for internal in [
+            "https://169.254.169.254/dav/",
+            "https://10.0.0.1/",
+            "https://[::ffff:127.0.0.1]/",
+            "https://[fd00::1]/",
+            "https://100.64.0.1/",
+        ] {
+            assert_eq!(
+                webdav_base_url(internal, true),
+                Err(UrlError::Internal),
+                "{internal}"
+            );
+        }
         assert_eq!(webdav_base_url("not a url", true), Err(UrlError::Invalid));
         assert_eq!(
             webdav_base_url("https://dav.example.com/a", false)

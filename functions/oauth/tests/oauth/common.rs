@@ -129,7 +129,7 @@ impl Env {
                 stack.sealer(),
                 stack.audit(shared_clock),
                 stack.clients.secrets.clone(),
-                custody::http::client().unwrap(),
+                custody::http::client(custody::egress::EgressPolicy::LOCAL).unwrap(),
             ),
             schedules: stack.schedules(),
             webhook_keys,
@@ -140,7 +140,7 @@ impl Env {
             deps,
             providers,
             signer,
-            browser: custody::http::client().unwrap(),
+            browser: custody::http::client(custody::egress::EgressPolicy::LOCAL).unwrap(),
         }
     }
 
