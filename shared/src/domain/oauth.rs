@@ -46,9 +46,22 @@ pub use provider::{
 
 /// Refresh when the access token expires within this window.
 pub const REFRESH_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
-/// How long a refresh lease is held before another caller may take it over (a crashed
-/// holder must not block refreshes for long; a live one finishes well within it).
-const LEASE: chrono::Duration = chrono::Duration::seconds(30);
+/// Time a refresh needs besides the token endpoint's answer: opening the refresh
+/// token, reading the client secret, sealing two tokens and the write (KMS, Secrets
+/// Manager and DynamoDB calls, each with its SDK's own retries).
+const REFRESH_OVERHEAD: Duration = Duration::from_secs(30);
+/// How long a refresh lease is held before another caller may take it over. It must
+/// outlive the longest refresh: the token endpoint may take the whole HTTP timeout,
+/// and a lease that expired while the provider was rotating the refresh token would
+/// let a second caller refresh with the old one (and the rotated token be lost when
+/// the first holder's conditional write fails). A crashed holder blocks refreshes for
+/// at most this long.
+const LEASE: Duration = Duration::from_secs(
+    crate::kernel::http::DEFAULT_TIMEOUT.as_secs() + REFRESH_OVERHEAD.as_secs(),
+);
+/// The longest access token lifetime believed; a longer `expires_in` (or an absurd one
+/// like 1e13 s) is clamped: refreshing early is harmless.
+const MAX_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::days(366);
 /// How long a caller waits for another's refresh before giving up.
 const MAX_WAIT: Duration = Duration::from_secs(20);
 
@@ -371,7 +384,12 @@ async fn take_lease(
     let mut leased = connection.clone();
     leased.version += 1;
     leased.lease_owner = Some(ulid::Ulid::new().to_string());
-    leased.lease_until = Some((now + LEASE).timestamp_millis());
+    let lease = chrono::Duration::from_std(LEASE).unwrap_or(chrono::Duration::MAX);
+    leased.lease_until = Some(
+        now.checked_add_signed(lease)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            .timestamp_millis(),
+    );
     let condition = Condition::new("#version = :version")
         .name("#version", "version")
         .value(
@@ -507,10 +525,16 @@ async fn refresh_under_lease(
 /// Without `expires_in` a token is assumed to live an hour (RFC 6749 leaves it open;
 /// refreshing early is harmless, using a dead token is not).
 fn expiry(now: DateTime<Utc>, expires_in: Option<Duration>) -> i64 {
-    let lifetime = expires_in
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .unwrap_or(chrono::Duration::hours(1));
-    (now + lifetime).timestamp()
+    let lifetime = match expires_in {
+        None => chrono::Duration::hours(1),
+        Some(d) => chrono::Duration::from_std(d)
+            .unwrap_or(MAX_TOKEN_LIFETIME)
+            .min(MAX_TOKEN_LIFETIME),
+    };
+    // Checked: a provider's number must never panic the refresh.
+    now.checked_add_signed(lifetime)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .timestamp()
 }
 
 /// The tenant's connections, without tokens.
@@ -665,6 +689,33 @@ mod tests {
     use super::*;
     use crate::kernel::http::LogLevel;
     use crate::kernel::http::table::{Detail, internal, row, shown};
+
+    #[test]
+    fn the_lease_outlives_the_longest_token_call() {
+        // The token endpoint may use the whole HTTP timeout; the rest of the refresh
+        // needs its own margin. A lease equal to the timeout (the old 30 s) fails.
+        assert!(LEASE >= crate::kernel::http::DEFAULT_TIMEOUT + REFRESH_OVERHEAD);
+        assert!(LEASE > crate::kernel::http::DEFAULT_TIMEOUT + Duration::from_secs(10));
+    }
+
+    #[test]
+    fn absurd_expires_in_never_panics() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let clamped = (now + MAX_TOKEN_LIFETIME).timestamp();
+        for secs in [10_000_000_000_000u64, u64::MAX] {
+            assert_eq!(expiry(now, Some(Duration::from_secs(secs))), clamped);
+        }
+        assert_eq!(
+            expiry(now, Some(Duration::from_secs(3600))),
+            now.timestamp() + 3600
+        );
+        assert_eq!(expiry(now, None), now.timestamp() + 3600);
+        // Near the end of representable time the sum saturates instead of panicking.
+        assert_eq!(
+            expiry(DateTime::<Utc>::MAX_UTC, Some(Duration::from_secs(60))),
+            DateTime::<Utc>::MAX_UTC.timestamp()
+        );
+    }
 
     #[test]
     fn every_oauth_error_has_its_http_answer() {
