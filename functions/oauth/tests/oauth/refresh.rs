@@ -61,6 +61,61 @@ async fn ten_concurrent_calls_refresh_once_and_store_the_rotated_refresh_token()
     assert_eq!(sim.token_requests(), 2);
 }
 
+/// A token endpoint slower than the old 30 s lease (simulated on the manual clock:
+/// the time passes while the first caller's request is in flight), and a second
+/// caller arriving then: it must wait for the lease holder, not refresh again with
+/// the already spent refresh token (which would lose the rotated one, or mark the
+/// connection as needing re-consent).
+#[tokio::test]
+async fn a_slow_token_endpoint_does_not_let_a_second_caller_refresh() {
+    let env = Env::new().await;
+    let sim = env.sim("highlevel");
+    sim.set_expires_in(300);
+    env.connect_fully("acme", "highlevel").await;
+    assert_eq!(sim.token_requests(), 1);
+    sim.set_expires_in(86_399);
+    sim.set_token_delay(Duration::from_millis(1500));
+
+    let acme = tenant("acme");
+    let deps = env.deps.oauth.clone();
+    let first_tenant = acme.clone();
+    let first = tokio::spawn(async move { access_token(&deps, &first_tenant, "highlevel").await });
+    // The first caller holds the lease and its refresh request is at the endpoint.
+    while sim.token_requests() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The endpoint takes longer than the old lease (but within the HTTP timeout).
+    env.clock.advance(chrono::Duration::seconds(45));
+    let second = access_token(&env.deps.oauth, &acme, "highlevel").await;
+    let first = first.await.unwrap();
+
+    assert_eq!(sim.token_requests(), 2, "exactly one refresh request");
+    let new_access = sim.issued_access_tokens()[1].clone();
+    assert_eq!(first.unwrap().token.expose_secret(), new_access);
+    assert_eq!(second.unwrap().token.expose_secret(), new_access);
+    let stored: Connection = env
+        .deps
+        .oauth
+        .store
+        .get(&connection_key(&acme, "highlevel"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, ConnectionStatus::Active);
+    let rotated = env
+        .deps
+        .oauth
+        .sealer
+        .open(
+            &SealContext::new(&acme, Purpose::OauthRefreshToken, "CONN#highlevel"),
+            stored.refresh_token.as_ref().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rotated.expose_secret(), sim.issued_refresh_tokens()[1]);
+    assert!(sim.refresh_token_live(rotated.expose_secret()));
+}
+
 #[tokio::test]
 async fn invalid_grant_marks_the_connection_needs_reconsent() {
     let env = Env::new().await;
