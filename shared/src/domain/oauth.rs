@@ -479,6 +479,55 @@ async fn refresh_under_lease(
     let issued = provider
         .refresh(&deps.http, &secret, &refresh_token)
         .await?;
+    // From here on the provider may have rotated the refresh token: the old one is
+    // spent, so losing the new one would cut the connection. Sealing and the write
+    // are retried on transient faults (KMS, DynamoDB), within the lease's overhead.
+    let mut tries = 0u32;
+    let updated = loop {
+        tries += 1;
+        match seal_and_store(deps, leased, &issued).await {
+            Ok(updated) => break updated,
+            Err(err) if tries < PERSIST_TRIES && is_transient(&err) => {
+                tracing::warn!(provider = %leased.provider, tenant = %leased.tenant, error = %err, tries, "storing refreshed tokens failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await;
+            }
+            Err(err) => {
+                if issued.refresh_token.is_some() {
+                    // Loud, so an operator knows the connection may need re-consent;
+                    // the token itself is never logged.
+                    tracing::error!(provider = %leased.provider, tenant = %leased.tenant, error = %err, "rotated refresh token could not be stored");
+                }
+                return Err(err);
+            }
+        }
+    };
+    Ok(AccessToken {
+        token: issued.access_token,
+        expires_at: DateTime::from_timestamp(updated.access_expires_at, 0).unwrap_or_default(),
+        account: updated.account,
+        scopes: updated.scopes,
+    })
+}
+
+/// How many times sealing and storing refreshed tokens is tried.
+const PERSIST_TRIES: u32 = 4;
+
+/// Faults that another try may not meet: KMS or DynamoDB unavailable. A lost lease
+/// (a disconnect won) or a refused seal is final.
+fn is_transient(err: &OauthError) -> bool {
+    matches!(
+        err,
+        OauthError::Store(StoreError::Dynamo(_)) | OauthError::Seal(SealError::Kms(_))
+    )
+}
+
+/// Seals the issued tokens and stores them (with a rotated refresh token, in the same
+/// write) while we hold the lease.
+async fn seal_and_store(
+    deps: &OauthDeps,
+    leased: &Connection,
+    issued: &provider::IssuedTokens,
+) -> Result<Connection, OauthError> {
     let now = deps.now();
     let mut updated = leased.clone();
     updated.access_token = deps
@@ -499,7 +548,7 @@ async fn refresh_under_lease(
         );
     }
     updated.access_expires_at = expiry(now, issued.expires_in);
-    if let Some(scopes) = issued.scopes {
+    if let Some(scopes) = issued.scopes.clone() {
         updated.scopes = scopes;
     }
     updated.refreshed_at = Some(now);
@@ -508,18 +557,10 @@ async fn refresh_under_lease(
     updated.lease_until = None;
     // One write: the new access token and the rotated refresh token together.
     match deps.store.put_if(&updated, lease_condition(leased)).await {
-        Ok(()) => {}
-        Err(StoreError::ConditionFailed) => {
-            return Err(OauthError::NotConnected(leased.provider.clone()));
-        }
-        Err(err) => return Err(err.into()),
+        Ok(()) => Ok(updated),
+        Err(StoreError::ConditionFailed) => Err(OauthError::NotConnected(leased.provider.clone())),
+        Err(err) => Err(err.into()),
     }
-    Ok(AccessToken {
-        token: issued.access_token,
-        expires_at: DateTime::from_timestamp(updated.access_expires_at, 0).unwrap_or_default(),
-        account: updated.account,
-        scopes: updated.scopes,
-    })
 }
 
 /// Without `expires_in` a token is assumed to live an hour (RFC 6749 leaves it open;
