@@ -43,7 +43,16 @@ pub enum SinkError {
     Path(String),
     #[error("S3 call failed: {0}")]
     S3(String),
+    /// The egress guard refused the destination's address: no retry can change that.
+    #[error("destination must not point at an internal address")]
+    Forbidden,
+    #[error("PROPFIND response is larger than {MAX_PROPFIND_BYTES} bytes")]
+    PropfindTooLarge,
 }
+
+/// Most bytes of a PROPFIND answer read: one `getcontentlength` fits in far less, and
+/// a hostile server's endless body must not fill memory.
+pub const MAX_PROPFIND_BYTES: usize = 64 * 1024;
 
 /// Why a destination URL is not acceptable. Names the rule, never echoes the URL
 /// (it may carry credentials).
@@ -246,6 +255,9 @@ impl WebDavSink {
         ok: &[u16],
     ) -> Result<reqwest::Response, StepError> {
         let response = request.send().await.map_err(|err| {
+            if egress::is_refusal(&err) {
+                return StepError::Fatal(SinkError::Forbidden);
+            }
             StepError::Retry(if err.is_timeout() {
                 format!("{step}: timeout")
             } else {
@@ -320,10 +332,7 @@ impl WebDavSink {
                 r#"<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:getcontentlength/></D:prop></D:propfind>"#,
             );
         let response = self.send("PROPFIND", propfind, &[207]).await?;
-        let xml = response
-            .text()
-            .await
-            .map_err(|_| StepError::Retry("PROPFIND: response interrupted".into()))?;
+        let xml = read_capped(response, MAX_PROPFIND_BYTES).await?;
         match content_length_of(&xml) {
             Some(length) if length == content.len() as u64 => Ok(()),
             Some(length) => Err(StepError::Fatal(SinkError::Verification(format!(
@@ -335,6 +344,28 @@ impl WebDavSink {
             ))),
         }
     }
+}
+
+/// Reads a response body as text, chunk by chunk, refusing it past `limit` bytes.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<String, StepError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(StepError::Fatal(SinkError::PropfindTooLarge));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|_| StepError::Retry("PROPFIND: response interrupted".into()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(StepError::Fatal(SinkError::PropfindTooLarge));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The `getcontentlength` of a PROPFIND multistatus, whatever the namespace prefix.
