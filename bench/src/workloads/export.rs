@@ -161,6 +161,8 @@ fn deps(stack: &TestStack, highlevel_url: &str) -> Result<Deps, BenchError> {
         }
         // The token lives a day: no refresh happens during the run.
         "CUSTODY_OAUTH_CLIENT_SECRETS_ID" => Some("unused-no-refresh-happens".into()),
+        // The simulators listen on loopback.
+        custody::egress::ALLOW_LOOPBACK_VAR => Some("true".into()),
         _ => None,
     })
     .map_err(|e| failed("oauth config", e))?;

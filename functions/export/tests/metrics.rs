@@ -101,6 +101,8 @@ async fn export_runs_emit_their_counts_and_no_tenant_or_location() {
             Some(r#"[{"name":"highlevel","kind":"highlevel","client_id":"sim-client"}]"#.into())
         }
         "CUSTODY_OAUTH_CLIENT_SECRETS_ID" => Some("unused-no-refresh-happens".into()),
+        // The simulators listen on loopback.
+        custody::egress::ALLOW_LOOPBACK_VAR => Some("true".into()),
         _ => None,
     })
     .unwrap();

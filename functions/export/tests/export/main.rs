@@ -83,6 +83,8 @@ impl Env {
                 Some(r#"[{"name":"highlevel","kind":"highlevel","client_id":"sim-client"}]"#.into())
             }
             "CUSTODY_OAUTH_CLIENT_SECRETS_ID" => Some("unused-no-refresh-happens".into()),
+            // The simulators listen on loopback.
+            custody::egress::ALLOW_LOOPBACK_VAR => Some("true".into()),
             _ => None,
         })
         .unwrap();

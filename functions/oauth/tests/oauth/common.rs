@@ -111,6 +111,8 @@ impl Env {
             "CUSTODY_OAUTH_CLIENT_SECRETS_ID" => Some(secret_id.clone()),
             "CUSTODY_OAUTH_REDIRECT_BASE" => Some(REDIRECT_BASE.into()),
             "CUSTODY_OAUTH_RETURN_URLS" => Some("https://app.custody.test/settings".into()),
+            // The simulators listen on loopback.
+            custody::egress::ALLOW_LOOPBACK_VAR => Some("true".into()),
             _ => None,
         })
         .unwrap();
