@@ -200,7 +200,8 @@ impl Environment {
             .send()
             .await
             .map_err(|e| setup("client secret", &e))?;
-        let http = custody::http::client().map_err(|e| setup("HTTP client", &e))?;
+        let http = custody::http::client(custody::egress::EgressPolicy::LOCAL)
+            .map_err(|e| setup("HTTP client", &e))?;
         Ok(Environment {
             stack,
             oauth,

@@ -64,7 +64,8 @@ pub async fn run(size: u64) -> Result<Value, BenchError> {
         },
         &clients,
         app_secret,
-        custody::http::client().map_err(|e| failed("http client", e))?,
+        custody::http::client(custody::egress::EgressPolicy::LOCAL)
+            .map_err(|e| failed("http client", e))?,
         TestStack::system_clock(),
     );
     let tenant = TenantId::parse(TENANT).map_err(|e| failed("tenant", e))?;

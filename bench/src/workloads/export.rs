@@ -153,13 +153,16 @@ pub async fn run(messages: u64) -> Result<Value, BenchError> {
 
 fn deps(stack: &TestStack, highlevel_url: &str) -> Result<Deps, BenchError> {
     let clock = TestStack::system_clock();
-    let http = custody::http::client().map_err(|e| failed("http client", e))?;
+    let http = custody::http::client(custody::egress::EgressPolicy::LOCAL)
+        .map_err(|e| failed("http client", e))?;
     let oauth_config = OauthConfig::from_lookup(|name| match name {
         "CUSTODY_OAUTH_PROVIDERS" => {
             Some(r#"[{"name":"highlevel","kind":"highlevel","client_id":"sim-client"}]"#.into())
         }
         // The token lives a day: no refresh happens during the run.
         "CUSTODY_OAUTH_CLIENT_SECRETS_ID" => Some("unused-no-refresh-happens".into()),
+        // The simulators listen on loopback.
+        custody::egress::ALLOW_LOOPBACK_VAR => Some("true".into()),
         _ => None,
     })
     .map_err(|e| failed("oauth config", e))?;

@@ -60,7 +60,8 @@ pub async fn run(rows: u64) -> Result<Value, BenchError> {
             retry: RetryPolicy::default(),
         },
         &stack.clients,
-        custody::http::client().map_err(|e| failed("http client", e))?,
+        custody::http::client(custody::egress::EgressPolicy::LOCAL)
+            .map_err(|e| failed("http client", e))?,
         app_secret,
         TestStack::system_clock(),
     );
@@ -186,7 +187,8 @@ async fn upload(created: &Created, content: Vec<u8>) -> Result<String, BenchErro
         .upload
         .as_ref()
         .ok_or_else(|| failed("create", "no upload URL"))?;
-    let client = custody::http::client().map_err(|e| failed("http client", e))?;
+    let client = custody::http::client(custody::egress::EgressPolicy::LOCAL)
+        .map_err(|e| failed("http client", e))?;
     let mut request = client.put(&upload.url).body(content);
     for (name, value) in &upload.headers {
         request = request.header(name, value);

@@ -23,7 +23,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let clients = custody::aws::Clients::new(&sdk);
     let app_secret =
         custody::subject::load_app_secret(&clients.secrets, &config.pseudonym_secret_id).await?;
-    let http = custody::http::client()?;
+    let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
     let deps = Deps::new(
         config,
         dsar,

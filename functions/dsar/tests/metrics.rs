@@ -134,7 +134,7 @@ async fn dsar_emits_emf_with_counts_and_gauges_and_no_identifier() {
         },
         &stack.clients,
         app_secret,
-        custody::http::client().unwrap(),
+        custody::http::client(custody::egress::EgressPolicy::LOCAL).unwrap(),
         Arc::new(clock.clone()),
     );
     let acme = TenantId::parse("acme").unwrap();

@@ -20,7 +20,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let oauth_config = OauthConfig::from_env()?;
     let sdk = custody::aws::sdk_config().await;
     let clients = Clients::new(&sdk);
-    let http = custody::http::client()?;
+    let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
     let clock = custody::clock::system();
 
     let store = custody::store::Store::new(clients.dynamodb.clone(), &config.table, clock.clone());

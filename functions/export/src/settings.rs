@@ -516,6 +516,26 @@ mod tests {
     }
 
     #[test]
+    fn internal_destinations_are_refused_naming_the_url() {
+        for internal in [
+            "https://169.254.169.254/dav",
+            "https://10.0.0.1/dav",
+            "https://[::ffff:127.0.0.1]/dav",
+            "https://[fd00::1]/dav",
+            "https://100.64.0.1/dav",
+        ] {
+            let mut json = base();
+            json["destination"]["url"] = internal.into();
+            // Even with the local stack's loopback allowance.
+            assert_eq!(
+                field_of(json, true).as_deref(),
+                Some("destination.url"),
+                "{internal}"
+            );
+        }
+    }
+
+    #[test]
     fn windows() {
         let now = DateTime::parse_from_rfc3339("2025-06-01T00:00:00Z")
             .unwrap()

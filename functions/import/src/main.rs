@@ -20,7 +20,7 @@ async fn main() -> Result<(), Error> {
         config,
         settings,
         &clients,
-        custody::http::client()?,
+        custody::http::client(custody::egress::EgressPolicy::from_env())?,
         app_secret,
         custody::clock::system(),
     ));

@@ -88,7 +88,7 @@ async fn rows_delivered_and_failed_are_counted_without_identifiers() {
             },
         },
         &stack.clients,
-        custody::http::client().unwrap(),
+        custody::http::client(custody::egress::EgressPolicy::LOCAL).unwrap(),
         app_secret,
         TestStack::system_clock(),
     );

@@ -30,7 +30,7 @@ async fn main() -> Result<(), Error> {
             custody::seal::Sealer::new(clients.kms.clone(), &config.data_key_id),
             custody::audit::AuditLog::from_config(&clients, &config, clock),
             clients.secrets.clone(),
-            custody::http::client()?,
+            custody::http::client(custody::egress::EgressPolicy::from_env())?,
         ),
         schedules: custody::schedule::ExportSchedules::new(
             clients.scheduler.clone(),

@@ -68,6 +68,9 @@ pub const LEASE: chrono::Duration = chrono::Duration::seconds(
         + REFRESH_KEEP_BUDGET.as_secs()
         + 5) as i64,
 );
+/// The longest access token lifetime believed; a longer `expires_in` (or an absurd one
+/// like 1e13 s) is clamped: refreshing early is harmless.
+const MAX_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::days(366);
 /// How long a caller waits for another's refresh before giving up.
 const MAX_WAIT: Duration = Duration::from_secs(20);
 
@@ -173,7 +176,7 @@ pub struct OauthDeps {
     pub sealer: Sealer,
     pub audit: AuditLog,
     pub secrets: ClientSecrets,
-    /// `custody::http::client()`: no redirects, timeouts.
+    /// `custody::http::client`: no redirects, timeouts, egress guard.
     pub http: reqwest::Client,
 }
 
@@ -390,7 +393,11 @@ async fn take_lease(
     let mut leased = connection.clone();
     leased.version += 1;
     leased.lease_owner = Some(ulid::Ulid::new().to_string());
-    leased.lease_until = Some((now + LEASE).timestamp_millis());
+    leased.lease_until = Some(
+        now.checked_add_signed(LEASE)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            .timestamp_millis(),
+    );
     let condition = Condition::new("#version = :version")
         .name("#version", "version")
         .value(
@@ -609,10 +616,16 @@ async fn store_issued(
 /// Without `expires_in` a token is assumed to live an hour (RFC 6749 leaves it open;
 /// refreshing early is harmless, using a dead token is not).
 fn expiry(now: DateTime<Utc>, expires_in: Option<Duration>) -> i64 {
-    let lifetime = expires_in
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .unwrap_or(chrono::Duration::hours(1));
-    (now + lifetime).timestamp()
+    let lifetime = match expires_in {
+        None => chrono::Duration::hours(1),
+        Some(d) => chrono::Duration::from_std(d)
+            .unwrap_or(MAX_TOKEN_LIFETIME)
+            .min(MAX_TOKEN_LIFETIME),
+    };
+    // Checked: a provider's number must never panic the refresh.
+    now.checked_add_signed(lifetime)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .timestamp()
 }
 
 /// The tenant's connections, without tokens.
@@ -767,6 +780,37 @@ mod tests {
     use super::*;
     use crate::kernel::http::LogLevel;
     use crate::kernel::http::table::{Detail, internal, row, shown};
+
+    #[test]
+    fn the_lease_outlives_the_longest_token_call() {
+        // Each phase of a refresh is bounded; the lease outlives their sum. A lease
+        // equal to the HTTP timeout (the old 30 s) fails.
+        let phases = REFRESH_PREPARE_TIMEOUT + REFRESH_CALL_TIMEOUT + REFRESH_KEEP_BUDGET;
+        let lease = LEASE.to_std().unwrap();
+        assert!(lease > phases, "{lease:?} <= {phases:?}");
+        assert!(lease > crate::kernel::http::DEFAULT_TIMEOUT + Duration::from_secs(10));
+        // The call's own bound is not longer than the client's timeout.
+        assert!(REFRESH_CALL_TIMEOUT <= crate::kernel::http::DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn absurd_expires_in_never_panics() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let clamped = (now + MAX_TOKEN_LIFETIME).timestamp();
+        for secs in [10_000_000_000_000u64, u64::MAX] {
+            assert_eq!(expiry(now, Some(Duration::from_secs(secs))), clamped);
+        }
+        assert_eq!(
+            expiry(now, Some(Duration::from_secs(3600))),
+            now.timestamp() + 3600
+        );
+        assert_eq!(expiry(now, None), now.timestamp() + 3600);
+        // Near the end of representable time the sum saturates instead of panicking.
+        assert_eq!(
+            expiry(DateTime::<Utc>::MAX_UTC, Some(Duration::from_secs(60))),
+            DateTime::<Utc>::MAX_UTC.timestamp()
+        );
+    }
 
     #[test]
     fn every_oauth_error_has_its_http_answer() {

@@ -162,7 +162,16 @@ impl Deadlines {
     /// Deadlines of a request received at `received_at` in zone `zone`.
     pub fn compute(regulation: Regulation, received_at: DateTime<Utc>, zone: &TenantZone) -> Self {
         let received = zone.date_of(received_at);
-        let product_ack = received_at + Duration::hours(PRODUCT_ACK_HOURS);
+        // Checked throughout: `received_at` comes from a caller and may be any
+        // representable instant; a deadline past the end of time saturates.
+        let product_ack = received_at
+            .checked_add_signed(Duration::hours(PRODUCT_ACK_HOURS))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let days_after = |days: i64| {
+            received
+                .checked_add_signed(Duration::days(days))
+                .unwrap_or(NaiveDate::MAX)
+        };
         let (ack_due, due_date) = match regulation {
             Regulation::Gdpr => (
                 product_ack,
@@ -170,14 +179,14 @@ impl Deadlines {
             ),
             Regulation::Ccpa => (
                 product_ack.min(zone.end_of(add_business_days(received, CCPA_ACK_BUSINESS_DAYS))),
-                received + Duration::days(CCPA_RESPONSE_DAYS),
+                days_after(CCPA_RESPONSE_DAYS),
             ),
         };
         Self {
             received_at,
             ack_due,
             due_at: zone.end_of(due_date),
-            product_due_at: zone.end_of(received + Duration::days(PRODUCT_RESPONSE_DAYS)),
+            product_due_at: zone.end_of(days_after(PRODUCT_RESPONSE_DAYS)),
         }
     }
 
@@ -248,7 +257,9 @@ pub fn extend_deadlines(
             if days > CCPA_MAX_EXTENSION_DAYS {
                 return Err(PrivacyError::ExtensionTooLong("CCPA: 45 further days"));
             }
-            received + Duration::days(CCPA_RESPONSE_DAYS + days)
+            received
+                .checked_add_signed(Duration::days(CCPA_RESPONSE_DAYS.saturating_add(days)))
+                .unwrap_or(NaiveDate::MAX)
         }
         (Regulation::Gdpr, ExtensionLength::Days(_)) => {
             return Err(PrivacyError::ExtensionTooLong("GDPR extends in months"));
@@ -259,7 +270,11 @@ pub fn extend_deadlines(
     };
     Ok(Deadlines {
         due_at: zone.end_of(due_date),
-        product_due_at: zone.end_of(received + Duration::days(PRODUCT_EXTENDED_RESPONSE_DAYS)),
+        product_due_at: zone.end_of(
+            received
+                .checked_add_signed(Duration::days(PRODUCT_EXTENDED_RESPONSE_DAYS))
+                .unwrap_or(NaiveDate::MAX),
+        ),
         ..*current
     })
 }
@@ -840,6 +855,31 @@ impl AccountDeletion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_near_the_ends_of_time_never_panic() {
+        for zone in ["UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago"] {
+            let zone: TenantZone = zone.parse().unwrap();
+            for at in [
+                DateTime::<Utc>::MIN_UTC,
+                DateTime::<Utc>::MIN_UTC + Duration::days(1),
+                DateTime::<Utc>::MAX_UTC,
+                DateTime::<Utc>::MAX_UTC - Duration::days(1),
+            ] {
+                for regulation in [Regulation::Gdpr, Regulation::Ccpa] {
+                    let d = Deadlines::compute(regulation, at, &zone);
+                    assert_eq!(d.received_at, at);
+                    let _ = d.respond_by();
+                    let length = match regulation {
+                        Regulation::Gdpr => ExtensionLength::Months(2),
+                        Regulation::Ccpa => ExtensionLength::Days(45),
+                    };
+                    // Refused or granted, never a panic.
+                    let _ = extend_deadlines(regulation, &d, false, &zone, length, "volume", at);
+                }
+            }
+        }
+    }
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use crate::kernel::aws::error_text;
+use crate::kernel::egress::{self, EgressError, EgressPolicy};
 
 /// Suffix of WebDAV temporary names; readers of the archive ignore such files.
 pub const PARTIAL_SUFFIX: &str = ".partial";
@@ -42,7 +43,16 @@ pub enum SinkError {
     Path(String),
     #[error("S3 call failed: {0}")]
     S3(String),
+    /// The egress guard refused the destination's address: no retry can change that.
+    #[error("destination must not point at an internal address")]
+    Forbidden,
+    #[error("PROPFIND response is larger than {MAX_PROPFIND_BYTES} bytes")]
+    PropfindTooLarge,
 }
+
+/// Most bytes of a PROPFIND answer read: one `getcontentlength` fits in far less, and
+/// a hostile server's endless body must not fill memory.
+pub const MAX_PROPFIND_BYTES: usize = 64 * 1024;
 
 /// Why a destination URL is not acceptable. Names the rule, never echoes the URL
 /// (it may carry credentials).
@@ -56,6 +66,8 @@ pub enum UrlError {
     Credentials,
     #[error("must not have a query or fragment")]
     QueryOrFragment,
+    #[error("must not point at an internal address")]
+    Internal,
 }
 
 /// Checks a WebDAV base URL: https, or http to a loopback host when
@@ -76,6 +88,19 @@ pub fn webdav_base_url(raw: &str, allow_http_loopback: bool) -> Result<Url, UrlE
     if url.query().is_some() || url.fragment().is_some() {
         return Err(UrlError::QueryOrFragment);
     }
+    // The egress guard's early check (IP literals); names are checked at connect time.
+    let policy = EgressPolicy {
+        allow_loopback: allow_http_loopback,
+    };
+    egress::check_url(url.as_str(), policy).map_err(|e| match e {
+        EgressError::Forbidden => UrlError::Internal,
+        EgressError::Scheme => UrlError::NotHttps,
+        EgressError::Credentials => UrlError::Credentials,
+        EgressError::Fragment => UrlError::QueryOrFragment,
+        EgressError::NotAbsolute | EgressError::NoHost | EgressError::Unresolved => {
+            UrlError::Invalid
+        }
+    })?;
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);
@@ -162,7 +187,7 @@ pub fn sha256_hex(content: &[u8]) -> String {
 // WebDAV
 // ---------------------------------------------------------------------------------
 
-/// A WebDAV collection with basic auth, over `custody::http::client()`.
+/// A WebDAV collection with basic auth, over `custody::http::client`.
 #[derive(Debug)]
 pub struct WebDavSink {
     http: reqwest::Client,
@@ -230,6 +255,9 @@ impl WebDavSink {
         ok: &[u16],
     ) -> Result<reqwest::Response, StepError> {
         let response = request.send().await.map_err(|err| {
+            if egress::is_refusal(&err) {
+                return StepError::Fatal(SinkError::Forbidden);
+            }
             StepError::Retry(if err.is_timeout() {
                 format!("{step}: timeout")
             } else {
@@ -304,10 +332,7 @@ impl WebDavSink {
                 r#"<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:getcontentlength/></D:prop></D:propfind>"#,
             );
         let response = self.send("PROPFIND", propfind, &[207]).await?;
-        let xml = response
-            .text()
-            .await
-            .map_err(|_| StepError::Retry("PROPFIND: response interrupted".into()))?;
+        let xml = read_capped(response, MAX_PROPFIND_BYTES).await?;
         match content_length_of(&xml) {
             Some(length) if length == content.len() as u64 => Ok(()),
             Some(length) => Err(StepError::Fatal(SinkError::Verification(format!(
@@ -319,6 +344,28 @@ impl WebDavSink {
             ))),
         }
     }
+}
+
+/// Reads a response body as text, chunk by chunk, refusing it past `limit` bytes.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<String, StepError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(StepError::Fatal(SinkError::PropfindTooLarge));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|_| StepError::Retry("PROPFIND: response interrupted".into()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(StepError::Fatal(SinkError::PropfindTooLarge));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The `getcontentlength` of a PROPFIND multistatus, whatever the namespace prefix.
@@ -464,6 +511,20 @@ mod tests {
             Err(UrlError::QueryOrFragment)
         );
         assert_eq!(webdav_base_url("ftp://x/", true), Err(UrlError::NotHttps));
+        // Unchecked before the egress guard: internal literals over https.
+        for internal in [
+            "https://169.254.169.254/dav/",
+            "https://10.0.0.1/",
+            "https://[::ffff:127.0.0.1]/",
+            "https://[fd00::1]/",
+            "https://100.64.0.1/",
+        ] {
+            assert_eq!(
+                webdav_base_url(internal, true),
+                Err(UrlError::Internal),
+                "{internal}"
+            );
+        }
         assert_eq!(webdav_base_url("not a url", true), Err(UrlError::Invalid));
         assert_eq!(
             webdav_base_url("https://dav.example.com/a", false)

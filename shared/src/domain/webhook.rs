@@ -24,7 +24,6 @@
 //! the receiver refuses the batch and is not retried. Delivery is at least once: a
 //! batch whose acknowledgement was lost is sent again with the same delivery id.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use hmac::Mac;
@@ -35,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::domain::subject::{HmacSha256, new_hmac};
+use crate::kernel::egress::{self, EgressPolicy};
 use crate::kernel::http::{HttpAnswer, HttpError, LogLevel, ProblemKind};
 
 pub const TIMESTAMP_HEADER: &str = "custody-timestamp";
@@ -163,51 +163,15 @@ pub fn verify(
     }
 }
 
-/// Checks a destination URL: `https`, a host, no credentials in it, and not an IP
-/// literal in a loopback, private, link-local or unspecified range (the instance
-/// metadata service and the Lambda runtime API live there). `allow_insecure_loopback`
-/// admits `http://127.0.0.1` / `http://localhost` for the local stack only.
+/// Checks a destination URL with the egress guard ([`egress::check_url`]): `https`, a
+/// host, no credentials or fragment, not an internal IP literal.
+/// `allow_insecure_loopback` admits `http://127.0.0.1` / `http://localhost` for the
+/// local stack only. Names are checked again where they resolve, at connect time.
 pub fn destination_url(raw: &str, allow_insecure_loopback: bool) -> Result<Url, WebhookError> {
-    let url = Url::parse(raw).map_err(|_| WebhookError::InvalidUrl("not an absolute URL"))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(WebhookError::InvalidUrl("must not carry credentials"));
-    }
-    if url.fragment().is_some() {
-        return Err(WebhookError::InvalidUrl("must not have a fragment"));
-    }
-    let host = url
-        .host_str()
-        .ok_or(WebhookError::InvalidUrl("has no host"))?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let ip = bare.parse::<IpAddr>().ok();
-    let loopback = host == "localhost" || ip.is_some_and(|ip| ip.is_loopback());
-    if allow_insecure_loopback && loopback && matches!(url.scheme(), "http" | "https") {
-        return Ok(url);
-    }
-    if url.scheme() != "https" {
-        return Err(WebhookError::InvalidUrl("must use https"));
-    }
-    if loopback || ip.is_some_and(is_internal) {
-        return Err(WebhookError::InvalidUrl(
-            "must not point at an internal address",
-        ));
-    }
-    Ok(url)
-}
-
-fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_loopback()
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                // fc00::/7 unique local, fe80::/10 link local
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    }
+    let policy = EgressPolicy {
+        allow_loopback: allow_insecure_loopback,
+    };
+    egress::check_url(raw, policy).map_err(|e| WebhookError::InvalidUrl(e.reason()))
 }
 
 /// A webhook secret must be long enough to resist guessing.
@@ -317,6 +281,12 @@ impl Sender {
                         });
                     }
                     last = format!("HTTP {}", status.as_u16());
+                }
+                // The egress guard refused the peer: no retry can change that.
+                Err(err) if egress::is_refusal(&err) => {
+                    return Err(WebhookError::InvalidUrl(
+                        egress::EgressError::Forbidden.reason(),
+                    ));
                 }
                 Err(err) => {
                     // The kind only: reqwest's text can include the URL, whose query
@@ -429,6 +399,11 @@ mod tests {
             "https://localhost/",
             "not a url",
             "ftp://example.com/",
+            // Accepted before the egress guard: CGNAT, mapped/ULA IPv6, multicast.
+            "https://100.64.0.1/",
+            "https://[::ffff:169.254.169.254]/",
+            "https://[fd00:ec2::254]/",
+            "https://224.0.0.1/",
         ] {
             assert!(destination_url(bad, false).is_err(), "{bad}");
         }

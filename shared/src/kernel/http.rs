@@ -4,14 +4,19 @@
 //! The outbound HTTP client for CRMs, OAuth providers, WebDAV and webhooks is built
 //! once per cold start. It never follows redirects: a provider or customer
 //! endpoint that redirects could otherwise point custody at an internal address
-//! (SSRF), or carry credentials to another host. Timeouts bound every call so a slow
+//! (SSRF), or carry credentials to another host. Every name it resolves and every
+//! peer it connects to passes the egress guard (`kernel::egress`). Timeouts bound every call so a slow
 //! peer cannot eat the Lambda's deadline.
 
 use std::borrow::Cow;
 use std::error::Error;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use reqwest::dns::Resolve;
+
+use crate::kernel::egress::{EgressPolicy, GuardedResolver, PeerCheckLayer, SystemResolver};
 
 pub const USER_AGENT: &str = concat!("custody/", env!("CARGO_PKG_VERSION"));
 
@@ -19,16 +24,38 @@ pub const USER_AGENT: &str = concat!("custody/", env!("CARGO_PKG_VERSION"));
 #[error("HTTP client could not be built: {0}")]
 pub struct HttpClientError(String);
 
-/// The shared client: rustls (aws-lc-rs, the AWS SDK's TLS stack), no redirects,
-/// 5 s connect timeout, 30 s total per request.
-pub fn client() -> Result<reqwest::Client, HttpClientError> {
-    client_with_timeout(Duration::from_secs(30))
+/// The default total time of one request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The shared client: rustls (aws-lc-rs, the AWS SDK's TLS stack), no redirects, no
+/// proxies, 5 s connect timeout, [`DEFAULT_TIMEOUT`] per request, and the egress
+/// guard of `policy` on every name it resolves and every peer it connects to.
+pub fn client(policy: EgressPolicy) -> Result<reqwest::Client, HttpClientError> {
+    client_with_timeout(policy, DEFAULT_TIMEOUT)
 }
 
-pub fn client_with_timeout(timeout: Duration) -> Result<reqwest::Client, HttpClientError> {
+pub fn client_with_timeout(
+    policy: EgressPolicy,
+    timeout: Duration,
+) -> Result<reqwest::Client, HttpClientError> {
+    client_with_resolver(policy, timeout, Arc::new(SystemResolver))
+}
+
+/// [`client_with_timeout`] over another resolver (tests make names resolve to
+/// internal addresses with it). The guard wraps whatever resolver is given.
+pub fn client_with_resolver(
+    policy: EgressPolicy,
+    timeout: Duration,
+    resolver: Arc<dyn Resolve>,
+) -> Result<reqwest::Client, HttpClientError> {
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would make every peer the proxy's address and
+        // blind the peer check.
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver::new(resolver, policy)))
+        .connector_layer(PeerCheckLayer::new(policy))
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
         .build()

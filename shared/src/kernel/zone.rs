@@ -86,7 +86,10 @@ impl TenantZone {
     /// next local day minus one second.
     pub fn end_of(&self, date: NaiveDate) -> DateTime<Utc> {
         let next = date.succ_opt().unwrap_or(date);
-        self.start_of(next) - Duration::seconds(1)
+        let start = self.start_of(next);
+        start
+            .checked_sub_signed(Duration::seconds(1))
+            .unwrap_or(start)
     }
 
     /// The first instant of local `date`. A few zones shift their clocks at midnight:

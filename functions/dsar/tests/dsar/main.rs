@@ -71,7 +71,7 @@ pub async fn env_with(stack: TestStack, clients: Option<custody::aws::Clients>) 
         dsar,
         &clients,
         app_secret,
-        custody::http::client().unwrap(),
+        custody::http::client(custody::egress::EgressPolicy::LOCAL).unwrap(),
         Arc::new(clock.clone()),
     );
     Env { stack, deps, clock }

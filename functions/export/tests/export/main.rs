@@ -73,12 +73,18 @@ impl Env {
         let dav_password = format!("dav-pw-{}", ulid::Ulid::new());
         let dav = WebDavSim::start(DAV_USER, &dav_password).await.unwrap();
         let clock = TestStack::system_clock();
-        let http = custody::http::client_with_timeout(Duration::from_secs(10)).unwrap();
+        let http = custody::http::client_with_timeout(
+            custody::egress::EgressPolicy::LOCAL,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         let oauth_config = OauthConfig::from_lookup(|name| match name {
             "CUSTODY_OAUTH_PROVIDERS" => {
                 Some(r#"[{"name":"highlevel","kind":"highlevel","client_id":"sim-client"}]"#.into())
             }
             "CUSTODY_OAUTH_CLIENT_SECRETS_ID" => Some("unused-no-refresh-happens".into()),
+            // The simulators listen on loopback.
+            custody::egress::ALLOW_LOOPBACK_VAR => Some("true".into()),
             _ => None,
         })
         .unwrap();

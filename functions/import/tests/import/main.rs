@@ -71,7 +71,7 @@ pub async fn env_with_clock(clock: custody::clock::SharedClock) -> Env {
         stack.config.clone(),
         settings,
         &stack.clients,
-        custody::http::client().unwrap(),
+        custody::http::client(custody::egress::EgressPolicy::LOCAL).unwrap(),
         app_secret,
         clock,
     );

@@ -111,6 +111,8 @@ impl Env {
             "CUSTODY_OAUTH_CLIENT_SECRETS_ID" => Some(secret_id.clone()),
             "CUSTODY_OAUTH_REDIRECT_BASE" => Some(REDIRECT_BASE.into()),
             "CUSTODY_OAUTH_RETURN_URLS" => Some("https://app.custody.test/settings".into()),
+            // The simulators listen on loopback.
+            custody::egress::ALLOW_LOOPBACK_VAR => Some("true".into()),
             _ => None,
         })
         .unwrap();
@@ -129,7 +131,7 @@ impl Env {
                 stack.sealer(),
                 stack.audit(shared_clock),
                 stack.clients.secrets.clone(),
-                custody::http::client().unwrap(),
+                custody::http::client(custody::egress::EgressPolicy::LOCAL).unwrap(),
             ),
             schedules: stack.schedules(),
             webhook_keys,
@@ -140,7 +142,7 @@ impl Env {
             deps,
             providers,
             signer,
-            browser: custody::http::client().unwrap(),
+            browser: custody::http::client(custody::egress::EgressPolicy::LOCAL).unwrap(),
         }
     }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{OauthError, ProviderAccount};
+use crate::kernel::egress::{self, EgressPolicy};
 
 /// Environment variables of the OAuth configuration (functions that call
 /// [`super::access_token`] need the first two).
@@ -224,6 +225,26 @@ impl Providers {
         self.0.get(name)
     }
 
+    /// Checks every URL custody itself calls (token, revocation, userinfo) with the
+    /// egress guard, so a misconfigured provider fails at cold start by name rather
+    /// than at the first refresh. (The authorize URL is opened by the browser.)
+    pub fn check_egress(&self, policy: EgressPolicy) -> Result<(), ProviderConfigError> {
+        for provider in self.0.values() {
+            let outbound = std::iter::once(&provider.token_url)
+                .chain(provider.revocation_url.as_ref())
+                .chain(provider.userinfo_url.as_ref());
+            for url in outbound {
+                egress::check_url(url.as_str(), policy).map_err(|e| {
+                    ProviderConfigError::Invalid {
+                        var: vars::PROVIDERS,
+                        reason: format!("provider {}: {url}: {}", provider.name, e.reason()),
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }
@@ -256,6 +277,7 @@ impl OauthConfig {
                 .ok_or(ProviderConfigError::Missing(name))
         };
         let providers = Providers::from_json(&required(vars::PROVIDERS)?)?;
+        providers.check_egress(EgressPolicy::from_lookup(&lookup))?;
         let client_secrets_id = required(vars::CLIENT_SECRETS_ID)?.trim().to_owned();
         let redirect_base = lookup(vars::REDIRECT_BASE)
             .filter(|v| !v.trim().is_empty())
@@ -734,6 +756,45 @@ mod tests {
             _ => None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn internal_provider_urls_are_refused_unless_loopback_is_configured() {
+        let providers = |token: &str| {
+            format!(
+                r#"[{{"name":"crm","kind":"generic","client_id":"c",
+                     "authorize_url":"https://crm.example/auth","token_url":"{token}"}}]"#
+            )
+        };
+        let load = |token: &str, loopback: bool| {
+            let json = providers(token);
+            OauthConfig::from_lookup(|name| match name {
+                vars::PROVIDERS => Some(json.clone()),
+                vars::CLIENT_SECRETS_ID => Some("arn:secret".into()),
+                egress::ALLOW_LOOPBACK_VAR if loopback => Some("true".into()),
+                _ => None,
+            })
+        };
+        for bad in [
+            "https://169.254.169.254/token",
+            "https://[fd00::1]/token",
+            "http://crm.example/token",
+        ] {
+            let err = load(bad, true).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ProviderConfigError::Invalid {
+                        var: vars::PROVIDERS,
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
+        assert!(load("http://127.0.0.1:9000/token", false).is_err());
+        assert!(load("http://127.0.0.1:9000/token", true).is_ok());
+        assert!(load("https://crm.example/token", false).is_ok());
     }
 
     #[test]
