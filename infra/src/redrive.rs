@@ -173,6 +173,27 @@ impl Record {
     }
 }
 
+/// One resource of a CloudFormation stack (DescribeStackResources): logical id, type,
+/// physical id. For `AWS::SQS::Queue` the physical id is the queue URL; for
+/// `AWS::Lambda::Function` it is the function name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StackResource {
+    pub logical_id: String,
+    pub resource_type: String,
+    pub physical_id: String,
+}
+
+/// Resolves `--queue`/`--function` given as the template's logical ids (e.g.
+/// `ImportFailureQueue`, `ImportFunction`) against the stack's resources. A value that
+/// is no logical id of the right type is returned as given (a URL, name or ARN).
+pub fn resolve_in_stack(resources: &[StackResource], value: &str, resource_type: &str) -> String {
+    resources
+        .iter()
+        .find(|r| r.logical_id == value && r.resource_type == resource_type)
+        .map(|r| r.physical_id.clone())
+        .unwrap_or_else(|| value.to_owned())
+}
+
 /// `arn:…:function:NAME[:QUALIFIER]` → `NAME`; a bare name stays as it is.
 pub fn function_name(arn: &str) -> String {
     arn.split(":function:")
@@ -533,6 +554,44 @@ pub async fn visible_messages(clients: &Clients, queue_url: &str) -> Result<u64,
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stack_resolves_logical_ids_of_the_right_type_only() {
+        let resource = |logical: &str, kind: &str, physical: &str| super::StackResource {
+            logical_id: logical.into(),
+            resource_type: kind.into(),
+            physical_id: physical.into(),
+        };
+        let resources = [
+            resource(
+                "ImportFailureQueue",
+                "AWS::SQS::Queue",
+                "https://sqs.eu-west-1.amazonaws.com/1/custody-import-failures-prod",
+            ),
+            resource(
+                "ImportFunction",
+                "AWS::Lambda::Function",
+                "custody-prod-Import-AbC",
+            ),
+        ];
+        assert_eq!(
+            super::resolve_in_stack(&resources, "ImportFailureQueue", "AWS::SQS::Queue"),
+            "https://sqs.eu-west-1.amazonaws.com/1/custody-import-failures-prod"
+        );
+        assert_eq!(
+            super::resolve_in_stack(&resources, "ImportFunction", "AWS::Lambda::Function"),
+            "custody-prod-Import-AbC"
+        );
+        // A logical id of another type, or no logical id at all, stays as given.
+        assert_eq!(
+            super::resolve_in_stack(&resources, "ImportFunction", "AWS::SQS::Queue"),
+            "ImportFunction"
+        );
+        assert_eq!(
+            super::resolve_in_stack(&resources, "custody-dsar-failures-prod", "AWS::SQS::Queue"),
+            "custody-dsar-failures-prod"
+        );
+    }
+
     use super::*;
 
     fn no_attributes() -> HashMap<String, String> {

@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! custody-redrive --queue URL|NAME [--function NAME] [--dry-run] [--limit N]
+//! custody-redrive --stack STACK --queue LOGICAL-ID [--function LOGICAL-ID] [...]
 //! custody-redrive --local [--state-file PATH] --queue LOGICAL-ID [...]
 //! ```
 //!
 //! Against AWS it uses the usual credential chain and region (`AWS_PROFILE`,
-//! `AWS_REGION`, …). `--local` uses the running local stack (`make up`'s state file):
+//! `AWS_REGION`, …). `--stack` resolves logical ids through the stack's resources
+//! (DescribeStackResources). `--local` uses the running local stack (`make up`'s state file):
 //! the emulator's SQS and streams, and the stack's Lambda Invoke API.
 
 use std::process::ExitCode;
@@ -17,11 +19,12 @@ use std::time::Duration;
 use custody_local::redrive::{self, Clients, DEFAULT_LIMIT, Options};
 use indicatif::{ProgressBar, ProgressStyle};
 
-const USAGE: &str = "usage: custody-redrive [--local [--state-file PATH]] --queue URL|NAME [--function NAME] [--dry-run] [--limit N]";
+const USAGE: &str = "usage: custody-redrive [--local [--state-file PATH] | --stack STACK] --queue URL|NAME [--function NAME] [--dry-run] [--limit N]";
 
 struct Args {
     local: bool,
     state_file: Option<String>,
+    stack: Option<String>,
     queue: String,
     function: Option<String>,
     dry_run: bool,
@@ -32,6 +35,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
     let mut out = Args {
         local: false,
         state_file: None,
+        stack: None,
         queue: String::new(),
         function: None,
         dry_run: false,
@@ -43,6 +47,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         match arg.as_str() {
             "--local" => out.local = true,
             "--state-file" => out.state_file = Some(value()?),
+            "--stack" => out.stack = Some(value()?),
             "--queue" => out.queue = value()?,
             "--function" => out.function = Some(value()?),
             "--dry-run" => out.dry_run = true,
@@ -54,14 +59,40 @@ fn parse(args: &[String]) -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    if out.local && out.stack.is_some() {
+        return Err("--local and --stack exclude each other".into());
+    }
     if out.queue.is_empty() {
         return Err("--queue is required".into());
     }
     Ok(out)
 }
 
-/// Clients and the queue URL: the local stack's, or the account's.
-async fn connect(args: &Args) -> Result<(Clients, String), String> {
+/// The stack's resources (DescribeStackResources lists them all, no paging).
+async fn stack_resources(
+    sdk: &aws_config::SdkConfig,
+    stack: &str,
+) -> Result<Vec<redrive::StackResource>, String> {
+    let out = aws_sdk_cloudformation::Client::new(sdk)
+        .describe_stack_resources()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|e| format!("stack {stack}: {}", custody::aws::error_text(&e)))?;
+    Ok(out
+        .stack_resources()
+        .iter()
+        .map(|r| redrive::StackResource {
+            logical_id: r.logical_resource_id().unwrap_or_default().to_owned(),
+            resource_type: r.resource_type().unwrap_or_default().to_owned(),
+            physical_id: r.physical_resource_id().unwrap_or_default().to_owned(),
+        })
+        .collect())
+}
+
+/// Clients, the queue URL and the function override: the local stack's, or the
+/// account's.
+async fn connect(args: &Args) -> Result<(Clients, String, Option<String>), String> {
     if args.local {
         let path = args.state_file.clone().unwrap_or_else(|| {
             custody_local::repo_root()
@@ -92,12 +123,24 @@ async fn connect(args: &Args) -> Result<(Clients, String), String> {
             Some(url) => url.to_owned(),
             None => queue_url(&clients, &args.queue).await?,
         };
-        return Ok((clients, url));
+        return Ok((clients, url, args.function.clone()));
     }
     let sdk = custody::aws::sdk_config().await;
     let clients = Clients::new(&sdk);
-    let url = queue_url(&clients, &args.queue).await?;
-    Ok((clients, url))
+    let (queue, function) = match &args.stack {
+        Some(stack) => {
+            let resources = stack_resources(&sdk, stack).await?;
+            (
+                redrive::resolve_in_stack(&resources, &args.queue, "AWS::SQS::Queue"),
+                args.function
+                    .as_deref()
+                    .map(|f| redrive::resolve_in_stack(&resources, f, "AWS::Lambda::Function")),
+            )
+        }
+        None => (args.queue.clone(), args.function.clone()),
+    };
+    let url = queue_url(&clients, &queue).await?;
+    Ok((clients, url, function))
 }
 
 async fn queue_url(clients: &Clients, queue: &str) -> Result<String, String> {
@@ -125,7 +168,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (clients, queue_url) = match connect(&args).await {
+    let (clients, queue_url, function) = match connect(&args).await {
         Ok(found) => found,
         Err(err) => {
             eprintln!("custody-redrive: {err}");
@@ -134,7 +177,7 @@ async fn main() -> ExitCode {
     };
     let options = Options {
         queue_url,
-        function: args.function.clone(),
+        function,
         dry_run: args.dry_run,
         limit: args.limit,
     };
