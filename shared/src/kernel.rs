@@ -5,6 +5,7 @@ pub mod audit;
 pub mod aws;
 pub mod clock;
 pub mod config;
+pub mod faults;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;
