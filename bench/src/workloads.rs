@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::BenchError;
 use crate::discover::Function;
 
+mod audit;
 mod dsar;
 mod export;
 mod import;
@@ -37,16 +38,24 @@ pub enum Workload {
     /// Export and erase a subject with 10 records in tables of 1 000 and 100 000
     /// items: DynamoDB request count and time. Goal: the same request count.
     Dsar,
+    /// The audit chain (`custody::audit`), shared by every function: no function crate.
+    Audit,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 3] = [Workload::Export, Workload::Import, Workload::Dsar];
+    pub const ALL: [Workload; 4] = [
+        Workload::Export,
+        Workload::Import,
+        Workload::Dsar,
+        Workload::Audit,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Export => "export",
             Workload::Import => "import",
             Workload::Dsar => "dsar",
+            Workload::Audit => "audit",
         }
     }
 
@@ -60,6 +69,7 @@ impl Workload {
             Workload::Export => &[5_000, 50_000],
             Workload::Import => &[100_000, 1_000_000],
             Workload::Dsar => &[1_000, 100_000],
+            Workload::Audit => &[1, 10, 50],
         }
     }
 
@@ -68,6 +78,7 @@ impl Workload {
             Workload::Export => "messages",
             Workload::Import => "CSV rows",
             Workload::Dsar => "table items",
+            Workload::Audit => "concurrent writers",
         }
     }
 
@@ -76,13 +87,14 @@ impl Workload {
             Workload::Export => "peak RSS at 5 000 and 50 000 within 10 %; 0 × 429 at steady state",
             Workload::Import => "peak RSS ≤ 64 MB and flat from 100 000 to 1 000 000 rows",
             Workload::Dsar => "same DynamoDB request count at 1 000 and 100 000 items",
+            Workload::Audit => "appends/s and p50/p99 append latency; one verified chain",
         }
     }
 
     /// True once [`run`] measures it.
     pub fn wired(self) -> bool {
         match self {
-            Workload::Export | Workload::Import | Workload::Dsar => true,
+            Workload::Export | Workload::Import | Workload::Dsar | Workload::Audit => true,
         }
     }
 
@@ -114,6 +126,8 @@ pub fn rows(
 ) -> Vec<WorkloadRow> {
     let function = functions.iter().find(|f| f.binary == workload.function());
     let blocked = match function {
+        // Shared code, measured in-process: no function crate to wait for.
+        _ if workload == Workload::Audit => None,
         None => Some(format!(
             "pending: function not built yet (no functions/{} crate)",
             workload.function()
@@ -220,6 +234,7 @@ pub async fn run(workload: Workload, size: u64) -> Result<Value, BenchError> {
         Workload::Dsar => dsar::run(size).await?,
         Workload::Import => import::run(size).await?,
         Workload::Export => export::run(size).await?,
+        Workload::Audit => audit::run(size).await?,
     };
     if let Some(object) = metrics.as_object_mut() {
         if let Some(rss) = peak_rss_bytes() {

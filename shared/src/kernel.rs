@@ -6,6 +6,7 @@ pub mod aws;
 pub mod clock;
 pub mod config;
 pub mod egress;
+pub mod faults;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;

@@ -29,8 +29,8 @@ pub use domain::{
 };
 pub use edge::api;
 pub use kernel::{
-    audit, aws, clock, config, egress, http, idempotency, metrics, redrive, retention, seal,
-    signing, store, subject_index, telemetry, tenant, zone,
+    audit, aws, clock, config, egress, faults, http, idempotency, metrics, redrive, retention,
+    seal, signing, store, subject_index, telemetry, tenant, zone,
 };
 
 pub use kernel::tenant::TenantId;

@@ -8,6 +8,7 @@
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
 
+use crate::kernel::faults::FaultPlan;
 use crate::kernel::metrics::AwsCallMetrics;
 
 /// Loads the SDK config from the environment (honours `AWS_ENDPOINT_URL`).
@@ -48,21 +49,48 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// The clients, with faults injected only if `CUSTODY_FAULT_SEED` is set (tests;
+    /// see [`crate::kernel::faults`]).
     pub fn new(config: &SdkConfig) -> Self {
+        Self::with_faults(config, FaultPlan::from_env())
+    }
+
+    /// The clients, with `faults` injected into DynamoDB, KMS, S3 and Secrets Manager
+    /// calls if given. The fault injector runs before the metrics interceptor reads
+    /// the answer, so injected throttles are counted like real ones.
+    pub fn with_faults(config: &SdkConfig, faults: Option<FaultPlan>) -> Self {
+        let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(config);
+        let mut kms = aws_sdk_kms::config::Builder::from(config);
+        let mut secrets = aws_sdk_secretsmanager::config::Builder::from(config);
+        if let Some(plan) = &faults {
+            dynamodb.push_interceptor(
+                aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(
+                    plan.interceptor("dynamodb"),
+                ),
+            );
+            kms.push_interceptor(
+                aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(
+                    plan.interceptor("kms"),
+                ),
+            );
+            secrets.push_interceptor(
+                aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(
+                    plan.interceptor("secretsmanager"),
+                ),
+            );
+        }
         Self {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(
-                aws_sdk_dynamodb::config::Builder::from(config)
+                dynamodb
                     .interceptor(AwsCallMetrics::new("dynamodb"))
                     .build(),
             ),
             kms: aws_sdk_kms::Client::from_conf(
-                aws_sdk_kms::config::Builder::from(config)
-                    .interceptor(AwsCallMetrics::new("kms"))
-                    .build(),
+                kms.interceptor(AwsCallMetrics::new("kms")).build(),
             ),
-            s3: s3_client(config),
+            s3: s3_client_with_faults(config, faults.as_ref()),
             secrets: aws_sdk_secretsmanager::Client::from_conf(
-                aws_sdk_secretsmanager::config::Builder::from(config)
+                secrets
                     .interceptor(AwsCallMetrics::new("secretsmanager"))
                     .build(),
             ),
@@ -78,8 +106,19 @@ impl Clients {
 /// S3 needs path-style addressing when the endpoint is overridden (an emulator on
 /// `localhost` cannot serve `bucket.localhost`); real AWS keeps virtual-hosted style.
 pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let mut builder =
-        aws_sdk_s3::config::Builder::from(config).interceptor(AwsCallMetrics::new("s3"));
+    s3_client_with_faults(config, None)
+}
+
+fn s3_client_with_faults(config: &SdkConfig, faults: Option<&FaultPlan>) -> aws_sdk_s3::Client {
+    let mut builder = aws_sdk_s3::config::Builder::from(config);
+    if let Some(plan) = faults {
+        builder.push_interceptor(
+            aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(
+                plan.interceptor("s3"),
+            ),
+        );
+    }
+    let mut builder = builder.interceptor(AwsCallMetrics::new("s3"));
     if config.endpoint_url().is_some() {
         builder = builder.force_path_style(true);
     }

@@ -3,6 +3,7 @@
 //! own copy of every resource, so they run in parallel.
 
 mod audit;
+mod faults;
 mod idempotency;
 mod openapi;
 mod provisioning;

@@ -868,3 +868,11 @@ fn functions_touch_only_their_own_buckets() {
     }
     assert!(checked > 0, "no S3 statement found");
 }
+
+#[test]
+fn no_function_enables_fault_injection() {
+    // Fault injection is test-only: no deployed function may set its variables.
+    let text = std::fs::read_to_string(custody_local::template_path()).unwrap();
+    assert!(!text.contains(custody::faults::SEED_ENV));
+    assert!(!text.contains(custody::faults::RATE_ENV));
+}
