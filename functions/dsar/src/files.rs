@@ -7,16 +7,20 @@
 //! phone numbers — exactly how the import indexed it. So matching needs no plaintext
 //! identifier: the request stores pseudonyms only.
 //!
-//! CSV is read with the `csv` crate record by record, so a rewritten file keeps the
-//! header and the other rows (their quoting may be normalised); JSON Lines keeps the
-//! other lines byte for byte.
+//! Objects are streamed, never held whole: an import may be 1 GiB and the function
+//! has 512 MB. [`RowFilter`] cuts the byte stream into records (a CSV record ends at
+//! a newline outside quotes, so a quoted field may hold newlines and a record may
+//! cross chunk boundaries; a JSON line at any newline) and passes every record that
+//! is not the subject's through byte for byte. An erasure writes what is kept with a
+//! multipart upload ([`Rewriter`] cuts parts of at least 5 MiB, S3's rule for all but
+//! the last), so memory is bounded by the part and chunk sizes, not the file.
 
 use std::collections::HashSet;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::ServerSideEncryption;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use custody::aws::error_text;
-use custody::imports::{Format, ObjectKey, subject_kind};
+use custody::imports::{Format, MAX_ROW_BYTES, ObjectKey, subject_kind};
 use custody::subject::{Identifier, IdentifierKind, PseudonymKey};
 use serde_json::{Map, Value};
 
@@ -28,6 +32,34 @@ pub enum FileError {
     S3(String),
     #[error("object {0} could not be parsed: {1}")]
     Parse(String, String),
+}
+
+/// S3's smallest part of a multipart upload (all but the last).
+pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// How an object is streamed: the largest piece handed to the filter at once, and
+/// the size at which kept bytes are uploaded as a part (never below [`MIN_PART_BYTES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streaming {
+    pub chunk_bytes: usize,
+    pub part_bytes: usize,
+}
+
+impl Default for Streaming {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: 256 * 1024,
+            part_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Streaming {
+    /// The most bytes a [`Rewriter`] holds at once: a part being filled, one chunk,
+    /// and the unfinished record carried over (at most a row, plus a chunk).
+    pub fn memory_bound(&self) -> usize {
+        self.part_bytes.max(MIN_PART_BYTES) + 2 * self.chunk_bytes.max(1) + MAX_ROW_BYTES
+    }
 }
 
 /// Which rows are the subject's.
@@ -65,84 +97,274 @@ pub fn format_of(key: &str) -> Format {
     }
 }
 
-/// An object split into the subject's rows and everything else.
-#[derive(Debug, Default)]
-pub struct Split {
-    /// The subject's rows, as JSON objects.
+/// Splits a byte stream, fed in pieces of any size, into the subject's rows and
+/// everything else (appended to `out` unchanged, byte for byte).
+pub struct RowFilter<'a, 'm> {
+    csv: bool,
+    matcher: &'a SubjectMatcher<'m>,
+    /// Keep the subject's rows (an access bundle) or only count them (an erasure).
+    keep_matched: bool,
+    /// The unfinished record: bytes since the last record end.
+    carry: Vec<u8>,
+    /// How much of `carry` was already scanned for quotes and newlines.
+    scanned: usize,
+    in_quotes: bool,
+    header: Option<Vec<String>>,
+    first_record: bool,
     pub matched: Vec<Map<String, Value>>,
-    /// The object without the subject's rows.
-    pub kept: Vec<u8>,
+    pub rows_removed: u64,
     /// Data rows kept (not counting a CSV header).
     pub kept_rows: u64,
 }
 
-pub fn split(key: &str, bytes: &[u8], matcher: &SubjectMatcher<'_>) -> Result<Split, FileError> {
-    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    match format_of(key) {
-        Format::Csv => split_csv(bytes, matcher).map_err(|e| FileError::Parse(key.to_owned(), e)),
-        _ => Ok(split_jsonl(bytes, matcher)),
+impl<'a, 'm> RowFilter<'a, 'm> {
+    pub fn new(format: Format, matcher: &'a SubjectMatcher<'m>, keep_matched: bool) -> Self {
+        Self {
+            csv: format == Format::Csv,
+            matcher,
+            keep_matched,
+            carry: Vec::new(),
+            scanned: 0,
+            in_quotes: false,
+            header: None,
+            first_record: true,
+            matched: Vec::new(),
+            rows_removed: 0,
+            kept_rows: 0,
+        }
     }
-}
 
-fn split_csv(bytes: &[u8], matcher: &SubjectMatcher<'_>) -> Result<Split, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes);
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let mut header: Option<Vec<String>> = None;
-    let mut split = Split::default();
-    let mut record = csv::StringRecord::new();
-    loop {
-        let more = reader
+    /// Bytes held for an unfinished record.
+    pub fn carried(&self) -> usize {
+        self.carry.len()
+    }
+
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.carry.extend_from_slice(chunk);
+        let carry = std::mem::take(&mut self.carry);
+        let mut start = 0;
+        let mut result = Ok(());
+        for (i, &b) in carry.iter().enumerate().skip(self.scanned) {
+            if self.csv && b == b'"' {
+                self.in_quotes = !self.in_quotes;
+            } else if b == b'\n' && !self.in_quotes {
+                result = self.record(&carry[start..=i], out);
+                if result.is_err() {
+                    break;
+                }
+                start = i + 1;
+            }
+        }
+        let mut carry = carry;
+        carry.drain(..start);
+        self.scanned = carry.len();
+        self.carry = carry;
+        result?;
+        // The import never accepted a longer record; a run-away quote must not
+        // make the carry grow with the file.
+        if self.carry.len() > MAX_ROW_BYTES {
+            return Err(format!("a row is longer than {MAX_ROW_BYTES} bytes"));
+        }
+        Ok(())
+    }
+
+    /// The last record (without a final newline), after the last piece.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        if self.in_quotes {
+            return Err("a quoted field is never closed".into());
+        }
+        let carry = std::mem::take(&mut self.carry);
+        self.scanned = 0;
+        if carry.is_empty() {
+            Ok(())
+        } else {
+            self.record(&carry, out)
+        }
+    }
+
+    fn record(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let mut text = raw;
+        if std::mem::take(&mut self.first_record) {
+            // A BOM is kept in the output but is not part of the first name/value.
+            text = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(text);
+        }
+        let row = if self.csv {
+            self.csv_row(text)?
+        } else {
+            std::str::from_utf8(text)
+                .ok()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                .map(|value| match value {
+                    Value::Object(row) => Some(row),
+                    _ => None,
+                })
+                .map(|row| row.unwrap_or_default())
+        };
+        match row {
+            Some(row) if !row.is_empty() && self.matcher.matches(&row) => {
+                self.rows_removed += 1;
+                if self.keep_matched {
+                    self.matched.push(row);
+                }
+            }
+            Some(_) => {
+                self.kept_rows += 1;
+                out.extend_from_slice(raw);
+            }
+            // A header, blank or unreadable line names no one we can match: kept.
+            None => out.extend_from_slice(raw),
+        }
+        Ok(())
+    }
+
+    /// A CSV data row as a JSON object; `None` for the header and blank lines.
+    fn csv_row(&mut self, text: &[u8]) -> Result<Option<Map<String, Value>>, String> {
+        let trimmed = text
+            .strip_suffix(b"\n")
+            .map(|t| t.strip_suffix(b"\r").unwrap_or(t))
+            .unwrap_or(text);
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(trimmed.len().max(64))
+            .from_reader(trimmed);
+        let mut record = csv::StringRecord::new();
+        reader
             .read_record(&mut record)
             .map_err(|e| format!("{:?}", e.kind()))?;
-        if !more {
-            break;
-        }
-        let Some(names) = &header else {
-            header = Some(record.iter().map(|f| f.trim().to_owned()).collect());
-            writer.write_record(&record).map_err(|e| e.to_string())?;
-            continue;
+        let Some(names) = &self.header else {
+            self.header = Some(record.iter().map(|f| f.trim().to_owned()).collect());
+            return Ok(None);
         };
-        let row: Map<String, Value> = names
-            .iter()
-            .zip(record.iter())
-            .map(|(name, value)| (name.clone(), Value::String(value.to_owned())))
-            .collect();
-        if matcher.matches(&row) {
-            split.matched.push(row);
-        } else {
-            split.kept_rows += 1;
-            writer.write_record(&record).map_err(|e| e.to_string())?;
-        }
+        Ok(Some(
+            names
+                .iter()
+                .zip(record.iter())
+                .map(|(name, value)| (name.clone(), Value::String(value.to_owned())))
+                .collect(),
+        ))
     }
-    split.kept = writer.into_inner().map_err(|e| e.to_string())?;
-    Ok(split)
 }
 
-fn split_jsonl(bytes: &[u8], matcher: &SubjectMatcher<'_>) -> Split {
-    let mut split = Split::default();
-    for line in bytes.split_inclusive(|&b| b == b'\n') {
-        let parsed = std::str::from_utf8(line)
-            .ok()
-            .map(str::trim)
-            .filter(|text| !text.is_empty())
-            .and_then(|text| serde_json::from_str::<Value>(text).ok());
-        match parsed {
-            Some(Value::Object(row)) if matcher.matches(&row) => split.matched.push(row),
-            Some(_) => {
-                split.kept_rows += 1;
-                split.kept.extend_from_slice(line);
+/// Filters a stream into upload parts: every part but the last is at least
+/// `part_bytes` (itself at least [`MIN_PART_BYTES`]). Records the most bytes it held.
+pub struct Rewriter<'a, 'm> {
+    pub filter: RowFilter<'a, 'm>,
+    out: Vec<u8>,
+    part_bytes: usize,
+    /// High-water mark of bytes buffered (part being filled plus carried record).
+    pub peak_buffered: usize,
+}
+
+impl<'a, 'm> Rewriter<'a, 'm> {
+    pub fn new(filter: RowFilter<'a, 'm>, streaming: Streaming) -> Self {
+        Self {
+            filter,
+            out: Vec::new(),
+            part_bytes: streaming.part_bytes.max(MIN_PART_BYTES),
+            peak_buffered: 0,
+        }
+    }
+
+    /// Feeds a piece; returns a full part when one is ready.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let before = self.filter.carried() + chunk.len();
+        self.filter.push(chunk, &mut self.out)?;
+        // While a piece is filtered its bytes are both carried and copied out.
+        self.peak_buffered = self.peak_buffered.max(before + self.out.len());
+        if self.out.len() >= self.part_bytes {
+            return Ok(Some(std::mem::take(&mut self.out)));
+        }
+        Ok(None)
+    }
+
+    /// The last part (possibly empty) after the last piece.
+    pub fn finish(&mut self) -> Result<Vec<u8>, String> {
+        let before = self.filter.carried();
+        self.filter.finish(&mut self.out)?;
+        self.peak_buffered = self.peak_buffered.max(before + self.out.len());
+        Ok(std::mem::take(&mut self.out))
+    }
+}
+
+/// An object's body handed out in pieces of at most `chunk_bytes`.
+pub struct ObjectStream {
+    body: ByteStream,
+    pending: bytes::Bytes,
+    chunk_bytes: usize,
+    /// The version read: the one a rewrite replaces.
+    pub version_id: Option<String>,
+}
+
+impl ObjectStream {
+    pub async fn next(&mut self) -> Result<Option<bytes::Bytes>, FileError> {
+        while self.pending.is_empty() {
+            match self.body.next().await {
+                None => return Ok(None),
+                Some(Ok(chunk)) => self.pending = chunk,
+                Some(Err(err)) => return Err(FileError::S3(err.to_string())),
             }
-            // Blank or unreadable lines name no one we can match; kept as they were.
-            None => split.kept.extend_from_slice(line),
         }
+        let n = self.pending.len().min(self.chunk_bytes.max(1));
+        Ok(Some(self.pending.split_to(n)))
     }
-    split
 }
 
-/// The current object, or `None` if it is gone.
+/// Opens the current object for streaming, or `None` if it is gone.
+pub async fn open_object(
+    deps: &Deps,
+    key: &str,
+    streaming: Streaming,
+) -> Result<Option<ObjectStream>, FileError> {
+    let result = deps
+        .s3
+        .get_object()
+        .bucket(&deps.config.imports_bucket)
+        .key(key)
+        .send()
+        .await;
+    let out = match result {
+        Ok(out) => out,
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+        Err(err) => return Err(FileError::S3(error_text(&err))),
+    };
+    Ok(Some(ObjectStream {
+        version_id: out.version_id().map(str::to_owned),
+        body: out.body,
+        pending: bytes::Bytes::new(),
+        chunk_bytes: streaming.chunk_bytes,
+    }))
+}
+
+/// The subject's rows in one object (memory: those rows and one chunk), or none if
+/// the object is gone.
+pub async fn subject_rows(
+    deps: &Deps,
+    key: &str,
+    matcher: &SubjectMatcher<'_>,
+    streaming: Streaming,
+) -> Result<Vec<Map<String, Value>>, FileError> {
+    let Some(mut stream) = open_object(deps, key, streaming).await? else {
+        return Ok(Vec::new());
+    };
+    let mut filter = RowFilter::new(format_of(key), matcher, true);
+    let mut sink = Vec::new();
+    let parse = |e| FileError::Parse(key.to_owned(), e);
+    while let Some(chunk) = stream.next().await? {
+        filter.push(&chunk, &mut sink).map_err(parse)?;
+        sink.clear();
+    }
+    filter.finish(&mut sink).map_err(parse)?;
+    Ok(filter.matched)
+}
+
+/// The whole current object, or `None` if it is gone. Only for small objects (tests
+/// read results with it); erasure and access stream.
 pub async fn read_object(deps: &Deps, key: &str) -> Result<Option<Vec<u8>>, FileError> {
     let result = deps
         .s3
@@ -170,6 +392,10 @@ pub struct ObjectErasure {
     pub rows_removed: u64,
     pub rewritten: bool,
     pub versions_deleted: u64,
+    /// Parts of the multipart upload that wrote the rewritten object.
+    pub parts: u32,
+    /// The rewriter's high-water mark of bytes buffered.
+    pub peak_buffered: usize,
 }
 
 /// Rewrites the object without the subject's rows (same key, tags and SSE-KMS), or
@@ -183,57 +409,210 @@ pub async fn erase_from_object(
     matcher: &SubjectMatcher<'_>,
     whole: bool,
 ) -> Result<ObjectErasure, FileError> {
+    erase_streaming(deps, key, matcher, whole, Streaming::default()).await
+}
+
+/// [`erase_from_object`] with explicit chunk and part sizes.
+pub async fn erase_streaming(
+    deps: &Deps,
+    key: &str,
+    matcher: &SubjectMatcher<'_>,
+    whole: bool,
+    streaming: Streaming,
+) -> Result<ObjectErasure, FileError> {
     let mut outcome = ObjectErasure::default();
     let bucket = &deps.config.imports_bucket;
     let mut keep_version: Option<String> = None;
-    if let Some(bytes) = read_object(deps, key).await? {
-        let split = split(key, &bytes, matcher)?;
-        outcome.rows_removed = split.matched.len() as u64;
-        if whole {
-            // Every version goes below; nothing is kept.
-        } else if outcome.rows_removed > 0 && split.kept_rows > 0 {
-            let tags = deps
-                .s3
-                .get_object_tagging()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| FileError::S3(error_text(&e)))?;
-            let tagging = tags
-                .tag_set()
-                .iter()
-                .map(|t| format!("{}={}", encode(t.key()), encode(t.value())))
-                .collect::<Vec<_>>()
-                .join("&");
-            let content_type = match format_of(key) {
-                Format::Csv => Format::Csv.content_type(),
-                _ => Format::Jsonl.content_type(),
-            };
-            let put = deps
-                .s3
-                .put_object()
-                .bucket(bucket)
-                .key(key)
-                .body(ByteStream::from(split.kept))
-                .content_type(content_type)
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .ssekms_key_id(&deps.config.data_key_id)
-                .set_tagging((!tagging.is_empty()).then_some(tagging))
-                .send()
-                .await
-                .map_err(|e| FileError::S3(error_text(&e)))?;
-            keep_version = put.version_id().map(str::to_owned);
-            outcome.rewritten = true;
+    if let Some(mut stream) = open_object(deps, key, streaming).await? {
+        let mut upload = Upload {
+            deps,
+            key,
+            id: None,
+            parts: Vec::new(),
+        };
+        let result = rewrite(&mut stream, &mut upload, matcher, whole, streaming, key).await;
+        let (rewriter_outcome, last) = match result {
+            Ok(done) => done,
+            Err(err) => {
+                // No orphan parts: the original stays current and the step retries.
+                upload.abort().await;
+                return Err(err);
+            }
+        };
+        outcome = rewriter_outcome;
+        if !whole && outcome.rows_removed > 0 && outcome.rewritten {
+            match upload.complete(last).await {
+                Ok(version) => keep_version = version,
+                Err(err) => {
+                    upload.abort().await;
+                    return Err(err);
+                }
+            }
+            outcome.parts = upload.parts.len() as u32;
+        } else {
+            upload.abort().await;
         }
         // No subject rows: the current version stays (an earlier run rewrote it).
         if outcome.rows_removed == 0 && !whole {
-            keep_version = current_version(deps, key).await?;
+            keep_version = stream.version_id.clone();
+            if keep_version.is_none() {
+                keep_version = current_version(deps, key).await?;
+            }
         }
     }
     outcome.versions_deleted =
         delete_versions_except(deps, bucket, key, keep_version.as_deref()).await?;
     Ok(outcome)
+}
+
+/// Streams the object through the filter, uploading full parts as they fill.
+/// Returns the outcome (with `rewritten` meaning a rewrite is due) and the last part.
+async fn rewrite(
+    stream: &mut ObjectStream,
+    upload: &mut Upload<'_>,
+    matcher: &SubjectMatcher<'_>,
+    whole: bool,
+    streaming: Streaming,
+    key: &str,
+) -> Result<(ObjectErasure, Vec<u8>), FileError> {
+    let parse = |e| FileError::Parse(key.to_owned(), e);
+    let mut rewriter = Rewriter::new(RowFilter::new(format_of(key), matcher, false), streaming);
+    while let Some(chunk) = stream.next().await? {
+        if let Some(part) = rewriter.push(&chunk).map_err(parse)? {
+            // Past retention nothing is written; the rows are only counted.
+            if !whole {
+                upload.part(part).await?;
+            }
+        }
+    }
+    let last = rewriter.finish().map_err(parse)?;
+    let outcome = ObjectErasure {
+        rows_removed: rewriter.filter.rows_removed,
+        rewritten: !whole && rewriter.filter.rows_removed > 0 && rewriter.filter.kept_rows > 0,
+        peak_buffered: rewriter.peak_buffered,
+        ..ObjectErasure::default()
+    };
+    Ok((outcome, last))
+}
+
+/// A multipart upload to the object's own key, created on the first part with the
+/// original's tags (they drive lifecycle expiry), content type and SSE-KMS.
+struct Upload<'d> {
+    deps: &'d Deps,
+    key: &'d str,
+    id: Option<String>,
+    parts: Vec<CompletedPart>,
+}
+
+impl Upload<'_> {
+    async fn part(&mut self, body: Vec<u8>) -> Result<(), FileError> {
+        let s3 = &self.deps.s3;
+        let bucket = &self.deps.config.imports_bucket;
+        let id = match &self.id {
+            Some(id) => id.clone(),
+            None => {
+                let tags = s3
+                    .get_object_tagging()
+                    .bucket(bucket)
+                    .key(self.key)
+                    .send()
+                    .await
+                    .map_err(|e| FileError::S3(error_text(&e)))?;
+                let tagging = tags
+                    .tag_set()
+                    .iter()
+                    .map(|t| format!("{}={}", encode(t.key()), encode(t.value())))
+                    .collect::<Vec<_>>()
+                    .join("&");
+                let content_type = match format_of(self.key) {
+                    Format::Csv => Format::Csv.content_type(),
+                    _ => Format::Jsonl.content_type(),
+                };
+                let created = s3
+                    .create_multipart_upload()
+                    .bucket(bucket)
+                    .key(self.key)
+                    .content_type(content_type)
+                    .server_side_encryption(ServerSideEncryption::AwsKms)
+                    .ssekms_key_id(&self.deps.config.data_key_id)
+                    .set_tagging((!tagging.is_empty()).then_some(tagging))
+                    .send()
+                    .await
+                    .map_err(|e| FileError::S3(error_text(&e)))?;
+                let id = created
+                    .upload_id()
+                    .ok_or_else(|| FileError::S3("no upload id".into()))?
+                    .to_owned();
+                self.id = Some(id.clone());
+                id
+            }
+        };
+        let number = self.parts.len() as i32 + 1;
+        let out = s3
+            .upload_part()
+            .bucket(bucket)
+            .key(self.key)
+            .upload_id(&id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| FileError::S3(error_text(&e)))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Uploads the last part and completes; returns the new version.
+    async fn complete(&mut self, last: Vec<u8>) -> Result<Option<String>, FileError> {
+        if !last.is_empty() || self.parts.is_empty() {
+            self.part(last).await?;
+        }
+        let Some(id) = &self.id else {
+            return Err(FileError::S3("multipart upload was never created".into()));
+        };
+        let done = self
+            .deps
+            .s3
+            .complete_multipart_upload()
+            .bucket(&self.deps.config.imports_bucket)
+            .key(self.key)
+            .upload_id(id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(self.parts.clone()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| FileError::S3(error_text(&e)))?;
+        self.id = None;
+        Ok(done.version_id().map(str::to_owned))
+    }
+
+    /// Aborts an unfinished upload; a failed abort leaves parts the bucket's
+    /// AbortIncompleteMultipartUpload lifecycle rule removes.
+    async fn abort(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        if let Err(err) = self
+            .deps
+            .s3
+            .abort_multipart_upload()
+            .bucket(&self.deps.config.imports_bucket)
+            .key(self.key)
+            .upload_id(&id)
+            .send()
+            .await
+        {
+            tracing::warn!(error = %error_text(&err), "aborting a multipart upload failed");
+        }
+    }
 }
 
 async fn current_version(deps: &Deps, key: &str) -> Result<Option<String>, FileError> {
@@ -366,8 +745,23 @@ mod tests {
         )
     }
 
+    fn split(
+        key: &str,
+        bytes: &[u8],
+        matcher: &SubjectMatcher<'_>,
+        chunk: usize,
+    ) -> (Vec<Map<String, Value>>, Vec<u8>, u64) {
+        let mut filter = RowFilter::new(format_of(key), matcher, true);
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            filter.push(piece, &mut out).unwrap();
+        }
+        filter.finish(&mut out).unwrap();
+        (filter.matched, out, filter.kept_rows)
+    }
+
     #[test]
-    fn csv_and_jsonl_rows_of_the_subject_are_split_off() {
+    fn csv_and_jsonl_rows_of_the_subject_are_split_off_byte_for_byte() {
         let key = key();
         let pseudonyms: HashSet<String> = [key
             .pseudonym(&Identifier::email("Ann@Example.com").unwrap())
@@ -378,22 +772,127 @@ mod tests {
             pseudonyms: &pseudonyms,
             default_country_code: None,
         };
-        let csv = b"name,Email,phone\nAnn,ANN@example.com ,+44 7700 900001\nBob,bob@example.com,\n\"Quoted, Carl\",carl@example.com,\n";
-        let csv_split = split("imports/acme/x/upload.csv", csv, &matcher).unwrap();
-        assert_eq!(csv_split.matched.len(), 1);
-        assert_eq!(csv_split.matched[0]["name"], "Ann");
-        assert_eq!(csv_split.kept_rows, 2);
-        let kept = String::from_utf8(csv_split.kept).unwrap();
-        assert!(kept.starts_with("name,Email,phone\n"), "{kept}");
-        assert!(!kept.contains("Ann"), "{kept}");
-        assert!(kept.contains("\"Quoted, Carl\""), "{kept}");
+        // A quoted field holding newlines (and an escaped quote), the subject's rows
+        // at the start, middle and end, CRLF endings and no final newline.
+        let csv = "\u{feff}name,Email,phone\r\nAnn,ANN@example.com ,+44 7700 900001\r\nBob,bob@example.com,\r\n\"Quoted,\nCarl \"\"C\"\"\",carl@example.com,\r\n\"Ann\nagain\",ann@example.com,\r\n\r\nDee,dee@example.com,\r\nAnn,ann@EXAMPLE.com,";
+        let expected = "\u{feff}name,Email,phone\r\nBob,bob@example.com,\r\n\"Quoted,\nCarl \"\"C\"\"\",carl@example.com,\r\n\r\nDee,dee@example.com,\r\n";
+        // Every chunk size, so every boundary falls inside a quote, a CRLF and a BOM.
+        for chunk in 1..=csv.len() {
+            let (matched, kept, kept_rows) =
+                split("imports/acme/x/upload.csv", csv.as_bytes(), &matcher, chunk);
+            assert_eq!(matched.len(), 3, "chunk {chunk}");
+            assert_eq!(matched[1]["name"], "Ann\nagain");
+            assert_eq!(kept_rows, 3);
+            assert_eq!(String::from_utf8(kept).unwrap(), expected, "chunk {chunk}");
+        }
 
-        let jsonl = b"{\"email\":\"ann@example.com\",\"n\":1}\n{\"email\":\"bob@example.com\"}\n\nnot json\n";
-        let jsonl_split = split("imports/acme/x/rows/00000001.jsonl", jsonl, &matcher).unwrap();
-        assert_eq!(jsonl_split.matched.len(), 1);
-        assert_eq!(
-            String::from_utf8(jsonl_split.kept).unwrap(),
-            "{\"email\":\"bob@example.com\"}\n\nnot json\n"
+        let jsonl = "{\"email\":\"ann@example.com\",\"n\":1}\n{\"email\":\"bob@example.com\"}\n\nnot json\n{\"email\":\"ANN@example.com\"}";
+        for chunk in 1..=jsonl.len() {
+            let (matched, kept, _) = split(
+                "imports/acme/x/rows/00000001.jsonl",
+                jsonl.as_bytes(),
+                &matcher,
+                chunk,
+            );
+            assert_eq!(matched.len(), 2);
+            assert_eq!(
+                String::from_utf8(kept).unwrap(),
+                "{\"email\":\"bob@example.com\"}\n\nnot json\n"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unclosed_quote_or_runaway_row_fails_instead_of_buffering_the_file() {
+        let key = key();
+        let pseudonyms = HashSet::new();
+        let matcher = SubjectMatcher {
+            key: &key,
+            pseudonyms: &pseudonyms,
+            default_country_code: None,
+        };
+        let mut filter = RowFilter::new(Format::Csv, &matcher, false);
+        let mut out = Vec::new();
+        filter.push(b"a,b\n1,\"open\n", &mut out).unwrap();
+        assert!(filter.finish(&mut out).is_err());
+        let mut filter = RowFilter::new(Format::Csv, &matcher, false);
+        let mut failed = false;
+        for _ in 0..100 {
+            if filter.push(&[b'x'; 4096], &mut out).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "a row past {MAX_ROW_BYTES} bytes is refused");
+        assert!(filter.carried() <= MAX_ROW_BYTES + 4096);
+    }
+
+    /// Memory is bounded by the part and chunk sizes, not the file: a file over 1,000
+    /// chunks and three parts long goes through holding at most one part, two chunks
+    /// and a row.
+    /// Every part but the last meets S3's 5 MiB minimum.
+    #[test]
+    fn the_rewriter_buffers_at_most_a_part_and_parts_meet_the_5_mib_rule() {
+        let key = key();
+        let pseudonyms: HashSet<String> = [key
+            .pseudonym(&Identifier::email("ann@example.com").unwrap())
+            .to_string()]
+        .into();
+        let matcher = SubjectMatcher {
+            key: &key,
+            pseudonyms: &pseudonyms,
+            default_country_code: None,
+        };
+        let streaming = Streaming {
+            chunk_bytes: 16 * 1024,
+            // Below S3's minimum: the rewriter must raise it.
+            part_bytes: 1024,
+        };
+        let mut rewriter = Rewriter::new(RowFilter::new(Format::Csv, &matcher, false), streaming);
+        let mut row = 0u64;
+        let mut produced = 0usize;
+        let mut input = 0usize;
+        let mut parts = Vec::new();
+        let mut chunk = Vec::new();
+        let target = 3 * MIN_PART_BYTES + MIN_PART_BYTES / 2;
+        chunk.extend_from_slice(b"name,email,note\n");
+        while input < target {
+            while chunk.len() < streaming.chunk_bytes {
+                row += 1;
+                // Most rows name no one (cheap to match in a debug build).
+                let email = if row.is_multiple_of(1000) {
+                    "ann@example.com"
+                } else {
+                    ""
+                };
+                chunk.extend_from_slice(format!("\"Person\n{row}\",{email},\"a, b\"\n").as_bytes());
+            }
+            let piece: Vec<u8> = chunk.drain(..streaming.chunk_bytes).collect();
+            input += piece.len();
+            if let Some(part) = rewriter.push(&piece).unwrap() {
+                produced += part.len();
+                parts.push(part.len());
+            }
+        }
+        if let Some(p) = rewriter.push(&chunk).unwrap() {
+            produced += p.len();
+            parts.push(p.len());
+        }
+        input += chunk.len();
+        let last = rewriter.finish().unwrap();
+        produced += last.len();
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert!(parts.iter().all(|&len| len >= MIN_PART_BYTES), "{parts:?}");
+        let removed = rewriter.filter.rows_removed;
+        assert_eq!(removed, row / 1000);
+        assert!(produced < input && produced > input - 100 * removed as usize);
+        assert!(
+            rewriter.peak_buffered <= streaming.memory_bound(),
+            "{} > {}",
+            rewriter.peak_buffered,
+            streaming.memory_bound()
         );
+        assert!(input > 1000 * streaming.chunk_bytes);
+        assert!(input > 3 * streaming.memory_bound());
     }
 }

@@ -457,10 +457,7 @@ async fn rows_of(
         pseudonyms,
         default_country_code: default_country_code(deps, &request.tenant, object).await?,
     };
-    let Some(bytes) = files::read_object(deps, object).await? else {
-        return Ok(Vec::new());
-    };
-    Ok(files::split(object, &bytes, &matcher)?.matched)
+    Ok(files::subject_rows(deps, object, &matcher, files::Streaming::default()).await?)
 }
 
 /// Whether an import object's data may still be disclosed: not past its import's

@@ -10,6 +10,7 @@ mod erasure;
 mod expired;
 mod requests;
 mod retention;
+mod streaming;
 mod verification;
 
 use std::collections::HashMap;
