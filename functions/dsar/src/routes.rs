@@ -51,7 +51,7 @@ pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Prob
         "POST /privacy/requests/{id}/verify" => verify(deps, req, &caller).await,
         "POST /privacy/requests/{id}/extend" => extend(deps, req, &caller).await,
         "GET /privacy/requests/{id}/certificate" => certificate(deps, req, &caller).await,
-        "GET /privacy/consent" => get_consent(deps, req, &caller).await,
+        "POST /privacy/consent/lookup" => lookup_consent(deps, req, &caller).await,
         "PUT /privacy/consent" => put_consent(deps, req, &caller).await,
         "GET /privacy/settings" => get_settings(deps, &caller).await,
         "PUT /privacy/settings" => put_settings(deps, req, &caller).await,
@@ -874,20 +874,21 @@ async fn extend(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
 // Consent
 // ---------------------------------------------------------------------------------
 
-async fn get_consent(
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupBody {
+    subject: SubjectInput,
+}
+
+/// A subject's consent records. The identifiers come in the body: never in a URL.
+async fn lookup_consent(
     deps: &Deps,
     req: &Request,
     caller: &Caller,
 ) -> Result<Response<Body>, Problem> {
     caller.require(Role::Admin)?;
-    let params = req.query_string_parameters();
-    let subject = SubjectInput {
-        email: params.first("email").map(str::to_owned),
-        phone: params.first("phone").map(str::to_owned),
-        contact_id: params.first("contact_id").map(str::to_owned),
-        default_country_code: params.first("default_country_code").map(str::to_owned),
-    };
-    let pseudonyms = subject.pseudonyms(deps, &caller.tenant, "query")?;
+    let body: LookupBody = json_body(req, MAX_BODY)?;
+    let pseudonyms = body.subject.pseudonyms(deps, &caller.tenant, "subject")?;
     let mut records = Vec::new();
     for pseudonym in &pseudonyms {
         let found: Vec<ConsentRecord> = deps

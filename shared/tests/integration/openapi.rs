@@ -237,3 +237,27 @@ fn openapi_refs_all_resolve() {
     assert!(resolve(&doc, "#/components/schemas/NoSuchSchema").is_none());
     assert!(resolve(&doc, "other.yaml#/x").is_none());
 }
+
+/// Subject identifiers never travel in a URL (query strings end up in access logs,
+/// browser history and proxies): no operation takes one as a path or query parameter.
+#[test]
+fn no_route_takes_a_subject_identifier_in_the_url() {
+    let doc = openapi();
+    let identifiers = ["email", "phone", "contact_id", "subject", "name"];
+    for (key, op) in operations(&doc) {
+        let parameters = op
+            .operation
+            .get("parameters")
+            .into_iter()
+            .chain(op.path_item.get("parameters"))
+            .filter_map(Value::as_sequence)
+            .flatten();
+        for parameter in parameters {
+            let name = parameter["name"].as_str().unwrap_or_default();
+            assert!(
+                !identifiers.contains(&name),
+                "{key} takes the identifier {name} in the URL"
+            );
+        }
+    }
+}

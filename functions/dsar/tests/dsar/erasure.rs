@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use dsar::{Budget, Progress};
 use http::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::*;
 
@@ -102,12 +102,10 @@ async fn erasure_removes_the_subject_everywhere_and_is_certified() {
     let (_, bob_consent) = call(
         &deps,
         request(
-            &event!("get_privacy_consent")
-                .replace("jane.doe%40example.com", "bart.ruiz%40example.org")
-                .replace("jane.doe@example.com", BOB.email),
+            event!("post_privacy_consent_lookup"),
             "acme",
             "admin",
-            None,
+            Some(json!({ "subject": { "email": BOB.email } })),
             None,
         ),
     )
