@@ -26,7 +26,7 @@ use custody::subject::{Identifier, IdentifierKind};
 use custody::subject_index::{Source, SubjectRef};
 use custody::tenant::TenantId;
 use http::StatusCode;
-use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_http::{Body, Request, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
