@@ -310,6 +310,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
         error: None,
         data_expires_at: None,
         data_deleted_at: None,
+        processed_version: None,
         revision: 0,
     };
     deps.imports.create(&import).await?;

@@ -143,13 +143,16 @@ async fn run_upload(
     version: Option<String>,
 ) -> Result<Status, ProcessError> {
     let tenant = &object.tenant;
+    // The first version claims the import; a retry of that same version may resume.
     let claimed = deps
         .imports
         .update(tenant, &object.import_id, |imp| match imp.status {
-            Status::Created | Status::Processing => {
+            Status::Created => {
                 imp.status = Status::Processing;
+                imp.processed_version = version.clone();
                 Ok(())
             }
+            Status::Processing if imp.processed_version == version => Ok(()),
             other => Err(ImportError::State(other)),
         })
         .await;
@@ -160,10 +163,12 @@ async fn run_upload(
         // crash may have come between recording the end and the purge, or this is
         // another upload to the same key). A purge of nothing is a no-op.
         Err(ImportError::State(status)) => {
-            if let Some(import) = deps.imports.get(tenant, &object.import_id).await?
-                && keeps_nothing(&import)
-            {
-                deps.imports.purge(tenant, &import.id).await?;
+            if let Some(import) = deps.imports.get(tenant, &object.import_id).await? {
+                if keeps_nothing(&import) {
+                    deps.imports.purge(tenant, &import.id).await?;
+                } else if version.is_some() && version != import.processed_version {
+                    refuse_extra_upload(deps, &import, object, version.as_deref()).await?;
+                }
             }
             return Ok(status);
         }
@@ -244,6 +249,43 @@ async fn run_upload(
         })
         .await?;
     deliver(deps, tenant, &import.id, vec![(object.key(), version)]).await
+}
+
+/// Another upload to an import's key after its file was claimed (a presigned URL used
+/// twice): the version is deleted, so nothing unvalidated and unindexed stays where a
+/// data-subject request would not look, and the deletion is audited.
+async fn refuse_extra_upload(
+    deps: &Deps,
+    import: &custody::imports::Import,
+    object: &ObjectKey,
+    version: Option<&str>,
+) -> Result<(), ProcessError> {
+    let Some(version) = version else {
+        return Ok(());
+    };
+    deps.imports
+        .s3()
+        .delete_object()
+        .bucket(deps.imports.bucket())
+        .key(object.key())
+        .version_id(version)
+        .send()
+        .await
+        .map_err(|e| ImportError::S3(custody::aws::error_text(&e)))?;
+    audit(
+        deps,
+        import,
+        Event::new(
+            ACTOR,
+            "import.extra_upload_deleted",
+            keys::import(&import.id),
+        )
+        .outcome(Outcome::Failure)
+        .detail("reason", "a file was already processed for this import"),
+    )
+    .await?;
+    tracing::warn!(import = %import.id, "a second upload to a processed import was deleted");
+    Ok(())
 }
 
 /// What the first pass found.

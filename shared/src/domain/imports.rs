@@ -246,6 +246,11 @@ pub struct Import {
     pub data_expires_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_deleted_at: Option<DateTime<Utc>>,
+    /// For file imports: the object version that was processed. Any other version
+    /// uploaded to the same key (a reused presigned URL) is deleted and audited, never
+    /// left unvalidated, unindexed and invisible to data-subject requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed_version: Option<String>,
     /// Optimistic concurrency: every write requires the revision it read.
     #[serde(default)]
     pub revision: u64,

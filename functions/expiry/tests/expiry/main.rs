@@ -88,6 +88,7 @@ async fn store_import(env: &Env, format: Format) -> Stored {
         error: None,
         data_expires_at: class.expires_at(now),
         data_deleted_at: None,
+        processed_version: None,
         revision: 0,
     };
     env.imports.create(&import).await.unwrap();

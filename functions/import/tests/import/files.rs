@@ -357,3 +357,61 @@ async fn events_for_unknown_or_foreign_objects_are_ignored() {
         .unwrap();
     assert!(env.dest.requests().is_empty());
 }
+
+/// Security review item 7: a presigned upload URL used a second time after the file
+/// was processed. That version was never validated nor indexed, so a data-subject
+/// request would never find it: it is deleted and the deletion audited, once.
+#[tokio::test]
+async fn a_second_upload_to_a_processed_import_is_deleted_and_audited() {
+    let env = env().await;
+    let csv = csv_rows(3);
+    let created = create(&env, file_body(&env, "csv", "store", csv.len())).await;
+    let first = upload(&created, csv.as_bytes()).await;
+    let key = format!("imports/acme/{}/upload.csv", created.import.id);
+    import::process::handle_s3(
+        &env.deps,
+        s3_event(&env, &key, &first, csv.len()),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_of(&env, &created.import.id).await, Status::Delivered);
+
+    // The same URL again, with other rows of the same size.
+    let other = csv.replace("example", "exampl3");
+    assert_eq!(other.len(), csv.len());
+    let second = upload(&created, other.as_bytes()).await;
+    assert_ne!(first, second);
+    assert_eq!(versions_under(&env, &key).await, 2);
+    for _ in 0..2 {
+        import::process::handle_s3(
+            &env.deps,
+            s3_event(&env, &key, &second, other.len()),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    }
+
+    // Only the processed version is left; nothing more was pushed.
+    assert_eq!(versions_under(&env, &key).await, 1);
+    let current = env
+        .stack
+        .clients
+        .s3
+        .get_object()
+        .bucket(&env.stack.config.imports_bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(current.version_id(), Some(first.as_str()));
+    assert_eq!(env.dest.requests().len(), 1);
+    assert_eq!(status_of(&env, &created.import.id).await, Status::Delivered);
+    let deleted = audit_entries(&env, "acme")
+        .await
+        .into_iter()
+        .filter(|e| e.action == "import.extra_upload_deleted")
+        .count();
+    assert_eq!(deleted, 1);
+}
