@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 PY := .venv/bin/python
 LOCAL := .local
 
-.PHONY: venv lint deploycheck test demo up down fmt bench build deploy redrive
+.PHONY: venv lint deploycheck test demo up down fmt bench build deploy redrive fuzz
 
 venv:
 	@infra/bootstrap.sh
@@ -105,6 +105,13 @@ up: venv
 	echo "logs: $(LOCAL)/up.log (each function's also in $(LOCAL)/logs/<function>.log)    stop with: make down"
 
 # Stops what `make up` started; every child process dies with it.
+# The property tests of every parser of untrusted input, with many more cases than
+# `make test` runs (shared/tests/properties.rs, the cursor property in kernel::store).
+FUZZ_CASES ?= 20000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p custody --test properties
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p custody --lib -- any_cursor_decodes_or_is_refused
+
 # Replays a failure queue of the running local stack into its function (README §
 # Redrive failed events): make redrive ARGS="--queue ImportFailureQueue --dry-run"
 redrive:

@@ -635,6 +635,23 @@ fn decode_cursor(cursor: &str, pk: &str, sk_prefix: &str) -> Result<Item, StoreE
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// A cursor is caller input: any string is a cursor or `InvalidCursor`, and
+        /// a decoded one never points outside its listing.
+        #[test]
+        fn any_cursor_decodes_or_is_refused(raw in ".{0,200}", json in "\\[\\[\"(pk|sk|x)\",\"[A-Z#a-z0-9]{0,12}\"\\](,\\[\"(pk|sk)\",\"[A-Z#a-z0-9]{0,12}\"\\]){0,2}\\]") {
+            for cursor in [raw.clone(), URL_SAFE_NO_PAD.encode(json.as_bytes())] {
+                match decode_cursor(&cursor, "T#a", "RUN#") {
+                    Ok(item) => {
+                        proptest::prop_assert_eq!(item.get("pk").and_then(|v| v.as_s().ok()).map(String::as_str), Some("T#a"));
+                        proptest::prop_assert!(item.get("sk").and_then(|v| v.as_s().ok()).is_some_and(|s| s.starts_with("RUN#")));
+                    }
+                    Err(err) => proptest::prop_assert!(matches!(err, StoreError::InvalidCursor)),
+                }
+            }
+        }
+    }
+
     #[test]
     fn cursor_round_trips_and_is_bound_to_its_listing() {
         let key = Key::new("T#a", "RUN#01").to_item();
