@@ -311,6 +311,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
         data_expires_at: None,
         data_deleted_at: None,
         processed_version: None,
+        final_audited: false,
         revision: 0,
     };
     deps.imports.create(&import).await?;
@@ -735,6 +736,8 @@ async fn retry(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<B
         .update(&import.tenant, &import.id, |imp| match imp.status {
             Status::DeliveryFailed => {
                 imp.status = Status::Processing;
+                // The next end gets its own audit entry.
+                imp.final_audited = false;
                 Ok(())
             }
             other => Err(ImportError::State(other)),

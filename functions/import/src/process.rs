@@ -18,7 +18,7 @@ use std::time::Duration;
 use aws_lambda_events::s3::S3Event;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use custody::audit::{Event, Outcome};
+use custody::audit::{AuditClass, Event, Outcome};
 use custody::idempotency::RunError;
 use custody::imports::{
     FileError, Import, ImportError, LineError, MAX_RECORDED_ERRORS, Mode, ObjectKey, ObjectKind,
@@ -164,10 +164,13 @@ async fn run_upload(
         // another upload to the same key). A purge of nothing is a no-op.
         Err(ImportError::State(status)) => {
             if let Some(import) = deps.imports.get(tenant, &object.import_id).await? {
-                if keeps_nothing(&import) {
-                    deps.imports.purge(tenant, &import.id).await?;
-                } else if version.is_some() && version != import.processed_version {
+                if version.is_some()
+                    && version != import.processed_version
+                    && !keeps_nothing(&import)
+                {
                     refuse_extra_upload(deps, &import, object, version.as_deref()).await?;
+                } else {
+                    redrive_end(deps, tenant, &import.id).await?;
                 }
             }
             return Ok(status);
@@ -225,15 +228,7 @@ async fn run_upload(
             })
             .await?;
         let purged = deps.imports.purge(tenant, &import.id).await?;
-        audit(
-            deps,
-            &import,
-            Event::new(ACTOR, "import.rejected", keys::import(&import.id))
-                .outcome(Outcome::Failure)
-                .detail("reason", file_error.to_string())
-                .detail("object_versions_deleted", purged.object_versions),
-        )
-        .await?;
+        final_audit(deps, &import, Some(purged.object_versions)).await?;
         return Ok(Status::Invalid);
     }
     deps.imports
@@ -249,6 +244,90 @@ async fn run_upload(
         })
         .await?;
     deliver(deps, tenant, &import.id, vec![(object.key(), version)]).await
+}
+
+/// Finishes what an ended import's end left undone when its event comes again: an
+/// import that keeps nothing holds nothing (a purge of nothing is a no-op), and the
+/// audit entry of the end is written if it is not yet.
+async fn redrive_end(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), ProcessError> {
+    let Some(import) = deps.imports.get(tenant, id).await? else {
+        return Ok(());
+    };
+    if !matches!(
+        import.status,
+        Status::Delivered | Status::DeliveryFailed | Status::Invalid
+    ) {
+        return Ok(());
+    }
+    let purged = if keeps_nothing(&import) {
+        Some(deps.imports.purge(tenant, id).await?.object_versions)
+    } else {
+        None
+    };
+    if import.final_audited {
+        return Ok(());
+    }
+    // The entry may be there already (written, then the flag's write failed).
+    let action = end_action(import.status);
+    let target = keys::import(id);
+    let written = deps
+        .audit
+        .chain_entries(tenant, AuditClass::of(action))
+        .await?
+        .iter()
+        .any(|e| e.action == action && e.target == target);
+    if written {
+        mark_final_audited(deps, &import).await
+    } else {
+        final_audit(deps, &import, purged).await
+    }
+}
+
+fn end_action(status: Status) -> &'static str {
+    match status {
+        Status::Delivered => "import.delivered",
+        Status::Invalid => "import.rejected",
+        _ => "import.delivery_failed",
+    }
+}
+
+/// The audit entry recording how `import` ended, then the flag saying it is written.
+async fn final_audit(
+    deps: &Deps,
+    import: &Import,
+    object_versions_deleted: Option<u64>,
+) -> Result<(), ProcessError> {
+    let action = end_action(import.status);
+    let mut event = Event::new(ACTOR, action, keys::import(&import.id));
+    event = match import.status {
+        Status::Delivered => event
+            .detail("rows_delivered", import.rows_delivered)
+            .detail("batches", import.batches_delivered)
+            .detail("mode", mode_name(import.mode)),
+        Status::Invalid => event
+            .outcome(Outcome::Failure)
+            .detail("reason", import.error.clone().unwrap_or_default()),
+        _ => event
+            .outcome(Outcome::Failure)
+            .detail("reason", import.error.clone().unwrap_or_default())
+            .detail("batches_delivered", import.batches_delivered)
+            .detail("mode", mode_name(import.mode)),
+    };
+    if let Some(deleted) = object_versions_deleted {
+        event = event.detail("object_versions_deleted", deleted);
+    }
+    audit(deps, import, event).await?;
+    mark_final_audited(deps, import).await
+}
+
+async fn mark_final_audited(deps: &Deps, import: &Import) -> Result<(), ProcessError> {
+    deps.imports
+        .update(&import.tenant, &import.id, |imp| {
+            imp.final_audited = true;
+            Ok(())
+        })
+        .await?;
+    Ok(())
 }
 
 /// Another upload to an import's key after its file was claimed (a presigned URL used
@@ -598,7 +677,11 @@ async fn fail_delivery(
         .await;
     let import = match updated {
         Ok(import) => import,
-        Err(ImportError::State(status)) => return Ok(status),
+        // Ended already (this is a redelivery): finish what the end left undone.
+        Err(ImportError::State(status)) => {
+            redrive_end(deps, &import.tenant, &import.id).await?;
+            return Ok(status);
+        }
         Err(err) => return Err(err.into()),
     };
     metrics::count(
@@ -606,15 +689,7 @@ async fn fail_delivery(
         import.rows_valid.saturating_sub(import.rows_delivered),
     );
     let purged = purge_if_bypass(deps, &import).await?;
-    let mut event = Event::new(ACTOR, "import.delivery_failed", keys::import(&import.id))
-        .outcome(Outcome::Failure)
-        .detail("reason", error.to_string())
-        .detail("batches_delivered", import.batches_delivered)
-        .detail("mode", mode_name(import.mode));
-    if let Some(purged) = purged {
-        event = event.detail("object_versions_deleted", purged.object_versions);
-    }
-    audit(deps, &import, event).await?;
+    final_audit(deps, &import, purged.map(|p| p.object_versions)).await?;
     Ok(Status::DeliveryFailed)
 }
 
@@ -639,19 +714,16 @@ async fn finish_delivery(deps: &Deps, import: &Import) -> Result<Status, Process
         .await;
     let import = match updated {
         Ok(import) => import,
-        Err(ImportError::State(status)) => return Ok(status),
+        // Ended already (this is a redelivery): finish what the end left undone.
+        Err(ImportError::State(status)) => {
+            redrive_end(deps, &import.tenant, &import.id).await?;
+            return Ok(status);
+        }
         Err(err) => return Err(err.into()),
     };
     // Bypass keeps nothing once the rows are delivered: every version goes.
     let purged = purge_if_bypass(deps, &import).await?;
-    let mut event = Event::new(ACTOR, "import.delivered", keys::import(&import.id))
-        .detail("rows_delivered", import.rows_delivered)
-        .detail("batches", import.batches_delivered)
-        .detail("mode", mode_name(import.mode));
-    if let Some(purged) = purged {
-        event = event.detail("object_versions_deleted", purged.object_versions);
-    }
-    audit(deps, &import, event).await?;
+    final_audit(deps, &import, purged.map(|p| p.object_versions)).await?;
     Ok(Status::Delivered)
 }
 

@@ -251,6 +251,11 @@ pub struct Import {
     /// left unvalidated, unindexed and invisible to data-subject requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processed_version: Option<String>,
+    /// Whether the audit entry recording how the import ended is written. The end is
+    /// recorded on this item first; a failure before the entry (or a crash) leaves
+    /// this false, and the next delivery of the event writes it, once.
+    #[serde(default)]
+    pub final_audited: bool,
     /// Optimistic concurrency: every write requires the revision it read.
     #[serde(default)]
     pub revision: u64,

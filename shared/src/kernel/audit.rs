@@ -504,6 +504,14 @@ impl AuditLog {
             match written {
                 Ok(()) => return Ok((entry, attempt + 1)),
                 Err(Lost::Race) => {
+                    // Our own write may hold `seq`: an attempt the SDK retried after
+                    // its answer was lost (a timeout, a 5xx after the service wrote)
+                    // finds its own entry there. Then it is written, once.
+                    if let Some(stored) = self.entry(tenant, class, seq).await?
+                        && stored.hash == entry.hash
+                    {
+                        return Ok((entry, attempt + 1));
+                    }
                     // Lost the race for `seq`: back off, re-read the head.
                     let window = (BACKOFF_BASE_MS << attempt.min(16)).min(BACKOFF_CAP_MS);
                     let pause = rand::rng().random_range(0..=window);

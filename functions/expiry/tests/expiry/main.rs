@@ -89,6 +89,7 @@ async fn store_import(env: &Env, format: Format) -> Stored {
         data_expires_at: class.expires_at(now),
         data_deleted_at: None,
         processed_version: None,
+        final_audited: false,
         revision: 0,
     };
     env.imports.create(&import).await.unwrap();

@@ -7,6 +7,7 @@ mod bypass;
 mod deletion;
 mod delivery;
 mod expired_reads;
+mod faults;
 mod files;
 mod rows;
 
