@@ -163,15 +163,11 @@ async fn run_upload(
         // crash may have come between recording the end and the purge, or this is
         // another upload to the same key). A purge of nothing is a no-op.
         Err(ImportError::State(status)) => {
-            if let Some(import) = deps.imports.get(tenant, &object.import_id).await? {
-                if version.is_some()
-                    && version != import.processed_version
-                    && !keeps_nothing(&import)
-                {
-                    refuse_extra_upload(deps, &import, object, version.as_deref()).await?;
-                } else {
-                    redrive_end(deps, tenant, &import.id).await?;
-                }
+            // Another version of an ended import's file is not deleted here: an
+            // erasure rewrites the file as a new version (its own event arrives
+            // here too) and must not be taken for a second upload.
+            if deps.imports.get(tenant, &object.import_id).await?.is_some() {
+                redrive_end(deps, tenant, &object.import_id).await?;
             }
             return Ok(status);
         }
@@ -327,43 +323,6 @@ async fn mark_final_audited(deps: &Deps, import: &Import) -> Result<(), ProcessE
             Ok(())
         })
         .await?;
-    Ok(())
-}
-
-/// Another upload to an import's key after its file was claimed (a presigned URL used
-/// twice): the version is deleted, so nothing unvalidated and unindexed stays where a
-/// data-subject request would not look, and the deletion is audited.
-async fn refuse_extra_upload(
-    deps: &Deps,
-    import: &custody::imports::Import,
-    object: &ObjectKey,
-    version: Option<&str>,
-) -> Result<(), ProcessError> {
-    let Some(version) = version else {
-        return Ok(());
-    };
-    deps.imports
-        .s3()
-        .delete_object()
-        .bucket(deps.imports.bucket())
-        .key(object.key())
-        .version_id(version)
-        .send()
-        .await
-        .map_err(|e| ImportError::S3(custody::aws::error_text(&e)))?;
-    audit(
-        deps,
-        import,
-        Event::new(
-            ACTOR,
-            "import.extra_upload_deleted",
-            keys::import(&import.id),
-        )
-        .outcome(Outcome::Failure)
-        .detail("reason", "a file was already processed for this import"),
-    )
-    .await?;
-    tracing::warn!(import = %import.id, "a second upload to a processed import was deleted");
     Ok(())
 }
 
