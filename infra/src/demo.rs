@@ -172,13 +172,6 @@ impl Environment {
             ),
             ("CUSTODY_HIGHLEVEL_WEBHOOK_RSA_KEY".into(), rsa_public),
             ("CUSTODY_HIGHLEVEL_API_URL".into(), highlevel.base_url()),
-            // Local services speak plain HTTP on loopback; production refuses it.
-            ("CUSTODY_EXPORT_ALLOW_HTTP_LOOPBACK".into(), "true".into()),
-            (
-                "CUSTODY_IMPORT_ALLOW_INSECURE_LOOPBACK".into(),
-                "true".into(),
-            ),
-            ("CUSTODY_DSAR_ALLOW_LOOPBACK_WEBHOOKS".into(), "true".into()),
             ("RUST_LOG".into(), run.log_filter.clone()),
         ]);
         options.log_dir = run.log_dir.clone();

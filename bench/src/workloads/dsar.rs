@@ -60,7 +60,7 @@ pub async fn run(size: u64) -> Result<Value, BenchError> {
         stack.config.clone(),
         DsarConfig {
             link_ttl: Duration::from_secs(300),
-            allow_insecure_loopback_webhooks: true,
+            egress: custody::egress::EgressPolicy::LOCAL,
         },
         &clients,
         app_secret,

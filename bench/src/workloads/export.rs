@@ -186,7 +186,7 @@ fn deps(stack: &TestStack, highlevel_url: &str) -> Result<Deps, BenchError> {
             "arn:aws:sqs:us-east-1:123456789012:custody-export-failures-{stage}"
         ),
         highlevel_base_url: highlevel_url.to_owned(),
-        allow_http_loopback: true,
+        egress: custody::egress::EgressPolicy::LOCAL,
     };
     let mut deps = Deps::new(
         &stack.config,

@@ -56,7 +56,7 @@ pub async fn run(rows: u64) -> Result<Value, BenchError> {
     let deps = Deps::new(
         stack.config.clone(),
         Settings {
-            allow_insecure_loopback: true,
+            egress: custody::egress::EgressPolicy::LOCAL,
             retry: RetryPolicy::default(),
         },
         &stack.clients,

@@ -45,13 +45,13 @@ pub use process::{Budget, Progress};
 pub struct DsarConfig {
     /// How long a presigned link to an access bundle is valid.
     pub link_ttl: Duration,
-    /// Admit `http://127.0.0.1` verification webhooks (the local stack only).
-    pub allow_insecure_loopback_webhooks: bool,
+    /// Where verification webhooks may point (`custody::egress::ALLOW_LOOPBACK_VAR`,
+    /// the one switch every function reads).
+    pub egress: custody::egress::EgressPolicy,
 }
 
 pub mod vars {
     pub const LINK_TTL_SECONDS: &str = "CUSTODY_DSAR_LINK_TTL_SECONDS";
-    pub const ALLOW_LOOPBACK_WEBHOOKS: &str = "CUSTODY_DSAR_ALLOW_LOOPBACK_WEBHOOKS";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,22 +82,9 @@ impl DsarConfig {
                 vars::LINK_TTL_SECONDS,
                 "a number of seconds from 1 to 3600",
             ))?;
-        let loopback = match lookup(vars::ALLOW_LOOPBACK_WEBHOOKS)
-            .as_deref()
-            .map(str::trim)
-        {
-            None | Some("") | Some("false") => false,
-            Some("true") => true,
-            Some(_) => {
-                return Err(DsarConfigError::Invalid(
-                    vars::ALLOW_LOOPBACK_WEBHOOKS,
-                    "true or false",
-                ));
-            }
-        };
         Ok(Self {
             link_ttl: Duration::from_secs(ttl),
-            allow_insecure_loopback_webhooks: loopback,
+            egress: custody::egress::EgressPolicy::from_lookup(&lookup),
         })
     }
 }
@@ -314,7 +301,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(ok.link_ttl, Duration::from_secs(900));
-        assert!(ok.allow_insecure_loopback_webhooks);
+        assert!(ok.egress.allow_loopback);
         assert_eq!(
             tenant_of("T#acme#S#ps_x").map(|t| t.to_string()),
             Some("acme".to_owned())

@@ -437,11 +437,8 @@ async fn deliver_code(
     expires_at: i64,
 ) -> bool {
     let attempt = async {
-        let url = custody::webhook::destination_url(
-            &hook.url,
-            deps.dsar.allow_insecure_loopback_webhooks,
-        )
-        .map_err(|e| e.to_string())?;
+        let url = custody::webhook::destination_url(&hook.url, deps.dsar.egress.allow_loopback)
+            .map_err(|e| e.to_string())?;
         let secret = deps
             .sealer
             .open(
@@ -1053,11 +1050,9 @@ async fn put_settings(
     };
     let webhook = match body.verification_webhook {
         Some(input) => {
-            let url = custody::webhook::destination_url(
-                &input.url,
-                deps.dsar.allow_insecure_loopback_webhooks,
-            )
-            .map_err(|e| Problem::bad_request("verification_webhook.url", e.to_string()))?;
+            let url =
+                custody::webhook::destination_url(&input.url, deps.dsar.egress.allow_loopback)
+                    .map_err(|e| Problem::bad_request("verification_webhook.url", e.to_string()))?;
             custody::webhook::check_secret(&input.secret)
                 .map_err(|e| Problem::bad_request("verification_webhook.secret", e.to_string()))?;
             let sealed = deps

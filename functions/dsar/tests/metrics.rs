@@ -130,7 +130,7 @@ async fn dsar_emits_emf_with_counts_and_gauges_and_no_identifier() {
         stack.config.clone(),
         DsarConfig {
             link_ttl: Duration::from_secs(300),
-            allow_insecure_loopback_webhooks: true,
+            egress: custody::egress::EgressPolicy::LOCAL,
         },
         &stack.clients,
         app_secret,

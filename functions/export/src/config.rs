@@ -9,9 +9,6 @@ pub mod vars {
     pub const SCHEDULER_ROLE_ARN: &str = "CUSTODY_EXPORT_SCHEDULER_ROLE_ARN";
     /// HighLevel API base URL (optional; the production API by default).
     pub const HIGHLEVEL_API_URL: &str = "CUSTODY_HIGHLEVEL_API_URL";
-    /// `true` only in local development: WebDAV destinations may then use plain http
-    /// to a loopback host.
-    pub const ALLOW_HTTP_LOOPBACK: &str = "CUSTODY_EXPORT_ALLOW_HTTP_LOOPBACK";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +18,9 @@ pub struct ExportConfig {
     /// The schedules' dead-letter queue (`custody::schedule::DEAD_LETTER_QUEUE_ARN_VAR`).
     pub dead_letter_queue_arn: String,
     pub highlevel_base_url: String,
-    pub allow_http_loopback: bool,
+    /// Where destinations may point (`custody::egress::ALLOW_LOOPBACK_VAR`, the one
+    /// switch every function reads).
+    pub egress: custody::egress::EgressPolicy,
 }
 
 impl ExportConfig {
@@ -43,8 +42,7 @@ impl ExportConfig {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| custody::highlevel::DEFAULT_BASE_URL.to_owned()),
-            allow_http_loopback: lookup(vars::ALLOW_HTTP_LOOPBACK)
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            egress: custody::egress::EgressPolicy::from_lookup(&lookup),
         })
     }
 }
@@ -68,6 +66,6 @@ mod tests {
             config.highlevel_base_url,
             custody::highlevel::DEFAULT_BASE_URL
         );
-        assert!(!config.allow_http_loopback);
+        assert_eq!(config.egress, custody::egress::EgressPolicy::STRICT);
     }
 }

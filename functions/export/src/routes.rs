@@ -48,7 +48,7 @@ async fn put_settings(
 ) -> Result<Response<Body>, Problem> {
     caller.require(Role::Admin)?;
     let request: SettingsRequest = api::json_body(req, MAX_BODY_BYTES)?;
-    validate(&request, deps.config.allow_http_loopback)?;
+    validate(&request, deps.config.egress.allow_loopback)?;
     let tenant = &caller.tenant;
     let existing = deps
         .store

@@ -648,7 +648,7 @@ async fn open_destination(
             WebDavSink::new(
                 deps.http.clone(),
                 url,
-                deps.config.allow_http_loopback,
+                deps.config.egress.allow_loopback,
                 username.clone(),
                 password,
                 deps.sink_retry,

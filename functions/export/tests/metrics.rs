@@ -126,7 +126,7 @@ async fn export_runs_emit_their_counts_and_no_tenant_or_location() {
             "arn:aws:sqs:us-east-1:123456789012:custody-export-failures-{stage}"
         ),
         highlevel_base_url: highlevel.base_url(),
-        allow_http_loopback: true,
+        egress: custody::egress::EgressPolicy::LOCAL,
     };
     let mut deps = Deps::new(
         &stack.config,

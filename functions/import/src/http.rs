@@ -201,10 +201,8 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
             "retention_class must be import-30d or import-90d",
         ));
     }
-    let url = webhook::destination_url(
-        &input.destination.url,
-        deps.settings.allow_insecure_loopback,
-    )?;
+    let url =
+        webhook::destination_url(&input.destination.url, deps.settings.egress.allow_loopback)?;
     let (secret, generated) = match input.destination.secret {
         Some(secret) => {
             webhook::check_secret(&secret)?;
@@ -640,7 +638,7 @@ async fn accept_rows(
                 let body = serde_json::to_vec(&batch).map_err(internal)?;
                 let url = webhook::destination_url(
                     &import.destination_url,
-                    deps.settings.allow_insecure_loopback,
+                    deps.settings.egress.allow_loopback,
                 )?;
                 let secret = deps
                     .sealer

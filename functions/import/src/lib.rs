@@ -30,40 +30,25 @@ use lambda_runtime::{Error, LambdaEvent};
 use secrecy::SecretSlice;
 use serde_json::Value;
 
-/// The function's own environment variables.
-pub mod vars {
-    /// `true` admits `http://127.0.0.1` destinations (local stack only). Default false.
-    pub const ALLOW_INSECURE_LOOPBACK: &str = "CUSTODY_IMPORT_ALLOW_INSECURE_LOOPBACK";
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SettingsError {
-    #[error("environment variable {0} must be 'true' or 'false'")]
-    NotABool(&'static str),
-}
-
 /// The import function's settings, read once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    pub allow_insecure_loopback: bool,
+    /// Where destinations may point (`custody::egress::ALLOW_LOOPBACK_VAR`, the one
+    /// switch every function reads).
+    pub egress: custody::egress::EgressPolicy,
     pub retry: RetryPolicy,
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, SettingsError> {
+    pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let allow_insecure_loopback = match lookup(vars::ALLOW_INSECURE_LOOPBACK).as_deref() {
-            None | Some("") | Some("false") => false,
-            Some("true") => true,
-            Some(_) => return Err(SettingsError::NotABool(vars::ALLOW_INSECURE_LOOPBACK)),
-        };
-        Ok(Self {
-            allow_insecure_loopback,
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            egress: custody::egress::EgressPolicy::from_lookup(lookup),
             retry: RetryPolicy::default(),
-        })
+        }
     }
 }
 

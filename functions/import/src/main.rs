@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     custody::telemetry::init();
     let metrics = custody::metrics::init("import")?;
     let config = custody::config::Config::from_env()?;
-    let settings = Settings::from_env()?;
+    let settings = Settings::from_env();
     let sdk = custody::aws::sdk_config().await;
     let clients = custody::aws::Clients::new(&sdk);
     let app_secret =

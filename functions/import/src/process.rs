@@ -496,7 +496,7 @@ pub async fn deliver(
     }
     let url = match webhook::destination_url(
         &import.destination_url,
-        deps.settings.allow_insecure_loopback,
+        deps.settings.egress.allow_loopback,
     ) {
         Ok(url) => url,
         Err(err) => return fail_delivery(deps, &import, &err).await,

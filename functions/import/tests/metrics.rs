@@ -80,7 +80,7 @@ async fn rows_delivered_and_failed_are_counted_without_identifiers() {
     let deps = Deps::new(
         stack.config.clone(),
         Settings {
-            allow_insecure_loopback: true,
+            egress: custody::egress::EgressPolicy::LOCAL,
             retry: RetryPolicy {
                 max_attempts: 2,
                 base_delay: Duration::from_millis(5),

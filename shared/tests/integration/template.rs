@@ -429,12 +429,23 @@ fn alarms_watch_what_the_code_emits_and_notify_the_topic() {
         })
     };
 
-    for (metric, what) in [
-        (names::PRIVACY_REQUESTS_OVERDUE, "overdue privacy requests"),
-        (names::ACCOUNT_PURGES_STUCK, "stuck purges"),
+    // (metric, the function that emits it): every metric that means work was lost
+    // or is late pages someone.
+    for (metric, function, what) in [
+        (
+            names::PRIVACY_REQUESTS_OVERDUE,
+            "DsarFunction",
+            "overdue privacy requests",
+        ),
+        (names::ACCOUNT_PURGES_STUCK, "DsarFunction", "stuck purges"),
+        (
+            names::OAUTH_TOKENS_NOT_STORED,
+            "ExportFunction",
+            "issued tokens not stored",
+        ),
     ] {
         let (logical, alarm) =
-            find(metric, "DsarFunction").unwrap_or_else(|| panic!("no alarm on {what} ({metric})"));
+            find(metric, function).unwrap_or_else(|| panic!("no alarm on {what} ({metric})"));
         assert_eq!(alarm["Threshold"].as_i64(), Some(0), "{logical}");
         assert_eq!(
             alarm["ComparisonOperator"].as_str(),

@@ -64,7 +64,7 @@ pub async fn env_with(stack: TestStack, clients: Option<custody::aws::Clients>) 
     .unwrap();
     let dsar = DsarConfig {
         link_ttl: Duration::from_secs(300),
-        allow_insecure_loopback_webhooks: true,
+        egress: custody::egress::EgressPolicy::LOCAL,
     };
     let clients = clients.unwrap_or_else(|| stack.clients.clone());
     let deps = Deps::new(

@@ -108,7 +108,7 @@ impl Env {
                 "arn:aws:sqs:us-east-1:123456789012:custody-export-failures-{stage}"
             ),
             highlevel_base_url: highlevel.base_url(),
-            allow_http_loopback: true,
+            egress: custody::egress::EgressPolicy::LOCAL,
         };
         let mut deps = Deps::new(
             &stack.config,

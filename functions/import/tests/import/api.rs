@@ -346,20 +346,12 @@ async fn the_lambda_entry_point_serves_both_http_and_s3_invocations() {
 }
 
 #[test]
-fn settings_name_a_bad_variable() {
-    let err = Settings::from_lookup(|_| Some("yes".into())).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains(import::vars::ALLOW_INSECURE_LOOPBACK)
-    );
-    assert!(
-        !Settings::from_lookup(|_| None)
-            .unwrap()
-            .allow_insecure_loopback
-    );
-    assert!(
-        Settings::from_lookup(|_| Some("true".into()))
-            .unwrap()
-            .allow_insecure_loopback
-    );
+fn settings_read_the_one_egress_switch() {
+    use custody::egress::{ALLOW_LOOPBACK_VAR, EgressPolicy};
+    assert_eq!(Settings::from_lookup(|_| None).egress, EgressPolicy::STRICT);
+    let local = Settings::from_lookup(|name| (name == ALLOW_LOOPBACK_VAR).then(|| "true".into()));
+    assert_eq!(local.egress, EgressPolicy::LOCAL);
+    // Only the exact value relaxes it.
+    let vague = Settings::from_lookup(|name| (name == ALLOW_LOOPBACK_VAR).then(|| "yes".into()));
+    assert_eq!(vague.egress, EgressPolicy::STRICT);
 }

@@ -60,7 +60,7 @@ async fn every_import_completes_exactly_once_or_is_dead_lettered_then_completed_
         Deps::new(
             env.stack.config.clone(),
             Settings {
-                allow_insecure_loopback: true,
+                egress: custody::egress::EgressPolicy::LOCAL,
                 retry: TEST_RETRY,
             },
             &clients,

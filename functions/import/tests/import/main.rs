@@ -65,7 +65,7 @@ pub async fn env_with_clock(clock: custody::clock::SharedClock) -> Env {
     .await
     .unwrap();
     let settings = Settings {
-        allow_insecure_loopback: true,
+        egress: custody::egress::EgressPolicy::LOCAL,
         retry: TEST_RETRY,
     };
     let deps = Deps::new(
