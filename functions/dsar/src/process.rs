@@ -256,7 +256,9 @@ pub(crate) async fn save(deps: &Deps, request: &mut PrivacyRequest) -> Result<()
 /// Counts a failed run on the request; after [`MAX_ATTEMPTS`] it becomes `error`
 /// (audited). Best effort: the stream redelivers the record either way.
 async fn record_failure(deps: &Deps, tenant: &TenantId, id: &str, err: &ProcessError) {
-    if matches!(err, ProcessError::Conflict | ProcessError::GaveUp) {
+    // A lost write race is not a failure: the winner's run continues. (`GaveUp` never
+    // reaches here: it is returned before any step runs.)
+    if matches!(err, ProcessError::Conflict) {
         return;
     }
     let key = PrivacyRequest::key_of(tenant, id);

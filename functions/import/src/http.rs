@@ -310,6 +310,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
         data_deleted_at: None,
         processed_version: None,
         final_audited: false,
+        retries: 0,
         revision: 0,
     };
     deps.imports.create(&import).await?;
@@ -730,12 +731,18 @@ async fn retry(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<B
             "a bypass import keeps no data to retry from; upload it again in a new import",
         ));
     }
+    if import.status == Status::DeliveryFailed && !import.final_audited {
+        // The previous attempt's end entry was not written (its call failed after
+        // recording the end): write it before a new attempt begins, or it never is.
+        process::redrive_end(deps, &import.tenant, &import.id).await?;
+    }
     deps.imports
         .update(&import.tenant, &import.id, |imp| match imp.status {
             Status::DeliveryFailed => {
                 imp.status = Status::Processing;
                 // The next end gets its own audit entry.
                 imp.final_audited = false;
+                imp.retries = imp.retries.saturating_add(1);
                 Ok(())
             }
             other => Err(ImportError::State(other)),

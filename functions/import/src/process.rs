@@ -245,7 +245,11 @@ async fn run_upload(
 /// Finishes what an ended import's end left undone when its event comes again: an
 /// import that keeps nothing holds nothing (a purge of nothing is a no-op), and the
 /// audit entry of the end is written if it is not yet.
-async fn redrive_end(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), ProcessError> {
+pub(crate) async fn redrive_end(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<(), ProcessError> {
     let Some(import) = deps.imports.get(tenant, id).await? else {
         return Ok(());
     };
@@ -263,7 +267,9 @@ async fn redrive_end(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), Pro
     if import.final_audited {
         return Ok(());
     }
-    // The entry may be there already (written, then the flag's write failed).
+    // The entry may be there already (written, then the flag's write failed). An
+    // earlier attempt's end (before a retry) has the same action and target, so the
+    // attempt must match too. Read only on this rare path.
     let action = end_action(import.status);
     let target = keys::import(id);
     let written = deps
@@ -271,7 +277,15 @@ async fn redrive_end(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), Pro
         .chain_entries(tenant, AuditClass::of(action))
         .await?
         .iter()
-        .any(|e| e.action == action && e.target == target);
+        .any(|e| {
+            e.action == action
+                && e.target == target
+                && e.details
+                    .get("attempt")
+                    .and_then(|a| a.as_u64())
+                    .unwrap_or(0)
+                    == u64::from(import.retries)
+        });
     if written {
         mark_final_audited(deps, &import).await
     } else {
@@ -294,7 +308,8 @@ async fn final_audit(
     object_versions_deleted: Option<u64>,
 ) -> Result<(), ProcessError> {
     let action = end_action(import.status);
-    let mut event = Event::new(ACTOR, action, keys::import(&import.id));
+    let mut event =
+        Event::new(ACTOR, action, keys::import(&import.id)).detail("attempt", import.retries);
     event = match import.status {
         Status::Delivered => event
             .detail("rows_delivered", import.rows_delivered)

@@ -256,6 +256,10 @@ pub struct Import {
     /// this false, and the next delivery of the event writes it, once.
     #[serde(default)]
     pub final_audited: bool,
+    /// Delivery attempts after the first (`POST /imports/{id}/retry`); the end entry
+    /// carries it, so a redelivered event tells this attempt's entry from an earlier one.
+    #[serde(default)]
+    pub retries: u32,
     /// Optimistic concurrency: every write requires the revision it read.
     #[serde(default)]
     pub revision: u64,

@@ -141,3 +141,61 @@ async fn a_slow_destination_still_gets_everything_once() {
     assert_eq!(delivered_ids(&env.dest).len(), 1001);
     assert_eq!(env.dest.requests().len(), 2);
 }
+
+/// A retry's end whose audit entry could not be written is written before the next
+/// attempt, even though the first attempt's end has the same action and target: each
+/// attempt's end is its own entry, and a redelivered event adds none.
+#[tokio::test]
+async fn a_retrys_lost_end_entry_is_written_before_the_next_attempt() {
+    let env = env().await;
+    env.dest.go_down(503);
+    let csv = csv_rows(3);
+    let created = create(&env, file_body(&env, "csv", "store", csv.len())).await;
+    let version = upload(&created, csv.as_bytes()).await;
+    let id = created.import.id.clone();
+    let key = format!("imports/acme/{id}/upload.csv");
+    let event = || s3_event(&env, &key, &version, csv.len());
+    let minute = std::time::Duration::from_secs(60);
+    import::process::handle_s3(&env.deps, event(), minute)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&env, &id).await, Status::DeliveryFailed);
+
+    // The retry fails again, and its end entry cannot be written (the audit table is
+    // unreachable for this one call).
+    let mut broken = env.deps.clone();
+    let mut config = env.stack.config.clone();
+    config.audit_table = "no-such-audit-table".into();
+    broken.audit = custody::audit::AuditLog::from_config(
+        &env.stack.clients,
+        &config,
+        TestStack::system_clock(),
+    );
+    let (status, _) = call(&broken, &for_import(RETRY, &id)).await;
+    assert!(status.is_server_error(), "{status}");
+    assert_eq!(status_of(&env, &id).await, Status::DeliveryFailed);
+    let ends = |entries: &[custody::audit::Entry]| -> Vec<(String, u64)> {
+        entries
+            .iter()
+            .filter(|e| e.action.starts_with("import.deliver") && e.target.ends_with(&id))
+            .map(|e| (e.action.clone(), e.details["attempt"].as_u64().unwrap()))
+            .collect()
+    };
+    let failed = |attempt| ("import.delivery_failed".to_owned(), attempt);
+    assert_eq!(ends(&audit_entries(&env, "acme").await), vec![failed(0)]);
+
+    // The upload's event delivered again adds nothing.
+    import::process::handle_s3(&env.deps, event(), minute)
+        .await
+        .unwrap();
+    assert_eq!(ends(&audit_entries(&env, "acme").await), vec![failed(0)]);
+
+    // The next retry writes the lost end first, then its own.
+    env.dest.recover();
+    let (status, body) = call(&env.deps, &for_import(RETRY, &id)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        ends(&audit_entries(&env, "acme").await),
+        vec![failed(0), failed(1), ("import.delivered".to_owned(), 2)]
+    );
+}
