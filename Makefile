@@ -44,7 +44,7 @@ test: venv lint
 	@echo "test: deployability checks (about 30 s), then every Rust test against one emulator (first run builds everything: about 12-15 minutes on 2 cores)"
 	$(PY) -m pytest -q -p no:cacheprovider infra/deploycheck infra/test_emulator.py
 	infra/with-emulator.sh cargo test --workspace --all-targets
-	cat target/tmp/fault-injection-summary.txt
+	cat target/tmp/fault-injection-summary-*.txt
 
 # Cold start, first invocation, size and throughput (docs/PERFORMANCE.md): prints
 # the tables and writes docs/bench-results.json. Niced so it never starves other
@@ -113,11 +113,13 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p custody --test properties
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p custody --lib -- any_cursor_decodes_or_is_refused
 
-# The import journey under injected AWS faults with many more seeds than `make test`
-# (functions/import/tests/import/faults.rs).
+# The journeys under injected faults with many more seeds than `make test`
+# (functions/{import,export,dsar}/tests/*/…faults.rs).
 FAULT_SEEDS ?= 1000
 faults: venv
 	FAULT_SEEDS=$(FAULT_SEEDS) infra/with-emulator.sh cargo test -p import --test import faults -- --nocapture
+	FAULT_SEEDS=$(FAULT_SEEDS) infra/with-emulator.sh cargo test -p export --test export aws_faults -- --nocapture
+	FAULT_SEEDS=$(FAULT_SEEDS) infra/with-emulator.sh cargo test -p dsar --test dsar faults -- --nocapture
 
 # Replays a failure queue of the running local stack into its function (README §
 # Redrive failed events): make redrive ARGS="--queue ImportFailureQueue --dry-run"

@@ -27,7 +27,14 @@ pub fn kick_name(tenant: &TenantId) -> String {
 
 /// The event the kick delivers (also `events/export/kick.json`).
 pub fn kick_input(tenant: &TenantId) -> String {
-    serde_json::json!({ "tenant_id": tenant.as_str(), "kick": true }).to_string()
+    // Each kick has its own id: a redelivery of the same kick (Lambda's retry, a
+    // redrive) is then recognised after its run ended (`ExportState::ended_by`).
+    serde_json::json!({
+        "tenant_id": tenant.as_str(),
+        "kick": true,
+        "kick_id": ulid::Ulid::new().to_string(),
+    })
+    .to_string()
 }
 
 /// Schedules one invocation of the export for `tenant` at `at` (UTC).

@@ -110,6 +110,10 @@ pub struct ExportRun {
     pub retries: u64,
     pub throttled: u64,
     pub invocations: u32,
+    /// Whether the `export.started` entry is known to be written (a failure right
+    /// after creating the run leaves it false; the resume writes the entry if missing).
+    #[serde(default)]
+    pub started_audited: bool,
     #[serde(default)]
     pub errors: Vec<RunErrorEntry>,
     pub expires_at: i64,
@@ -150,6 +154,7 @@ impl ExportRun {
             retries: 0,
             throttled: 0,
             invocations: 0,
+            started_audited: false,
             errors: Vec::new(),
             // The export log is kept 90 days from the run's start.
             expires_at: RetentionClass::ExportLog
@@ -249,6 +254,11 @@ pub struct ExportState {
     pub lease_until_ms: i64,
     #[serde(default)]
     pub last_window_end: Option<DateTime<Utc>>,
+    /// The trigger (schedule fire time or kick id) whose invocation ended the last
+    /// run. A redelivery of that trigger after its run ended is a duplicate, not a
+    /// new run (its first delivery may have failed after the run ended).
+    #[serde(default)]
+    pub ended_by: Option<String>,
     /// Bumped by every write; writes are conditional on it.
     pub version: u64,
 }
@@ -261,6 +271,7 @@ impl ExportState {
             lease_owner: None,
             lease_until_ms: 0,
             last_window_end: None,
+            ended_by: None,
             version: 0,
         }
     }

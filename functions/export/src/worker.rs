@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use custody::TenantId;
 use custody::audit::{AuditError, Event, Outcome as AuditOutcome};
 use custody::highlevel::{
@@ -59,6 +60,9 @@ pub struct TriggerEvent {
     /// A one-time invocation: run now, or continue a stopped run.
     #[serde(default)]
     pub kick: bool,
+    /// The kick's own id (`kick::kick_input`); absent in kicks made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kick_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,14 +192,28 @@ pub async fn handle_trigger(
         .scheduled_time
         .as_deref()
         .filter(|t| !t.is_empty() && !t.starts_with('<'));
+    let kick_id = event
+        .kick_id
+        .as_deref()
+        .filter(|k| !k.is_empty() && k.len() <= 64);
+    let trigger_id = match (fire_time, kick_id) {
+        (Some(time), _) => Some(format!("schedule:{time}")),
+        (None, Some(kick)) => Some(format!("kick:{kick}")),
+        (None, None) => None,
+    };
+    let invoked = Invocation {
+        tenant: &tenant,
+        trigger,
+        trigger_id,
+    };
     let Some(fire_time) = fire_time else {
-        return invocation(deps, &tenant, trigger, budget).await;
+        return invocation(deps, &invoked, budget).await;
     };
     let key = format!("export-schedule#{fire_time}");
     let ran = deps
         .idempotency
         .run(&tenant, &key, &event, budget.remaining(), || {
-            invocation(deps, &tenant, trigger, budget)
+            invocation(deps, &invoked, budget)
         })
         .await;
     match ran {
@@ -215,6 +233,8 @@ pub async fn handle_trigger(
 
 struct Lease {
     state: ExportState,
+    /// The trigger of this invocation, recorded as `ended_by` when a run ends.
+    trigger_id: Option<String>,
 }
 
 impl Lease {
@@ -237,7 +257,10 @@ impl Lease {
         next.lease_owner = Some(ulid::Ulid::new().to_string());
         next.lease_until_ms = now_ms.saturating_add(lease_ms);
         match Self::write(deps, &current, next).await {
-            Ok(state) => Ok(Some(Lease { state })),
+            Ok(state) => Ok(Some(Lease {
+                state,
+                trigger_id: None,
+            })),
             Err(StoreError::ConditionFailed) => Ok(None),
             Err(err) => Err(err),
         }
@@ -253,8 +276,23 @@ impl Lease {
         let condition = Condition::new("attribute_not_exists(pk) OR #version = :version")
             .name("#version", "version")
             .value(":version", AttributeValue::N(current.version.to_string()));
-        deps.store.put_if(&next, condition).await?;
-        Ok(next)
+        match deps.store.put_if(&next, condition).await {
+            Ok(()) => Ok(next),
+            // The SDK retried a write whose answer was lost: the first attempt may have
+            // landed, and then the retry's condition fails. The stored state equal to
+            // ours (version and lease owner included) means it did.
+            Err(StoreError::ConditionFailed) => {
+                let stored = deps
+                    .store
+                    .get::<ExportState>(&ExportState::key_of(&next.tenant))
+                    .await?;
+                match stored {
+                    Some(stored) if stored == next => Ok(next),
+                    _ => Err(StoreError::ConditionFailed),
+                }
+            }
+            Err(err) => Err(err),
+        }
     }
 
     async fn update(
@@ -266,6 +304,23 @@ impl Lease {
         change(&mut next);
         self.state = Self::write(deps, &self.state, next).await?;
         Ok(())
+    }
+
+    /// Clears the active run (it ended) and records which trigger ended it.
+    async fn end_active_run(
+        &mut self,
+        deps: &Deps,
+        window_end: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let by = self.trigger_id.clone();
+        self.update(deps, move |state| {
+            state.active_run = None;
+            state.ended_by = by;
+            if window_end.is_some() {
+                state.last_window_end = window_end;
+            }
+        })
+        .await
     }
 
     async fn release(mut self, deps: &Deps) -> Result<(), StoreError> {
@@ -281,17 +336,26 @@ impl Lease {
 // One invocation
 // ---------------------------------------------------------------------------------
 
+/// The event being handled.
+struct Invocation<'a> {
+    tenant: &'a TenantId,
+    trigger: Trigger,
+    /// `schedule:<fire time>` or `kick:<kick id>`; `None` for a hand-made event.
+    trigger_id: Option<String>,
+}
+
 async fn invocation(
     deps: &Deps,
-    tenant: &TenantId,
-    trigger: Trigger,
+    invoked: &Invocation<'_>,
     budget: &Budget,
 ) -> Result<Outcome, WorkerError> {
+    let tenant = invoked.tenant;
     let Some(mut lease) = Lease::acquire(deps, tenant, budget).await? else {
         tracing::info!(tenant = %tenant, "another export invocation holds the lease");
         return Ok(Outcome::Busy);
     };
-    let result = run(deps, tenant, trigger, budget, &mut lease).await;
+    lease.trigger_id = invoked.trigger_id.clone();
+    let result = run(deps, invoked, budget, &mut lease).await;
     // Released whatever happened; if even this fails the lease runs out with the
     // invocation's deadline.
     let released = lease.release(deps).await;
@@ -333,11 +397,11 @@ enum Progress {
 
 async fn run(
     deps: &Deps,
-    tenant: &TenantId,
-    trigger: Trigger,
+    invoked: &Invocation<'_>,
     budget: &Budget,
     lease: &mut Lease,
 ) -> Result<Outcome, WorkerError> {
+    let (tenant, trigger) = (invoked.tenant, invoked.trigger);
     let now = deps.store.clock().now();
     let settings = deps
         .store
@@ -349,6 +413,12 @@ async fn run(
     let run_id = match lease.state.active_run.clone() {
         Some(run_id) => run_id,
         None => {
+            if invoked.trigger_id.is_some() && lease.state.ended_by == invoked.trigger_id {
+                // This trigger's run has ended already: its first delivery failed
+                // after the end was recorded, and this is Lambda's retry or a redrive.
+                tracing::info!(tenant = %tenant, "trigger already handled; its run has ended");
+                return Ok(Outcome::Duplicate);
+            }
             if settings.is_none() {
                 return Ok(Outcome::NotConfigured);
             }
@@ -374,29 +444,38 @@ async fn run(
             )
             .await?;
         } else {
-            lease.update(deps, |state| state.active_run = None).await?;
+            lease.end_active_run(deps, None).await?;
         }
         return Ok(Outcome::NotConfigured);
     };
     let mut run = match existing {
         Some(run) if run.status.is_final() => {
-            // Finished, but the state was not cleared (a crash in between).
+            // Finished, but the state was not cleared (a failure in between): the end's
+            // entry may be missing too (it is written before the state is cleared).
             let status = run.status;
-            let window_end = run.window_end;
-            lease
-                .update(deps, move |state| {
-                    state.active_run = None;
-                    if status == RunStatus::Completed {
-                        state.last_window_end = Some(window_end);
-                    }
-                })
-                .await?;
+            let event = if status == RunStatus::Completed {
+                completed_event(&run)
+            } else {
+                let reason = run.errors.last().map(|e| e.detail.clone());
+                ended_event(&run, reason.unwrap_or_default())
+            };
+            append_unless_written(deps, tenant, event).await?;
+            let window_end = (status == RunStatus::Completed).then_some(run.window_end);
+            lease.end_active_run(deps, window_end).await?;
             return Ok(Outcome::Ended { run_id, status });
         }
-        Some(run) => run,
+        Some(mut run) => {
+            if !run.started_audited {
+                // Created by an invocation that failed before its entry was known to be
+                // written: write it now unless it is there.
+                append_unless_written(deps, tenant, started_event(&run)).await?;
+                run.started_audited = true;
+            }
+            run
+        }
         None => {
             let (start, end) = settings.date_range.window(now, lease.state.last_window_end);
-            let run = ExportRun::new(
+            let mut run = ExportRun::new(
                 tenant,
                 run_id.clone(),
                 trigger,
@@ -410,13 +489,9 @@ async fn run(
                 Err(StoreError::AlreadyExists) => {}
                 Err(err) => return Err(err.into()),
             }
-            deps.audit
-                .append(
-                    tenant,
-                    Event::new(ACTOR, "export.started", format!("RUN#{run_id}"))
-                        .detail("trigger", serde_json::to_value(trigger).unwrap_or_default()),
-                )
-                .await?;
+            deps.audit.append(tenant, started_event(&run)).await?;
+            // Stored with the run's next checkpoint.
+            run.started_audited = true;
             run
         }
     };
@@ -505,23 +580,10 @@ async fn run(
             run.phase = Phase::Done;
             run.finished_at = Some(run.updated_at);
             deps.store.put(&run).await?;
-            let window_end = run.window_end;
-            lease
-                .update(deps, move |state| {
-                    state.active_run = None;
-                    state.last_window_end = Some(window_end);
-                })
-                .await?;
-            deps.audit
-                .append(
-                    tenant,
-                    Event::new(ACTOR, "export.completed", format!("RUN#{run_id}"))
-                        .detail("conversations", run.conversations)
-                        .detail("messages", run.messages)
-                        .detail("bytes", run.bytes)
-                        .detail("invocations", run.invocations),
-                )
-                .await?;
+            // The entry before the state is cleared: a failure in between leaves the
+            // run active and final, and the next delivery writes what is missing.
+            deps.audit.append(tenant, completed_event(&run)).await?;
+            lease.end_active_run(deps, Some(run.window_end)).await?;
             tracing::info!(
                 run_id = %run_id,
                 conversations = run.conversations,
@@ -565,17 +627,57 @@ async fn end_run(
     run.updated_at = now;
     run.record_error(now, kind, detail.clone());
     deps.store.put(run).await?;
-    lease.update(deps, |state| state.active_run = None).await?;
+    // As for a completion: the entry first, then the state.
     deps.audit
-        .append(
-            &run.tenant,
-            Event::new(ACTOR, "export.ended", format!("RUN#{}", run.run_id))
-                .outcome(AuditOutcome::Failure)
-                .detail("status", serde_json::to_value(status).unwrap_or_default())
-                .detail("reason", detail),
-        )
+        .append(&run.tenant, ended_event(run, detail))
         .await?;
+    lease.end_active_run(deps, None).await?;
     tracing::warn!(run_id = %run.run_id, status = ?status, "export run ended without exporting");
+    Ok(())
+}
+
+fn started_event(run: &ExportRun) -> Event {
+    Event::new(ACTOR, "export.started", format!("RUN#{}", run.run_id)).detail(
+        "trigger",
+        serde_json::to_value(run.trigger).unwrap_or_default(),
+    )
+}
+
+fn completed_event(run: &ExportRun) -> Event {
+    Event::new(ACTOR, "export.completed", format!("RUN#{}", run.run_id))
+        .detail("conversations", run.conversations)
+        .detail("messages", run.messages)
+        .detail("bytes", run.bytes)
+        .detail("invocations", run.invocations)
+}
+
+fn ended_event(run: &ExportRun, reason: String) -> Event {
+    Event::new(ACTOR, "export.ended", format!("RUN#{}", run.run_id))
+        .outcome(AuditOutcome::Failure)
+        .detail(
+            "status",
+            serde_json::to_value(run.status).unwrap_or_default(),
+        )
+        .detail("reason", reason)
+}
+
+/// Appends `event` unless the tenant's chain holds an entry with its action and target
+/// already (each run's start and end happen once). Reads the chain: recovery only.
+async fn append_unless_written(
+    deps: &Deps,
+    tenant: &TenantId,
+    event: Event,
+) -> Result<(), WorkerError> {
+    let class = custody::audit::AuditClass::of(&event.action);
+    let written = deps
+        .audit
+        .chain_entries(tenant, class)
+        .await?
+        .iter()
+        .any(|e| e.action == event.action && e.target == event.target);
+    if !written {
+        deps.audit.append(tenant, event).await?;
+    }
     Ok(())
 }
 

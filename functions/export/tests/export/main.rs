@@ -3,6 +3,7 @@
 //! come from a real stored HighLevel connection through `custody::oauth`.
 
 mod api;
+mod aws_faults;
 mod faults;
 mod privacy;
 mod resume;

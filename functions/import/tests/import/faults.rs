@@ -131,12 +131,12 @@ async fn every_import_completes_exactly_once_or_is_dead_lettered_then_completed_
         assert_eq!(delivered, 1, "seed {seed}: import.delivered entries");
     }
     let summary = format!(
-        "fault injection: seeds={seeds} completed={completed} dead_lettered={dead_lettered} duplicates={duplicates} faults_injected={injected}"
+        "fault injection (import): seeds={seeds} completed={completed} dead_lettered={dead_lettered} duplicates={duplicates} faults_injected={injected}"
     );
     println!("{summary}");
     // `make test` prints this file after the run (cargo keeps a passing test's output).
     let _ = std::fs::write(
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-injection-summary.txt"),
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-injection-summary-import.txt"),
         format!("{summary}\n"),
     );
     assert_eq!(duplicates, 0);
