@@ -273,6 +273,42 @@ async fn the_same_schedule_event_delivered_twice_is_one_run() {
     assert_eq!(env.runs(&acme).await.len(), 2);
 }
 
+/// A kick delivered again after its run ended (its first answer lost: Lambda retries,
+/// or an operator redrives it) starts no second run; another kick does.
+#[tokio::test]
+async fn the_same_kick_delivered_again_after_its_run_ended_is_one_run() {
+    let env = Env::new(fast_limits()).await;
+    let acme = tenant("acme");
+    env.connect(&acme, "locKickTwice", Some(&Seed::small(4, 5, 60)))
+        .await;
+    let settings = env
+        .webdav_settings("kicktwice", &[Channel::Sms], all_time())
+        .await;
+    env.configure(&acme, settings).await;
+    // What `kick::kick` schedules: the input carries the kick's own id.
+    let input: serde_json::Value = serde_json::from_str(&export::kick::kick_input(&acme)).unwrap();
+    let kick: export::TriggerEvent = serde_json::from_value(input).unwrap();
+    assert!(kick.kick_id.is_some());
+
+    let first = handle_trigger(&env.deps, kick.clone(), &Budget::unlimited())
+        .await
+        .unwrap();
+    assert!(matches!(first, Outcome::Completed { .. }), "{first:?}");
+    let again = handle_trigger(&env.deps, kick, &Budget::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(again, Outcome::Duplicate);
+    assert_eq!(env.runs(&acme).await.len(), 1);
+
+    let other: export::TriggerEvent =
+        serde_json::from_str(&export::kick::kick_input(&acme)).unwrap();
+    let next = handle_trigger(&env.deps, other, &Budget::unlimited())
+        .await
+        .unwrap();
+    assert!(matches!(next, Outcome::Completed { .. }), "{next:?}");
+    assert_eq!(env.runs(&acme).await.len(), 2);
+}
+
 #[tokio::test]
 async fn since_last_run_windows_touch_so_nothing_is_lost_or_repeated() {
     let env = Env::new(fast_limits()).await;
