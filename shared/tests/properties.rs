@@ -23,6 +23,7 @@ fn rules() -> RowRules {
     RowRules {
         required: vec!["email".into()],
         default_country_code: Some("44".into()),
+        identifiers: None,
     }
 }
 

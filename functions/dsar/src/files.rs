@@ -1,8 +1,10 @@
 //! A data subject's rows in imported files: reading them for an access bundle, and
 //! rewriting the files without them for an erasure.
 //!
-//! A row belongs to the subject when one of its subject columns (the import's own
-//! rules: [`custody::imports::subject_kind`]) normalises and pseudonymises to one of
+//! A row belongs to the subject when one of its identifier fields (the import's own
+//! rules, [`custody::imports::identifier_values`]: default column names and their
+//! aliases, one level of nesting, the fields the import declared) normalises and
+//! pseudonymises to one of
 //! the request's pseudonyms, with the import's default country code for national
 //! phone numbers — exactly how the import indexed it. So matching needs no plaintext
 //! identifier: the request stores pseudonyms only.
@@ -20,7 +22,7 @@ use std::collections::HashSet;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use custody::aws::error_text;
-use custody::imports::{Format, MAX_ROW_BYTES, ObjectKey, subject_kind};
+use custody::imports::{Format, MAX_ROW_BYTES, ObjectKey, identifier_values};
 use custody::subject::{Identifier, IdentifierKind, PseudonymKey};
 use serde_json::{Map, Value};
 
@@ -66,24 +68,29 @@ impl Streaming {
 pub struct SubjectMatcher<'a> {
     pub key: &'a PseudonymKey,
     pub pseudonyms: &'a HashSet<String>,
-    pub default_country_code: Option<String>,
+    /// The import's rules: its declared identifier fields and country code.
+    pub rules: custody::imports::RowRules,
 }
 
 impl SubjectMatcher<'_> {
     pub fn matches(&self, row: &Map<String, Value>) -> bool {
-        row.iter().any(|(column, value)| {
-            let Some(kind) = subject_kind(column) else {
-                return false;
-            };
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(n) if kind != IdentifierKind::Email => n.to_string(),
-                _ => return false,
-            };
-            Identifier::new(kind, &text, self.default_country_code.as_deref())
+        // The same identifiers the import indexed the row by.
+        identifier_values(row, self.rules.identifiers.as_ref())
+            .into_iter()
+            .any(|found| {
+                let text = match found.value {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) if found.kind != IdentifierKind::Email => n.to_string(),
+                    _ => return false,
+                };
+                Identifier::new(
+                    found.kind,
+                    &text,
+                    self.rules.default_country_code.as_deref(),
+                )
                 .map(|id| self.pseudonyms.contains(self.key.pseudonym(&id).as_str()))
                 .unwrap_or(false)
-        })
+            })
     }
 }
 
@@ -760,6 +767,75 @@ mod tests {
         (filter.matched, out, filter.kept_rows)
     }
 
+    /// Rows are found by every identifier the import indexed them by: aliased
+    /// headers, one level of nesting, and the fields the import declared.
+    #[test]
+    fn rows_are_found_by_aliased_nested_and_declared_identifiers() {
+        let key = key();
+        let ann = |id: Identifier| key.pseudonym(&id).to_string();
+        let pseudonyms: HashSet<String> = [
+            ann(Identifier::email("ann@example.com").unwrap()),
+            ann(Identifier::contact_id("hl-ann").unwrap()),
+        ]
+        .into();
+        let rules = custody::imports::RowRules {
+            identifiers: Some(custody::imports::IdentifierFields {
+                email: vec!["/payload/customer/mail".into(), "Kundenmail".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let matcher = SubjectMatcher {
+            key: &key,
+            pseudonyms: &pseudonyms,
+            rules: rules.clone(),
+        };
+        // Aliased CSV headers, and a declared column of any name.
+        let csv = "Name,Customer Email,Kundenmail\nAnn,ANN@example.com,\nBob,bob@example.com,\nAnn2,,ann@example.com\n";
+        let (matched, kept, _) = split("imports/acme/x/upload.csv", csv.as_bytes(), &matcher, 7);
+        assert_eq!(matched.len(), 2);
+        assert_eq!(
+            String::from_utf8(kept).unwrap(),
+            "Name,Customer Email,Kundenmail\nBob,bob@example.com,\n"
+        );
+        // Nested objects: by default (`contact.id`) and by a declared pointer.
+        let jsonl = concat!(
+            "{\"contact\":{\"id\":\"hl-ann\"},\"n\":1}\n",
+            "{\"contact\":{\"id\":\"hl-bob\"},\"n\":2}\n",
+            "{\"payload\":{\"customer\":{\"mail\":\"Ann@Example.com\"}},\"n\":3}\n",
+            "{\"payload\":{\"customer\":{\"mail\":\"bob@example.com\"}},\"n\":4}\n",
+        );
+        let (matched, kept, kept_rows) =
+            split("imports/acme/x/upload.jsonl", jsonl.as_bytes(), &matcher, 5);
+        let numbers: Vec<&Value> = matched.iter().map(|row| &row["n"]).collect();
+        assert_eq!(numbers, vec![1, 3]);
+        assert_eq!(kept_rows, 2);
+        assert!(!String::from_utf8(kept).unwrap().contains("hl-ann"));
+        // Without the declaration the pointer's row is not Ann's: it is the rules
+        // that find it, as they did when the import indexed it.
+        let undeclared = SubjectMatcher {
+            key: &key,
+            pseudonyms: &pseudonyms,
+            rules: Default::default(),
+        };
+        let (matched, _, _) = split(
+            "imports/acme/x/upload.jsonl",
+            jsonl.as_bytes(),
+            &undeclared,
+            64,
+        );
+        assert_eq!(matched.len(), 1);
+        // The import indexed each of these rows under the same pseudonyms.
+        for line in jsonl.lines().step_by(2) {
+            let row: Map<String, Value> = serde_json::from_str(line).unwrap();
+            let ids = rules.check(&row).unwrap();
+            assert!(
+                ids.iter().all(|id| pseudonyms.contains(&ann(id.clone()))),
+                "{line}"
+            );
+        }
+    }
+
     #[test]
     fn csv_and_jsonl_rows_of_the_subject_are_split_off_byte_for_byte() {
         let key = key();
@@ -770,7 +846,7 @@ mod tests {
         let matcher = SubjectMatcher {
             key: &key,
             pseudonyms: &pseudonyms,
-            default_country_code: None,
+            rules: Default::default(),
         };
         // A quoted field holding newlines (and an escaped quote), the subject's rows
         // at the start, middle and end, CRLF endings and no final newline.
@@ -809,7 +885,7 @@ mod tests {
         let matcher = SubjectMatcher {
             key: &key,
             pseudonyms: &pseudonyms,
-            default_country_code: None,
+            rules: Default::default(),
         };
         let mut filter = RowFilter::new(Format::Csv, &matcher, false);
         let mut out = Vec::new();
@@ -841,7 +917,7 @@ mod tests {
         let matcher = SubjectMatcher {
             key: &key,
             pseudonyms: &pseudonyms,
-            default_country_code: None,
+            rules: Default::default(),
         };
         let streaming = Streaming {
             chunk_bytes: 16 * 1024,

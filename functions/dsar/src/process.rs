@@ -336,12 +336,45 @@ async fn audited(
             &request.id,
             budget.remaining(),
             || async {
-                let entry = deps.audit.append(&tenant, event).await?;
+                let entry = append_once(deps, &tenant, event).await?;
                 Ok::<_, ProcessError>(AuditRef::from(&entry))
             },
         )
         .await?;
     Ok(outcome.into_inner())
+}
+
+/// Appends an entry of which the request has one (a step's, the completion), also
+/// when an earlier attempt's write landed but its answer was lost.
+///
+/// `AuditLog::append` recognises its own write when a retry of it loses the condition
+/// to it; but when every SDK attempt's answer is lost (a throttle or timeout burst
+/// longer than the retries), it fails although the entry is there, the claim is
+/// released, and the retried step appended a second entry (found by the fault
+/// injection test, tests/dsar/faults.rs). So the chain's head is read before the
+/// append (an earlier attempt whose check failed too) and after a failed one: if it is
+/// this action on this target, the write landed (it is unique per request). One
+/// single-item query per step; an entry of another request on top is not seen.
+async fn append_once(
+    deps: &Deps,
+    tenant: &TenantId,
+    event: Event,
+) -> Result<custody::audit::Entry, ProcessError> {
+    let (action, target) = (event.action.clone(), event.target.clone());
+    let class = custody::audit::AuditClass::of(&action);
+    let ours = |head: &custody::audit::Entry| head.action == action && head.target == target;
+    if let Some(head) = deps.audit.head(tenant, class).await?
+        && ours(&head)
+    {
+        return Ok(head);
+    }
+    match deps.audit.append(tenant, event).await {
+        Ok(entry) => Ok(entry),
+        Err(err) => match deps.audit.head(tenant, class).await {
+            Ok(Some(head)) if ours(&head) => Ok(head),
+            _ => Err(err.into()),
+        },
+    }
 }
 
 /// Runs `work` once per key; a duplicate gets the stored result.
@@ -457,7 +490,7 @@ async fn rows_of(
     let matcher = SubjectMatcher {
         key: &key,
         pseudonyms,
-        default_country_code: default_country_code(deps, &request.tenant, object).await?,
+        rules: import_rules(deps, &request.tenant, object).await?,
     };
     Ok(files::subject_rows(deps, object, &matcher, files::Streaming::default()).await?)
 }
@@ -480,23 +513,25 @@ async fn object_readable(
     }
 }
 
-/// The country code the import normalised national phone numbers with.
-async fn default_country_code(
+/// The rules the import indexed its rows by (where identifiers are, the country code
+/// for national phone numbers), so a request finds rows the way they were indexed.
+async fn import_rules(
     deps: &Deps,
     tenant: &TenantId,
     object: &str,
-) -> Result<Option<String>, ProcessError> {
+) -> Result<custody::imports::RowRules, ProcessError> {
     let Some(parsed) = ObjectKey::parse(object) else {
-        return Ok(None);
+        return Ok(Default::default());
     };
     if parsed.tenant != *tenant {
-        return Ok(None);
+        return Ok(Default::default());
     }
     Ok(deps
         .store
         .get::<Import>(&Import::key_of(tenant, &parsed.import_id))
         .await?
-        .and_then(|import| import.default_country_code))
+        .map(|import| import.rules())
+        .unwrap_or_default())
 }
 
 /// The results-bucket prefix of a tenant, and of one request.
@@ -553,16 +588,15 @@ async fn bundle_step(
                 .send()
                 .await
                 .map_err(|e| ProcessError::S3(custody::aws::error_text(&e)))?;
-            let entry = deps
-                .audit
-                .append(
-                    &snapshot.tenant,
-                    base_event(&snapshot, "privacy_request.exported")
-                        .detail("records", records)
-                        .detail("bytes", size)
-                        .detail("sha256", sha256.clone()),
-                )
-                .await?;
+            let entry = append_once(
+                deps,
+                &snapshot.tenant,
+                base_event(&snapshot, "privacy_request.exported")
+                    .detail("records", records)
+                    .detail("bytes", size)
+                    .detail("sha256", sha256.clone()),
+            )
+            .await?;
             let info = BundleInfo {
                 key,
                 sha256,
@@ -752,6 +786,28 @@ async fn erase_files_step(
     let mut counts = request.erased.clone().unwrap_or_default();
     for object in &plan.objects {
         let object_id = hex::encode(&Sha256::digest(object.as_bytes())[..12]);
+        // The subject's rows, counted before the rewrite under their own claim. The
+        // rewrite's count alone was lost when an attempt rewrote the object but failed
+        // after (deleting old versions, or an S3 answer lost): the retry found no rows
+        // and the certificate said 0 rows erased (found by the fault injection test,
+        // tests/dsar/faults.rs). The price is one more streaming read per object.
+        let rows: u64 = once(
+            deps,
+            &request.tenant,
+            &format!("dsar:{}:file:{object_id}:rows", request.id),
+            budget,
+            || async {
+                let matcher = SubjectMatcher {
+                    key: &key,
+                    pseudonyms: &pseudonyms,
+                    rules: import_rules(deps, &request.tenant, object).await?,
+                };
+                let rows = files::subject_rows(deps, object, &matcher, files::Streaming::default())
+                    .await?;
+                Ok(rows.len() as u64)
+            },
+        )
+        .await?;
         let erased: (u64, bool, u64) = once(
             deps,
             &request.tenant,
@@ -761,8 +817,7 @@ async fn erase_files_step(
                 let matcher = SubjectMatcher {
                     key: &key,
                     pseudonyms: &pseudonyms,
-                    default_country_code: default_country_code(deps, &request.tenant, object)
-                        .await?,
+                    rules: import_rules(deps, &request.tenant, object).await?,
                 };
                 // Past its retention nobody may read the object any more, so it goes
                 // whole: rewriting it would give the other rows a new lifecycle clock.
@@ -776,7 +831,8 @@ async fn erase_files_step(
             },
         )
         .await?;
-        counts.import_rows += erased.0;
+        // Equal on a first run; a retry after a lost rewrite removes none.
+        counts.import_rows += erased.0.max(rows);
         counts.import_objects += u64::from(erased.1);
         counts.import_versions_deleted += erased.2;
     }
@@ -869,30 +925,33 @@ async fn erase_items_step(
 }
 
 /// Logs the erasure and signs the certificate over it.
+///
+/// Two claims, not one: the entry was appended inside the signing claim, so a failed
+/// signature (KMS throttled) released the claim and the retry appended a second
+/// `privacy_request.erased` entry and certified over that one (found by the fault
+/// injection test, tests/dsar/faults.rs). The entry is now written once under its own
+/// claim, and only the signing is retried.
 async fn certify_step(
     deps: &Deps,
     request: &mut PrivacyRequest,
     budget: Budget,
 ) -> Result<(), ProcessError> {
+    let counts = request.erased.clone().unwrap_or_default();
+    let entry = audited(deps, request, "erased", budget, || {
+        base_event(request, "privacy_request.erased")
+            .detail("import_rows", counts.import_rows)
+            .detail("consent_records", counts.consent_records)
+    })
+    .await?;
     let snapshot = request.clone();
-    let (signed, audit): (SignedCertificate, AuditRef) = once(
+    let signed: SignedCertificate = once(
         deps,
         &request.tenant,
-        &format!("dsar:{}:certify", request.id),
+        &format!("dsar:{}:certificate", request.id),
         budget,
         || async {
-            let counts = snapshot.erased.clone().unwrap_or_default();
-            let entry = deps
-                .audit
-                .append(
-                    &snapshot.tenant,
-                    base_event(&snapshot, "privacy_request.erased")
-                        .detail("import_rows", counts.import_rows)
-                        .detail("consent_records", counts.consent_records),
-                )
-                .await?;
             let mut audit_entries = snapshot.audit.clone();
-            audit_entries.push(AuditRef::from(&entry));
+            audit_entries.push(entry.clone());
             let now = deps.now();
             let certificate = Certificate {
                 schema: SCHEMA.to_owned(),
@@ -911,13 +970,12 @@ async fn certify_step(
                 key_id: String::new(),
                 algorithm: String::new(),
             };
-            let signed = deps.signer.sign(certificate).await?;
-            Ok((signed, AuditRef::from(&entry)))
+            Ok(deps.signer.sign(certificate).await?)
         },
     )
     .await?;
     request.certificate = Some(signed);
-    request.audit.push(audit);
+    request.audit.push(entry);
     Ok(())
 }
 

@@ -13,9 +13,9 @@ use custody::api::{
 use custody::audit::Event;
 use custody::idempotency::RunError;
 use custody::imports::{
-    Format, Import, ImportError, Imports, LineError, MAX_RECORDED_ERRORS, MAX_ROW_BYTES,
-    MAX_UPLOAD_BYTES, Mode, ObjectKey, Purged, Status, SubjectCounter, is_column_name,
-    new_import_id, rows_batch_key,
+    Format, IdentifierFields, Import, ImportError, Imports, LineError, MAX_RECORDED_ERRORS,
+    MAX_ROW_BYTES, MAX_UPLOAD_BYTES, Mode, ObjectKey, Purged, Status, SubjectCounter,
+    is_column_name, new_import_id, rows_batch_key,
 };
 use custody::metrics::{self, names};
 use custody::retention::RetentionClass;
@@ -81,6 +81,8 @@ pub struct ImportView {
     pub status: Status,
     pub destination_host: Option<String>,
     pub required_columns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifiers: Option<IdentifierFields>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -109,6 +111,7 @@ impl From<&Import> for ImportView {
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_owned)),
             required_columns: import.required_columns.clone(),
+            identifiers: import.identifier_fields.clone(),
             created_at: import.created_at,
             updated_at: import.updated_at,
             completed_at: import.completed_at,
@@ -146,6 +149,9 @@ struct CreateImport {
     required_columns: Vec<String>,
     #[serde(default)]
     default_country_code: Option<String>,
+    /// Where rows carry subject identifiers beyond the default column names.
+    #[serde(default)]
+    identifiers: Option<IdentifierFields>,
 }
 
 fn default_mode() -> Mode {
@@ -269,6 +275,28 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
         }
     }
 
+    if let Some(identifiers) = &input.identifiers {
+        identifiers.validate().map_err(|(place, rule)| {
+            let field = if place.is_empty() {
+                "identifiers".to_owned()
+            } else {
+                format!("identifiers.{place}")
+            };
+            Problem::bad_request(field, rule)
+        })?;
+        // CSV rows are flat: a pointer into them can only name a column.
+        if input.format == Format::Csv
+            && let Some((_, place, _)) = identifiers
+                .fields()
+                .find(|(_, _, f)| f.starts_with('/') && f[1..].contains('/'))
+        {
+            return Err(Problem::bad_request(
+                format!("identifiers.{place}"),
+                "CSV rows are flat: name a column, or a pointer of one segment",
+            ));
+        }
+    }
+
     let id = new_import_id();
     let sealed = deps
         .sealer
@@ -291,6 +319,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
         default_country_code: input
             .default_country_code
             .map(|cc| cc.trim_start_matches('+').to_owned()),
+        identifier_fields: input.identifiers.filter(|i| i.fields().next().is_some()),
         declared_bytes: input.size,
         created_by: caller.actor(),
         created_at: now,

@@ -70,16 +70,41 @@ pub const MAX_UPLOAD_BYTES: u64 = 1 << 30;
 pub const OBJECT_PREFIX: &str = "imports/";
 /// Column names (compared after trimming, lowercasing and turning `-` and spaces
 /// into `_`) whose values identify a data subject.
-pub const EMAIL_COLUMNS: [&str; 4] = ["email", "email_address", "e_mail", "mail"];
-pub const PHONE_COLUMNS: [&str; 6] = [
+pub const EMAIL_COLUMNS: [&str; 10] = [
+    "email",
+    "email_address",
+    "e_mail",
+    "e_mail_address",
+    "mail",
+    "customer_email",
+    "contact_email",
+    "client_email",
+    "user_email",
+    "primary_email",
+];
+pub const PHONE_COLUMNS: [&str; 14] = [
     "phone",
     "phone_number",
     "mobile",
     "mobile_number",
+    "mobile_phone",
+    "cell",
+    "cell_phone",
     "telephone",
     "tel",
+    "customer_phone",
+    "contact_phone",
+    "client_phone",
+    "user_phone",
+    "primary_phone",
 ];
-pub const CONTACT_ID_COLUMNS: [&str; 3] = ["contact_id", "contactid", "crm_contact_id"];
+pub const CONTACT_ID_COLUMNS: [&str; 4] =
+    ["contact_id", "contactid", "crm_contact_id", "customer_id"];
+/// Most identifier fields an import may declare.
+pub const MAX_IDENTIFIER_FIELDS: usize = 16;
+/// Longest declared JSON pointer, and most segments in it.
+pub const MAX_POINTER_LEN: usize = 256;
+pub const MAX_POINTER_DEPTH: usize = 8;
 
 // ---------------------------------------------------------------------------------
 // The import log
@@ -207,6 +232,9 @@ pub struct Import {
     /// Country calling code for phone numbers written without one (e.g. `44`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_country_code: Option<String>,
+    /// Where rows carry subject identifiers beyond the default column names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier_fields: Option<IdentifierFields>,
     /// For file imports: the size the upload URL is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declared_bytes: Option<u64>,
@@ -294,6 +322,7 @@ impl Import {
         RowRules {
             required: self.required_columns.clone(),
             default_country_code: self.default_country_code.clone(),
+            identifiers: self.identifier_fields.clone(),
         }
     }
 
@@ -511,12 +540,145 @@ pub fn is_column_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
 }
 
+/// Where a row's subject identifiers are, beyond the default column names: for
+/// each kind, column names (matched exactly) or JSON pointers (`/contact/email`,
+/// RFC 6901; JSON Lines and row batches only, since CSV rows are flat).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierFields {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub email: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phone: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contact_id: Vec<String>,
+}
+
+impl IdentifierFields {
+    /// Every declared field with its kind and its place in the request (`email[0]`).
+    pub fn fields(&self) -> impl Iterator<Item = (IdentifierKind, String, &str)> {
+        [
+            (IdentifierKind::Email, "email", &self.email),
+            (IdentifierKind::Phone, "phone", &self.phone),
+            (IdentifierKind::ContactId, "contact_id", &self.contact_id),
+        ]
+        .into_iter()
+        .flat_map(|(kind, name, list)| {
+            list.iter()
+                .enumerate()
+                .map(move |(i, field)| (kind, format!("{name}[{i}]"), field.as_str()))
+        })
+    }
+
+    /// Checks every declared field; the error names the offending one (`email[1]`)
+    /// and the rule, never echoing the input.
+    pub fn validate(&self) -> Result<(), (String, &'static str)> {
+        if self.fields().count() > MAX_IDENTIFIER_FIELDS {
+            return Err((String::new(), "declares more than 16 identifier fields"));
+        }
+        for (_, place, field) in self.fields() {
+            if let Some(pointer) = field.strip_prefix('/') {
+                if field.len() > MAX_POINTER_LEN
+                    || pointer.split('/').count() > MAX_POINTER_DEPTH
+                    || pointer.split('/').any(str::is_empty)
+                    || field.chars().any(char::is_control)
+                {
+                    return Err((
+                        place,
+                        "must be a JSON pointer of at most 8 non-empty segments and 256 bytes",
+                    ));
+                }
+            } else if !is_column_name(field) {
+                return Err((
+                    place,
+                    "must be a column name or a JSON pointer starting with '/'",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value in a row that may identify a data subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentifierValue<'a> {
+    pub kind: IdentifierKind,
+    /// Where it was found (`Customer Email`, `contact.email`, `/a/b`), safe to show:
+    /// names that are not well-formed column names are `<column>`.
+    pub place: String,
+    pub value: &'a Value,
+}
+
+/// The values in `row` that may identify a data subject: columns named as
+/// [`subject_kind`] knows (`Email Address`, `Customer Email`, …); one level of nesting
+/// (`{"contact": {"email": …, "id": …}}`: the key alone, or joined to its parent as
+/// `contact_id`); and the fields the import declared. Used alike when rows are indexed
+/// on import and when a data-subject request searches them.
+pub fn identifier_values<'a>(
+    row: &'a Map<String, Value>,
+    declared: Option<&IdentifierFields>,
+) -> Vec<IdentifierValue<'a>> {
+    let mut found: Vec<IdentifierValue<'a>> = Vec::new();
+    for (column, value) in row {
+        if let Some(kind) = subject_kind(column) {
+            found.push(IdentifierValue {
+                kind,
+                place: safe_column(column).to_owned(),
+                value,
+            });
+        } else if let Value::Object(nested) = value {
+            for (key, inner) in nested {
+                let joined = format!("{}_{}", column.trim(), key.trim());
+                if let Some(kind) = subject_kind(key).or_else(|| subject_kind(&joined)) {
+                    found.push(IdentifierValue {
+                        kind,
+                        place: format!("{}.{}", safe_column(column), safe_column(key)),
+                        value: inner,
+                    });
+                }
+            }
+        }
+    }
+    for (kind, _, field) in declared.into_iter().flat_map(IdentifierFields::fields) {
+        let value = match field.strip_prefix('/') {
+            // A row is a `Map`, which has no pointer lookup: the first segment picks
+            // the column, the rest is looked up inside it.
+            Some(rest) => {
+                let (first, tail) = rest.split_once('/').unwrap_or((rest, ""));
+                let column = first.replace("~1", "/").replace("~0", "~");
+                row.get(&column).and_then(|v| {
+                    if tail.is_empty() {
+                        Some(v)
+                    } else {
+                        v.pointer(&format!("/{tail}"))
+                    }
+                })
+            }
+            None => row.get(field),
+        };
+        if let Some(value) = value
+            && !found
+                .iter()
+                .any(|f| f.kind == kind && std::ptr::eq(f.value, value))
+        {
+            found.push(IdentifierValue {
+                kind,
+                place: field.to_owned(),
+                value,
+            });
+        }
+    }
+    found
+}
+
 /// What every row must satisfy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowRules {
     /// Columns that must be present and non-empty.
     pub required: Vec<String>,
     pub default_country_code: Option<String>,
+    /// Identifier fields declared by the import, beyond the defaults.
+    pub identifiers: Option<IdentifierFields>,
 }
 
 impl RowRules {
@@ -534,20 +696,20 @@ impl RowRules {
             }
         }
         let mut subjects = Vec::new();
-        for (column, value) in row {
-            let Some(kind) = subject_kind(column) else {
-                continue;
-            };
-            let text = match value {
+        for found in identifier_values(row, self.identifiers.as_ref()) {
+            let (kind, place) = (found.kind, &found.place);
+            let text = match found.value {
                 Value::String(s) if !s.trim().is_empty() => s.clone(),
                 Value::Number(n) if kind != IdentifierKind::Email => n.to_string(),
                 Value::Null => continue,
                 Value::String(_) => continue,
-                _ => return Err(format!("column '{}' must be text", safe_column(column))),
+                _ => return Err(format!("column '{place}' must be text")),
             };
             let id = Identifier::new(kind, &text, self.default_country_code.as_deref())
-                .map_err(|err| format!("column '{}': {err}", safe_column(column)))?;
-            subjects.push(id);
+                .map_err(|err| format!("column '{place}': {err}"))?;
+            if !subjects.contains(&id) {
+                subjects.push(id);
+            }
         }
         Ok(subjects)
     }
@@ -1680,6 +1842,7 @@ mod tests {
             RowRules {
                 required: vec!["name".into()],
                 default_country_code: None,
+                identifiers: None,
             },
         );
         let errors: Vec<&LineError> = items
@@ -1834,6 +1997,102 @@ mod tests {
         assert_eq!(subject_kind("Phone Number"), Some(IdentifierKind::Phone));
         assert_eq!(subject_kind("contactId"), Some(IdentifierKind::ContactId));
         assert_eq!(subject_kind("name"), None);
+        assert_eq!(subject_kind("Email Address"), Some(IdentifierKind::Email));
+        assert_eq!(subject_kind("Customer Email"), Some(IdentifierKind::Email));
+        assert_eq!(subject_kind("Mobile Phone"), Some(IdentifierKind::Phone));
+    }
+
+    fn kinds_and_places(
+        row: &Value,
+        declared: Option<&IdentifierFields>,
+    ) -> Vec<(IdentifierKind, String)> {
+        identifier_values(row.as_object().unwrap(), declared)
+            .into_iter()
+            .map(|f| (f.kind, f.place))
+            .collect()
+    }
+
+    #[test]
+    fn identifiers_are_found_in_aliases_nested_objects_and_declared_fields() {
+        use IdentifierKind::*;
+        // Aliased headers and one level of nesting, without any declaration.
+        let row = serde_json::json!({
+            "Customer Email": "a@example.com",
+            "contact": {"email": "b@example.com", "id": "c-1", "name": "x"},
+            "note": "not an identifier",
+        });
+        let mut found = kinds_and_places(&row, None);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                (Email, "Customer Email".to_owned()),
+                (Email, "contact.email".to_owned()),
+                (ContactId, "contact.id".to_owned()),
+            ]
+        );
+        // Declared: a column of any name, and a deep JSON pointer.
+        let row = serde_json::json!({
+            "Kunde": "k@example.com",
+            "a": {"b": {"c": {"tel": "+44 7700 900123"}}},
+            "a/b": "slash@example.com",
+        });
+        let declared = IdentifierFields {
+            email: vec!["Kunde".into(), "/a~1b".into()],
+            phone: vec!["/a/b/c/tel".into()],
+            contact_id: vec!["/missing/field".into()],
+        };
+        assert!(declared.validate().is_ok());
+        let mut found = kinds_and_places(&row, Some(&declared));
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                (Email, "/a~1b".to_owned()),
+                (Email, "Kunde".to_owned()),
+                (Phone, "/a/b/c/tel".to_owned()),
+            ]
+        );
+        // A field found by default and declared again counts once.
+        let row = serde_json::json!({"email": "a@example.com"});
+        let declared = IdentifierFields {
+            email: vec!["email".into(), "/email".into()],
+            ..IdentifierFields::default()
+        };
+        assert_eq!(kinds_and_places(&row, Some(&declared)).len(), 1);
+        // And rows are indexed by them.
+        let rules = RowRules {
+            identifiers: Some(IdentifierFields {
+                email: vec!["/payload/who".into()],
+                ..IdentifierFields::default()
+            }),
+            ..RowRules::default()
+        };
+        let row = serde_json::json!({"payload": {"who": "Who@Example.com"}, "contact": {"phone": "+1 202 555 0100"}});
+        let subjects = rules.check(row.as_object().unwrap()).unwrap();
+        assert_eq!(subjects.len(), 2);
+    }
+
+    #[test]
+    fn declared_identifier_fields_are_checked_and_named() {
+        let bad = |email: &str| IdentifierFields {
+            email: vec!["email".into(), email.into()],
+            ..IdentifierFields::default()
+        };
+        for field in ["/", "/a//b", "/a/b/c/d/e/f/g/h/i", "1abc", "a\u{0}b", ""] {
+            let (place, _) = bad(field).validate().unwrap_err();
+            assert_eq!(place, "email[1]", "{field:?}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_POINTER_LEN));
+        assert_eq!(bad(&long).validate().unwrap_err().0, "email[1]");
+        let many = IdentifierFields {
+            phone: (0..17).map(|i| format!("p{i}")).collect(),
+            ..IdentifierFields::default()
+        };
+        assert!(many.validate().is_err());
+        assert!(
+            serde_json::from_value::<IdentifierFields>(serde_json::json!({"mail": ["x"]})).is_err()
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ mod cost;
 mod deadlines;
 mod erasure;
 mod expired;
+mod faults;
+mod identifiers;
 mod requests;
 mod retention;
 mod streaming;

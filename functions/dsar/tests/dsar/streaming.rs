@@ -60,7 +60,7 @@ async fn erasure_streams_csv_and_jsonl_byte_for_byte_with_a_multipart_upload() {
     let matcher = SubjectMatcher {
         key: &key,
         pseudonyms: &pseudonyms,
-        default_country_code: None,
+        rules: Default::default(),
     };
     let (csv, csv_kept) = csv_with_ann(300);
     assert!(csv.len() > 1000 * TINY.chunk_bytes);
@@ -162,7 +162,7 @@ async fn a_failed_rewrite_aborts_the_upload_and_leaves_the_original_current() {
     let matcher = SubjectMatcher {
         key: &key,
         pseudonyms: &pseudonyms,
-        default_country_code: None,
+        rules: Default::default(),
     };
     // Over one part of good rows (so a part is uploaded), Ann among them, then a
     // quote that never closes: the rewrite fails after the upload began.

@@ -71,6 +71,7 @@ async fn store_import(env: &Env, format: Format) -> Stored {
         destination_secret: Sealed::from_bytes(vec![1, 2, 3]),
         required_columns: Vec::new(),
         default_country_code: None,
+        identifier_fields: None,
         declared_bytes: None,
         created_by: "user:test".into(),
         created_at: now,
@@ -90,6 +91,7 @@ async fn store_import(env: &Env, format: Format) -> Stored {
         data_deleted_at: None,
         processed_version: None,
         final_audited: false,
+        retries: 0,
         revision: 0,
     };
     env.imports.create(&import).await.unwrap();

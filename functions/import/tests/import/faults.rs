@@ -136,7 +136,8 @@ async fn every_import_completes_exactly_once_or_is_dead_lettered_then_completed_
     println!("{summary}");
     // `make test` prints this file after the run (cargo keeps a passing test's output).
     let _ = std::fs::write(
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-injection-summary-import.txt"),
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("fault-injection-summary-import.txt"),
         format!("{summary}\n"),
     );
     assert_eq!(duplicates, 0);

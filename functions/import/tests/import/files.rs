@@ -357,3 +357,101 @@ async fn events_for_unknown_or_foreign_objects_are_ignored() {
         .unwrap();
     assert!(env.dest.requests().is_empty());
 }
+
+/// Subjects named under aliased headers, inside nested objects, or in fields the
+/// import declared are indexed like any other, so a data-subject request finds them.
+#[tokio::test]
+async fn declared_nested_and_aliased_identifiers_are_indexed() {
+    let env = env().await;
+    let tenant = TenantId::parse("acme").unwrap();
+    let key = PseudonymKey::derive(&env.deps.app_secret, &tenant);
+    let store = env.stack.store(TestStack::system_clock());
+    let refs_of = |id: Identifier| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        let pseudonym = key.pseudonym(&id).to_string();
+        async move {
+            store
+                .subject_items(&tenant, &pseudonym)
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+
+    // Aliased CSV headers, no declaration needed.
+    let csv = "id,Customer Email,Mobile Phone\nrow-0,Ann.Alias@Example.com,+44 7700 900555\n";
+    import_file(&env, "csv", "store", csv.as_bytes()).await;
+    assert_eq!(
+        refs_of(Identifier::email("ann.alias@example.com").unwrap()).await,
+        1
+    );
+    assert_eq!(
+        refs_of(Identifier::phone("+447700900555", None).unwrap()).await,
+        1
+    );
+
+    // Nested JSON Lines: `contact.email` by default, a declared pointer for the rest.
+    let jsonl = concat!(
+        r#"{"id":"row-0","contact":{"email":"nested@example.com"}}"#,
+        "\n",
+        r#"{"id":"row-1","payload":{"customer":{"mail":"deep@example.com","ref":"crm-42"}}}"#,
+        "\n",
+    );
+    let mut body = file_body(&env, "jsonl", "store", jsonl.len());
+    body["identifiers"] = json!({
+        "email": ["/payload/customer/mail"],
+        "contact_id": ["/payload/customer/ref"],
+    });
+    let created = create(&env, body).await;
+    assert_eq!(
+        created.import.identifiers.as_ref().unwrap().email,
+        vec!["/payload/customer/mail".to_owned()]
+    );
+    let version = upload(&created, jsonl.as_bytes()).await;
+    let object = format!("imports/acme/{}/upload.jsonl", created.import.id);
+    import::process::handle_s3(
+        &env.deps,
+        s3_event(&env, &object, &version, jsonl.len()),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_of(&env, &created.import.id).await, Status::Delivered);
+    for id in [
+        Identifier::email("nested@example.com").unwrap(),
+        Identifier::email("deep@example.com").unwrap(),
+        Identifier::contact_id("crm-42").unwrap(),
+    ] {
+        assert_eq!(refs_of(id).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn bad_identifier_declarations_are_refused_naming_the_field() {
+    let env = env().await;
+    for (format, identifiers, field) in [
+        (
+            "jsonl",
+            json!({"email": ["email", "/a//b"]}),
+            "identifiers.email[1]",
+        ),
+        (
+            "jsonl",
+            json!({"phone": ["1st column"]}),
+            "identifiers.phone[0]",
+        ),
+        (
+            "csv",
+            json!({"contact_id": ["/nested/id"]}),
+            "identifiers.contact_id[0]",
+        ),
+        ("jsonl", json!({"mail": ["x"]}), "identifiers"),
+    ] {
+        let mut body = file_body(&env, format, "store", 10);
+        body["identifiers"] = identifiers;
+        let (status, problem) = call(&env.deps, &with_body(event(CREATE, |_| {}), &body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert!(problem.to_string().contains(field), "{field}: {problem}");
+    }
+}
