@@ -525,10 +525,16 @@ impl Upload<'_> {
                     .send()
                     .await
                     .map_err(|e| FileError::S3(error_text(&e)))?;
+                // The original's tags, and the rewrite's own mark: the import function
+                // leaves a version so marked alone (any other one is a second upload).
+                let (mark, value) = custody::imports::REWRITE_TAG;
                 let tagging = tags
                     .tag_set()
                     .iter()
-                    .map(|t| format!("{}={}", encode(t.key()), encode(t.value())))
+                    .filter(|t| t.key() != mark)
+                    .map(|t| (t.key(), t.value()))
+                    .chain(std::iter::once((mark, value)))
+                    .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
                     .collect::<Vec<_>>()
                     .join("&");
                 let content_type = match format_of(self.key) {

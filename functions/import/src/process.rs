@@ -22,7 +22,7 @@ use custody::audit::{AuditClass, Event, Outcome};
 use custody::idempotency::RunError;
 use custody::imports::{
     FileError, Import, ImportError, LineError, MAX_RECORDED_ERRORS, Mode, ObjectKey, ObjectKind,
-    ParseError, ParsedRow, Purged, Status, SubjectCounter, stream_rows,
+    ParseError, ParsedRow, Purged, REWRITE_TAG, Status, SubjectCounter, stream_rows,
 };
 use custody::metrics::{self, names};
 use custody::seal::{Purpose, SealContext, SealError};
@@ -163,10 +163,8 @@ async fn run_upload(
         // crash may have come between recording the end and the purge, or this is
         // another upload to the same key). A purge of nothing is a no-op.
         Err(ImportError::State(status)) => {
-            // Another version of an ended import's file is not deleted here: an
-            // erasure rewrites the file as a new version (its own event arrives
-            // here too) and must not be taken for a second upload.
-            if deps.imports.get(tenant, &object.import_id).await?.is_some() {
+            if let Some(import) = deps.imports.get(tenant, &object.import_id).await? {
+                reject_other_upload(deps, &import, object, version.as_deref()).await?;
                 redrive_end(deps, tenant, &object.import_id).await?;
             }
             return Ok(status);
@@ -240,6 +238,91 @@ async fn run_upload(
         })
         .await?;
     deliver(deps, tenant, &import.id, vec![(object.key(), version)]).await
+}
+
+/// A version of an import's file other than the one processed: a second upload to a
+/// reused presigned URL, which would otherwise sit unvalidated, unindexed and
+/// invisible to data-subject requests. It is deleted and the deletion audited. An
+/// erasure's rewrite of the file (tagged [`REWRITE_TAG`] by the dsar function) is
+/// the one other version left alone. Idempotent: a version already gone is done.
+async fn reject_other_upload(
+    deps: &Deps,
+    import: &Import,
+    object: &ObjectKey,
+    version: Option<&str>,
+) -> Result<(), ProcessError> {
+    let Some(version) = version else {
+        // An unversioned event names no version to judge; the bucket is versioned.
+        return Ok(());
+    };
+    if import.processed_version.as_deref() == Some(version) {
+        return Ok(());
+    }
+    let s3 = deps.imports.s3();
+    let key = object.key();
+    let tags = match s3
+        .get_object_tagging()
+        .bucket(deps.imports.bucket())
+        .key(&key)
+        .version_id(version)
+        .send()
+        .await
+    {
+        Ok(tags) => tags,
+        Err(err)
+            if err
+                .raw_response()
+                .is_some_and(|r| r.status().as_u16() == 404)
+                || err
+                    .as_service_error()
+                    .and_then(|e| e.meta().code())
+                    .is_some_and(|c| c == "NoSuchVersion" || c == "NoSuchKey") =>
+        {
+            return Ok(());
+        }
+        Err(err) => return Err(ImportError::S3(custody::aws::error_text(&err)).into()),
+    };
+    let (mark, value) = REWRITE_TAG;
+    if tags
+        .tag_set()
+        .iter()
+        .any(|t| t.key() == mark && t.value() == value)
+    {
+        return Ok(());
+    }
+    // The entry first (unless a failed earlier delivery wrote it), then the delete: a
+    // failure in between leaves the version, and the redelivered event finishes.
+    let action = "import.upload_rejected";
+    let target = keys::import(&import.id);
+    let written = deps
+        .audit
+        .chain_entries(&import.tenant, AuditClass::of(action))
+        .await?
+        .iter()
+        .any(|e| {
+            e.action == action
+                && e.target == target
+                && e.details.get("version").and_then(Value::as_str) == Some(version)
+        });
+    if !written {
+        let event = Event::new(ACTOR, action, target)
+            .outcome(Outcome::Failure)
+            .detail("version", version)
+            .detail(
+                "reason",
+                "the import's file was already uploaded; upload again in a new import",
+            );
+        audit(deps, import, event).await?;
+    }
+    s3.delete_object()
+        .bucket(deps.imports.bucket())
+        .key(&key)
+        .version_id(version)
+        .send()
+        .await
+        .map_err(|e| ImportError::S3(custody::aws::error_text(&e)))?;
+    tracing::warn!(import = %import.id, "a second upload to an import's URL was deleted");
+    Ok(())
 }
 
 /// Finishes what an ended import's end left undone when its event comes again: an

@@ -100,6 +100,10 @@ pub const PHONE_COLUMNS: [&str; 14] = [
 ];
 pub const CONTACT_ID_COLUMNS: [&str; 4] =
     ["contact_id", "contactid", "crm_contact_id", "customer_id"];
+/// The tag an erasure's rewrite of an import object carries (beside the retention
+/// tag), so the import function tells that new version from a second upload to a
+/// reused presigned URL. Tenants cannot set it: the presigned PUT signs its tagging.
+pub const REWRITE_TAG: (&str, &str) = ("custody-origin", "erasure");
 /// Most identifier fields an import may declare.
 pub const MAX_IDENTIFIER_FIELDS: usize = 16;
 /// Longest declared JSON pointer, and most segments in it.

@@ -9,6 +9,7 @@ mod delivery;
 mod expired_reads;
 mod faults;
 mod files;
+mod reuse;
 mod rows;
 
 use std::time::Duration;
