@@ -162,38 +162,6 @@ pub async fn handle_http(deps: &Deps, req: Request) -> Response<Body> {
     }
 }
 
-/// The API Gateway v2 (payload 2.0) response for `response`, for the runtime that
-/// serves both the HTTP API and the stream.
-pub fn http_response_json(response: Response<Body>) -> serde_json::Value {
-    use base64::Engine as _;
-    let (parts, body) = response.into_parts();
-    let mut headers = serde_json::Map::new();
-    for name in parts.headers.keys() {
-        let joined = parts
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
-        headers.insert(name.as_str().to_owned(), joined.into());
-    }
-    let (body, encoded) = match body {
-        Body::Text(text) => (Some(text), false),
-        Body::Binary(bytes) => (
-            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            true,
-        ),
-        _ => (None, false),
-    };
-    serde_json::json!({
-        "statusCode": parts.status.as_u16(),
-        "headers": headers,
-        "body": body,
-        "isBase64Encoded": encoded,
-    })
-}
-
 /// `{"batchItemFailures": [{"itemIdentifier": <sequence number>}]}`: the records the
 /// event source must deliver again (the template enables `ReportBatchItemFailures`).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,6 +53,8 @@ async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, lambda_
     } else {
         let request = lambda_http::request::from_str(&payload.to_string())?;
         let response = dsar::handle_http(deps, request).await;
-        Ok(dsar::http_response_json(response))
+        Ok(serde_json::to_value(custody::api::gateway_response(
+            response,
+        ))?)
     }
 }

@@ -27,7 +27,6 @@ use custody::schedule::ExportSchedules;
 use custody::seal::Sealer;
 use custody::sink::SinkRetry;
 use custody::store::Store;
-use lambda_http::Body;
 
 pub use config::ExportConfig;
 pub use routes::handle_http;
@@ -114,45 +113,12 @@ pub async fn handle_event(
         let request = lambda_http::request::from_str(&event.to_string())
             .map_err(|e| EventError::Unrecognised(format!("HTTP API event: {e}")))?;
         let response = handle_http(deps, request).await;
-        return Ok(apigw_response(response));
+        return Ok(
+            serde_json::to_value(custody::api::gateway_response(response)).unwrap_or_default(),
+        );
     }
     let trigger: TriggerEvent = serde_json::from_value(event)
         .map_err(|e| EventError::Unrecognised(format!("trigger event: {e}")))?;
     let outcome = handle_trigger(deps, trigger, budget).await?;
     Ok(serde_json::to_value(outcome).unwrap_or_default())
-}
-
-/// An API Gateway HTTP API (payload 2.0) response.
-pub fn apigw_response(response: lambda_http::Response<Body>) -> serde_json::Value {
-    let (parts, body) = response.into_parts();
-    let headers: serde_json::Map<String, serde_json::Value> = parts
-        .headers
-        .iter()
-        .filter_map(|(name, value)| {
-            value
-                .to_str()
-                .ok()
-                .map(|v| (name.as_str().to_owned(), serde_json::Value::from(v)))
-        })
-        .collect();
-    let (body, base64) = match body {
-        Body::Empty => (String::new(), false),
-        Body::Text(text) => (text, false),
-        Body::Binary(bytes) => {
-            use base64_engine::Engine as _;
-            (base64_engine::STANDARD.encode(bytes), true)
-        }
-        _ => (String::new(), false),
-    };
-    serde_json::json!({
-        "statusCode": parts.status.as_u16(),
-        "headers": headers,
-        "body": body,
-        "isBase64Encoded": base64,
-    })
-}
-
-mod base64_engine {
-    pub use base64::Engine;
-    pub use base64::engine::general_purpose::STANDARD;
 }

@@ -15,7 +15,6 @@ pub mod process;
 
 use std::time::Duration;
 
-use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
 use aws_lambda_events::s3::S3Event;
 use custody::audit::AuditLog;
 use custody::aws::Clients;
@@ -108,7 +107,9 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Err
             return Err(err.into());
         }
     };
-    Ok(serde_json::to_value(to_apigw_response(response))?)
+    Ok(serde_json::to_value(custody::api::gateway_response(
+        response,
+    ))?)
 }
 
 fn is_s3_event(payload: &Value) -> bool {
@@ -125,19 +126,4 @@ fn is_s3_event(payload: &Value) -> bool {
 pub fn remaining_time(context: &lambda_runtime::Context) -> Duration {
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
     Duration::from_millis(context.deadline.saturating_sub(now_ms))
-}
-
-fn to_apigw_response(
-    response: lambda_http::Response<lambda_http::Body>,
-) -> ApiGatewayV2httpResponse {
-    let (parts, body) = response.into_parts();
-    let mut out = ApiGatewayV2httpResponse::default();
-    out.status_code = i64::from(parts.status.as_u16());
-    out.headers = parts.headers;
-    out.is_base64_encoded = matches!(body, lambda_http::Body::Binary(_));
-    out.body = match body {
-        lambda_http::Body::Empty => None,
-        other => Some(other),
-    };
-    out
 }

@@ -406,6 +406,24 @@ mod status_code_serde {
 // Requests and responses
 // ---------------------------------------------------------------------------------
 
+/// The API Gateway HTTP API (payload 2.0) response for `response`: what a function
+/// that serves other events besides HTTP returns to the Lambda runtime (one place, so
+/// every such function answers the gateway alike).
+pub fn gateway_response(
+    response: Response<Body>,
+) -> lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse {
+    let (parts, body) = response.into_parts();
+    let mut out = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse::default();
+    out.status_code = i64::from(parts.status.as_u16());
+    out.headers = parts.headers;
+    out.is_base64_encoded = matches!(body, Body::Binary(_));
+    out.body = match body {
+        Body::Empty => None,
+        other => Some(other),
+    };
+    out
+}
+
 /// Parses the request body as JSON into `T`.
 ///
 /// In order: 413 if the body is larger than `max_bytes` (before anything is parsed);
