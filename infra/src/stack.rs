@@ -129,6 +129,18 @@ impl LocalStack {
             .map_err(|e| StackError::Start("gateway".into(), e))?;
         let base_url = format!("http://{address}");
 
+        // The local Lambda API is bound first: functions that invoke another (the dsar
+        // function asks the oauth function to revoke) reach it through the SDK.
+        let lambda_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| StackError::Start("lambda API".into(), e))?;
+        let lambda_url = format!(
+            "http://{}",
+            lambda_listener
+                .local_addr()
+                .map_err(|e| StackError::Start("lambda API".into(), e))?
+        );
+
         let mut functions = HashMap::new();
         for binary in function_binaries(&template) {
             let path = options.binaries.join(&binary);
@@ -137,6 +149,7 @@ impl LocalStack {
             }
             let mut env = function_environment(&template, &provisioned, &binary)?;
             env.insert("AWS_ENDPOINT_URL".into(), endpoint.clone());
+            env.insert("AWS_ENDPOINT_URL_LAMBDA".into(), lambda_url.clone());
             env.insert("AWS_REGION".into(), REGION.into());
             env.insert("AWS_ACCESS_KEY_ID".into(), "testing".into());
             env.insert("AWS_SECRET_ACCESS_KEY".into(), "testing".into());
@@ -171,15 +184,6 @@ impl LocalStack {
             .await
             .map_err(|e| StackError::Start("gateway".into(), e))?;
         let names = function_names(&template, &options.stage);
-        let lambda_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(|e| StackError::Start("lambda API".into(), e))?;
-        let lambda_url = format!(
-            "http://{}",
-            lambda_listener
-                .local_addr()
-                .map_err(|e| StackError::Start("lambda API".into(), e))?
-        );
         let failures = crate::event_sources::Failures::new(&sdk, &template, &provisioned);
         let lambda_task = crate::lambda_api::serve(
             lambda_listener,

@@ -119,6 +119,20 @@ async fn account_deletion_removes_tokens_at_once_then_everything_but_the_audit_l
     assert_eq!(started["connections_deleted"], 1, "{started}");
     assert_eq!(started["schedule_removed"], true, "{started}");
     let job_id = started["job_id"].as_str().expect("job id").to_owned();
+    // The dsar function may not decrypt tokens: it had the oauth function (through
+    // Lambda's Invoke) revoke the deleted grant. HighLevel has no revocation endpoint
+    // (uninstalling the app ends a grant there), which is what the entry says.
+    assert_eq!(started["grants_revoked"], 0, "{started}");
+    let revoked: Vec<custody::audit::Entry> = audit_log(&env)
+        .entries(&tenant, None, None)
+        .await
+        .expect("audit entries")
+        .into_iter()
+        .filter(|e| e.action == "connection.revoked")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0].actor, "system:oauth");
+    assert_eq!(revoked[0].details["outcome"], "no_endpoint");
 
     // 3. At once: no token record, no account link, no issued token anywhere in the
     //    table; no schedule; no connection listed.

@@ -42,6 +42,10 @@ const BATCH: usize = 25;
 pub struct Started {
     pub job_id: String,
     pub connections_deleted: u64,
+    /// Grants the providers confirmed revoked (providers without a revocation
+    /// endpoint, such as HighLevel, end a grant by uninstalling the app).
+    #[serde(default)]
+    pub grants_revoked: u64,
     pub schedule_removed: bool,
 }
 
@@ -76,7 +80,8 @@ pub async fn start(deps: &Deps, tenant: &TenantId, actor: &str) -> Result<Starte
             }
         }
     };
-    let connections_deleted = delete_connections(deps, tenant).await?;
+    let (deleted, connections_deleted) = delete_connections(deps, tenant).await?;
+    let grants_revoked = revoke_grants(deps, &deleted).await;
     let schedule_removed = deps.schedules.delete(tenant).await?;
     deps.audit
         .append(
@@ -84,6 +89,7 @@ pub async fn start(deps: &Deps, tenant: &TenantId, actor: &str) -> Result<Starte
             Event::new(actor, "account.deletion_requested", AccountDeletion::RECORD)
                 .detail("job_id", job.id.clone())
                 .detail("connections_deleted", connections_deleted)
+                .detail("grants_revoked", grants_revoked)
                 .detail("schedule_removed", schedule_removed),
         )
         .await?;
@@ -96,13 +102,49 @@ pub async fn start(deps: &Deps, tenant: &TenantId, actor: &str) -> Result<Starte
     Ok(Started {
         job_id: job.id,
         connections_deleted,
+        grants_revoked,
         schedule_removed,
     })
 }
 
+/// Asks the oauth function to revoke the deleted connections' grants at their
+/// providers (it audits each). Best effort, as a disconnect's revocation is: the
+/// tokens are gone from here either way; a failure is logged and counted
+/// (`ProviderRevocationsFailed`, alarmed). Returns how many were revoked.
+async fn revoke_grants(deps: &Deps, deleted: &[custody::oauth::Connection]) -> u64 {
+    if deleted.is_empty() {
+        return 0;
+    }
+    let failed = |reason: &str| {
+        custody::metrics::count(
+            custody::metrics::names::PROVIDER_REVOCATIONS_FAILED,
+            deleted.len() as u64,
+        );
+        tracing::error!(
+            reason,
+            "deleted connections' grants were not revoked at the providers"
+        );
+        0
+    };
+    let Some(revoker) = &deps.revoker else {
+        return failed("no revoker configured");
+    };
+    match revoker.revoke(deleted).await {
+        Ok(revocations) => revocations
+            .iter()
+            .filter(|r| r.outcome == custody::oauth::RevocationOutcome::Revoked)
+            .count() as u64,
+        Err(err) => failed(&err),
+    }
+}
+
 /// Deletes the tenant's OAuth connections (sealed tokens) and their provider-account
-/// links, so no token can be used from this moment on.
-async fn delete_connections(deps: &Deps, tenant: &TenantId) -> Result<u64, ProcessError> {
+/// links, so no token can be used from this moment on. Returns the deleted ones (to
+/// revoke) and how many items were deleted.
+async fn delete_connections(
+    deps: &Deps,
+    tenant: &TenantId,
+) -> Result<(Vec<custody::oauth::Connection>, u64), ProcessError> {
     let out = deps
         .store
         .client()
@@ -115,11 +157,11 @@ async fn delete_connections(deps: &Deps, tenant: &TenantId) -> Result<u64, Proce
         .send()
         .await
         .map_err(dynamo)?;
-    let mut deleted = 0;
+    let mut deleted = Vec::new();
+    let mut count = 0;
     for item in out.items.unwrap_or_default() {
-        if let Ok(connection) =
-            custody::store::Store::decode::<custody::oauth::Connection>(item.clone())
-        {
+        let decoded = custody::store::Store::decode::<custody::oauth::Connection>(item.clone());
+        if let Ok(connection) = &decoded {
             if let Some(location) = &connection.account.location_id {
                 deps.store
                     .delete(&Key::new(
@@ -139,10 +181,13 @@ async fn delete_connections(deps: &Deps, tenant: &TenantId) -> Result<u64, Proce
         }
         if let (Some(pk), Some(sk)) = (text(&item, "pk"), text(&item, "sk")) {
             deps.store.delete(&Key::new(pk, sk)).await?;
-            deleted += 1;
+            count += 1;
+            if let Ok(connection) = decoded {
+                deleted.push(connection);
+            }
         }
     }
-    Ok(deleted)
+    Ok((deleted, count))
 }
 
 /// Where a purge run left the job.

@@ -16,6 +16,7 @@ pub mod account;
 pub mod deadlines;
 pub mod files;
 pub mod process;
+pub mod revoke;
 pub mod routes;
 
 use std::sync::Arc;
@@ -48,10 +49,13 @@ pub struct DsarConfig {
     /// Where verification webhooks may point (`custody::egress::ALLOW_LOOPBACK_VAR`,
     /// the one switch every function reads).
     pub egress: custody::egress::EgressPolicy,
+    /// The oauth function (name or ARN), which revokes deleted connections' grants.
+    pub oauth_function: String,
 }
 
 pub mod vars {
     pub const LINK_TTL_SECONDS: &str = "CUSTODY_DSAR_LINK_TTL_SECONDS";
+    pub const OAUTH_FUNCTION: &str = "CUSTODY_OAUTH_FUNCTION";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -85,6 +89,10 @@ impl DsarConfig {
         Ok(Self {
             link_ttl: Duration::from_secs(ttl),
             egress: custody::egress::EgressPolicy::from_lookup(&lookup),
+            oauth_function: lookup(vars::OAUTH_FUNCTION)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .ok_or(DsarConfigError::Missing(vars::OAUTH_FUNCTION))?,
         })
     }
 }
@@ -106,6 +114,9 @@ pub struct Deps {
     /// The application secret tenant pseudonym keys derive from.
     pub app_secret: Arc<SecretSlice<u8>>,
     pub clock: SharedClock,
+    /// Revokes the grants of connections an account deletion removed (the oauth
+    /// function in production; `None` is logged and counted as failed revocations).
+    pub revoker: Option<Arc<dyn revoke::Revoker>>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -142,7 +153,14 @@ impl Deps {
             config,
             dsar,
             clock,
+            revoker: None,
         }
+    }
+
+    /// Sets who revokes deleted connections' grants.
+    pub fn with_revoker(mut self, revoker: Arc<dyn revoke::Revoker>) -> Self {
+        self.revoker = Some(revoker);
+        self
     }
 
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {

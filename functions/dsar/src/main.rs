@@ -24,6 +24,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let app_secret =
         custody::subject::load_app_secret(&clients.secrets, &config.pseudonym_secret_id).await?;
     let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
+    let revoker = dsar::revoke::OauthFunction {
+        client: aws_sdk_lambda::Client::new(&sdk),
+        function: dsar.oauth_function.clone(),
+    };
     let deps = Deps::new(
         config,
         dsar,
@@ -31,7 +35,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         app_secret,
         http,
         custody::clock::system(),
-    );
+    )
+    .with_revoker(std::sync::Arc::new(revoker));
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         metrics.flushed(handle(deps, event))

@@ -1127,6 +1127,7 @@ async fn delete_account(
             "job_id": started.job_id,
             "status": "purging",
             "connections_deleted": started.connections_deleted,
+            "grants_revoked": started.grants_revoked,
             "schedule_removed": started.schedule_removed,
         }),
     )

@@ -131,6 +131,7 @@ async fn dsar_emits_emf_with_counts_and_gauges_and_no_identifier() {
         DsarConfig {
             link_ttl: Duration::from_secs(300),
             egress: custody::egress::EgressPolicy::LOCAL,
+            oauth_function: "custody-oauth-test".into(),
         },
         &stack.clients,
         app_secret,

@@ -21,6 +21,41 @@ pub struct Deps {
     pub webhook_keys: WebhookKeys,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Neither an HTTP API request nor a revocation request (a Lambda error: only the
+    /// gateway and custody's own functions may invoke this one).
+    #[error("event is neither an HTTP API request nor a revocation request: {0}")]
+    Unrecognised(String),
+    #[error(transparent)]
+    Oauth(#[from] OauthError),
+}
+
+/// The Lambda entry point: HTTP API events go to the routes; `{"custody_revoke_deleted":
+/// […]}` from the dsar function (which deleted those connections on account deletion
+/// and may not decrypt their tokens) revokes their grants at the providers.
+pub async fn handle_event(
+    deps: &Deps,
+    event: serde_json::Value,
+) -> Result<serde_json::Value, EventError> {
+    if event.get("requestContext").is_some() {
+        let request = lambda_http::request::from_str(&event.to_string())
+            .map_err(|e| EventError::Unrecognised(format!("HTTP API event: {e}")))?;
+        let response = handle(deps, request).await;
+        return serde_json::to_value(api::gateway_response(response))
+            .map_err(|e| EventError::Unrecognised(e.to_string()));
+    }
+    let request: custody::oauth::RevokeDeleted = serde_json::from_value(event)
+        .map_err(|e| EventError::Unrecognised(format!("revocation request: {e}")))?;
+    let revoked = custody::oauth::revoke_deleted(
+        &deps.oauth,
+        &request.custody_revoke_deleted,
+        "system:oauth",
+    )
+    .await?;
+    Ok(serde_json::json!({ "revocations": revoked }))
+}
+
 /// Dispatches on the API Gateway route key. Never fails: every error is a response.
 pub async fn handle(deps: &Deps, req: Request) -> Response<Body> {
     let route = api::route_key(&req).unwrap_or_default();

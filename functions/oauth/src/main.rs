@@ -4,7 +4,7 @@
 use custody::oauth::provider::vars;
 use custody::oauth::webhook::WebhookKeys;
 use custody::oauth::{OauthConfig, OauthDeps};
-use lambda_http::{Error, Request, service_fn};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -38,9 +38,15 @@ async fn main() -> Result<(), Error> {
         ),
         webhook_keys,
     });
-    lambda_http::run(service_fn(|req: Request| {
+    // HTTP API requests, and revocation requests from the dsar function.
+    lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         let deps = deps.clone();
-        metrics.flushed(async move { Ok::<_, Error>(oauth::handle(&deps, req).await) })
+        metrics.flushed(async move {
+            // Boxed: the handler's future is deep enough to exceed the layout query limit.
+            Box::pin(oauth::handle_event(&deps, event.payload))
+                .await
+                .map_err(Error::from)
+        })
     }))
     .await
 }

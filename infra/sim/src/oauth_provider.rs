@@ -103,6 +103,8 @@ struct Shared {
     client_secret: String,
     token_requests: AtomicUsize,
     revocations: AtomicUsize,
+    /// While set, the revocation endpoint answers 503 (a provider outage).
+    revocations_fail: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -153,6 +155,7 @@ impl OauthProviderSim {
             client_secret: client_secret.to_owned(),
             token_requests: AtomicUsize::new(0),
             revocations: AtomicUsize::new(0),
+            revocations_fail: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 expires_in: 86_399,
                 ..Inner::default()
@@ -236,6 +239,11 @@ impl OauthProviderSim {
     /// Requests received by the revocation endpoint.
     pub fn revocations(&self) -> usize {
         self.shared.revocations.load(Ordering::SeqCst)
+    }
+
+    /// Makes the revocation endpoint answer 503 (`true`) or work again (`false`).
+    pub fn fail_revocations(&self, fail: bool) {
+        self.shared.revocations_fail.store(fail, Ordering::SeqCst);
     }
 
     /// Every access token issued, oldest first.
@@ -587,6 +595,9 @@ async fn revoke(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     shared.revocations.fetch_add(1, Ordering::SeqCst);
+    if shared.revocations_fail.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     if !client_authenticated(&shared, &headers, &form) {
         return oauth_error(
             StatusCode::UNAUTHORIZED,

@@ -688,11 +688,160 @@ pub async fn disconnect(
     Ok(outcome)
 }
 
-/// Revokes the refresh token (which also ends its access tokens at providers that
-/// implement RFC 7009 fully), or the access token when there is none.
-async fn revoke_quietly(deps: &OauthDeps, provider: &Provider, connection: &Connection) -> bool {
+/// What a function that deleted connections but may not decrypt their tokens (the
+/// dsar function, on account deletion) asks of the oauth function, which may: revoke
+/// their grants at the providers. The event is `{"custody_revoke_deleted": […]}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeDeleted {
+    pub custody_revoke_deleted: Vec<Connection>,
+}
+
+/// How one deleted connection's revocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationOutcome {
+    /// The provider revoked the grant.
+    Revoked,
+    /// The provider offers no revocation endpoint (HighLevel: uninstalling the app is
+    /// how a grant ends there).
+    NoEndpoint,
+    /// Every attempt failed (`ProviderRevocationsFailed`, alarmed); the grant stays
+    /// valid at the provider until it expires.
+    Failed,
+    /// Refused: the connection is not deleted (only deleted ones are revoked here).
+    StillConnected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub provider: String,
+    pub outcome: RevocationOutcome,
+}
+
+/// Attempts per revocation before it counts as failed.
+const REVOKE_ATTEMPTS: u32 = 3;
+
+/// Revokes the grants of connections another function deleted, each audited
+/// (`connection.revoked`). A connection that still exists (same provider, same
+/// `connected_at`) is refused: this path revokes deleted grants only.
+pub async fn revoke_deleted(
+    deps: &OauthDeps,
+    connections: &[Connection],
+    actor: &str,
+) -> Result<Vec<Revocation>, OauthError> {
+    let mut results = Vec::with_capacity(connections.len());
+    for connection in connections {
+        let key = connection_key(&connection.tenant, &connection.provider);
+        let outcome = match deps.store.get::<Connection>(&key).await? {
+            Some(current) if current.connected_at == connection.connected_at => {
+                RevocationOutcome::StillConnected
+            }
+            _ => match deps.provider(&connection.provider) {
+                Ok(provider) => revoke_with_retries(deps, provider, connection).await,
+                // A provider no longer configured: nothing to call.
+                Err(_) => RevocationOutcome::NoEndpoint,
+            },
+        };
+        deps.audit
+            .append(
+                &connection.tenant,
+                Event::new(
+                    actor,
+                    "connection.revoked",
+                    keys::connection(&connection.provider),
+                )
+                .outcome(if outcome == RevocationOutcome::Failed {
+                    crate::kernel::audit::Outcome::Failure
+                } else {
+                    crate::kernel::audit::Outcome::Success
+                })
+                .detail("outcome", serde_json::to_value(outcome).unwrap_or_default()),
+            )
+            .await?;
+        results.push(Revocation {
+            provider: connection.provider.clone(),
+            outcome,
+        });
+    }
+    Ok(results)
+}
+
+/// Revokes the grant of a connection a reconnect to another account replaced, and
+/// audits it (`connection.revoked`, `reason: replaced`).
+pub(crate) async fn revoke_replaced(
+    deps: &OauthDeps,
+    provider: &Provider,
+    old: &Connection,
+    actor: &str,
+) -> Result<RevocationOutcome, OauthError> {
+    let outcome = revoke_with_retries(deps, provider, old).await;
+    deps.audit
+        .append(
+            &old.tenant,
+            Event::new(actor, "connection.revoked", keys::connection(&old.provider))
+                .outcome(if outcome == RevocationOutcome::Failed {
+                    crate::kernel::audit::Outcome::Failure
+                } else {
+                    crate::kernel::audit::Outcome::Success
+                })
+                .detail("outcome", serde_json::to_value(outcome).unwrap_or_default())
+                .detail("reason", "replaced"),
+        )
+        .await?;
+    Ok(outcome)
+}
+
+async fn revoke_with_retries(
+    deps: &OauthDeps,
+    provider: &Provider,
+    connection: &Connection,
+) -> RevocationOutcome {
     if provider.revocation_url.is_none() {
-        return false;
+        return RevocationOutcome::NoEndpoint;
+    }
+    for attempt in 0..REVOKE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        match revoke_at_provider(deps, provider, connection).await {
+            Ok(true) => return RevocationOutcome::Revoked,
+            // The endpoint exists (checked above) and answered other than 2xx.
+            Ok(false) => {
+                tracing::warn!(provider = %provider.name, attempt, "the revocation endpoint refused; retrying");
+            }
+            Err(err) => {
+                tracing::warn!(provider = %provider.name, attempt, error = %err, "revocation at the provider failed; retrying");
+            }
+        }
+    }
+    crate::kernel::metrics::count(
+        crate::kernel::metrics::names::PROVIDER_REVOCATIONS_FAILED,
+        1,
+    );
+    tracing::error!(provider = %provider.name, tenant = %connection.tenant, "the provider did not revoke a deleted connection's grant");
+    RevocationOutcome::Failed
+}
+
+/// Revokes the refresh token (which also ends its access tokens at providers that
+/// implement RFC 7009 fully), or the access token when there is none; best effort.
+async fn revoke_quietly(deps: &OauthDeps, provider: &Provider, connection: &Connection) -> bool {
+    match revoke_at_provider(deps, provider, connection).await {
+        Ok(revoked) => revoked,
+        Err(err) => {
+            tracing::warn!(provider = %provider.name, error = %err, "token revocation at the provider failed; tokens are deleted here regardless");
+            false
+        }
+    }
+}
+
+/// One revocation call: `Ok(false)` when the provider has no revocation endpoint.
+async fn revoke_at_provider(
+    deps: &OauthDeps,
+    provider: &Provider,
+    connection: &Connection,
+) -> Result<bool, OauthError> {
+    if provider.revocation_url.is_none() {
+        return Ok(false);
     }
     let (sealed, purpose, hint) = match &connection.refresh_token {
         Some(sealed) => (sealed, Purpose::OauthRefreshToken, "refresh_token"),
@@ -713,13 +862,7 @@ async fn revoke_quietly(deps: &OauthDeps, provider: &Provider, connection: &Conn
         let secret = deps.secrets.get(&provider.name).await?;
         provider.revoke(&deps.http, &secret, &token, hint).await
     };
-    match attempt.await {
-        Ok(revoked) => revoked,
-        Err(err) => {
-            tracing::warn!(provider = %provider.name, error = %err, "token revocation at the provider failed; tokens are deleted here regardless");
-            false
-        }
-    }
+    attempt.await
 }
 
 /// Stores a new connection (replacing an older one of the same provider): account

@@ -76,9 +76,12 @@ pub mod names {
     /// Tokens a provider issued on refresh that could not be stored after every retry
     /// (the connection may then need re-consent) (counter).
     pub const OAUTH_TOKENS_NOT_STORED: &str = "OauthTokensNotStored";
+    /// Grants of deleted connections a provider could not be made to revoke after
+    /// every retry (the grant stays valid at the provider until it expires) (counter).
+    pub const PROVIDER_REVOCATIONS_FAILED: &str = "ProviderRevocationsFailed";
 
     /// Every name above.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         EXPORT_RUNS_STARTED,
         EXPORT_RUNS_COMPLETED,
         EXPORT_RUNS_FAILED,
@@ -97,6 +100,7 @@ pub mod names {
         AWS_THROTTLES,
         AWS_RETRIES,
         OAUTH_TOKENS_NOT_STORED,
+        PROVIDER_REVOCATIONS_FAILED,
     ];
 }
 

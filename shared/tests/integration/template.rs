@@ -443,6 +443,16 @@ fn alarms_watch_what_the_code_emits_and_notify_the_topic() {
             "ExportFunction",
             "issued tokens not stored",
         ),
+        (
+            names::PROVIDER_REVOCATIONS_FAILED,
+            "OauthFunction",
+            "grants not revoked",
+        ),
+        (
+            names::PROVIDER_REVOCATIONS_FAILED,
+            "DsarFunction",
+            "grants not revoked",
+        ),
     ] {
         let (logical, alarm) =
             find(metric, function).unwrap_or_else(|| panic!("no alarm on {what} ({metric})"));

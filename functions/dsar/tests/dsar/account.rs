@@ -268,3 +268,111 @@ async fn account_deletion_removes_tokens_at_once_and_purges_everything() {
     // globex is untouched.
     assert!(deps.audit.verify(&globex).await.unwrap().is_ok());
 }
+
+/// Records what it is asked to revoke, and answers as a provider would (or fails).
+struct RecordingRevoker {
+    asked: std::sync::Mutex<Vec<Connection>>,
+    fail: bool,
+}
+
+impl dsar::revoke::Revoker for RecordingRevoker {
+    fn revoke<'a>(&'a self, connections: &'a [Connection]) -> dsar::revoke::RevokeFuture<'a> {
+        Box::pin(async move {
+            self.asked
+                .lock()
+                .unwrap()
+                .extend(connections.iter().cloned());
+            if self.fail {
+                return Err("the oauth function could not be invoked".into());
+            }
+            Ok(connections
+                .iter()
+                .map(|c| custody::oauth::Revocation {
+                    provider: c.provider.clone(),
+                    outcome: custody::oauth::RevocationOutcome::Revoked,
+                })
+                .collect())
+        })
+    }
+}
+
+/// The deleted connections go to the function that may decrypt them (the oauth
+/// function, in production) to be revoked at their providers; a failure there does not
+/// stop the deletion, and what was revoked is on the record.
+#[tokio::test]
+async fn account_deletion_has_the_deleted_grants_revoked() {
+    for fail in [false, true] {
+        let Env { stack, deps, .. } = env().await;
+        let revoker = std::sync::Arc::new(RecordingRevoker {
+            asked: std::sync::Mutex::new(Vec::new()),
+            fail,
+        });
+        let deps = deps.with_revoker(revoker.clone());
+        let tenant = acme();
+        let sealer = stack.sealer();
+        let seal = |purpose| {
+            let sealer = sealer.clone();
+            let tenant = tenant.clone();
+            async move {
+                sealer
+                    .seal(
+                        &SealContext::new(&tenant, purpose, keys::connection("google")),
+                        &SecretString::from(format!("{purpose:?}-of-acme")),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let connection = Connection {
+            tenant: tenant.clone(),
+            provider: "google".into(),
+            status: ConnectionStatus::Active,
+            account: ProviderAccount {
+                subject: Some("google-sub-1".into()),
+                ..ProviderAccount::default()
+            },
+            scopes: vec!["openid".into()],
+            access_token: seal(Purpose::OauthAccessToken).await,
+            refresh_token: Some(seal(Purpose::OauthRefreshToken).await),
+            access_expires_at: 0,
+            connected_at: chrono::Utc::now(),
+            refreshed_at: None,
+            version: 1,
+            lease_owner: None,
+            lease_until: None,
+        };
+        deps.store.put(&connection).await.unwrap();
+
+        let (status, started) = call(
+            &deps,
+            request(
+                event!("delete_account"),
+                "acme",
+                "admin",
+                Some(json!({ "confirm": "acme" })),
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+        assert_eq!(started["connections_deleted"], 1);
+        assert_eq!(started["grants_revoked"], if fail { 0 } else { 1 });
+        // Asked once, with the deleted connection, its tokens still sealed.
+        let asked = revoker.asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].provider, "google");
+        assert_eq!(asked[0].refresh_token, connection.refresh_token);
+        let requested = deps
+            .audit
+            .entries(&tenant, None, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.action == "account.deletion_requested")
+            .unwrap();
+        assert_eq!(
+            requested.details["grants_revoked"],
+            if fail { 0 } else { 1 }
+        );
+    }
+}

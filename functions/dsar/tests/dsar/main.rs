@@ -67,6 +67,7 @@ pub async fn env_with(stack: TestStack, clients: Option<custody::aws::Clients>) 
     let dsar = DsarConfig {
         link_ttl: Duration::from_secs(300),
         egress: custody::egress::EgressPolicy::LOCAL,
+        oauth_function: "custody-oauth-test".into(),
     };
     let clients = clients.unwrap_or_else(|| stack.clients.clone());
     let deps = Deps::new(

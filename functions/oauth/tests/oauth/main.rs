@@ -4,4 +4,5 @@
 mod common;
 mod flow;
 mod refresh;
+mod revoke;
 mod webhook;

@@ -387,6 +387,11 @@ async fn finish(
         lease_owner: None,
         lease_until: None,
     };
+    let previous = deps
+        .store
+        .get::<Connection>(&super::connection_key(&state.tenant, &provider.name))
+        .await
+        .map_err(OauthError::from)?;
     store_connection(deps, &connection).await?;
     deps.audit
         .append(
@@ -400,6 +405,15 @@ async fn finish(
         )
         .await
         .map_err(OauthError::from)?;
+    // A reconnect to another account leaves the old account's grant valid at the
+    // provider unless it is revoked here. To the same account it is not: at providers
+    // where revoking one token ends the whole grant (Google), that would end the new
+    // connection too; the new grant supersedes the old one there.
+    if let Some(old) = previous
+        && old.account != connection.account
+    {
+        super::revoke_replaced(deps, provider, &old, &state.actor).await?;
+    }
     Ok(())
 }
 
