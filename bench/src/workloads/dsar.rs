@@ -61,6 +61,7 @@ pub async fn run(size: u64) -> Result<Value, BenchError> {
         DsarConfig {
             link_ttl: Duration::from_secs(300),
             egress: custody::egress::EgressPolicy::LOCAL,
+            oauth_function: "custody-oauth-test".into(),
         },
         &clients,
         app_secret,
