@@ -108,8 +108,20 @@ async fn erasure_streams_csv_and_jsonl_byte_for_byte_with_a_multipart_upload() {
         .send()
         .await
         .unwrap();
-    assert_eq!(tags.tag_set().len(), 1);
-    assert_eq!(tags.tag_set()[0].value(), "import-30d");
+    // The original's retention tag (lifecycle expiry), and the rewrite's own mark,
+    // which tells the import function this version is no second upload.
+    let tags: Vec<(&str, &str)> = tags
+        .tag_set()
+        .iter()
+        .map(|t| (t.key(), t.value()))
+        .collect();
+    assert_eq!(
+        tags,
+        vec![
+            ("retention-class", "import-30d"),
+            custody::imports::REWRITE_TAG
+        ]
+    );
 
     // A second run finds nothing and keeps the rewritten version.
     let again = files::erase_streaming(&deps, &csv_key, &matcher, false, TINY)
