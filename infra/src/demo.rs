@@ -172,6 +172,10 @@ impl Environment {
             ),
             ("CUSTODY_HIGHLEVEL_WEBHOOK_RSA_KEY".into(), rsa_public),
             ("CUSTODY_HIGHLEVEL_API_URL".into(), highlevel.base_url()),
+            // The purge's final sweep waits `custody::privacy::PURGE_GRACE` (4 minutes)
+            // in AWS; a demo does not wait that long. The template never shortens it
+            // (shared/tests/integration/template.rs holds that).
+            ("CUSTODY_DSAR_PURGE_GRACE_SECONDS".into(), "2".into()),
             ("RUST_LOG".into(), run.log_filter.clone()),
         ]);
         options.log_dir = run.log_dir.clone();

@@ -62,6 +62,8 @@ pub async fn run(size: u64) -> Result<Value, BenchError> {
             link_ttl: Duration::from_secs(300),
             egress: custody::egress::EgressPolicy::LOCAL,
             oauth_function: "custody-oauth-test".into(),
+            // No wait before the purge's final sweep (tests of the wait set their own).
+            purge_grace: chrono::Duration::zero(),
         },
         &clients,
         app_secret,

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use custody::audit::{AuditClass, Event};
 use custody::certificate::{Certificate, ErasedStore, SCHEMA, Scope};
-use custody::privacy::{AccountDeletion, PurgeCounts, PurgeStatus, PurgeStep};
+use custody::privacy::{AccountDeletion, PurgeStatus, PurgeStep};
 use custody::store::{Condition, Item, Key, StoreError, keys};
 use custody::tenant::TenantId;
 use serde::{Deserialize, Serialize};
@@ -56,19 +56,7 @@ pub async fn start(deps: &Deps, tenant: &TenantId, actor: &str) -> Result<Starte
     let job = match deps.store.get::<AccountDeletion>(&key).await? {
         Some(job) => job,
         None => {
-            let job = AccountDeletion {
-                tenant: tenant.clone(),
-                id: ulid::Ulid::new().to_string(),
-                status: PurgeStatus::Purging,
-                requested_at: now,
-                requested_by: actor.to_owned(),
-                steps_done: Vec::new(),
-                table_cursor: None,
-                counts: PurgeCounts::default(),
-                certificate: None,
-                updated_at: now,
-                version: 1,
-            };
+            let job = AccountDeletion::new(tenant, actor, now);
             match deps.store.create(&job).await {
                 Ok(()) => job,
                 Err(StoreError::AlreadyExists) => deps
@@ -251,6 +239,32 @@ pub async fn purge(
         save(deps, &mut job).await?;
         pages += 1;
     }
+    if job.status == PurgeStatus::Purging && !job.final_sweep {
+        // Every pass is done once; a writer that checked the fence just before it went
+        // up may still have written since. After the grace (longer than any writer
+        // goes between fence checks and writes), the same passes run again.
+        let due = job.requested_at + deps.dsar.purge_grace;
+        let now = deps.now();
+        if now < due {
+            let wait = (due - now).to_std().unwrap_or_default();
+            if budget.remaining() <= wait {
+                // Not within this invocation: touch the job, and its next stream
+                // record comes back to wait the rest.
+                save(deps, &mut job).await?;
+                return Ok(PurgeProgress::Stopped);
+            }
+            tokio::time::sleep(wait).await;
+            if deps.now() < due {
+                // A clock that did not move with the sleep (tests); come back later.
+                return Ok(PurgeProgress::Stopped);
+            }
+        }
+        job.final_sweep = true;
+        job.steps_done.clear();
+        job.table_cursor = None;
+        save(deps, &mut job).await?;
+        return Box::pin(purge(deps, tenant, budget)).await;
+    }
     if job.status == PurgeStatus::Purging {
         let head = deps.audit.head(tenant, AuditClass::Evidence).await?;
         let now = deps.now();
@@ -336,7 +350,11 @@ async fn purge_table_page(
         .scan()
         .table_name(deps.store.table())
         .consistent_read(true)
-        .filter_expression("pk = :t OR begins_with(pk, :tp) OR sk = :t")
+        // The tenant's partitions, the links to it (`sk = T#<t>`), and items kept
+        // elsewhere that name it (OAuth `STATE#` items between redirect and callback).
+        .filter_expression("pk = :t OR begins_with(pk, :tp) OR sk = :t OR #tenant = :name")
+        .expression_attribute_names("#tenant", "tenant")
+        .expression_attribute_values(":name", AttributeValue::S(tenant.to_string()))
         .expression_attribute_values(":t", AttributeValue::S(keys::tenant(tenant)))
         .expression_attribute_values(
             ":tp",

@@ -51,11 +51,17 @@ pub struct DsarConfig {
     pub egress: custody::egress::EgressPolicy,
     /// The oauth function (name or ARN), which revokes deleted connections' grants.
     pub oauth_function: String,
+    /// How long after the account-deletion fence the purge sweeps again
+    /// (`custody::privacy::PURGE_GRACE` unless `CUSTODY_DSAR_PURGE_GRACE_SECONDS` says
+    /// otherwise; the template never does, a template test holds it).
+    pub purge_grace: chrono::Duration,
 }
 
 pub mod vars {
     pub const LINK_TTL_SECONDS: &str = "CUSTODY_DSAR_LINK_TTL_SECONDS";
     pub const OAUTH_FUNCTION: &str = "CUSTODY_OAUTH_FUNCTION";
+    /// Local stacks only: a shorter wait before the purge's final sweep.
+    pub const PURGE_GRACE_SECONDS: &str = "CUSTODY_DSAR_PURGE_GRACE_SECONDS";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -93,6 +99,19 @@ impl DsarConfig {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
                 .ok_or(DsarConfigError::Missing(vars::OAUTH_FUNCTION))?,
+            purge_grace: match lookup(vars::PURGE_GRACE_SECONDS) {
+                None => custody::privacy::PURGE_GRACE,
+                Some(text) => text
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|s| *s <= 3600)
+                    .map(|s| chrono::Duration::seconds(i64::from(s)))
+                    .ok_or(DsarConfigError::Invalid(
+                        vars::PURGE_GRACE_SECONDS,
+                        "a number of seconds from 0 to 3600",
+                    ))?,
+            },
         })
     }
 }
@@ -283,11 +302,44 @@ mod tests {
         }
         let ok = DsarConfig::from_lookup(|name| match name {
             vars::LINK_TTL_SECONDS => Some("900".into()),
+            vars::OAUTH_FUNCTION => Some("custody-oauth".into()),
+            vars::PURGE_GRACE_SECONDS => None,
             _ => Some("true".into()),
         })
         .unwrap();
         assert_eq!(ok.link_ttl, Duration::from_secs(900));
         assert!(ok.egress.allow_loopback);
+        assert_eq!(ok.oauth_function, "custody-oauth");
+        // The full grace unless a local stack says otherwise.
+        assert_eq!(ok.purge_grace, custody::privacy::PURGE_GRACE);
+        let base = |name: &str| match name {
+            vars::LINK_TTL_SECONDS => Some("900".to_owned()),
+            vars::OAUTH_FUNCTION => Some("custody-oauth".to_owned()),
+            _ => None,
+        };
+        let short = DsarConfig::from_lookup(|name| {
+            (name == vars::PURGE_GRACE_SECONDS)
+                .then(|| "2".to_owned())
+                .or_else(|| base(name))
+        })
+        .unwrap();
+        assert_eq!(short.purge_grace, chrono::Duration::seconds(2));
+        let bad = DsarConfig::from_lookup(|name| {
+            (name == vars::PURGE_GRACE_SECONDS)
+                .then(|| "soon".to_owned())
+                .or_else(|| base(name))
+        });
+        assert!(matches!(
+            bad,
+            Err(DsarConfigError::Invalid(vars::PURGE_GRACE_SECONDS, _))
+        ));
+        let missing = DsarConfig::from_lookup(|name| {
+            (name == vars::LINK_TTL_SECONDS).then(|| "900".to_owned())
+        });
+        assert_eq!(
+            missing.unwrap_err(),
+            DsarConfigError::Missing(vars::OAUTH_FUNCTION)
+        );
         assert_eq!(
             tenant_of("T#acme#S#ps_x").map(|t| t.to_string()),
             Some("acme".to_owned())

@@ -43,6 +43,19 @@ pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Prob
         return public_key(deps).await;
     }
     let caller = caller(req)?;
+    // Writers refuse a tenant whose account deletion has started (`DELETE /account`
+    // itself may be repeated).
+    if matches!(
+        route.as_str(),
+        "POST /privacy/export"
+            | "POST /privacy/delete"
+            | "POST /privacy/requests/{id}/verify"
+            | "POST /privacy/requests/{id}/extend"
+            | "PUT /privacy/consent"
+            | "PUT /privacy/settings"
+    ) {
+        custody::privacy::ensure_open(&deps.store, &caller.tenant).await?;
+    }
     match route.as_str() {
         "POST /privacy/export" => create(deps, req, &caller, RequestKind::Access).await,
         "POST /privacy/delete" => create(deps, req, &caller, RequestKind::Erasure).await,

@@ -132,6 +132,8 @@ async fn dsar_emits_emf_with_counts_and_gauges_and_no_identifier() {
             link_ttl: Duration::from_secs(300),
             egress: custody::egress::EgressPolicy::LOCAL,
             oauth_function: "custody-oauth-test".into(),
+            // No wait before the purge's final sweep (tests of the wait set their own).
+            purge_grace: chrono::Duration::zero(),
         },
         &stack.clients,
         app_secret,

@@ -31,7 +31,15 @@ pub async fn handle_http(deps: &Deps, req: Request) -> Response<Body> {
 
 async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
     let caller = api::caller(req)?;
-    match api::route_key(req).as_deref() {
+    let route = api::route_key(req);
+    // Writers refuse a tenant whose account deletion has started.
+    if matches!(
+        route.as_deref(),
+        Some("PUT /export/settings" | "POST /export/runs")
+    ) {
+        custody::privacy::ensure_open(&deps.store, &caller.tenant).await?;
+    }
+    match route.as_deref() {
         Some("PUT /export/settings") => put_settings(deps, &caller, req).await,
         Some("GET /export/settings") => get_settings(deps, &caller).await,
         Some("DELETE /export/settings") => delete_settings(deps, &caller).await,

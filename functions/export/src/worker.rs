@@ -87,6 +87,8 @@ pub enum Outcome {
     NotConfigured,
     /// The event names no valid tenant.
     InvalidEvent,
+    /// The tenant's account deletion has started: nothing is exported or written.
+    AccountClosing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -350,12 +352,22 @@ async fn invocation(
     budget: &Budget,
 ) -> Result<Outcome, WorkerError> {
     let tenant = invoked.tenant;
+    // Not even the lease is written for a tenant whose account deletion started.
+    match custody::privacy::ensure_open(&deps.store, tenant).await {
+        Ok(()) => {}
+        Err(custody::privacy::FenceError::Closing) => return Ok(Outcome::AccountClosing),
+        Err(custody::privacy::FenceError::Store(err)) => return Err(err.into()),
+    }
     let Some(mut lease) = Lease::acquire(deps, tenant, budget).await? else {
         tracing::info!(tenant = %tenant, "another export invocation holds the lease");
         return Ok(Outcome::Busy);
     };
     lease.trigger_id = invoked.trigger_id.clone();
     let result = run(deps, invoked, budget, &mut lease).await;
+    if matches!(result, Ok(Outcome::AccountClosing)) {
+        // The purge deletes the state; releasing the lease would write it again.
+        return result;
+    }
     // Released whatever happened; if even this fails the lease runs out with the
     // invocation's deadline.
     let released = lease.release(deps).await;
@@ -393,6 +405,8 @@ impl StepError {
 enum Progress {
     Done,
     OutOfTime,
+    /// The tenant's account deletion started: stop without writing anything more.
+    AccountClosing,
 }
 
 async fn run(
@@ -605,6 +619,10 @@ async fn run(
             kick::kick(deps, tenant, run.updated_at + CONTINUE_AFTER).await?;
             tracing::info!(run_id = %run_id, phase = ?run.phase, "export run continues in a follow-up invocation");
             Ok(Outcome::Continued { run_id })
+        }
+        Ok(Progress::AccountClosing) => {
+            tracing::info!(run_id = %run_id, "export run stopped: the account is being deleted");
+            Ok(Outcome::AccountClosing)
         }
         Err(StepError::Store(err)) => Err(err.into()),
         Err(err) => fail_run(deps, tenant, &mut run, err.kind(), err.to_string()).await,
@@ -825,6 +843,10 @@ async fn drive(
     sink: &AnySink,
     budget: &Budget,
 ) -> Result<Progress, StepError> {
+    // Checked again at every step (at most every `FENCE_RECHECK`): a purge's final
+    // sweep then comes after this run's last write.
+    let tenant = run.tenant.clone();
+    let fence = custody::privacy::FenceWatch::new(&deps.store, &tenant);
     let plan = plan(&run.channels);
     let pk = keys::tenant(&run.tenant);
     let dir = archive::run_dir(location_id, run);
@@ -841,6 +863,9 @@ async fn drive(
                 };
                 if budget.exhausted() {
                     return Ok(Progress::OutOfTime);
+                }
+                if fence.closing().await? {
+                    return Ok(Progress::AccountClosing);
                 }
                 let seen = match &mut discovered {
                     Some(seen) => seen,
@@ -912,6 +937,9 @@ async fn drive(
                     if budget.exhausted() {
                         return Ok(Progress::OutOfTime);
                     }
+                    if fence.closing().await? {
+                        return Ok(Progress::AccountClosing);
+                    }
                     let messages =
                         conversation_messages(run, location_id, conversation_id, client, &plan)
                             .await?;
@@ -951,6 +979,9 @@ async fn drive(
             Phase::Manifest => {
                 if budget.exhausted() {
                     return Ok(Progress::OutOfTime);
+                }
+                if fence.closing().await? {
+                    return Ok(Progress::AccountClosing);
                 }
                 let files = deps
                     .store
@@ -1018,6 +1049,26 @@ mod tests {
             plan(&[Channel::Sms, Channel::Email]),
             vec![None, Some(Channel::Email)]
         );
+    }
+
+    /// The purge's final sweep comes `PURGE_GRACE` after the account-deletion fence: a
+    /// writer that passed its check just before must be done by then. Long-running
+    /// writers check again every `FENCE_RECHECK`, then write at most one step.
+    #[test]
+    fn the_purge_grace_outlasts_a_writer_between_fence_checks() {
+        use custody::privacy::{FENCE_RECHECK, PURGE_GRACE};
+        let grace = PURGE_GRACE.to_std().unwrap();
+        // Export: one step (a conversation fetched and written, with its retries) fits
+        // in DEADLINE_MARGIN by design.
+        assert!(grace > FENCE_RECHECK + DEADLINE_MARGIN);
+        // Import: one batch pushed with every retry (each attempt up to the client's
+        // timeout) and the backoffs in between.
+        let policy = custody::webhook::RetryPolicy::default();
+        let backoffs: Duration = (1..policy.max_attempts).map(|r| policy.ceiling(r)).sum();
+        let push = custody::http::DEFAULT_TIMEOUT * policy.max_attempts + backoffs;
+        assert!(grace > FENCE_RECHECK + push, "{push:?}");
+        // HTTP routes check the fence per request; API Gateway cuts a request at 30 s.
+        assert!(grace > Duration::from_secs(30));
     }
 
     #[test]

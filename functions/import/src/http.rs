@@ -56,7 +56,20 @@ pub async fn handle(deps: &Deps, req: Request) -> Response<Body> {
 
 async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
     let caller = caller(req)?;
-    match route_key(req).as_deref() {
+    let route = route_key(req);
+    // Writers refuse a tenant whose account deletion has started.
+    if matches!(
+        route.as_deref(),
+        Some(
+            "POST /imports"
+                | "POST /imports/{id}/rows"
+                | "POST /imports/{id}/complete"
+                | "POST /imports/{id}/retry"
+        )
+    ) {
+        custody::privacy::ensure_open(deps.imports.store(), &caller.tenant).await?;
+    }
+    match route.as_deref() {
         Some("POST /imports") => create(deps, &caller, req).await,
         Some("GET /imports") => list(deps, &caller, req).await,
         Some("GET /imports/{id}") => get(deps, &caller, req).await,

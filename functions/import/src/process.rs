@@ -53,12 +53,26 @@ pub enum ProcessError {
     Read(String),
     #[error("the object changed between validation and delivery")]
     Changed,
+    /// The tenant's account deletion started: processing stops writing (the purge
+    /// removes what there is). 409 on an HTTP route; an event handled as done.
+    #[error("the account is being deleted; processing stopped")]
+    AccountClosing,
+}
+
+impl From<custody::privacy::FenceError> for ProcessError {
+    fn from(err: custody::privacy::FenceError) -> Self {
+        match err {
+            custody::privacy::FenceError::Closing => ProcessError::AccountClosing,
+            custody::privacy::FenceError::Store(err) => ImportError::from(err).into(),
+        }
+    }
 }
 
 impl From<ProcessError> for custody::api::Problem {
     fn from(err: ProcessError) -> Self {
         match err {
             ProcessError::Import(e) => e.into(),
+            ProcessError::AccountClosing => custody::privacy::FenceError::Closing.into(),
             other => {
                 tracing::error!(error = %other, "import processing failed");
                 custody::api::Problem::internal()
@@ -100,7 +114,15 @@ pub async fn handle_s3(
                 .clone()
                 .or_else(|| record.s3.object.sequencer.clone())
                 .unwrap_or_default();
-            process_upload(deps, &object, version, &revision, remaining).await?;
+            match process_upload(deps, &object, version, &revision, remaining).await {
+                // Not a failure to retry: the purge removes the upload and its import.
+                Err(ProcessError::AccountClosing) => {
+                    tracing::info!(import = %object.import_id, "upload not processed: the account is being deleted");
+                }
+                other => {
+                    other?;
+                }
+            }
         }
     }
     Ok(())
@@ -114,6 +136,7 @@ pub async fn process_upload(
     revision: &str,
     remaining: Duration,
 ) -> Result<Option<Status>, ProcessError> {
+    custody::privacy::ensure_open(deps.imports.store(), &object.tenant).await?;
     let Some(import) = deps.imports.get(&object.tenant, &object.import_id).await? else {
         tracing::warn!(import = %object.import_id, "upload for an unknown import ignored");
         return Ok(None);
@@ -459,11 +482,17 @@ async fn validate(
         bytes: 0,
         sha256: None,
     };
+    // Indexing writes new items for up to the function's timeout: the fence is
+    // watched throughout, so a purge's final sweep comes after the last of them.
+    let fence = custody::privacy::FenceWatch::new(deps.imports.store(), &object.tenant);
     while let Some(item) = rows.recv().await {
         match item {
             Ok(ParsedRow::Valid { subjects, .. }) => {
                 validation.rows_total += 1;
                 validation.rows_valid += 1;
+                if fence.closing().await.map_err(ImportError::from)? {
+                    return Err(ProcessError::AccountClosing);
+                }
                 counter.add(&subjects).await?;
             }
             Ok(ParsedRow::Invalid(error)) => {
@@ -612,6 +641,7 @@ pub async fn deliver(
         import: &import,
         url: &url,
         secret: &secret,
+        fence: custody::privacy::FenceWatch::new(deps.imports.store(), tenant),
     };
     for (key, version) in objects {
         let body = get_body(deps, &key, version).await?;
@@ -646,12 +676,16 @@ struct Target<'a> {
     import: &'a Import,
     url: &'a url::Url,
     secret: &'a SecretString,
+    fence: custody::privacy::FenceWatch<'a>,
 }
 
 impl Target<'_> {
     async fn send(&self, (number, rows, body): (u64, usize, Bytes)) -> Result<Step, ProcessError> {
         if number < self.import.batches_delivered {
             return Ok(Step::Continue);
+        }
+        if self.fence.closing().await.map_err(ImportError::from)? {
+            return Err(ProcessError::AccountClosing);
         }
         let id = webhook::delivery_id(&self.import.id, number);
         if let Err(err) = self

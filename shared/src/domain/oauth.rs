@@ -117,6 +117,9 @@ pub enum OauthError {
     RefreshBusy(String),
     #[error("OAuth configuration: {0}")]
     Config(String),
+    /// 409: the tenant's account deletion has started (`custody::privacy::ensure_open`).
+    #[error("the account is being deleted; nothing new is accepted for it")]
+    AccountClosing,
     #[error(transparent)]
     Seal(#[from] SealError),
     #[error(transparent)]
@@ -146,6 +149,7 @@ impl HttpError for OauthError {
                 ProblemKind::new("needs-reconsent", "Connection needs re-authorization"),
                 self.to_string(),
             ),
+            OauthError::AccountClosing => HttpAnswer::conflict(self.to_string()),
             // The provider's fault, not the caller's nor ours.
             OauthError::InvalidGrant(_) | OauthError::Provider { .. } => HttpAnswer::new(
                 StatusCode::BAD_GATEWAY,
@@ -863,6 +867,16 @@ async fn revoke_at_provider(
         provider.revoke(&deps.http, &secret, &token, hint).await
     };
     attempt.await
+}
+
+/// The account-deletion fence, as an OAuth error.
+pub(crate) async fn ensure_open(deps: &OauthDeps, tenant: &TenantId) -> Result<(), OauthError> {
+    crate::domain::privacy::ensure_open(&deps.store, tenant)
+        .await
+        .map_err(|err| match err {
+            crate::domain::privacy::FenceError::Closing => OauthError::AccountClosing,
+            crate::domain::privacy::FenceError::Store(err) => OauthError::Store(err),
+        })
 }
 
 /// Stores a new connection (replacing an older one of the same provider): account

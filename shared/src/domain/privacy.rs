@@ -829,6 +829,10 @@ pub struct AccountDeletion {
     /// Where the table purge continues (an opaque scan cursor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_cursor: Option<String>,
+    /// Whether the final sweep (the same passes again, [`PURGE_GRACE`] after the
+    /// fence went up, for writes that were under way when it did) has begun.
+    #[serde(default)]
+    pub final_sweep: bool,
     pub counts: PurgeCounts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<SignedCertificate>,
@@ -847,8 +851,105 @@ impl Entity for AccountDeletion {
 impl AccountDeletion {
     pub const RECORD: &'static str = "ACCOUNT#deletion";
 
+    /// A new job, as `DELETE /account` records it (the fence goes up with it).
+    pub fn new(tenant: &TenantId, requested_by: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            id: ulid::Ulid::new().to_string(),
+            status: PurgeStatus::Purging,
+            requested_at: now,
+            requested_by: requested_by.to_owned(),
+            steps_done: Vec::new(),
+            table_cursor: None,
+            final_sweep: false,
+            counts: PurgeCounts::default(),
+            certificate: None,
+            updated_at: now,
+            version: 1,
+        }
+    }
+
     pub fn key_of(tenant: &TenantId) -> Key {
         Key::new(keys::tenant(tenant), Self::RECORD)
+    }
+}
+
+/// Why a writer refused a tenant.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// 409: the tenant's account deletion has started; nothing new is accepted.
+    #[error("the account is being deleted; nothing new is accepted for it")]
+    Closing,
+    /// 500 (logged): the fence could not be read.
+    #[error(transparent)]
+    Store(#[from] crate::kernel::store::StoreError),
+}
+
+impl crate::kernel::http::HttpError for FenceError {
+    fn answer(&self) -> crate::kernel::http::HttpAnswer<'_> {
+        match self {
+            FenceError::Closing => crate::kernel::http::HttpAnswer::conflict(self.to_string()),
+            FenceError::Store(err) => err.answer(),
+        }
+    }
+}
+
+/// The account-deletion fence: from `DELETE /account` until its purge has ended, the
+/// job item exists, and every writer (imports, export settings and runs, OAuth
+/// connect and callback, consent, privacy requests) checks it first and refuses the
+/// tenant. A writer that passed the check just before the fence went up is caught by
+/// the purge's final sweep, which waits [`PURGE_GRACE`] past the fence.
+pub async fn ensure_open(
+    store: &crate::kernel::store::Store,
+    tenant: &TenantId,
+) -> Result<(), FenceError> {
+    match store.get_item(&AccountDeletion::key_of(tenant)).await? {
+        Some(_) => Err(FenceError::Closing),
+        None => Ok(()),
+    }
+}
+
+/// How long after the fence goes up the purge sweeps again: longer than any writer
+/// takes between its fence check and its last write (an HTTP request is cut at 30 s;
+/// the long-running writers, the export run and the import processing, check the fence
+/// again at least every [`FENCE_RECHECK`] and write at most a batch or a file after).
+pub const PURGE_GRACE: chrono::Duration = chrono::Duration::seconds(240);
+/// How often a long-running writer checks the fence again.
+pub const FENCE_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The fence as a long-running writer watches it: read on the first call, then again
+/// once [`FENCE_RECHECK`] has passed since the last read (cheap in between).
+pub struct FenceWatch<'a> {
+    store: &'a crate::kernel::store::Store,
+    tenant: &'a TenantId,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl<'a> FenceWatch<'a> {
+    pub fn new(store: &'a crate::kernel::store::Store, tenant: &'a TenantId) -> Self {
+        Self {
+            store,
+            tenant,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the account deletion has started (as of the last read).
+    pub async fn closing(&self) -> Result<bool, crate::kernel::store::StoreError> {
+        let due = {
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            last.is_none_or(|at| at.elapsed() >= FENCE_RECHECK)
+        };
+        if !due {
+            return Ok(false);
+        }
+        let closing = match ensure_open(self.store, self.tenant).await {
+            Ok(()) => false,
+            Err(FenceError::Closing) => true,
+            Err(FenceError::Store(err)) => return Err(err),
+        };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        Ok(closing)
     }
 }
 

@@ -897,3 +897,12 @@ fn no_function_enables_fault_injection() {
     assert!(!text.contains(custody::faults::SEED_ENV));
     assert!(!text.contains(custody::faults::RATE_ENV));
 }
+
+/// The purge's final sweep waits the full grace in AWS: no function's environment in
+/// the template shortens it (the local demo stack does, to keep the demo quick).
+#[test]
+fn the_template_never_shortens_the_purge_grace() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml"))
+        .expect("template.yaml");
+    assert!(!text.contains("CUSTODY_DSAR_PURGE_GRACE_SECONDS"));
+}

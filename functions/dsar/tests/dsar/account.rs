@@ -376,3 +376,119 @@ async fn account_deletion_has_the_deleted_grants_revoked() {
         );
     }
 }
+
+/// Once account deletion starts, writers refuse the tenant; a write that was already
+/// under way when the fence went up (it checked just before) lands after the first
+/// passes, and the final sweep, a grace later, removes it before the certificate.
+/// OAuth `STATE#` items, kept outside the tenant's partition, go too.
+#[tokio::test]
+async fn a_write_racing_the_purge_leaves_nothing_behind_the_certificate() {
+    let Env {
+        stack,
+        mut deps,
+        clock,
+    } = env().await;
+    deps.dsar.purge_grace = custody::privacy::PURGE_GRACE;
+    let tenant = acme();
+    seed_imports(&deps).await;
+    let (status, started) = call(
+        &deps,
+        request(
+            event!("delete_account"),
+            "acme",
+            "admin",
+            Some(json!({ "confirm": "acme" })),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+
+    // The fence: writers refuse the tenant now (409), readers do not.
+    let consent = json!({ "subject": { "email": ANN.email }, "purpose": "marketing_email",
+        "state": "granted", "source": "api", "policy_version": "1" });
+    let (status, problem) = call(
+        &deps,
+        request(
+            event!("put_privacy_consent"),
+            "acme",
+            "admin",
+            Some(consent),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    let (status, _) = call(
+        &deps,
+        request(
+            event!("post_privacy_export"),
+            "acme",
+            "admin",
+            Some(json!({
+            "subject": ANN.subject(), "regulation": "gdpr" })),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // The first passes run; the final sweep is not due yet, so no certificate.
+    let soon = Budget::Until(std::time::Instant::now() + std::time::Duration::from_secs(1));
+    let progress = dsar::account::purge(&deps, &tenant, soon).await.unwrap();
+    assert_eq!(progress, dsar::account::PurgeProgress::Stopped);
+    let table = table_dump(&stack.clients.dynamodb, &stack.config.table).await;
+    assert!(!table.contains("T#acme#S#"), "the first pass ran: {table}");
+
+    // A writer that checked the fence just before it went up writes now: an index
+    // entry, an object, and an OAuth state of a connect started meanwhile.
+    put_import_object(
+        &deps,
+        "01JH6666666666666666666666",
+        "upload.csv",
+        &format!("email\n{}\n", ANN.email),
+        &[(&ANN, "email")],
+    )
+    .await;
+    let state = custody::oauth::flow::OauthState {
+        nonce: "racing-nonce".into(),
+        tenant: tenant.clone(),
+        provider: "google".into(),
+        actor: "user:racer".into(),
+        pkce_verifier: None,
+        issuer: None,
+        return_url: "https://app.example.com".into(),
+        binding_hash: "0".repeat(64),
+        created_at: chrono::Utc::now(),
+        expires_at: (chrono::Utc::now() + chrono::Duration::minutes(10)).timestamp(),
+    };
+    deps.store.put(&state).await.unwrap();
+
+    // The grace passes; the final sweep removes what the racing writer left.
+    clock.advance(custody::privacy::PURGE_GRACE + chrono::Duration::seconds(1));
+    let progress = dsar::account::purge(&deps, &tenant, Budget::Unlimited)
+        .await
+        .unwrap();
+    assert_eq!(progress, dsar::account::PurgeProgress::Done);
+    let table = table_dump(&stack.clients.dynamodb, &stack.config.table).await;
+    assert!(
+        !table.contains("acme"),
+        "left behind the certificate: {table}"
+    );
+    assert!(!table.contains("racing-nonce"), "{table}");
+    let versions = bucket_versions(&deps.s3, &deps.config.imports_bucket).await;
+    assert!(
+        versions.iter().all(|(key, _, _)| !key.contains("/acme/")),
+        "{:?}",
+        versions.iter().map(|v| &v.0).collect::<Vec<_>>()
+    );
+    let head = deps
+        .audit
+        .head(&tenant, custody::audit::AuditClass::Evidence)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.action, "account.purged");
+    // The racing writes count in the certificate: more items than the first pass.
+    assert!(head.details["table_items"].as_u64().unwrap() > 0);
+}

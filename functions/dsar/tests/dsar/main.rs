@@ -68,6 +68,8 @@ pub async fn env_with(stack: TestStack, clients: Option<custody::aws::Clients>) 
         link_ttl: Duration::from_secs(300),
         egress: custody::egress::EgressPolicy::LOCAL,
         oauth_function: "custody-oauth-test".into(),
+        // No wait before the purge's final sweep (tests of the wait set their own).
+        purge_grace: chrono::Duration::zero(),
     };
     let clients = clients.unwrap_or_else(|| stack.clients.clone());
     let deps = Deps::new(

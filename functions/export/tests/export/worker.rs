@@ -420,3 +420,44 @@ async fn a_refused_token_fails_the_run_and_the_next_trigger_resumes_it() {
     assert_eq!(run.invocations, 2);
     assert_eq!(run.errors.len(), 1);
 }
+
+/// The account-deletion fence: once `DELETE /account` has started, a trigger exports
+/// nothing and writes nothing (not even the lease), and settings are refused.
+#[tokio::test]
+async fn an_account_being_deleted_is_not_exported_and_gets_no_settings() {
+    let env = Env::new(fast_limits()).await;
+    let acme = tenant("acme");
+    env.connect(&acme, "locFenced01", Some(&Seed::small(5, 3, 20)))
+        .await;
+    let settings = env
+        .webdav_settings("fenced", &[Channel::Sms], all_time())
+        .await;
+    env.configure(&acme, settings.clone()).await;
+    let job = custody::privacy::AccountDeletion::new(&acme, "user:admin", chrono::Utc::now());
+    env.deps.store.create(&job).await.unwrap();
+
+    let outcome = handle_trigger(&env.deps, kick_event(&acme), &Budget::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::AccountClosing);
+    assert!(env.runs(&acme).await.is_empty());
+    assert!(
+        env.deps
+            .store
+            .get_item(&export::model::ExportState::key_of(&acme))
+            .await
+            .unwrap()
+            .is_none(),
+        "no lease written"
+    );
+    assert_eq!(env.highlevel.counters().requests, 0);
+
+    let request = crate::api::request(
+        include_str!("../../../../events/export/put_settings.json"),
+        &acme,
+        "admin",
+        Some(settings),
+    );
+    let response = export::handle_http(&env.deps, request).await;
+    assert_eq!(response.status(), 409);
+}

@@ -8,6 +8,7 @@ mod deletion;
 mod delivery;
 mod expired_reads;
 mod faults;
+mod fence;
 mod files;
 mod reuse;
 mod rows;

@@ -147,3 +147,29 @@ async fn a_reconnect_to_another_account_revokes_the_old_grant() {
     let token = custody::oauth::access_token(&env.deps.oauth, &tenant("acme"), "google").await;
     assert!(token.is_ok(), "{token:?}");
 }
+
+/// The account-deletion fence: once `DELETE /account` has started, no connection is
+/// started, and a flow started before it stores nothing when it comes back.
+#[tokio::test]
+async fn an_account_being_deleted_gets_no_connection() {
+    let env = Env::new().await;
+    // Started before the deletion...
+    let (pairs, binding) = env.authorize("acme", "google").await;
+    let job =
+        custody::privacy::AccountDeletion::new(&tenant("acme"), "user:admin", chrono::Utc::now());
+    env.deps.oauth.store.create(&job).await.unwrap();
+    // ... comes back after: refused, nothing stored, the code never exchanged.
+    let before = env.sim("google").token_requests();
+    let resp = env.callback("google", &pairs, Some(&binding)).await;
+    assert_ne!(
+        result_of(&resp).as_deref(),
+        Some("connected"),
+        "{}",
+        body_text(&resp)
+    );
+    assert!(env.connection_item("acme", "google").await.is_none());
+    assert_eq!(env.sim("google").token_requests(), before);
+    // A new flow is refused at once.
+    let resp = env.connect("acme", "google", RETURN_URL).await;
+    assert_eq!(resp.status(), 409, "{}", body_text(&resp));
+}

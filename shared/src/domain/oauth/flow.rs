@@ -118,6 +118,7 @@ pub async fn start(
     return_url: Option<&str>,
 ) -> Result<Started, StartError> {
     let provider = deps.provider(provider_name)?;
+    super::ensure_open(deps, tenant).await?;
     let return_url = match return_url {
         Some(text) => Url::parse(text).map_err(|_| StartError::ReturnUrlInvalid)?,
         None => deps
@@ -323,6 +324,8 @@ async fn finish(
         ),
         None => None,
     };
+    // The account may have entered deletion since the flow started.
+    super::ensure_open(deps, &state.tenant).await?;
     let redirect_uri = deps.config.redirect_uri(&provider.name)?;
     let secret = deps.secrets.get(&provider.name).await?;
     let issued = provider
