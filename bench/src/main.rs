@@ -2,8 +2,8 @@
 //! `make bench` (method in docs/PERFORMANCE.md). Prints Markdown tables and writes
 //! the JSON results.
 //!
-//! `custody-bench workload <export|import|dsar> <size>`: one throughput run, in its
-//! own process so its peak RSS is its own.
+//! `custody-bench workload <export|import|dsar|dsar-erasure|audit> <size>`: one
+//! throughput run, in its own process so its peak RSS is its own.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,7 +40,7 @@ struct Options {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput] [--workload-timeout SECS] [--workload NAME]…\n       custody-bench workload <export|import|dsar> <size>"
+        "usage: custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput] [--workload-timeout SECS] [--workload NAME]…\n       custody-bench workload <export|import|dsar|dsar-erasure|audit> <size>"
     );
     ExitCode::from(2)
 }
@@ -60,6 +60,17 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("custody-bench sim-export-services: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // The dsar-erasure workload's import file, uploaded by a process of its own so
+    // that it is never in the measured one (see workloads/dsar_erasure.rs).
+    if args.first().map(String::as_str) == Some("seed-import-csv") {
+        return match workloads::seed_import_csv(&args[1..]).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("custody-bench seed-import-csv: {err}");
                 ExitCode::FAILURE
             }
         };
@@ -176,7 +187,18 @@ fn throughput_only(root: &Path, options: &Options) -> Result<String, BenchError>
     let object = results
         .as_object_mut()
         .ok_or_else(|| BenchError::file(out, "not a JSON object"))?;
-    let fresh = serde_json::to_value(&rows).map_err(|e| BenchError::Measurement(e.to_string()))?;
+    let mut fresh =
+        serde_json::to_value(&rows).map_err(|e| BenchError::Measurement(e.to_string()))?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // Some workloads only: the others' rows keep their time, so these carry their own.
+    let partial = selected.len() < Workload::ALL.len();
+    if partial {
+        for row in fresh.as_array_mut().into_iter().flatten() {
+            if let Some(row) = row.as_object_mut() {
+                row.insert("generated_at".into(), now.clone().into());
+            }
+        }
+    }
     let kept: Vec<serde_json::Value> = object
         .get("throughput")
         .and_then(serde_json::Value::as_array)
@@ -201,12 +223,9 @@ fn throughput_only(root: &Path, options: &Options) -> Result<String, BenchError>
     };
     merged.sort_by_key(|row| (order(row), row["size"].as_u64()));
     object.insert("throughput".into(), merged.into());
-    object.insert(
-        "throughput_generated_at".into(),
-        chrono::Utc::now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            .into(),
-    );
+    if !partial {
+        object.insert("throughput_generated_at".into(), now.into());
+    }
     let json = serde_json::to_string_pretty(&results)
         .map_err(|e| BenchError::Measurement(e.to_string()))?;
     std::fs::write(out, json + "\n").map_err(|e| BenchError::file(out, e))?;

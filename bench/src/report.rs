@@ -10,7 +10,7 @@ use crate::first_invocation::FirstInvocation;
 use crate::machine::Machine;
 use crate::size::{CrateWeight, Duplicate, SizeRow};
 use crate::stats::Summary;
-use crate::workloads::WorkloadRow;
+use crate::workloads::{Workload, WorkloadRow};
 
 pub const MEASURED: &str = "measured";
 
@@ -230,8 +230,86 @@ pub fn markdown(results: &Results) -> String {
     out
 }
 
-/// The throughput table alone (also what `--only throughput` prints).
+/// The throughput tables alone (also what `--only throughput` prints): every
+/// workload with its metrics as JSON, and the DSAR erasure rows in a table of their own.
 pub fn throughput_markdown(rows: &[WorkloadRow]) -> String {
+    let (erasure, rows): (Vec<&WorkloadRow>, Vec<&WorkloadRow>) = rows
+        .iter()
+        .partition(|row| row.workload == Workload::DsarErasure);
+    let mut out = String::new();
+    if !rows.is_empty() {
+        out.push_str(&generic_throughput_markdown(&rows));
+    }
+    if !erasure.is_empty() {
+        out.push_str(&erasure_markdown(&erasure));
+    }
+    out
+}
+
+/// A size in decimal units: `10 MB`, `1 GB`, `1.5 MB`.
+fn decimal_size(bytes: u64) -> String {
+    let (value, unit) = if bytes >= 1_000_000_000 {
+        (bytes as f64 / 1e9, "GB")
+    } else {
+        (bytes as f64 / 1e6, "MB")
+    };
+    let text = format!("{value:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} {unit}")
+}
+
+/// DSAR erasure of one subject inside one import file: size, time, MB/s, peak RSS.
+fn erasure_markdown(rows: &[&WorkloadRow]) -> String {
+    let mut out = String::from(
+        "\n### DSAR erasure of one subject inside one import file\n\n\
+         | file | rows | subject rows erased | erasure s | MB/s | peak RSS MB (erasure) | peak RSS MB (set-up) | goal (peak RSS) | status |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|---|\n",
+    );
+    let mb = |value: &serde_json::Value| {
+        value
+            .as_f64()
+            .map_or_else(|| "–".to_owned(), |b| format!("{:.1}", b / 1e6))
+    };
+    for row in rows {
+        let size = decimal_size(row.size);
+        let Some(m) = &row.metrics else {
+            let _ = writeln!(
+                out,
+                "| {size} | – | – | – | – | – | – | {} | {} |",
+                row.goal, row.status
+            );
+            continue;
+        };
+        let number = |field: &str, digits: usize| {
+            m[field]
+                .as_f64()
+                .map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+        };
+        let file = m["file_bytes"]
+            .as_u64()
+            .map_or(size, |bytes| format!("{} ({bytes} B)", decimal_size(bytes)));
+        let within = match m["within_goal"].as_bool() {
+            Some(true) => "",
+            Some(false) => " **over**",
+            None => "",
+        };
+        let _ = writeln!(
+            out,
+            "| {file} | {} | {} | {} | {} | {}{within} | {} | {} | {} |",
+            number("rows", 0),
+            m["erased"]["import_rows"],
+            number("erase_s", 1),
+            number("mb_per_s", 1),
+            mb(&m["erasure_peak_rss_bytes"]),
+            mb(&m["setup_peak_rss_bytes"]),
+            row.goal,
+            row.status
+        );
+    }
+    out
+}
+
+fn generic_throughput_markdown(rows: &[&WorkloadRow]) -> String {
     let mut out = String::from(
         "\n### Throughput\n\n| workload | size | goal | status | metrics |\n|---|---:|---|---|---|\n",
     );

@@ -1,4 +1,5 @@
-//! Throughput rows (issue 8, items 3–5): export, import and DSAR at two sizes each.
+//! Throughput rows (issue 8, items 3–5): export, import and DSAR at two sizes each;
+//! DSAR erasure inside one import file of 10 MB and 1 GB (peak RSS).
 //!
 //! Each size runs in a child process (`custody-bench workload <name> <size>`), so
 //! its peak RSS (`VmHWM`) is its own and not the harness's. Each arm of [`run`]
@@ -18,9 +19,11 @@ use crate::discover::Function;
 
 mod audit;
 mod dsar;
+mod dsar_erasure;
 mod export;
 mod import;
 
+pub use dsar_erasure::seed_import_csv;
 pub use export::serve_simulators;
 pub use import::serve_destination;
 
@@ -38,15 +41,21 @@ pub enum Workload {
     /// Export and erase a subject with 10 records in tables of 1 000 and 100 000
     /// items: DynamoDB request count and time. Goal: the same request count.
     Dsar,
+    /// Erase a subject named by 10 rows of one generated CSV import file of 10 MB
+    /// and 1 GB (the function streams it): time, MB/s and peak RSS. Goal: peak RSS
+    /// ≤ 64 MB at both sizes.
+    #[serde(rename = "dsar-erasure")]
+    DsarErasure,
     /// The audit chain (`custody::audit`), shared by every function: no function crate.
     Audit,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Export,
         Workload::Import,
         Workload::Dsar,
+        Workload::DsarErasure,
         Workload::Audit,
     ];
 
@@ -55,13 +64,17 @@ impl Workload {
             Workload::Export => "export",
             Workload::Import => "import",
             Workload::Dsar => "dsar",
+            Workload::DsarErasure => "dsar-erasure",
             Workload::Audit => "audit",
         }
     }
 
     /// The function binary it exercises.
     pub fn function(self) -> &'static str {
-        self.name()
+        match self {
+            Workload::DsarErasure => "dsar",
+            _ => self.name(),
+        }
     }
 
     pub fn sizes(self) -> &'static [u64] {
@@ -69,6 +82,7 @@ impl Workload {
             Workload::Export => &[5_000, 50_000],
             Workload::Import => &[100_000, 1_000_000],
             Workload::Dsar => &[1_000, 100_000],
+            Workload::DsarErasure => &[10_000_000, 1_000_000_000],
             Workload::Audit => &[1, 10, 50],
         }
     }
@@ -78,6 +92,7 @@ impl Workload {
             Workload::Export => "messages",
             Workload::Import => "CSV rows",
             Workload::Dsar => "table items",
+            Workload::DsarErasure => "bytes of CSV",
             Workload::Audit => "concurrent writers",
         }
     }
@@ -87,6 +102,7 @@ impl Workload {
             Workload::Export => "peak RSS at 5 000 and 50 000 within 10 %; 0 × 429 at steady state",
             Workload::Import => "peak RSS ≤ 64 MB and flat from 100 000 to 1 000 000 rows",
             Workload::Dsar => "same DynamoDB request count at 1 000 and 100 000 items",
+            Workload::DsarErasure => "≤ 64 MB",
             Workload::Audit => "appends/s and p50/p99 append latency; one verified chain",
         }
     }
@@ -94,7 +110,11 @@ impl Workload {
     /// True once [`run`] measures it.
     pub fn wired(self) -> bool {
         match self {
-            Workload::Export | Workload::Import | Workload::Dsar | Workload::Audit => true,
+            Workload::Export
+            | Workload::Import
+            | Workload::Dsar
+            | Workload::DsarErasure
+            | Workload::Audit => true,
         }
     }
 
@@ -232,6 +252,7 @@ pub fn in_child(
 pub async fn run(workload: Workload, size: u64) -> Result<Value, BenchError> {
     let mut metrics: Value = match workload {
         Workload::Dsar => dsar::run(size).await?,
+        Workload::DsarErasure => dsar_erasure::run(size).await?,
         Workload::Import => import::run(size).await?,
         Workload::Export => export::run(size).await?,
         Workload::Audit => audit::run(size).await?,
@@ -253,16 +274,31 @@ pub async fn run(workload: Workload, size: u64) -> Result<Value, BenchError> {
 
 /// This process's peak resident set (`VmHWM` in /proc/self/status), Linux only.
 pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// This process's resident set now (`VmRSS`), Linux only.
+pub fn rss_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .find_map(|line| line.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse::<u64>()
         .ok()?;
     Some(kb * 1024)
+}
+
+/// Resets `VmHWM` to the current resident set (Linux ≥ 4.0), so the peak that
+/// follows is what comes after, not the set-up's. False if the kernel refused.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 #[cfg(test)]

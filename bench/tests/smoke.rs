@@ -123,6 +123,27 @@ mod throughput {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn dsar_erasure_removes_the_subjects_rows_from_a_streamed_file() {
+        let metrics = tokio::task::spawn_blocking(|| run(Workload::DsarErasure, 1_000_000))
+            .await
+            .unwrap();
+        common(&metrics);
+        // The workload itself fails unless the rewritten object is exactly the
+        // subject's rows shorter; here, that the row reports what the table shows.
+        assert_eq!(metrics["subject_rows_seeded"], 10, "{metrics}");
+        assert_eq!(metrics["erased"]["import_rows"], 10, "{metrics}");
+        assert_eq!(metrics["erased"]["import_objects"], 1, "{metrics}");
+        assert_eq!(metrics["erased"]["import_versions_deleted"], 1, "{metrics}");
+        assert!(number(&metrics, "file_bytes") >= 1_000_000.0, "{metrics}");
+        assert!(number(&metrics, "mb_per_s") > 0.0, "{metrics}");
+        assert!(
+            number(&metrics, "erasure_peak_rss_bytes") > 0.0,
+            "{metrics}"
+        );
+        assert!(number(&metrics, "setup_peak_rss_bytes") > 0.0, "{metrics}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn export_moves_messages_under_the_simulated_rate_limit() {
         let metrics = tokio::task::spawn_blocking(|| run(Workload::Export, 200))
             .await

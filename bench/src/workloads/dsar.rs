@@ -152,7 +152,7 @@ async fn measure(
 }
 
 /// One HTTP route of the function from its event file, as an admin of the tenant.
-async fn call(deps: &Deps, event: &str, body: Value) -> Result<Value, BenchError> {
+pub(super) async fn call(deps: &Deps, event: &str, body: Value) -> Result<Value, BenchError> {
     let mut ev: Value = serde_json::from_str(event).map_err(|e| failed("event file", e))?;
     if let Some(claims) = ev
         .pointer_mut("/requestContext/authorizer/jwt/claims")

@@ -98,7 +98,7 @@ pub async fn run(rows: u64) -> Result<Value, BenchError> {
     let created = create(&deps, &body).await?;
     let version = upload(&created, csv).await?;
     let key = format!("imports/{TENANT}/{}/upload.csv", created.import.id);
-    reset_peak_rss();
+    crate::workloads::reset_peak_rss();
 
     let started = Instant::now();
     import::process::handle_s3(
@@ -220,12 +220,6 @@ fn s3_event(
     record["s3"]["object"]["versionId"] = json!(version);
     record["s3"]["object"]["size"] = json!(size);
     serde_json::from_value(event).map_err(|e| failed("S3 event", e))
-}
-
-/// Resets `VmHWM` to the current resident set (Linux ≥ 4.0), so the peak that
-/// follows is the processing's, not the generated file's.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// `custody-bench sim-destination`: a `DestinationSim` in its own process; prints
