@@ -686,14 +686,11 @@ async fn append_unless_written(
     tenant: &TenantId,
     event: Event,
 ) -> Result<(), WorkerError> {
-    let class = custody::audit::AuditClass::of(&event.action);
-    let written = deps
+    if !deps
         .audit
-        .chain_entries(tenant, class)
+        .holds(tenant, &event.action, &event.target, |_| true)
         .await?
-        .iter()
-        .any(|e| e.action == event.action && e.target == event.target);
-    if !written {
+    {
         deps.audit.append(tenant, event).await?;
     }
     Ok(())

@@ -18,7 +18,7 @@ use std::time::Duration;
 use aws_lambda_events::s3::S3Event;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use custody::audit::{AuditClass, Event, Outcome};
+use custody::audit::{Event, Outcome};
 use custody::idempotency::RunError;
 use custody::imports::{
     FileError, Import, ImportError, LineError, MAX_RECORDED_ERRORS, Mode, ObjectKey, ObjectKind,
@@ -319,14 +319,10 @@ async fn reject_other_upload(
     let target = keys::import(&import.id);
     let written = deps
         .audit
-        .chain_entries(&import.tenant, AuditClass::of(action))
-        .await?
-        .iter()
-        .any(|e| {
-            e.action == action
-                && e.target == target
-                && e.details.get("version").and_then(Value::as_str) == Some(version)
-        });
+        .holds(&import.tenant, action, &target, |e| {
+            e.details.get("version").and_then(Value::as_str) == Some(version)
+        })
+        .await?;
     if !written {
         let event = Event::new(ACTOR, action, target)
             .outcome(Outcome::Failure)
@@ -380,18 +376,14 @@ pub(crate) async fn redrive_end(
     let target = keys::import(id);
     let written = deps
         .audit
-        .chain_entries(tenant, AuditClass::of(action))
-        .await?
-        .iter()
-        .any(|e| {
-            e.action == action
-                && e.target == target
-                && e.details
-                    .get("attempt")
-                    .and_then(|a| a.as_u64())
-                    .unwrap_or(0)
-                    == u64::from(import.retries)
-        });
+        .holds(tenant, action, &target, |e| {
+            e.details
+                .get("attempt")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                == u64::from(import.retries)
+        })
+        .await?;
     if written {
         mark_final_audited(deps, &import).await
     } else {

@@ -735,6 +735,23 @@ impl AuditLog {
             .collect()
     }
 
+    /// Whether the tenant's chain already holds an entry of `action` on `target` that
+    /// `also` accepts: how a redelivered event finds an entry an earlier delivery wrote
+    /// before it failed. Reads the whole chain: for recovery paths only.
+    pub async fn holds(
+        &self,
+        tenant: &TenantId,
+        action: &str,
+        target: &str,
+        also: impl Fn(&Entry) -> bool,
+    ) -> Result<bool, AuditError> {
+        Ok(self
+            .chain_entries(tenant, AuditClass::of(action))
+            .await?
+            .iter()
+            .any(|e| e.action == action && e.target == target && also(e)))
+    }
+
     /// Every stored checkpoint of one chain, in sequence order.
     pub async fn checkpoints(
         &self,
