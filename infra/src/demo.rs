@@ -36,12 +36,16 @@ pub const SUBJECT_PHONE: &str = "+447700900123";
 pub const SUBJECT_CONTACT: &str = "hl_contact_42";
 pub const SUBJECT_NAME: &str = "Jane Doe";
 
-pub const STEPS: [&str; 6] = [
+/// The Marketplace app id the demo's HighLevel app is configured with.
+const MARKETPLACE_APP_ID: &str = "custody-demo-app";
+
+pub const STEPS: [&str; 7] = [
     "connect HighLevel (OAuth, state + PKCE)",
     "export conversations to WebDAV",
     "import a CSV file",
     "consent, access and erasure of a data subject",
     "uninstall through the signed HighLevel webhook",
+    "install again from the HighLevel Marketplace and claim it",
     "verify the audit chain",
 ];
 
@@ -160,6 +164,7 @@ impl Environment {
             "authorize_url": oauth.authorize_url(),
             "token_url": oauth.token_url(),
             "user_type": "Location",
+            "marketplace_app_id": MARKETPLACE_APP_ID,
         }])
         .to_string();
         let mut options = StackOptions::new(stage);
@@ -479,12 +484,13 @@ fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), String
 
 /// Runs the journey, printing progress through `say`.
 pub async fn journey(env: &Environment, say: &mut dyn FnMut(&str)) -> Result<(), DemoError> {
-    let steps: [&dyn Fn(&Environment) -> StepFuture<'_>; 6] = [
+    let steps: [&dyn Fn(&Environment) -> StepFuture<'_>; 7] = [
         &|e| Box::pin(connect(e)),
         &|e| Box::pin(export(e)),
         &|e| Box::pin(import(e)),
         &|e| Box::pin(privacy(e)),
         &|e| Box::pin(uninstall(e)),
+        &|e| Box::pin(marketplace(e)),
         &|e| Box::pin(audit(e)),
     ];
     for (index, step) in steps.iter().enumerate() {
@@ -1054,7 +1060,7 @@ fn openssl_verify(signed: &custody::certificate::SignedCertificate, pem: &str) -
 async fn uninstall(env: &Environment) -> Result<Vec<String>, String> {
     let body = json!({
         "type": "UNINSTALL",
-        "appId": "custody-demo-app",
+        "appId": MARKETPLACE_APP_ID,
         "locationId": LOCATION,
         "companyId": "co_demo_0001",
         "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -1133,7 +1139,162 @@ async fn uninstall(env: &Environment) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
+/// A signed marketplace webhook of `kind` for the demo location.
+async fn marketplace_webhook(env: &Environment, kind: &str) -> Result<reqwest::Response, String> {
+    let body = json!({
+        "type": kind,
+        "appId": MARKETPLACE_APP_ID,
+        "installType": "Location",
+        "locationId": LOCATION,
+        "companyId": "co_demo_0001",
+        "userId": "demo-user",
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "webhookId": ulid::Ulid::new().to_string(),
+    })
+    .to_string();
+    let signature = env
+        .signer
+        .sign_rsa(body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    env.http
+        .post(format!("{}/webhooks/highlevel", env.stack.base_url))
+        .header("content-type", "application/json")
+        .header("x-wh-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 // ----------------------------------------------------------------------------- 6
+
+/// HighLevel's other way in: the admin clicks Install in the Marketplace, the browser
+/// arrives with a code and no state, and a custody admin claims the install.
+async fn marketplace(env: &Environment) -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
+    let callback = format!("{}/oauth/highlevel/callback", env.stack.base_url);
+    let at_marketplace = env
+        .http
+        .get(env.oauth.marketplace_install_url(&callback))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(at_marketplace.status() == 302, || {
+        format!("the Marketplace answered {}", at_marketplace.status())
+    })?;
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no {name} header"))
+    };
+    let back = header(&at_marketplace, "location")?;
+    let back_url = url::Url::parse(&back).map_err(|e| e.to_string())?;
+    for (name, value) in back_url.query_pairs() {
+        check(name != "state", || "the Marketplace sent a state".into())?;
+        if name == "code" {
+            env.handled_secret(&value);
+        }
+    }
+    // The browser arrives with no custody cookie and no state.
+    let arrived = env
+        .http
+        .get(&back)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(arrived.status() == 302, || {
+        format!("the stateless callback answered {}", arrived.status())
+    })?;
+    let landing = url::Url::parse(&header(&arrived, "location")?).map_err(|e| e.to_string())?;
+    let query: BTreeMap<String, String> = landing.query_pairs().into_owned().collect();
+    check(
+        query.get("result").map(String::as_str) == Some("install_pending"),
+        || format!("the callback sent the browser to {}", landing.path()),
+    )?;
+    let installation = query
+        .get("installation")
+        .cloned()
+        .ok_or("the claim page names no installation")?;
+    let claim_token = landing
+        .fragment()
+        .and_then(|f| f.strip_prefix("claim_token="))
+        .map(str::to_owned)
+        .ok_or("the claim page carries no claim token")?;
+    env.handled_secret(&claim_token);
+    let cookie = header(&arrived, "set-cookie")?;
+    let binding = cookie.split(';').next().unwrap_or_default().to_owned();
+    if let Some((_, value)) = binding.split_once('=') {
+        env.handled_secret(value);
+    }
+    lines.push(format!(
+        "stateless callback held the install ({installation}) for 15 minutes, sealed, and sent the browser to the claim page"
+    ));
+    let claim = || {
+        env.http
+            .post(format!(
+                "{}/installations/highlevel/claim",
+                env.stack.base_url
+            ))
+            .bearer_auth(env.admin_token())
+            .header("cookie", &binding)
+            .json(&json!({ "installation": installation, "claim_token": claim_token }))
+            .send()
+    };
+    let early = claim().await.map_err(|e| e.to_string())?;
+    check(early.status() == 409, || {
+        format!(
+            "a claim before HighLevel's INSTALL webhook answered {}",
+            early.status()
+        )
+    })?;
+    lines.push("claim before HighLevel's INSTALL webhook: 409 install-unconfirmed".into());
+    let webhook = marketplace_webhook(env, "INSTALL").await?;
+    check(webhook.status().is_success(), || {
+        format!("signed INSTALL answered {}", webhook.status())
+    })?;
+    let claimed = claim().await.map_err(|e| e.to_string())?;
+    let status = claimed.status();
+    let text = claimed.text().await.map_err(|e| e.to_string())?;
+    check(status == 200, || {
+        format!("the claim answered {status}: {text}")
+    })?;
+    lines.push(format!(
+        "signed INSTALL corroborated it; the admin's claim: {text}"
+    ));
+    let again = claim().await.map_err(|e| e.to_string())?;
+    check(again.status() == 404, || {
+        format!(
+            "a second claim with the same token answered {}",
+            again.status()
+        )
+    })?;
+    lines.push("the claim token works once (second claim: 404)".into());
+    let listing = env
+        .expect(reqwest::Method::GET, "/connections", None, 200)
+        .await?;
+    check(listing.to_string().contains(LOCATION), || {
+        format!("the claimed connection is not listed: {listing}")
+    })?;
+    let dump = raw_table(env, &env.stack.provisioned.config.table).await?;
+    for token in env
+        .oauth
+        .issued_access_tokens()
+        .iter()
+        .chain(&env.oauth.issued_refresh_tokens())
+    {
+        check(!dump.contains(token.as_str()), || {
+            "a plaintext token is in the table".into()
+        })?;
+    }
+    lines.push(format!(
+        "GET /connections lists {LOCATION} again; tokens only sealed"
+    ));
+    Ok(lines)
+}
+
+// ----------------------------------------------------------------------------- 7
 
 async fn audit(env: &Environment) -> Result<Vec<String>, String> {
     let tenant = TenantId::parse(TENANT).map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@
 
 use custody::api::{self, Problem, Role};
 use custody::oauth::flow::{self, BINDING_COOKIE, CallbackFailure, CallbackParams};
+use custody::oauth::install::{self, ClaimRequest, INSTALL_COOKIE};
 use custody::oauth::webhook::{self, WebhookKeys};
 use custody::oauth::{OauthDeps, OauthError};
 use custody::schedule::ExportSchedules;
@@ -33,7 +34,9 @@ pub enum EventError {
 
 /// The Lambda entry point: HTTP API events go to the routes; `{"custody_revoke_deleted":
 /// […]}` from the dsar function (which deleted those connections on account deletion
-/// and may not decrypt their tokens) revokes their grants at the providers.
+/// and may not decrypt their tokens) revokes their grants at the providers;
+/// `{"custody_expire_installations": {}}` (every 5 minutes, from the template's
+/// schedule) deletes unclaimed Marketplace installs past their time.
 pub async fn handle_event(
     deps: &Deps,
     event: serde_json::Value,
@@ -44,6 +47,10 @@ pub async fn handle_event(
         let response = handle(deps, request).await;
         return serde_json::to_value(api::gateway_response(response))
             .map_err(|e| EventError::Unrecognised(e.to_string()));
+    }
+    if event.get(SWEEP_EVENT).is_some() {
+        let swept = install::sweep_expired(&deps.oauth).await?;
+        return serde_json::to_value(swept).map_err(|e| EventError::Unrecognised(e.to_string()));
     }
     let request: custody::oauth::RevokeDeleted = serde_json::from_value(event)
         .map_err(|e| EventError::Unrecognised(format!("revocation request: {e}")))?;
@@ -56,6 +63,9 @@ pub async fn handle_event(
     Ok(serde_json::json!({ "revocations": revoked }))
 }
 
+/// The key of the scheduled sweep's event (template: `ExpireInstallations`).
+pub const SWEEP_EVENT: &str = "custody_expire_installations";
+
 /// Dispatches on the API Gateway route key. Never fails: every error is a response.
 pub async fn handle(deps: &Deps, req: Request) -> Response<Body> {
     let route = api::route_key(&req).unwrap_or_default();
@@ -65,6 +75,7 @@ pub async fn handle(deps: &Deps, req: Request) -> Response<Body> {
         "GET /connections" => list(deps, &req).await,
         "DELETE /connections/{provider}" => disconnect(deps, &req).await,
         "POST /webhooks/highlevel" => highlevel_webhook(deps, &req).await,
+        "POST /installations/{provider}/claim" => claim(deps, &req).await,
         _ => Err(Problem::not_found()),
     };
     result.unwrap_or_else(Problem::into_response)
@@ -151,6 +162,14 @@ async fn callback(deps: &Deps, req: &Request) -> Response<Body> {
         error: query(req, "error"),
         iss: query(req, "iss"),
     };
+    let marketplace = params.state.as_deref().is_none_or(str::is_empty)
+        && deps
+            .oauth
+            .provider(&provider)
+            .is_ok_and(|p| p.marketplace_app_id.is_some());
+    if marketplace {
+        return marketplace_callback(deps, &provider, &params).await;
+    }
     let binding = cookie(req, BINDING_COOKIE);
     let result = flow::complete(&deps.oauth, &provider, &params, binding.as_deref()).await;
     let response = match result {
@@ -207,6 +226,93 @@ async fn callback(deps: &Deps, req: &Request) -> Response<Body> {
         .headers_mut()
         .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     response
+}
+
+/// A callback without state for a provider that takes Marketplace installs: the
+/// install is held, and the browser goes to the console's claim page with the
+/// binding cookie. Failures go to the same page with a result code.
+async fn marketplace_callback(
+    deps: &Deps,
+    provider: &str,
+    params: &CallbackParams,
+) -> Response<Body> {
+    let Ok(config) = deps.oauth.provider(provider) else {
+        return Problem::not_found().into_response();
+    };
+    let response = match install::receive(&deps.oauth, config, params).await {
+        Ok(received) => {
+            let cookie = format!(
+                "{INSTALL_COOKIE}={}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=None",
+                received.binding.expose_secret(),
+                install::claim_window().num_seconds()
+            );
+            redirect(&received.claim_url).and_then(|mut resp| {
+                resp.headers_mut().insert(
+                    SET_COOKIE,
+                    HeaderValue::from_str(&cookie).map_err(|_| Problem::internal())?,
+                );
+                Ok(resp)
+            })
+        }
+        Err(error) => {
+            let code = error.result_code();
+            tracing::warn!(provider = %provider, error = %error, result = code, "Marketplace install refused");
+            match (install::landing_url(&deps.oauth), error) {
+                (
+                    _,
+                    flow::CallbackError::Oauth(
+                        err @ (OauthError::Config(_)
+                        | OauthError::Seal(_)
+                        | OauthError::Store(_)
+                        | OauthError::Audit(_)),
+                    ),
+                ) => Err(Problem::from(err)),
+                (Ok(url), _) => redirect(&with_result(url, code, provider)),
+                (Err(err), _) => Err(Problem::from(err)),
+            }
+        }
+    };
+    with_no_referrer(response.unwrap_or_else(Problem::into_response))
+}
+
+fn with_no_referrer(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    response
+}
+
+/// Largest claim body accepted (two short strings).
+pub const CLAIM_BODY_MAX_BYTES: usize = 4096;
+
+/// `POST /installations/{provider}/claim`: an admin claims a Marketplace install for
+/// their tenant, from the browser the install arrived in.
+async fn claim(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
+    let caller = api::caller(req)?;
+    caller.require(Role::Admin)?;
+    let provider = api::path_param(req, "provider")?;
+    let body: ClaimRequest = api::json_body(req, CLAIM_BODY_MAX_BYTES)?;
+    let binding = cookie(req, INSTALL_COOKIE);
+    let claimed = install::claim(
+        &deps.oauth,
+        &caller.tenant,
+        &caller.actor(),
+        &provider,
+        &body,
+        binding.as_deref(),
+    )
+    .await?;
+    tracing::info!(provider = %claimed.provider, tenant = %caller.tenant, "Marketplace install claimed");
+    let mut resp = api::json_response(StatusCode::OK, &claimed)?;
+    // The binding has served its purpose.
+    resp.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{INSTALL_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=None"
+        ))
+        .map_err(|_| Problem::internal())?,
+    );
+    Ok(resp)
 }
 
 async fn list(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {

@@ -164,6 +164,7 @@ impl OauthProviderSim {
         let app = Router::new()
             .route("/authorize", get(authorize))
             .route("/oauth/chooselocation", get(authorize))
+            .route("/marketplace/install", get(marketplace_install))
             .route("/token", post(token))
             .route("/oauth/token", post(token))
             .route("/revoke", post(revoke))
@@ -204,6 +205,21 @@ impl OauthProviderSim {
 
     pub fn userinfo_url(&self) -> String {
         format!("{}/userinfo", self.base_url())
+    }
+
+    /// Where a browser clicking Install in the simulated Marketplace starts: the
+    /// provider answers with a redirect to `redirect_uri` carrying a `code` and no
+    /// `state` (HighLevel's Marketplace-initiated install). The account is the one of
+    /// [`OauthProviderSim::set_account`].
+    pub fn marketplace_install_url(&self, redirect_uri: &str) -> String {
+        let mut url = match Url::parse(&format!("{}/marketplace/install", self.base_url())) {
+            Ok(url) => url,
+            Err(_) => return String::new(),
+        };
+        url.query_pairs_mut()
+            .append_pair("client_id", &self.shared.client_id)
+            .append_pair("redirect_uri", redirect_uri);
+        url.to_string()
     }
 
     /// Registers a redirect URI; only registered ones are accepted, exactly.
@@ -373,6 +389,46 @@ async fn authorize(
         }
     }
     // 302, as providers answer an authorization request.
+    (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response()
+}
+
+/// The Marketplace's Install button: the admin picked a location (the configured
+/// account) and approved the app's scopes; the browser goes to the app's registered
+/// redirect URI with a code, no state, no PKCE.
+async fn marketplace_install(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let get = |name: &str| params.get(name).cloned().unwrap_or_default();
+    let redirect_uri = get("redirect_uri");
+    let mut inner = shared.lock();
+    if get("client_id") != shared.client_id {
+        return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
+    }
+    if !inner.redirect_uris.contains(&redirect_uri) {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is not registered").into_response();
+    }
+    let Ok(mut target) = Url::parse(&redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response();
+    };
+    let code = random_token("code_");
+    let account = inner
+        .account
+        .clone()
+        .unwrap_or_else(|| default_account(shared.flavour));
+    inner.codes.insert(
+        code.clone(),
+        Code {
+            client_id: shared.client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            challenge: None,
+            scope: "conversations.readonly conversations/message.readonly".into(),
+            account,
+            used: false,
+            issued: Vec::new(),
+        },
+    );
+    target.query_pairs_mut().append_pair("code", &code);
     (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response()
 }
 

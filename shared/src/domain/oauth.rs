@@ -21,6 +21,7 @@
 //! same write as the new access token.
 
 pub mod flow;
+pub mod install;
 pub mod provider;
 pub mod webhook;
 

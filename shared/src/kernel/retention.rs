@@ -42,6 +42,9 @@ pub enum RetentionClass {
     DsarResult,
     /// OAuth `state` + PKCE verifier between redirect and callback.
     OauthState,
+    /// A HighLevel Marketplace install no tenant has claimed yet (sealed tokens, the
+    /// claim token's hash) and the `INSTALL` webhook that corroborates it.
+    PendingInstall,
     /// Idempotency records for at-least-once events.
     Idempotency,
     /// One-time verification codes for data-subject self-service.
@@ -71,12 +74,13 @@ pub enum RetentionClass {
 }
 
 impl RetentionClass {
-    pub const ALL: [RetentionClass; 14] = [
+    pub const ALL: [RetentionClass; 15] = [
         RetentionClass::ExportLog,
         RetentionClass::Import30d,
         RetentionClass::Import90d,
         RetentionClass::DsarResult,
         RetentionClass::OauthState,
+        RetentionClass::PendingInstall,
         RetentionClass::Idempotency,
         RetentionClass::VerificationCode,
         RetentionClass::AuditActivity,
@@ -95,6 +99,7 @@ impl RetentionClass {
             RetentionClass::Import90d => Period::Days(90),
             RetentionClass::DsarResult => Period::Days(7),
             RetentionClass::OauthState => Period::Minutes(10),
+            RetentionClass::PendingInstall => Period::Minutes(15),
             RetentionClass::Idempotency => Period::Days(1),
             RetentionClass::VerificationCode => Period::Minutes(15),
             // Two years is the floor the product promises; regulated tenants often
@@ -117,6 +122,7 @@ impl RetentionClass {
             RetentionClass::Import90d => "import-90d",
             RetentionClass::DsarResult => "dsar-result",
             RetentionClass::OauthState => "oauth-state",
+            RetentionClass::PendingInstall => "pending-install",
             RetentionClass::Idempotency => "idempotency",
             RetentionClass::VerificationCode => "verification-code",
             RetentionClass::AuditActivity => "audit-activity",
@@ -147,6 +153,7 @@ impl RetentionClass {
             RetentionClass::FailedEvent => Store::FailureQueues,
             RetentionClass::ExportLog
             | RetentionClass::OauthState
+            | RetentionClass::PendingInstall
             | RetentionClass::Idempotency
             | RetentionClass::VerificationCode => Store::Table,
         }
@@ -204,6 +211,11 @@ impl RetentionClass {
                 "OAuth state and PKCE verifier only between redirect and callback",
                 "`expires_at` (TTL) and the read filter; the callback consumes the state",
                 "`functions/oauth/tests/oauth/flow.rs`",
+            ),
+            RetentionClass::PendingInstall => (
+                "a Marketplace install's tokens are held for minutes until an admin claims it, then deleted",
+                "`expires_at` (TTL) and the read filter; the claim consumes it; the oauth function's sweep (`custody::oauth::install::sweep_expired`, every 5 minutes) revokes an unclaimed grant where the provider can and deletes it",
+                "`functions/oauth/tests/oauth/install.rs`",
             ),
             RetentionClass::Idempotency => (
                 "idempotency records only as long as a retry can arrive",

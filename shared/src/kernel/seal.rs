@@ -28,6 +28,10 @@ pub enum Purpose {
     OauthRefreshToken,
     /// PKCE verifier held in the OAuth state between redirect and callback.
     OauthPkceVerifier,
+    /// Tokens of a Marketplace install not yet claimed by a tenant: never openable as
+    /// a connection's tokens, whatever record they are copied into.
+    InstallAccessToken,
+    InstallRefreshToken,
     DestinationPassword,
     WebhookSecret,
 }
@@ -38,6 +42,8 @@ impl Purpose {
             Purpose::OauthAccessToken => "oauth_access_token",
             Purpose::OauthRefreshToken => "oauth_refresh_token",
             Purpose::OauthPkceVerifier => "oauth_pkce_verifier",
+            Purpose::InstallAccessToken => "oauth_install_access_token",
+            Purpose::InstallRefreshToken => "oauth_install_refresh_token",
             Purpose::DestinationPassword => "destination_password",
             Purpose::WebhookSecret => "webhook_secret",
         }

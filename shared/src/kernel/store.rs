@@ -101,6 +101,13 @@ pub mod keys {
         format!("CO#{company_id}")
     }
 
+    /// Marketplace installs of `provider` no tenant has claimed yet, and the install
+    /// webhooks that corroborate them: one partition, so the sweep finds them with a
+    /// query. Sort keys `P#<installation>` and `W#<installation>`.
+    pub fn installations(provider: &str) -> String {
+        format!("INSTALL#{provider}")
+    }
+
     /// Receipt of a provider webhook delivery, for replay protection.
     pub fn webhook_receipt(provider: &str, webhook_id: &str) -> String {
         format!("WH#{provider}#{webhook_id}")
@@ -405,6 +412,31 @@ impl Store {
             .await
             .map_err(|err| StoreError::Dynamo(error_text(&err)))?;
         Ok(())
+    }
+
+    /// Deletes the item at `key` only if `condition` holds for it: whether it did.
+    pub async fn delete_if(&self, key: &Key, condition: Condition) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key.to_item()))
+            .condition_expression(condition.expression)
+            .set_expression_attribute_names(non_empty(condition.names))
+            .set_expression_attribute_values(non_empty(condition.values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(StoreError::Dynamo(error_text(&err))),
+        }
     }
 
     /// Consumes a single-use item: deletes it and returns it, atomically. Of two

@@ -610,9 +610,9 @@ fn every_asynchronous_source_has_a_failure_destination() {
             queues_used.insert(queue.to_owned());
         }
     }
-    // import and expiry (S3), export (Scheduler), dsar (the daily deadline check);
-    // dsar and expiry (stream).
-    assert_eq!(async_functions, 4);
+    // import and expiry (S3), export (Scheduler), dsar (the daily deadline check),
+    // oauth (the sweep of unclaimed installs); dsar and expiry (stream).
+    assert_eq!(async_functions, 5);
     assert_eq!(stream_events, 2);
 
     // The export function puts that same queue on every schedule as its
@@ -638,7 +638,7 @@ fn every_asynchronous_source_has_a_failure_destination() {
         .filter_map(|(l, _)| l.as_str().map(str::to_owned))
         .collect();
     assert_eq!(all_queues, queues_used);
-    assert_eq!(all_queues.len(), 4);
+    assert_eq!(all_queues.len(), 5);
 }
 
 /// Failure queues keep a record for the failed-event class's days, sealed with the

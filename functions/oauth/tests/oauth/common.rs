@@ -16,6 +16,8 @@ use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
 pub const REDIRECT_BASE: &str = "https://api.custody.test/prod";
+/// The Marketplace app id of [`Env::with_marketplace`] (and of the webhooks' `appId`).
+pub const MARKETPLACE_APP_ID: &str = "66c0ffee0000000000000001";
 pub const RETURN_URL: &str = "https://app.custody.test/settings/connections";
 
 pub const CONNECT: &str = include_str!("../../../../events/oauth/connect.json");
@@ -54,6 +56,16 @@ impl Env {
     }
 
     pub async fn with_ed25519(ed25519: bool) -> Env {
+        Self::build(ed25519, false).await
+    }
+
+    /// HighLevel takes Marketplace installs (and, to show revocation where a
+    /// provider can, has a revocation endpoint).
+    pub async fn with_marketplace() -> Env {
+        Self::build(false, true).await
+    }
+
+    async fn build(ed25519: bool, marketplace: bool) -> Env {
         logs();
         let stack = TestStack::new().await;
         let clock = ManualClock::at(chrono::Utc::now());
@@ -77,7 +89,13 @@ impl Env {
                 "token_url": sim.token_url(),
             });
             match flavour {
-                Flavour::HighLevel => entry["kind"] = json!("highlevel"),
+                Flavour::HighLevel => {
+                    entry["kind"] = json!("highlevel");
+                    if marketplace {
+                        entry["marketplace_app_id"] = json!(MARKETPLACE_APP_ID);
+                        entry["revocation_url"] = json!(sim.revocation_url());
+                    }
+                }
                 Flavour::Google => {
                     entry["kind"] = json!("google");
                     entry["revocation_url"] = json!(sim.revocation_url());

@@ -3,6 +3,7 @@
 
 mod common;
 mod flow;
+mod install;
 mod refresh;
 mod revoke;
 mod webhook;

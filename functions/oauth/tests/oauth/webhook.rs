@@ -168,7 +168,7 @@ async fn bad_signature_stale_timestamp_and_replayed_id_delete_nothing() {
         chrono::Duration::seconds(1),
     );
     let resp = deliver(&env, &install, Sig::Rsa).await;
-    assert_eq!(body_json(&resp)["status"], "installed");
+    assert_eq!(body_json(&resp)["status"], "ignored");
     let replay = payload(
         &env,
         "UNINSTALL",

@@ -77,6 +77,11 @@ pub struct ProviderConfig {
     /// HighLevel `user_type` on token requests: `Location` or `Company`.
     #[serde(default)]
     pub user_type: Option<String>,
+    /// HighLevel only: the Marketplace app id. When set, an install started in the
+    /// Marketplace (a callback with a code and no state) is accepted as a pending
+    /// installation, and `INSTALL` webhooks must name this app. Empty means off.
+    #[serde(default)]
+    pub marketplace_app_id: Option<String>,
 }
 
 const HIGHLEVEL_AUTHORIZE: &str = "https://marketplace.gohighlevel.com/oauth/chooselocation";
@@ -103,6 +108,8 @@ pub struct Provider {
     pub scopes: Vec<String>,
     pub pkce: bool,
     pub user_type: Option<String>,
+    /// Set: Marketplace-initiated installs are accepted (`custody::oauth::install`).
+    pub marketplace_app_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -178,8 +185,33 @@ impl Provider {
                 config.name
             ));
         }
+        let marketplace_app_id = config
+            .marketplace_app_id
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty());
+        if let Some(app_id) = &marketplace_app_id {
+            // A callback without state is safe only where the provider's install
+            // itself is the consent and its webhook corroborates it: HighLevel.
+            if config.kind != ProviderKind::Highlevel {
+                return Err(format!(
+                    "provider {}: marketplace_app_id is for kind highlevel only",
+                    config.name
+                ));
+            }
+            if app_id.len() > 128
+                || !app_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "provider {}: marketplace_app_id must be [A-Za-z0-9_-]{{1,128}}",
+                    config.name
+                ));
+            }
+        }
         Ok(Self {
             requires_iss: config.requires_iss.unwrap_or(google),
+            marketplace_app_id,
             name: config.name,
             kind: config.kind,
             client_id: config.client_id,

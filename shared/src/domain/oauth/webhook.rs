@@ -181,6 +181,11 @@ struct Payload {
     location_id: Option<String>,
     #[serde(rename = "companyId", default)]
     company_id: Option<String>,
+    #[serde(rename = "appId", default)]
+    app_id: Option<String>,
+    /// `Location` or `Company` (an agency-level install).
+    #[serde(rename = "installType", default)]
+    install_type: Option<String>,
 }
 
 fn parse_timestamp(value: &serde_json::Value) -> Option<DateTime<Utc>> {
@@ -201,7 +206,7 @@ fn parse_timestamp(value: &serde_json::Value) -> Option<DateTime<Utc>> {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
@@ -246,7 +251,8 @@ pub fn receipt_key(webhook_id: &str) -> Key {
 pub enum WebhookOutcome {
     /// `UNINSTALL`: these many connections were deleted.
     Uninstalled { connections_deleted: usize },
-    /// `INSTALL`: recorded (the connection itself is made by the OAuth flow).
+    /// `INSTALL` of our app: kept as the corroboration of the Marketplace install
+    /// (`custody::oauth::install`); the connection is made by a claim or the flow.
     Installed,
     /// The same delivery again: acknowledged, no effect.
     Duplicate,
@@ -372,12 +378,53 @@ async fn act(
                     .await
                     .map_err(OauthError::from)?;
             }
+            // An install nobody claimed yet goes too: its grant just ended.
+            super::install::forget(
+                deps,
+                PROVIDER,
+                payload.location_id.as_deref(),
+                payload.company_id.as_deref(),
+            )
+            .await?;
             tracing::info!(connections_deleted = deleted, "HighLevel UNINSTALL handled");
             Ok(WebhookOutcome::Uninstalled {
                 connections_deleted: deleted,
             })
         }
         "INSTALL" => {
+            // Corroborates a Marketplace install of our app (same app, location and
+            // company); other apps' installs and providers without Marketplace
+            // installs are only acknowledged.
+            let provider = deps.provider(PROVIDER).ok();
+            let ours = provider.and_then(|p| {
+                p.marketplace_app_id
+                    .as_deref()
+                    .filter(|app| payload.app_id.as_deref() == Some(*app))
+                    .map(|app| (p, app))
+            });
+            let Some((provider, app_id)) = ours else {
+                tracing::info!(
+                    "HighLevel INSTALL for another app or without Marketplace installs: acknowledged"
+                );
+                return Ok(WebhookOutcome::Ignored);
+            };
+            let install_type = payload
+                .install_type
+                .as_deref()
+                .filter(|t| matches!(*t, "Location" | "Company"));
+            let noted = super::install::note_webhook(
+                deps,
+                provider,
+                &payload.webhook_id,
+                payload.location_id.as_deref(),
+                payload.company_id.as_deref(),
+                install_type,
+                app_id,
+            )
+            .await?;
+            if noted.is_none() {
+                return Err(WebhookError::Malformed("locationId/companyId"));
+            }
             tracing::info!("HighLevel INSTALL recorded");
             Ok(WebhookOutcome::Installed)
         }
