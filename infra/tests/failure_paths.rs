@@ -80,7 +80,8 @@ async fn failure_queues_are_provisioned_as_the_template_states() {
         .filter(|(_, p)| p.kind == "AWS::SQS::Queue")
         .map(|(l, _)| l)
         .collect();
-    assert_eq!(queues.len(), 4, "{queues:?}");
+    // One per asynchronously invoked function: import, expiry, dsar, export, oauth.
+    assert_eq!(queues.len(), 5, "{queues:?}");
     for logical in queues {
         let attributes = sqs
             .get_queue_attributes()

@@ -33,9 +33,10 @@ async fn the_demo_journey_passes_end_to_end() {
     if let Err(err) = result {
         panic!("{err}\n{transcript}");
     }
-    for step in 1..=6 {
+    let steps = custody_local::demo::STEPS.len();
+    for step in 1..=steps {
         assert!(
-            transcript.contains(&format!("[{step}/6]")),
+            transcript.contains(&format!("[{step}/{steps}]")),
             "step {step} ran:\n{transcript}"
         );
     }
@@ -234,7 +235,7 @@ fn interrupt_demo_and_check(signal: i32) {
         if let Some(p) = line.strip_prefix("ports: ") {
             port = p.trim().parse::<u16>().ok();
         }
-        if line.starts_with("[2/6]") {
+        if line.starts_with(&format!("[2/{}]", custody_local::demo::STEPS.len())) {
             break;
         }
     }

@@ -14,15 +14,15 @@ use custody::api::{
 };
 use custody::audit::{Event, Outcome};
 use custody::privacy::{
-    ConsentChange, ConsentRecord, ConsentState, Deadlines, ExtensionLength, MAX_TEXT_LEN,
-    MAX_VERIFICATION_ATTEMPTS, PrivacyError, PrivacyRequest, PrivacySettings, Regulation,
-    RequestKind, Status, TenantZone, UnknownTimeZone, VerificationCode, WebhookTarget, days_left,
-    extend_deadlines, validate_purpose,
+    ConsentChange, ConsentRecord, ConsentState, Deadlines, ExtensionLength, MAX_CONSENT_TEXT_LEN,
+    MAX_TEXT_LEN, MAX_VERIFICATION_ATTEMPTS, PrivacyError, PrivacyRequest, PrivacySettings,
+    Regulation, RequestKind, Status, TenantZone, UnknownTimeZone, VerificationCode, WebhookTarget,
+    days_left, extend_deadlines, validate_purpose,
 };
 use custody::retention::RetentionClass;
 use custody::seal::{Purpose, SealContext};
 use custody::store::{Condition, Entity, Store, StoreError, keys};
-use custody::subject::{Identifier, IdentifierKind};
+use custody::subject::{Identifier, IdentifierKind, SubjectError};
 use custody::subject_index::{Source, SubjectRef};
 use custody::tenant::TenantId;
 use http::StatusCode;
@@ -35,7 +35,9 @@ use crate::process::{ProcessError, base_event};
 use crate::{Deps, account};
 
 /// Largest JSON body accepted.
-const MAX_BODY: usize = 16 * 1024;
+pub const MAX_BODY: usize = 16 * 1024;
+/// How far in the future a `received_at` may be (clock skew).
+pub const RECEIVED_AT_SKEW: Duration = Duration::minutes(5);
 
 pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
     let route = route_key(req).unwrap_or_default();
@@ -129,8 +131,16 @@ impl SubjectInput {
             (IdentifierKind::ContactId, &self.contact_id),
         ] {
             if let Some(raw) = value {
-                let id = Identifier::new(kind, raw, self.default_country_code.as_deref())
-                    .map_err(|e| Problem::bad_request(format!("{field}.{kind}"), e.to_string()))?;
+                let id = Identifier::new(kind, raw, self.default_country_code.as_deref()).map_err(
+                    |e| {
+                        // The country code is the field at fault, not the number.
+                        let at = match e {
+                            SubjectError::PhoneInvalidDefaultCountryCode => "default_country_code",
+                            _ => kind.as_str(),
+                        };
+                        Problem::bad_request(format!("{field}.{at}"), e.to_string())
+                    },
+                )?;
                 ids.push(id);
             }
         }
@@ -165,6 +175,19 @@ fn check_text(field: &str, text: &str) -> Result<(), Problem> {
         return Err(Problem::bad_request(
             field,
             PrivacyError::TextTooLong.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// A consent `source` or `policy_version`: not blank, at most
+/// [`MAX_CONSENT_TEXT_LEN`] characters (as the message and openapi.yaml's maxLength
+/// count them).
+fn check_consent_text(field: &str, text: &str) -> Result<(), Problem> {
+    if text.trim().is_empty() || text.chars().count() > MAX_CONSENT_TEXT_LEN {
+        return Err(Problem::bad_request(
+            field,
+            format!("{field} must be 1-{MAX_CONSENT_TEXT_LEN} characters, not blank"),
         ));
     }
     Ok(())
@@ -245,7 +268,7 @@ async fn create(
     }
     let now = deps.now();
     let received_at = body.received_at.unwrap_or(now);
-    if received_at > now + Duration::minutes(5) {
+    if received_at > now + RECEIVED_AT_SKEW {
         return Err(Problem::bad_request(
             "received_at",
             "received_at is in the future",
@@ -945,17 +968,8 @@ async fn put_consent(
     caller.require(Role::Admin)?;
     let body: ConsentBody = json_body(req, MAX_BODY)?;
     validate_purpose(&body.purpose).map_err(|e| Problem::bad_request("purpose", e.to_string()))?;
-    for (field, text) in [
-        ("source", &body.source),
-        ("policy_version", &body.policy_version),
-    ] {
-        if text.trim().is_empty() || text.len() > 128 {
-            return Err(Problem::bad_request(
-                field,
-                format!("{field} must be 1-128 characters"),
-            ));
-        }
-    }
+    check_consent_text("source", &body.source)?;
+    check_consent_text("policy_version", &body.policy_version)?;
     // Kept under the first identifier given (email, then phone, then contact id).
     let pseudonyms = body.subject.pseudonyms(deps, &caller.tenant, "subject")?;
     let pseudonym = pseudonyms
@@ -1144,4 +1158,54 @@ async fn delete_account(
             "schedule_removed": started.schedule_removed,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(result: Result<impl Sized, Problem>) -> Option<String> {
+        result.err().and_then(|p| p.field)
+    }
+
+    #[test]
+    fn a_bad_default_country_code_is_named_not_the_phone() {
+        let subject = SubjectInput {
+            phone: Some("07700 900123".into()),
+            default_country_code: Some("0x".into()),
+            ..SubjectInput::default()
+        };
+        assert_eq!(
+            field(subject.identifiers("subject")).as_deref(),
+            Some("subject.default_country_code")
+        );
+        let subject = SubjectInput {
+            phone: Some("12".into()),
+            default_country_code: Some("44".into()),
+            ..SubjectInput::default()
+        };
+        assert_eq!(
+            field(subject.identifiers("subject")).as_deref(),
+            Some("subject.phone")
+        );
+        assert_eq!(
+            field(SubjectInput::default().identifiers("subject")).as_deref(),
+            Some("subject")
+        );
+    }
+
+    #[test]
+    fn consent_texts_count_characters_and_refuse_blanks() {
+        let longest = "é".repeat(MAX_CONSENT_TEXT_LEN);
+        assert!(check_consent_text("source", &longest).is_ok());
+        let longer = "é".repeat(MAX_CONSENT_TEXT_LEN + 1);
+        assert_eq!(
+            field(check_consent_text("source", &longer)).as_deref(),
+            Some("source")
+        );
+        assert_eq!(
+            field(check_consent_text("policy_version", "  ")).as_deref(),
+            Some("policy_version")
+        );
+    }
 }

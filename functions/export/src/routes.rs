@@ -1,5 +1,5 @@
-//! The HTTP API: export settings (admin writes, viewer reads), run now (operator),
-//! and the export log (viewer).
+//! The HTTP API: export settings (admin writes, viewer reads), the destination test
+//! (admin), run now (operator), and the export log (viewer).
 
 use custody::TenantId;
 use custody::api::{self, Caller, Problem, Role};
@@ -15,8 +15,10 @@ use crate::kick;
 use crate::model::{ExportRun, ExportState};
 use crate::settings::{
     Destination, DestinationRequest, ExportSettings, MAX_BODY_BYTES, SettingsRequest,
-    password_record, validate,
+    password_record, validate, validate_destination,
 };
+use custody::sink::{S3Sink, SinkRetry, WebDavSink};
+use std::time::Duration;
 
 /// Largest page of the export log.
 pub const MAX_RUNS_PAGE: i32 = 100;
@@ -35,7 +37,7 @@ async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
     // Writers refuse a tenant whose account deletion has started.
     if matches!(
         route.as_deref(),
-        Some("PUT /export/settings" | "POST /export/runs")
+        Some("PUT /export/settings" | "POST /export/runs" | "POST /export/destination/test")
     ) {
         custody::privacy::ensure_open(&deps.store, &caller.tenant).await?;
     }
@@ -43,6 +45,7 @@ async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
         Some("PUT /export/settings") => put_settings(deps, &caller, req).await,
         Some("GET /export/settings") => get_settings(deps, &caller).await,
         Some("DELETE /export/settings") => delete_settings(deps, &caller).await,
+        Some("POST /export/destination/test") => test_destination(deps, &caller, req).await,
         Some("POST /export/runs") => run_now(deps, &caller).await,
         Some("GET /export/runs") => list_runs(deps, &caller, req).await,
         _ => Err(Problem::not_found()),
@@ -155,6 +158,125 @@ async fn put_settings(
         )
         .await?;
     api::json_response(StatusCode::OK, &settings.view(true))
+}
+
+/// The body of `POST /export/destination/test`: a destination as the settings name one.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationTest {
+    pub destination: DestinationRequest,
+}
+
+/// Two quick attempts: the caller waits on the answer, behind a 30-second gateway.
+const PROBE_RETRY: SinkRetry = SinkRetry {
+    max_attempts: 2,
+    base_delay: Duration::from_millis(200),
+    max_delay: Duration::from_secs(1),
+};
+
+/// Tests a destination before (or after) saving it: writes a small probe file the way
+/// an export writes, verifies it, and removes it. Its result is the answer (200 either
+/// way); a request that breaks the settings' own rules is a 400 as there. A WebDAV
+/// password may be omitted for the saved server and user, as in `PUT /export/settings`.
+async fn test_destination(
+    deps: &Deps,
+    caller: &Caller,
+    req: &Request,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let request: DestinationTest = api::json_body(req, MAX_BODY_BYTES)?;
+    validate_destination(&request.destination, deps.config.egress.allow_loopback)?;
+    let tenant = &caller.tenant;
+    let (kind, outcome) = match request.destination {
+        DestinationRequest::Webdav {
+            url,
+            username,
+            password,
+        } => {
+            let password = match password {
+                Some(password) => password,
+                None => {
+                    let saved = deps
+                        .store
+                        .get::<ExportSettings>(&ExportSettings::key_of(tenant))
+                        .await?;
+                    match saved.map(|s| s.destination) {
+                        // Only to the server and user it was given for.
+                        Some(Destination::Webdav {
+                            url: old_url,
+                            username: old_user,
+                            password,
+                        }) if old_url == url && old_user == username => {
+                            let context = SealContext::new(
+                                tenant,
+                                Purpose::DestinationPassword,
+                                password_record(),
+                            );
+                            deps.sealer.open(&context, &password).await?
+                        }
+                        _ => {
+                            return Err(Problem::bad_request(
+                                "destination.password",
+                                "is required unless the saved settings have this URL and username",
+                            ));
+                        }
+                    }
+                }
+            };
+            let sink = WebDavSink::new(
+                deps.http.clone(),
+                &url,
+                deps.config.egress.allow_loopback,
+                username,
+                password,
+                PROBE_RETRY,
+            )
+            .map_err(|e| Problem::bad_request("destination.url", format!("URL {e}")))?;
+            ("webdav", sink.probe().await)
+        }
+        DestinationRequest::S3 {
+            bucket,
+            prefix,
+            role_arn,
+        } => {
+            // The customer's role, as for a run: a role that does not trust this tenant
+            // is a 422 here too.
+            let client =
+                crate::customer_role::s3_client(deps.sdk.as_ref(), tenant, role_arn.as_deref())
+                    .await?;
+            let prefix = prefix.unwrap_or_default();
+            ("s3", S3Sink::new(client, bucket, &prefix).probe().await)
+        }
+    };
+    let (body, outcome_kind) = match &outcome {
+        Ok(probe) => (
+            serde_json::json!({
+                "ok": true,
+                "destination": kind,
+                "probe": probe.path,
+                "probe_removed": probe.removed,
+            }),
+            custody::audit::Outcome::Success,
+        ),
+        Err(err) => (
+            serde_json::json!({ "ok": false, "destination": kind, "error": err.to_string() }),
+            custody::audit::Outcome::Failure,
+        ),
+    };
+    deps.audit
+        .append(
+            tenant,
+            Event::new(
+                caller.actor(),
+                "export_destination.tested",
+                keys::export_settings(),
+            )
+            .outcome(outcome_kind)
+            .detail("destination", kind)
+            .detail("ok", outcome.is_ok()),
+        )
+        .await?;
+    api::json_response(StatusCode::OK, &body)
 }
 
 async fn get_settings(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {

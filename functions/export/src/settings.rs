@@ -16,7 +16,19 @@ use serde::{Deserialize, Serialize};
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Default look-back of the first "since last run" export.
 pub const DEFAULT_INITIAL_DAYS: u32 = 30;
-const MAX_DAYS: u32 = 3650;
+/// Longest look-back (`date_range.days`, `date_range.initial_days`).
+pub const MAX_DAYS: u32 = 3650;
+/// Longest WebDAV username, in characters.
+pub const MAX_USERNAME_CHARS: usize = 256;
+/// Longest WebDAV password, in bytes (UTF-8).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Longest S3 key prefix, in bytes (UTF-8): S3 keys are limited in bytes.
+pub const MAX_PREFIX_BYTES: usize = 512;
+/// Shortest and longest S3 bucket name.
+pub const MIN_BUCKET_LEN: usize = 3;
+pub const MAX_BUCKET_LEN: usize = 63;
+/// Longest IAM role path and name after `role/`.
+pub const MAX_ROLE_NAME_LEN: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,7 +241,15 @@ pub fn validate(request: &SettingsRequest, allow_http_loopback: bool) -> Result<
             }
         }
     }
-    match &request.destination {
+    validate_destination(&request.destination, allow_http_loopback)
+}
+
+/// The destination's own rules, for settings and for `POST /export/destination/test`.
+pub fn validate_destination(
+    destination: &DestinationRequest,
+    allow_http_loopback: bool,
+) -> Result<(), Problem> {
+    match destination {
         DestinationRequest::Webdav {
             url,
             username,
@@ -237,22 +257,25 @@ pub fn validate(request: &SettingsRequest, allow_http_loopback: bool) -> Result<
         } => {
             webdav_base_url(url, allow_http_loopback)
                 .map_err(|e| Problem::bad_request("destination.url", format!("URL {e}")))?;
+            // Characters, as the message (and openapi.yaml's maxLength) count them.
             if username.is_empty()
-                || username.len() > 256
+                || username.chars().count() > MAX_USERNAME_CHARS
                 || username.contains(':')
                 || username.chars().any(char::is_control)
             {
                 return Err(Problem::bad_request(
                     "destination.username",
-                    "must be 1-256 characters without ':' or control characters",
+                    format!(
+                        "must be 1-{MAX_USERNAME_CHARS} characters without ':' or control characters"
+                    ),
                 ));
             }
             if let Some(password) = password {
                 let length = password.expose_secret().len();
-                if length == 0 || length > 1024 {
+                if length == 0 || length > MAX_PASSWORD_BYTES {
                     return Err(Problem::bad_request(
                         "destination.password",
-                        "must be 1-1024 bytes",
+                        format!("must be 1-{MAX_PASSWORD_BYTES} bytes"),
                     ));
                 }
             }
@@ -269,13 +292,15 @@ pub fn validate(request: &SettingsRequest, allow_http_loopback: bool) -> Result<
                 ));
             }
             if let Some(prefix) = prefix
-                && (prefix.len() > 512
+                && (prefix.len() > MAX_PREFIX_BYTES
                     || prefix.split('/').any(|s| s == "." || s == "..")
                     || prefix.chars().any(char::is_control))
             {
                 return Err(Problem::bad_request(
                     "destination.prefix",
-                    "must be at most 512 characters without '.' or '..' segments",
+                    format!(
+                        "must be at most {MAX_PREFIX_BYTES} bytes without '.' or '..' segments or control characters"
+                    ),
                 ));
             }
             // Required: custody writes a customer's bucket only through the customer's
@@ -337,20 +362,36 @@ fn validate_expression(expression: &str) -> Result<(), Problem> {
         .and_then(|r| r.strip_suffix(')'))
     {
         let fields: Vec<&str> = inner.split_whitespace().collect();
-        let allowed = |c: char| c.is_ascii_alphanumeric() || ",-*?/#".contains(c);
-        if fields.len() != 6 || fields.iter().any(|f| !f.chars().all(allowed)) {
+        let [minutes, hours, day_of_month, month, day_of_week, year] = fields.as_slice() else {
             return Err(Problem::bad_request(
                 field,
                 "cron must have six fields: minutes hours day-of-month month day-of-week year",
             ));
-        }
-        // Runs at most once an hour: the minutes field names fixed minutes.
-        if !fields[0].chars().all(|c| c.is_ascii_digit()) {
+        };
+        // Runs at most once an hour: the minutes field names one fixed minute.
+        if !minutes.bytes().all(|b| b.is_ascii_digit())
+            || !minutes.parse::<u8>().is_ok_and(|m| m <= 59)
+        {
             return Err(Problem::bad_request(
                 field,
-                "cron minutes must be a single number (exports run at most hourly)",
+                "cron minutes must be a single number from 0 to 59 (exports run at most hourly)",
             ));
         }
+        // What EventBridge Scheduler itself would refuse is refused here, naming the
+        // field: a refusal from the service would be a 500 for the caller's mistake.
+        check_cron_days(day_of_month, day_of_week)
+            .and_then(|()| cron_set(hours, 0, 23, &[]).map_err(|()| "cron hours must be 0-23"))
+            .and_then(|()| {
+                cron_set(month, 1, 12, &CRON_MONTHS)
+                    .map_err(|()| "cron month must be 1-12 or JAN-DEC")
+            })
+            .and_then(|()| match *year {
+                "*" => Ok(()),
+                years => {
+                    cron_set(years, 1970, 2199, &[]).map_err(|()| "cron year must be 1970-2199")
+                }
+            })
+            .map_err(|rule| Problem::bad_request(field, rule))?;
         return Ok(());
     }
     Err(Problem::bad_request(
@@ -359,9 +400,89 @@ fn validate_expression(expression: &str) -> Result<(), Problem> {
     ))
 }
 
+const CRON_MONTHS: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const CRON_WEEKDAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// The day fields of a cron expression as EventBridge Scheduler reads them: exactly
+/// one of them is `?`; day-of-month is a set of 1-31, `L` or `<day>W`; day-of-week a
+/// set of 1-7 (`SUN`-`SAT`), `L`, `<day>L` or `<day>#<1-5>`.
+fn check_cron_days(day_of_month: &str, day_of_week: &str) -> Result<(), &'static str> {
+    if (day_of_month == "?") == (day_of_week == "?") {
+        return Err("exactly one of cron day-of-month and day-of-week must be '?'");
+    }
+    let dom_ok = match day_of_month {
+        "?" | "L" => true,
+        d if d.len() > 1 && d.ends_with('W') => d
+            .trim_end_matches('W')
+            .parse::<u8>()
+            .is_ok_and(|d| (1..=31).contains(&d)),
+        d => cron_set(d, 1, 31, &[]).is_ok(),
+    };
+    if !dom_ok {
+        return Err("cron day-of-month must be 1-31, L or <day>W");
+    }
+    let weekday = |d: &str| cron_value(d, &CRON_WEEKDAYS, 1).is_some_and(|d| (1..=7).contains(&d));
+    let dow_ok = match day_of_week {
+        "?" | "L" => true,
+        d if d.len() > 1 && d.ends_with('L') => weekday(d.trim_end_matches('L')),
+        d if d.contains('#') => d.split_once('#').is_some_and(|(day, nth)| {
+            weekday(day) && nth.parse::<u8>().is_ok_and(|n| (1..=5).contains(&n))
+        }),
+        d => cron_set(d, 1, 7, &CRON_WEEKDAYS).is_ok(),
+    };
+    if !dow_ok {
+        return Err("cron day-of-week must be 1-7 or SUN-SAT, L, <day>L or <day>#<1-5>");
+    }
+    Ok(())
+}
+
+/// A number, or a name of `names` (case-insensitive) counted from `first`.
+fn cron_value(text: &str, names: &[&str], first: u32) -> Option<u32> {
+    if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
+        return u32::try_from(i).ok().map(|i| i + first);
+    }
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// A cron field of `*`, `a`, `a-b`, `*/s`, `a/s`, `a-b/s` and lists of those, every
+/// value within `min..=max`.
+fn cron_set(field: &str, min: u32, max: u32, names: &[&str]) -> Result<(), ()> {
+    for part in field.split(',') {
+        let range = match part.split_once('/') {
+            Some((range, step)) => {
+                cron_value(step, &[], 0).filter(|s| *s > 0).ok_or(())?;
+                range
+            }
+            None => part,
+        };
+        if range == "*" {
+            continue;
+        }
+        let (lo, hi) = match range.split_once('-') {
+            Some((a, b)) => (
+                cron_value(a, names, min).ok_or(())?,
+                cron_value(b, names, min).ok_or(())?,
+            ),
+            None => {
+                let a = cron_value(range, names, min).ok_or(())?;
+                (a, a)
+            }
+        };
+        if lo < min || hi > max || lo > hi {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
 fn valid_bucket(bucket: &str) -> bool {
     let bytes = bucket.as_bytes();
-    (3..=63).contains(&bytes.len())
+    (MIN_BUCKET_LEN..=MAX_BUCKET_LEN).contains(&bytes.len())
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
@@ -380,7 +501,7 @@ fn valid_role_arn(arn: &str) -> bool {
         && parts[4].chars().all(|c| c.is_ascii_digit())
         && parts[5].strip_prefix("role/").is_some_and(|name| {
             !name.is_empty()
-                    && name.len() <= 512
+                    && name.len() <= MAX_ROLE_NAME_LEN
                     // IAM's path and name characters (openapi.yaml states the same).
                     && name
                         .chars()
@@ -504,6 +625,72 @@ mod tests {
         assert_eq!(
             field_of(no_role, false).as_deref(),
             Some("destination.role_arn")
+        );
+    }
+
+    /// What EventBridge Scheduler refuses is a 400 naming the field, never a 500 from
+    /// the service's ValidationException.
+    #[test]
+    fn cron_expressions_the_service_refuses_are_refused_here() {
+        for bad in [
+            "cron(0 3 * * * *)",
+            "cron(0 3 ? * ? *)",
+            "cron(60 3 * * ? *)",
+            "cron(0 24 * * ? *)",
+            "cron(0 3 ? * 8 *)",
+            "cron(0 3 32 * ? *)",
+            "cron(0 3 * 13 ? *)",
+            "cron(0 3 * FOO ? *)",
+            "cron(0 3 ? * MON#6 *)",
+            "cron(0 3 0W * ? *)",
+            "cron(0 3 * * ? 1969)",
+            "cron(0 3-1 * * ? *)",
+            "cron(0 */0 * * ? *)",
+            "cron(0 3 * *)",
+        ] {
+            let mut json = base();
+            json["schedule"]["expression"] = bad.into();
+            assert_eq!(
+                field_of(json, false).as_deref(),
+                Some("schedule.expression"),
+                "{bad}"
+            );
+        }
+        for good in [
+            "cron(0 3 * * ? *)",
+            "cron(15 0/6 ? * MON-FRI *)",
+            "cron(0 12 L * ? *)",
+            "cron(0 12 15W JAN,JUL ? 2030-2040)",
+            "cron(0 12 ? * 6L *)",
+            "cron(0 12 ? * TUE#2 *)",
+            "cron(59 23 1,15 * ? *)",
+            "rate(1 hour)",
+            "rate(2 days)",
+            "rate(90 minutes)",
+        ] {
+            let mut json = base();
+            json["schedule"]["expression"] = good.into();
+            assert!(validate(&request(json), false).is_ok(), "{good}");
+        }
+    }
+
+    /// The username limit counts characters, as its message and openapi.yaml's
+    /// maxLength do; the password's counts bytes, as its message says.
+    #[test]
+    fn username_counts_characters_and_password_bytes() {
+        let mut json = base();
+        json["destination"]["username"] = "é".repeat(MAX_USERNAME_CHARS).into();
+        assert!(validate(&request(json.clone()), false).is_ok());
+        json["destination"]["username"] = "é".repeat(MAX_USERNAME_CHARS + 1).into();
+        assert_eq!(
+            field_of(json, false).as_deref(),
+            Some("destination.username")
+        );
+        let mut json = base();
+        json["destination"]["password"] = "é".repeat(MAX_PASSWORD_BYTES / 2 + 1).into();
+        assert_eq!(
+            field_of(json, false).as_deref(),
+            Some("destination.password")
         );
     }
 

@@ -45,6 +45,10 @@ pub const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(5 * 60);
 pub const MAX_REQUIRED_COLUMNS: usize = 32;
 /// Header carrying a client's idempotency key for row batches.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Longest idempotency key (visible ASCII, so bytes are characters).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+/// Largest page of `GET /imports`.
+pub const MAX_LIST_PAGE: i32 = 100;
 
 /// Serves one request; every error becomes a problem response.
 pub async fn handle(deps: &Deps, req: Request) -> Response<Body> {
@@ -442,11 +446,11 @@ async fn list(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Bo
     let limit = match params.and_then(|p| p.first("limit")) {
         None => None,
         Some(raw) => match raw.parse::<i32>() {
-            Ok(n) if (1..=100).contains(&n) => Some(n),
+            Ok(n) if (1..=MAX_LIST_PAGE).contains(&n) => Some(n),
             _ => {
                 return Err(Problem::bad_request(
                     "limit",
-                    "limit must be a number from 1 to 100",
+                    format!("limit must be a number from 1 to {MAX_LIST_PAGE}"),
                 ));
             }
         },
@@ -547,10 +551,10 @@ async fn post_rows(deps: &Deps, caller: &Caller, req: &Request) -> Result<Respon
     let accepted = match key {
         None => accept_rows(deps, &import, rows).await?,
         Some(key) => {
-            if key.is_empty() || key.len() > 128 {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
                 return Err(Problem::bad_request(
                     IDEMPOTENCY_KEY_HEADER,
-                    "must be 1 to 128 characters",
+                    format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"),
                 ));
             }
             let result = deps

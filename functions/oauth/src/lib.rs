@@ -9,7 +9,9 @@ use custody::oauth::webhook::{self, WebhookKeys};
 use custody::oauth::{OauthDeps, OauthError};
 use custody::schedule::ExportSchedules;
 use http::StatusCode;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE};
+use http::header::{
+    ACCEPT, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE,
+};
 use lambda_http::{Body, Request, RequestExt, Response};
 use secrecy::ExposeSecret;
 use url::Url;
@@ -127,10 +129,15 @@ async fn connect(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> 
     .await?;
     let mut resp = redirect(&started.authorize_url)?;
     // The body repeats the URL for a client that fetched this with a bearer token and
-    // navigates itself.
+    // navigates itself. A browser app asks for JSON: a fetch cannot read a redirect's
+    // body (it follows it, or sees an opaque response), so it gets a 200.
     *resp.body_mut() = Body::Text(
         serde_json::json!({ "authorize_url": started.authorize_url.as_str() }).to_string(),
     );
+    if wants_json(req) {
+        *resp.status_mut() = StatusCode::OK;
+        resp.headers_mut().remove(LOCATION);
+    }
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let cookie = format!(
@@ -142,6 +149,21 @@ async fn connect(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> 
         HeaderValue::from_str(&cookie).map_err(|_| Problem::internal())?,
     );
     Ok(resp)
+}
+
+/// Whether the caller prefers JSON to a redirect (`Accept: application/json`).
+fn wants_json(req: &Request) -> bool {
+    req.headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            media
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        })
 }
 
 fn with_result(mut url: Url, result: &str, provider: &str) -> Url {
@@ -162,11 +184,14 @@ async fn callback(deps: &Deps, req: &Request) -> Response<Body> {
         error: query(req, "error"),
         iss: query(req, "iss"),
     };
-    let marketplace = params.state.as_deref().is_none_or(str::is_empty)
-        && deps
-            .oauth
-            .provider(&provider)
-            .is_ok_and(|p| p.marketplace_app_id.is_some());
+    // An unknown provider is a 404 before anything is read or consumed (the providers
+    // are no secret: the template names them).
+    let config = match deps.oauth.provider(&provider) {
+        Ok(config) => config,
+        Err(err) => return with_no_referrer(Problem::from(err).into_response()),
+    };
+    let marketplace =
+        params.state.as_deref().is_none_or(str::is_empty) && config.marketplace_app_id.is_some();
     if marketplace {
         return marketplace_callback(deps, &provider, &params).await;
     }
@@ -282,16 +307,13 @@ fn with_no_referrer(mut response: Response<Body>) -> Response<Body> {
     response
 }
 
-/// Largest claim body accepted (two short strings).
-pub const CLAIM_BODY_MAX_BYTES: usize = 4096;
-
 /// `POST /installations/{provider}/claim`: an admin claims a Marketplace install for
 /// their tenant, from the browser the install arrived in.
 async fn claim(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
     let caller = api::caller(req)?;
     caller.require(Role::Admin)?;
     let provider = api::path_param(req, "provider")?;
-    let body: ClaimRequest = api::json_body(req, CLAIM_BODY_MAX_BYTES)?;
+    let body: ClaimRequest = api::json_body(req, install::MAX_CLAIM_BODY_BYTES)?;
     let binding = cookie(req, INSTALL_COOKIE);
     let claimed = install::claim(
         &deps.oauth,

@@ -56,6 +56,10 @@ pub const MAX_VERIFICATION_ATTEMPTS: u32 = 3;
 pub const VERIFICATION_CODE_LEN: usize = 10;
 /// Consent changes kept per record (the newest; older ones are dropped).
 pub const MAX_CONSENT_HISTORY: usize = 200;
+/// Longest consent purpose (`[a-z0-9_-]`, so bytes are characters).
+pub const MAX_PURPOSE_LEN: usize = 64;
+/// Longest consent `source` and `policy_version`, in characters (not blank).
+pub const MAX_CONSENT_TEXT_LEN: usize = 128;
 
 const CODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -75,7 +79,7 @@ pub enum PrivacyError {
     ExtensionTooShort(&'static str),
     #[error("a request in status {from} cannot move to {to}")]
     InvalidTransition { from: Status, to: Status },
-    #[error("consent purpose must be 1-64 characters of a-z, 0-9, '_' or '-'")]
+    #[error("consent purpose must be 1-{MAX_PURPOSE_LEN} characters of a-z, 0-9, '_' or '-'")]
     InvalidPurpose,
     #[error("the request is not open")]
     NotOpen,
@@ -735,7 +739,7 @@ impl ConsentRecord {
 /// A consent purpose: `[a-z0-9_-]{1,64}` (it becomes part of a key).
 pub fn validate_purpose(purpose: &str) -> Result<(), PrivacyError> {
     let ok = !purpose.is_empty()
-        && purpose.len() <= 64
+        && purpose.len() <= MAX_PURPOSE_LEN
         && purpose
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');

@@ -127,6 +127,27 @@ pub struct Receipt {
     pub sha256: String,
 }
 
+/// The name of the file a destination test writes and removes: hidden, so an
+/// archive reader skips it even if it could not be removed.
+pub fn probe_path() -> String {
+    format!(".custody-probe-{}.json", ulid::Ulid::new())
+}
+
+/// What a destination test did: it wrote a small file the way an export writes (and
+/// verified it), then removed it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Probe {
+    /// The probe's path relative to the destination root.
+    pub path: String,
+    /// Whether the probe is gone again (a WebDAV `DELETE` or, on S3, the deletion of
+    /// the exact version written, so a versioned bucket keeps no trace either).
+    pub removed: bool,
+}
+
+fn probe_content() -> Bytes {
+    Bytes::from_static(b"{\"custody\":\"destination test; safe to delete\"}\n")
+}
+
 /// A destination that writes whole files atomically and verifies them.
 pub trait Sink: Send + Sync {
     /// Writes `content` at `path` (relative to the destination root, `/`-separated),
@@ -376,6 +397,21 @@ fn content_length_of(xml: &str) -> Option<u64> {
     rest[..end].trim().parse().ok()
 }
 
+impl WebDavSink {
+    /// Tests the destination: writes and verifies a probe file as an export writes
+    /// one, then deletes it. A probe that could not be deleted is reported, not an error.
+    pub async fn probe(&self) -> Result<Probe, SinkError> {
+        let path = probe_path();
+        self.put(&path, probe_content()).await?;
+        let url = self.url_of(&[path.as_str()], false)?;
+        let removed = match self.request("DELETE", url) {
+            Ok(request) => self.send("DELETE", request, &[200, 204]).await.is_ok(),
+            Err(_) => false,
+        };
+        Ok(Probe { path, removed })
+    }
+}
+
 impl Sink for WebDavSink {
     async fn put(&self, path: &str, content: Bytes) -> Result<Receipt, SinkError> {
         let segments = check_path(path)?;
@@ -432,6 +468,40 @@ impl S3Sink {
 
     pub fn key_of(&self, path: &str) -> String {
         format!("{}{path}", self.prefix)
+    }
+}
+
+impl S3Sink {
+    /// Tests the destination: writes and verifies a probe object as an export writes
+    /// one, then deletes exactly the version written (in a versioned bucket a plain
+    /// delete would leave the object behind as a noncurrent version).
+    pub async fn probe(&self) -> Result<Probe, SinkError> {
+        let path = probe_path();
+        let key = self.key_of(&path);
+        let content = probe_content();
+        let checksum = STANDARD.encode(Sha256::digest(&content));
+        let written = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(&checksum)
+            .body(ByteStream::from(content))
+            .send()
+            .await
+            .map_err(|e| SinkError::S3(error_text(&e)))?;
+        let removed = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .set_version_id(written.version_id)
+            .send()
+            .await
+            .is_ok();
+        Ok(Probe { path, removed })
     }
 }
 

@@ -51,6 +51,10 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 /// Shortest accepted webhook secret, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
+/// Longest accepted webhook secret, in bytes: the most that can be sealed. Checked
+/// with the rest of the request, so a longer one is a 400 naming its field, not the
+/// seal's.
+pub const MAX_SECRET_LEN: usize = crate::kernel::seal::MAX_PLAINTEXT_BYTES;
 
 /// The body of one delivery.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +88,8 @@ pub enum WebhookError {
     InvalidUrl(&'static str),
     #[error("webhook secret must be at least {MIN_SECRET_LEN} bytes")]
     WeakSecret,
+    #[error("webhook secret must be at most {MAX_SECRET_LEN} bytes")]
+    LongSecret,
     /// The receiver answered with a 4xx that retrying cannot fix.
     #[error("destination refused the batch with HTTP {status}")]
     Refused { status: u16 },
@@ -99,7 +105,7 @@ impl HttpError for WebhookError {
             WebhookError::InvalidUrl(_) => {
                 HttpAnswer::bad_request("destination.url", self.to_string())
             }
-            WebhookError::WeakSecret => {
+            WebhookError::WeakSecret | WebhookError::LongSecret => {
                 HttpAnswer::bad_request("destination.secret", self.to_string())
             }
             // The customer's receiver failed: neither the caller's request nor our fault.
@@ -174,10 +180,14 @@ pub fn destination_url(raw: &str, allow_insecure_loopback: bool) -> Result<Url, 
     egress::check_url(raw, policy).map_err(|e| WebhookError::InvalidUrl(e.reason()))
 }
 
-/// A webhook secret must be long enough to resist guessing.
+/// A webhook secret must be long enough to resist guessing, and short enough to seal.
 pub fn check_secret(secret: &SecretString) -> Result<(), WebhookError> {
-    if secret.expose_secret().len() < MIN_SECRET_LEN {
+    let length = secret.expose_secret().len();
+    if length < MIN_SECRET_LEN {
         return Err(WebhookError::WeakSecret);
+    }
+    if length > MAX_SECRET_LEN {
+        return Err(WebhookError::LongSecret);
     }
     Ok(())
 }
@@ -427,6 +437,23 @@ mod tests {
         }
     }
 
+    /// A secret longer than can be sealed is refused as the caller's field, before
+    /// sealing would refuse it as `secret` (a name no request schema has).
+    #[test]
+    fn secret_length_is_bounded_on_both_sides() {
+        let of = |n: usize| check_secret(&SecretString::from("s".repeat(n)));
+        assert!(matches!(
+            of(MIN_SECRET_LEN - 1),
+            Err(WebhookError::WeakSecret)
+        ));
+        assert!(of(MIN_SECRET_LEN).is_ok());
+        assert!(of(MAX_SECRET_LEN).is_ok());
+        assert!(matches!(
+            of(MAX_SECRET_LEN + 1),
+            Err(WebhookError::LongSecret)
+        ));
+    }
+
     #[test]
     fn every_webhook_error_has_its_http_answer() {
         use crate::kernel::http::LogLevel;
@@ -436,6 +463,7 @@ mod tests {
         assert_eq!(row(&WebhookError::InvalidUrl("must be https")), url);
         let secret = shown(400, "invalid-request", Some("destination.secret"));
         assert_eq!(row(&WebhookError::WeakSecret), secret);
+        assert_eq!(row(&WebhookError::LongSecret), secret);
         // The customer's receiver failed: a 502 that says how, logged as a warning.
         let failed = (
             502,

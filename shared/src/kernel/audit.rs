@@ -60,8 +60,9 @@ const BACKOFF_CAP_MS: u64 = 200;
 
 /// Actions that are export or import *activity*; everything else is evidence, so an
 /// action nobody classified is kept the longer time.
-const ACTIVITY_ACTIONS: [&str; 9] = [
+const ACTIVITY_ACTIONS: [&str; 10] = [
     "export.requested",
+    "export_destination.tested",
     "export.started",
     "export.completed",
     "export.ended",

@@ -6,6 +6,7 @@ mod audit;
 mod faults;
 mod idempotency;
 mod openapi;
+mod openapi_rules;
 mod provisioning;
 mod schedule;
 mod seal;

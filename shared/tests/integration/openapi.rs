@@ -1,6 +1,6 @@
 //! openapi.yaml is held to template.yaml: the same routes, the same security (public
 //! or JWT), the path parameters each route names, and no dangling `$ref`. No
-//! emulator needed.
+//! emulator needed. `openapi_rules` holds it to the rules the handlers enforce.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +12,7 @@ const METHODS: [&str; 8] = [
 ];
 const JWT_SCHEME: &str = "oidcJwt";
 
-fn template_routes() -> Vec<Route> {
+pub(crate) fn template_routes() -> Vec<Route> {
     let template =
         custody_local::provision::load_template(&custody_local::template_path()).unwrap();
     let routes = routes(&template);
@@ -23,7 +23,7 @@ fn template_routes() -> Vec<Route> {
     routes
 }
 
-fn openapi() -> Value {
+pub(crate) fn openapi() -> Value {
     let path = custody_local::repo_root().join("openapi.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -31,13 +31,13 @@ fn openapi() -> Value {
 }
 
 /// An operation of the document, with what it needs from its path item.
-struct Operation<'a> {
-    path_item: &'a Value,
-    operation: &'a Value,
+pub(crate) struct Operation<'a> {
+    pub(crate) path_item: &'a Value,
+    pub(crate) operation: &'a Value,
 }
 
 /// `"GET /connections/{provider}"` → operation, for every operation in `paths`.
-fn operations(doc: &Value) -> BTreeMap<String, Operation<'_>> {
+pub(crate) fn operations(doc: &Value) -> BTreeMap<String, Operation<'_>> {
     let paths = doc["paths"]
         .as_mapping()
         .expect("openapi.yaml has no paths");
@@ -87,7 +87,7 @@ fn security(doc: &Value, operation: &Value) -> Result<Security, String> {
 }
 
 /// The value a local `$ref` (`#/components/...`) points at.
-fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
+pub(crate) fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
     let pointer = reference.strip_prefix('#')?;
     if pointer.is_empty() {
         return Some(doc);

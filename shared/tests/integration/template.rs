@@ -906,3 +906,43 @@ fn the_template_never_shortens_the_purge_grace() {
         .expect("template.yaml");
     assert!(!text.contains("CUSTODY_DSAR_PURGE_GRACE_SECONDS"));
 }
+
+/// The providers the template configures ask for no scope beyond the code's own
+/// defaults (`custody::oauth::ProviderConfig`), which are what custody uses: a scope
+/// custody never uses (Gmail's, once) is consent the user gives for nothing. Each
+/// provider entry is parsed through the code's own configuration type.
+#[test]
+fn oauth_providers_ask_only_for_the_scopes_custody_uses() {
+    let template = template();
+    let mut seen = 0;
+    for function in ["OauthFunction", "ExportFunction"] {
+        let value = &resource(&template, function)["Properties"]["Environment"]["Variables"]["CUSTODY_OAUTH_PROVIDERS"];
+        let text = match value {
+            Value::Tagged(tagged) => tagged.value.as_str(),
+            other => other.as_str(),
+        }
+        .unwrap_or_else(|| panic!("{function}: CUSTODY_OAUTH_PROVIDERS is not a string"));
+        // `${Parameter}` placeholders stand for ids: any valid id will do here.
+        let mut json = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            json.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("closed placeholder") + start;
+            json.push_str("placeholder-id");
+            rest = &rest[end + 1..];
+        }
+        json.push_str(rest);
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        for entry in &entries {
+            assert!(
+                entry.get("scopes").is_none(),
+                "{function}: provider {} overrides the code's scopes: {}",
+                entry["name"],
+                entry["scopes"]
+            );
+        }
+        custody::oauth::Providers::from_json(&json).unwrap_or_else(|e| panic!("{function}: {e}"));
+        seen += entries.len();
+    }
+    assert!(seen >= 3, "only {seen} provider entries found");
+}

@@ -495,3 +495,188 @@ async fn a_role_bound_to_another_external_id_is_refused() {
     assert_eq!(status, 200, "{saved}");
     assert_eq!(saved["destination"]["role_arn"], right.as_str());
 }
+
+const TEST_DESTINATION: &str = include_str!("../../../../events/export/post_destination_test.json");
+
+/// `POST /export/destination/test` writes a probe the way a run writes and removes it:
+/// the destination is left as it was. Its answer is the destination's.
+#[tokio::test]
+async fn testing_a_destination_leaves_no_file_and_reports_what_the_server_said() {
+    let env = Env::new(fast_limits()).await;
+    let acme = tenant("acme");
+    let settings = env
+        .webdav_settings(
+            "exports",
+            &[custody::highlevel::Channel::Sms],
+            crate::all_time(),
+        )
+        .await;
+    let destination = settings["destination"].clone();
+    let test = |destination: Value| json!({ "destination": destination });
+
+    let (status, result) = call(
+        &env,
+        request(
+            TEST_DESTINATION,
+            &acme,
+            "admin",
+            Some(test(destination.clone())),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["destination"], "webdav");
+    assert_eq!(result["probe_removed"], true);
+    assert!(
+        env.dav.files().await.is_empty(),
+        "the probe was left: {:?}",
+        env.dav.files().await.keys()
+    );
+    assert!(!result.to_string().contains(&env.dav_password));
+
+    // A wrong password: the server's refusal is the answer, nothing is written.
+    let mut wrong = destination.clone();
+    wrong["password"] = json!("not-the-password");
+    let (status, result) = call(
+        &env,
+        request(TEST_DESTINATION, &acme, "admin", Some(test(wrong))),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["ok"], false);
+    assert!(
+        result["error"].as_str().unwrap().contains("credentials"),
+        "{result}"
+    );
+    assert!(!result.to_string().contains("not-the-password"));
+    assert!(env.dav.files().await.is_empty());
+
+    // Without a password: only the saved one for the same server and user.
+    let mut without = destination.clone();
+    without.as_object_mut().unwrap().remove("password");
+    let (status, problem) = call(
+        &env,
+        request(
+            TEST_DESTINATION,
+            &acme,
+            "admin",
+            Some(test(without.clone())),
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "destination.password");
+    let (status, _) = call(&env, request(PUT, &acme, "admin", Some(settings.clone()))).await;
+    assert_eq!(status, 200);
+    let (status, result) = call(
+        &env,
+        request(
+            TEST_DESTINATION,
+            &acme,
+            "admin",
+            Some(test(without.clone())),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, result["ok"].clone()),
+        (200, json!(true)),
+        "{result}"
+    );
+    let mut elsewhere = without;
+    elsewhere["url"] = json!("https://other.example.com/dav/");
+    let (status, problem) = call(
+        &env,
+        request(TEST_DESTINATION, &acme, "admin", Some(test(elsewhere))),
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "destination.password");
+
+    // The settings' own rules, and the role.
+    let mut internal = destination.clone();
+    internal["url"] = json!("https://169.254.169.254/latest/");
+    let (status, problem) = call(
+        &env,
+        request(TEST_DESTINATION, &acme, "admin", Some(test(internal))),
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "destination.url");
+    let (status, _) = call(
+        &env,
+        request(TEST_DESTINATION, &acme, "operator", Some(test(destination))),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Audited as export activity, success and failure alike.
+    let tested: Vec<_> = env
+        .stack
+        .audit(TestStackClock::clock())
+        .entries(&acme, None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "export_destination.tested")
+        .map(|e| e.details["ok"].clone())
+        .collect();
+    assert_eq!(tested, vec![json!(true), json!(false), json!(true)]);
+}
+
+/// On S3 the probe goes through the customer's role and its exact version is deleted,
+/// so a versioned bucket keeps no trace; a role that does not trust the tenant is the
+/// settings' 422.
+#[tokio::test]
+async fn testing_an_s3_destination_deletes_the_probe_version_through_the_customer_role() {
+    let env = Env::new(fast_limits()).await;
+    let acme = tenant("acme");
+    let s3 = &env.stack.clients.s3;
+    let bucket = format!("acme-probe-{}", env.stack.provisioned.stage);
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let role = env.customer_role("acme-probe-writer", "acme").await;
+    let destination = |role: &str| json!({"destination": {"type": "s3", "bucket": bucket, "prefix": "exports", "role_arn": role}});
+    let (status, result) = call(
+        &env,
+        request(TEST_DESTINATION, &acme, "admin", Some(destination(&role))),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["probe_removed"], true);
+    let versions = s3
+        .list_object_versions()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        versions.versions().is_empty() && versions.delete_markers().is_empty(),
+        "the probe left {versions:?}"
+    );
+
+    let globex_role = env.customer_role("globex-probe-writer", "globex").await;
+    let (status, problem) = call(
+        &env,
+        request(
+            TEST_DESTINATION,
+            &acme,
+            "admin",
+            Some(destination(&globex_role)),
+        ),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["field"], "destination.role_arn");
+}

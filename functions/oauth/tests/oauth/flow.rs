@@ -333,3 +333,36 @@ async fn connect_needs_an_admin_and_a_known_provider() {
     assert!(q["state"].len() >= 40);
     assert!(header(&resp, "set-cookie").contains("HttpOnly"));
 }
+
+/// A browser app (the console) fetches the start with `Accept: application/json`: a
+/// 200 whose body names the authorize URL (a fetch cannot read a redirect), with the
+/// same binding cookie; the flow then completes as a redirect-started one does.
+#[tokio::test]
+async fn a_browser_app_gets_the_authorize_url_as_json_and_completes_the_flow() {
+    let env = Env::new().await;
+    let mut ev = event(CONNECT);
+    set_claims(&mut ev, "acme", "admin");
+    set_path(&mut ev, "provider", "highlevel", "/connect/highlevel");
+    set_query(&mut ev, &[("return_url", RETURN_URL)]);
+    ev["headers"]["accept"] = serde_json::json!("application/json, text/plain;q=0.5");
+    let resp = env.call(ev).await;
+    assert_eq!(resp.status(), 200, "{}", body_text(&resp));
+    assert!(header(&resp, "location").is_empty());
+    assert_eq!(header(&resp, "content-type"), "application/json");
+    let authorize = body_json(&resp)["authorize_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cookie = header(&resp, "set-cookie");
+    let binding = cookie
+        .strip_prefix("__Host-custody-oauth=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_owned();
+    let at_provider = env.browser.get(&authorize).send().await.unwrap();
+    assert_eq!(at_provider.status(), 302);
+    let back = url::Url::parse(at_provider.headers()["location"].to_str().unwrap()).unwrap();
+    let pairs: Vec<(String, String)> = back.query_pairs().into_owned().collect();
+    let done = env.callback("highlevel", &pairs, Some(&binding)).await;
+    assert_eq!(result_of(&done).as_deref(), Some("connected"));
+}

@@ -26,6 +26,11 @@ use crate::kernel::seal::{Purpose, SealContext, Sealed};
 use crate::kernel::store::{Entity, Key, keys};
 use crate::kernel::tenant::TenantId;
 
+/// Longest `state` a callback may carry (ours are 43 characters).
+pub const MAX_STATE_LEN: usize = 128;
+/// Longest authorization `code` accepted.
+pub const MAX_CODE_LEN: usize = 2048;
+
 /// Name of the cookie that binds a flow to the browser that started it.
 pub const BINDING_COOKIE: &str = "__Host-custody-oauth";
 
@@ -254,7 +259,7 @@ pub async fn complete(
     let nonce = params
         .state
         .as_deref()
-        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_STATE_LEN)
         .ok_or(CallbackError::MissingState)?;
     // Consumed before anything else: whatever follows, this state never works again.
     let state: OauthState = deps
@@ -313,7 +318,7 @@ async fn finish(
     let code = params
         .code
         .as_deref()
-        .filter(|c| !c.is_empty() && c.len() <= 2048)
+        .filter(|c| !c.is_empty() && c.len() <= MAX_CODE_LEN)
         .ok_or(CallbackError::MissingCode)?;
     let verifier = match &state.pkce_verifier {
         Some(sealed) => Some(

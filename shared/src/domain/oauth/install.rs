@@ -51,6 +51,8 @@ pub const INSTALL_COOKIE: &str = "__Host-custody-install";
 /// The seal context's tenant for tokens no tenant holds yet. Only the install
 /// purposes are ever sealed with it, so a tenant of this name gains nothing.
 const UNCLAIMED: &str = "unclaimed-install";
+/// Largest claim body accepted (two short strings).
+pub const MAX_CLAIM_BODY_BYTES: usize = 4096;
 /// Longest claim token accepted (ours are 43 characters).
 pub const MAX_CLAIM_TOKEN_LEN: usize = 128;
 /// Longest account id in an installation id (as for webhook ids).
@@ -206,7 +208,7 @@ pub async fn receive(
     let code = params
         .code
         .as_deref()
-        .filter(|c| !c.is_empty() && c.len() <= 2048)
+        .filter(|c| !c.is_empty() && c.len() <= super::flow::MAX_CODE_LEN)
         .ok_or(CallbackError::MissingCode)?;
     let redirect_uri = deps.config.redirect_uri(&provider.name)?;
     let mut landing = landing_url(deps)?;

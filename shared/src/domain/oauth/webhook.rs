@@ -283,12 +283,12 @@ pub async fn handle_highlevel(
     if (now - sent_at).abs() > MAX_SKEW {
         return Err(WebhookError::Stale);
     }
-    for id in [&payload.location_id, &payload.company_id]
-        .into_iter()
-        .flatten()
-    {
-        if !valid_id(id) {
-            return Err(WebhookError::Malformed("locationId/companyId"));
+    for (field, id) in [
+        ("locationId", &payload.location_id),
+        ("companyId", &payload.company_id),
+    ] {
+        if id.as_deref().is_some_and(|id| !valid_id(id)) {
+            return Err(WebhookError::Malformed(field));
         }
     }
 
@@ -341,7 +341,7 @@ async fn act(
                     (keys::highlevel_location(location), "location_id", location)
                 }
                 (None, Some(company)) => (keys::highlevel_company(company), "company_id", company),
-                (None, None) => return Err(WebhookError::Malformed("locationId/companyId")),
+                (None, None) => return Err(WebhookError::Malformed("locationId")),
             };
             let links: Vec<AccountLink> = deps
                 .store
@@ -423,7 +423,7 @@ async fn act(
             )
             .await?;
             if noted.is_none() {
-                return Err(WebhookError::Malformed("locationId/companyId"));
+                return Err(WebhookError::Malformed("locationId"));
             }
             tracing::info!("HighLevel INSTALL recorded");
             Ok(WebhookOutcome::Installed)
