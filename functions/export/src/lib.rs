@@ -6,6 +6,7 @@
 //! ids, hashes) and checkpoints, all without message content.
 
 pub mod archive;
+pub mod audit_log;
 pub mod config;
 pub mod customer_role;
 pub mod kick;

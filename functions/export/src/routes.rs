@@ -1,5 +1,6 @@
 //! The HTTP API: export settings (admin writes, viewer reads), the destination test
-//! (admin), run now (operator), and the export log (viewer).
+//! (admin), run now (operator), and the export log (viewer); the tenant's audit log
+//! (admin, `crate::audit_log`).
 
 use custody::TenantId;
 use custody::api::{self, Caller, Problem, Role};
@@ -48,6 +49,8 @@ async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
         Some("POST /export/destination/test") => test_destination(deps, &caller, req).await,
         Some("POST /export/runs") => run_now(deps, &caller).await,
         Some("GET /export/runs") => list_runs(deps, &caller, req).await,
+        Some("GET /audit") => crate::audit_log::page(deps, req, &caller).await,
+        Some("GET /audit/verify") => crate::audit_log::verify(deps, &caller).await,
         _ => Err(Problem::not_found()),
     }
 }

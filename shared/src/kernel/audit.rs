@@ -797,6 +797,74 @@ impl AuditLog {
         Ok(entries.into_iter().map(|(_, entry)| entry).collect())
     }
 
+    /// One page of one of the tenant's chains, newest first, for a reader (`GET
+    /// /audit`): a DynamoDB query backwards from `query.before` (a sequence number), so
+    /// a page costs the same whatever the chain's length. Entries past their retention
+    /// and those `query` filters out are skipped; a page may then hold fewer than
+    /// `limit` entries while `next_before` still says there is more.
+    pub async fn page(
+        &self,
+        tenant: &TenantId,
+        class: AuditClass,
+        query: &PageQuery,
+    ) -> Result<EntryPage, AuditError> {
+        let now = self.clock.now();
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression(if query.before.is_some() {
+                "#pk = :c AND #seq < :before"
+            } else {
+                "#pk = :c"
+            })
+            .expression_attribute_names("#pk", PARTITION_KEY)
+            .expression_attribute_values(":c", AttributeValue::S(class.chain(tenant.as_str())))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX));
+        if let Some(before) = query.before {
+            request = request
+                .expression_attribute_names("#seq", "seq")
+                .expression_attribute_values(":before", AttributeValue::N(before.to_string()));
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| AuditError::Dynamo(error_text(&e)))?;
+        let items = out.items.unwrap_or_default();
+        let mut entries = Vec::with_capacity(items.len());
+        let mut oldest = None;
+        for item in items {
+            let entry = decode(item)?;
+            oldest = Some(entry.seq);
+            if !class.retained(entry.segment, now) {
+                continue;
+            }
+            if query.action.as_deref().is_some_and(|a| a != entry.action) {
+                continue;
+            }
+            let at = DateTime::parse_from_rfc3339(&entry.at)
+                .map(|at| at.with_timezone(&Utc))
+                .map_err(|e| AuditError::Decode(e.to_string()))?;
+            if query.from.is_some_and(|from| at < from) || query.to.is_some_and(|to| at >= to) {
+                continue;
+            }
+            entries.push(entry);
+        }
+        // More when DynamoDB stopped at the limit and the oldest entry read is not the
+        // chain's first.
+        let next_before = match (out.last_evaluated_key, oldest) {
+            (Some(_), Some(seq)) if seq > 1 => Some(seq),
+            _ => None,
+        };
+        Ok(EntryPage {
+            class,
+            entries,
+            next_before,
+        })
+    }
+
     /// Reads both of the tenant's chains and their checkpoints and verifies them
     /// against the signing key's public key.
     pub async fn verify(
@@ -816,6 +884,32 @@ impl AuditLog {
         }
         Ok(Ok(Verified { chains }))
     }
+}
+
+/// The largest page [`AuditLog::page`] reads.
+pub const MAX_PAGE: u32 = 100;
+
+/// What a reader asks of one chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Entries read per page (1 to [`MAX_PAGE`]).
+    pub limit: u32,
+    /// Only entries with a lower sequence number (the previous page's `next_before`).
+    pub before: Option<u64>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only entries recorded in `[from, to)`.
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// One page of a chain, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntryPage {
+    pub class: AuditClass,
+    pub entries: Vec<Entry>,
+    /// Pass as `before` for the next (older) page; `None` at the chain's start.
+    pub next_before: Option<u64>,
 }
 
 /// Why a write did not land.

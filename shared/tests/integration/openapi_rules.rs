@@ -283,6 +283,21 @@ fn field_rules() -> Vec<FieldRule> {
 
     let mut rules = Vec::new();
     // dsar
+    // The audit log's reader (in the export function).
+    const AUDIT_LOG: &str = "functions/export/src/audit_log.rs";
+    rules.extend(literals(
+        AUDIT_LOG,
+        "page_query",
+        &["class", "limit", "before", "action", "to"],
+        &["GET /audit"],
+    ));
+    rules.extend(computed(
+        AUDIT_LOG,
+        "time_param",
+        "name",
+        vec!["from".into(), "to".into()],
+        &["GET /audit"],
+    ));
     // oauth
     const OAUTH_FN: &str = "functions/oauth/src/lib.rs";
     const OAUTH: &str = "shared/src/domain/oauth.rs";
@@ -1067,6 +1082,20 @@ fn limits() -> Vec<Limit> {
         dsar_body,
     ));
     all.push(limit(PUT_CONSENT[0], "", "x-max-body-bytes", dsar_body));
+    all.extend([
+        limit(
+            "GET /audit",
+            "limit",
+            "maximum",
+            u64::from(custody::audit::MAX_PAGE),
+        ),
+        limit(
+            "GET /audit",
+            "action",
+            "maxLength",
+            export::audit_log::MAX_ACTION_LEN as u64,
+        ),
+    ]);
     // oauth
     use custody::oauth::{flow, install, webhook as hl_webhook};
     const CALLBACK: &str = "GET /oauth/{provider}/callback";

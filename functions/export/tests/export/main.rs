@@ -3,6 +3,7 @@
 //! come from a real stored HighLevel connection through `custody::oauth`.
 
 mod api;
+mod audit_log;
 mod aws_faults;
 mod faults;
 mod privacy;
