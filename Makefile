@@ -45,6 +45,7 @@ test: venv lint
 	$(PY) -m pytest -q -p no:cacheprovider infra/deploycheck infra/test_emulator.py
 	infra/with-emulator.sh cargo test --workspace --all-targets
 	cat target/tmp/fault-injection-summary-*.txt
+	$(MAKE) --no-print-directory console-test
 
 # Cold start, first invocation, size and throughput (docs/PERFORMANCE.md): prints
 # the tables and writes docs/bench-results.json. Niced so it never starves other
@@ -103,6 +104,7 @@ up: venv
 	  sleep 0.1
 	done
 	cat $(LOCAL)/ready
+	[[ -f console/dist/index.html ]] || echo "console: not built yet; build it with: npm --prefix console run build (served as soon as it exists)"
 	echo "logs: $(LOCAL)/up.log (each function's also in $(LOCAL)/logs/<function>.log)    stop with: make down"
 
 # Stops what `make up` started; every child process dies with it.
@@ -140,3 +142,65 @@ down:
 
 fmt:
 	cargo fmt --all
+
+# Debian's Chromium for the console's browser tests (Playwright cannot download its
+# own browser here); installed when missing, with sudo when not root.
+.PHONY: chromium
+chromium:
+	if ! command -v "$${CHROMIUM_PATH:-/usr/bin/chromium}" >/dev/null; then
+	  echo "chromium: installing Debian's chromium (apt-get)"
+	  sudo=""; [[ $$(id -u) -eq 0 ]] || sudo="sudo"
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ||
+	    { echo "chromium: could not install it; install Debian's chromium or set CHROMIUM_PATH" >&2; exit 1; }
+	fi
+
+# The web console's browser journey (console/tests) in Debian's Chromium against a
+# fresh local stack; the stack is stopped whatever the outcome.
+.PHONY: console-test
+console-test: chromium
+	npm --prefix console ci --no-audit --no-fund
+	npm --prefix console run build
+	$(MAKE) --no-print-directory up
+	status=0
+	npm --prefix console run test:e2e || status=$$?
+	$(MAKE) --no-print-directory down
+	exit $$status
+
+# Publishes the web console to the stack's bucket behind CloudFront: builds
+# console/dist, writes its config.json from the stack's outputs, uploads it (hashed
+# assets immutable, everything else no-cache) and invalidates the distribution.
+# The stack: STACK=<name>, else samconfig.toml's stack_name. Needs the AWS CLI and
+# credentials for the stack's account and region (AWS_PROFILE / AWS_REGION).
+.PHONY: console-deploy
+console-deploy: venv
+	# The emulator's dummy credentials and region (top of this file) would shadow yours.
+	$(if $(filter file,$(origin AWS_ACCESS_KEY_ID)),unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY,:)
+	$(if $(filter file,$(origin AWS_REGION)),unset AWS_REGION,:)
+	command -v aws >/dev/null || { echo "console-deploy: needs the AWS CLI (aws)" >&2; exit 1; }
+	stack="$${STACK:-$$($(PY) -c 'import tomllib; print(tomllib.load(open("samconfig.toml", "rb"))["default"]["global"]["parameters"]["stack_name"])')}"
+	described="$$(mktemp)"
+	trap 'rm -f "$$described"' EXIT
+	aws cloudformation describe-stacks --stack-name "$$stack" --query 'Stacks[0]' --output json > "$$described"
+	value() { $(PY) -c 'import json, sys; s = json.load(open(sys.argv[1])); kind, key = sys.argv[2:]; print({i[kind + "Key"]: i.get(kind + "Value", "") for i in s.get(kind + "s", [])}.get(key, ""))' "$$described" "$$@"; }
+	bucket="$$(value Output ConsoleBucketName)"
+	distribution="$$(value Output ConsoleDistributionId)"
+	client="$$(value Output ConsoleClientId)"
+	[[ -n "$$bucket" && -n "$$distribution" ]] || { echo "console-deploy: stack $$stack has no console (ConsoleBucketName, ConsoleDistributionId outputs)" >&2; exit 1; }
+	[[ -n "$$client" ]] || { echo "console-deploy: stack $$stack has no ConsoleClientId output (IdentityProvider=external: set OidcConsoleClientId; README.md § The console)" >&2; exit 1; }
+	npm --prefix console ci --no-audit --no-fund
+	npm --prefix console run build
+	# config.json: apiUrl, authority, clientId, redirectPath, stage.
+	$(PY) -c 'import json, sys; keys = ["apiUrl", "authority", "clientId", "redirectPath", "stage"]; open("console/dist/config.json", "w").write(json.dumps(dict(zip(keys, sys.argv[1:])), indent=2) + "\n")' \
+	  "$$(value Output ConsoleApiUrl | sed 's:/*$$::')" "$$(value Output OidcAuthority)" "$$client" /callback "$$(value Parameter Stage)"
+	cat console/dist/config.json
+	# New hashed assets first (immutable), then the entry points that name them
+	# (revalidated on every load), then the assets no build names any more.
+	aws s3 sync console/dist/assets "s3://$$bucket/assets" --only-show-errors \
+	  --cache-control "public, max-age=31536000, immutable"
+	aws s3 sync console/dist "s3://$$bucket" --only-show-errors --delete \
+	  --exclude "assets/*" --cache-control "no-cache"
+	aws s3 sync console/dist/assets "s3://$$bucket/assets" --only-show-errors --delete \
+	  --cache-control "public, max-age=31536000, immutable"
+	aws cloudfront create-invalidation --distribution-id "$$distribution" --paths "/*" \
+	  --query 'Invalidation.Id' --output text
+	echo "console-deploy: $$(value Output ConsoleUrl) (stack $$stack; the invalidation takes a minute or two)"

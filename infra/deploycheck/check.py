@@ -116,7 +116,8 @@ def run(
         report.fail("emulator deploy", f"{d.stack_status} {d.stack_reason}")
     report.notes.append(
         f"emulator deploy: {len(d.created)} resources created; "
-        f"skipped (moto has no CloudFormation support): {', '.join(sorted(d.skipped_types)) or 'none'}"
+        f"skipped (moto has no CloudFormation support): {', '.join(sorted(d.skipped_types)) or 'none'}; "
+        f"their attributes as placeholders: {', '.join(d.facts.get('placeholder_attributes', [])) or 'none'}"
     )
     return report
 

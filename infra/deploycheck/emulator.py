@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import yaml
 from moto import mock_aws
+from moto.cloudformation.parsing import NULL_MODELS, get_model_map
 
 from .sam import ARTIFACT_BUCKET, REGION
 
@@ -68,7 +69,9 @@ def deploy(
         except cfn.exceptions.ClientError as err:  # pragma: no cover - reported
             out.validate_errors.append(str(err))
 
-        transformed_body = json.dumps(transformed)
+        emulated, placeholders = _without_skipped_attributes(transformed)
+        out.facts["placeholder_attributes"] = placeholders
+        transformed_body = json.dumps(emulated)
         s3.put_object(Bucket=ARTIFACT_BUCKET, Key="transformed.json", Body=transformed_body.encode())
         cfn.create_change_set(
             StackName=stack_name,
@@ -115,3 +118,46 @@ def _plain(node: Any) -> Any:
     if isinstance(node, list):
         return [_plain(v) for v in node]
     return node
+
+
+_SUB_ATTRIBUTE = re.compile(r"\$\{([A-Za-z0-9]+)\.([A-Za-z0-9.]+)\}")
+
+
+def _without_skipped_attributes(template: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """moto creates nothing for a type it lacks and leaves a Ref to it unresolved, but
+    a Fn::GetAtt of it fails the whole deploy. Such attributes become placeholders
+    (returned, for the report), so the resources that use them are still created and
+    checked: the imports bucket's CORS origin is the console distribution's domain."""
+    supported = get_model_map()
+    skipped = {
+        logical
+        for logical, res in template.get("Resources", {}).items()
+        if (kind := res.get("Type", "")) in NULL_MODELS
+        or (kind not in supported and not kind.startswith("Custom::"))
+    }
+    used: set[str] = set()
+
+    def placeholder(logical: str, attribute: str) -> str:
+        used.add(f"{logical}.{attribute}")
+        return f"{logical.lower()}-{attribute.lower().replace('.', '-')}.emulator.invalid"
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if len(node) == 1 and "Fn::GetAtt" in node:
+                target = node["Fn::GetAtt"]
+                logical, attribute = target.split(".", 1) if isinstance(target, str) else target
+                if logical in skipped:
+                    return placeholder(logical, attribute)
+            if len(node) == 1 and "Fn::Sub" in node:
+                sub = node["Fn::Sub"]
+                text, variables = (sub, None) if isinstance(sub, str) else sub
+                text = _SUB_ATTRIBUTE.sub(
+                    lambda m: placeholder(m[1], m[2]) if m[1] in skipped else m[0], text
+                )
+                return {"Fn::Sub": text if variables is None else [text, walk(variables)]}
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(template), sorted(used)

@@ -59,6 +59,8 @@ class Resolver:
             + _name(props, "QueueName", self.stack, logical, self),
             "AWS::SNS::Topic": arn,
             "AWS::ApiGatewayV2::Api": lambda: "a1b2c3d4e5",
+            # A distribution's id (its ARN is arn:aws:cloudfront::<account>:distribution/<id>).
+            "AWS::CloudFront::Distribution": lambda: "EDFDVBD6EXAMPLE",
         }
         if kind not in refs:
             raise Unresolvable(f"Ref {logical}: no rule for {kind} (add one to deploycheck/resolve.py)")

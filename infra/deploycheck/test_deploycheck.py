@@ -32,6 +32,13 @@ MOTO_UNSUPPORTED = {
     # holds what matters, that no app client may write tenant or role.
     "AWS::Cognito::UserPool",
     "AWS::Cognito::UserPoolClient",
+    # The console: the hosted UI domain, and the distribution with its origin access
+    # control and headers policy (template.rs holds their CSP, HSTS, OAC-only bucket
+    # policy and CORS; the emulator gives their attributes placeholders).
+    "AWS::Cognito::UserPoolDomain",
+    "AWS::CloudFront::Distribution",
+    "AWS::CloudFront::OriginAccessControl",
+    "AWS::CloudFront::ResponseHeadersPolicy",
 }
 
 
@@ -259,6 +266,7 @@ FAILURE_QUEUES = {
     "ExpiryFunction": "ExpiryFailureQueue",
     "DsarFunction": "DsarFailureQueue",
     "ExportFunction": "ExportFailureQueue",
+    "OauthFunction": "OauthFailureQueue",
 }
 
 
@@ -284,9 +292,9 @@ def test_each_function_may_send_only_to_its_own_failure_queue(transformed: dict)
         for logical, res in resources.items()
         if res["Type"] in ("AWS::Lambda::EventInvokeConfig", "AWS::Lambda::EventSourceMapping")
     }
-    # import, expiry, export, dsar (its daily deadline check): EventInvokeConfig;
-    # expiry, dsar: stream mappings.
-    assert len(destinations) == 6, destinations
+    # import, expiry, export, dsar (its daily deadline check), oauth (its sweep of
+    # unclaimed installs): EventInvokeConfig; expiry, dsar: stream mappings.
+    assert len(destinations) == 7, destinations
     for logical, destination in destinations.items():
         function = next(f for f in FAILURE_QUEUES if logical.startswith(f))
         assert destination == {"Fn::GetAtt": [FAILURE_QUEUES[function], "Arn"]}, logical
@@ -308,3 +316,25 @@ def test_only_sams_destination_policy_may_lack_a_version(transformed: dict) -> N
     sam_policy["PolicyDocument"]["Statement"][0]["Action"] = "sqs:*"
     findings = [str(f) for f in iam.check(changed, resolver)]
     assert any("SQSPolicy: NO_VERSION" in f for f in findings), findings
+
+
+def test_emulator_stands_in_only_for_attributes_of_types_moto_lacks() -> None:
+    """A GetAtt of a type moto cannot create becomes a placeholder (it would fail the
+    whole emulator deploy); one of a type moto creates is left for moto to resolve."""
+    from .emulator import _without_skipped_attributes
+
+    template = {"Resources": {
+        "Cdn": {"Type": "AWS::CloudFront::Distribution"},
+        "Queue": {"Type": "AWS::SQS::Queue"},
+        "Bucket": {"Type": "AWS::S3::Bucket", "Properties": {
+            "A": {"Fn::GetAtt": ["Cdn", "DomainName"]},
+            "B": {"Fn::Sub": "https://${Cdn.DomainName}/${Queue.Arn}"},
+            "C": {"Fn::GetAtt": ["Queue", "Arn"]},
+        }},
+    }}
+    out, used = _without_skipped_attributes(template)
+    props = out["Resources"]["Bucket"]["Properties"]
+    assert isinstance(props["A"], str) and props["A"].endswith(".invalid")
+    assert props["B"] == {"Fn::Sub": f"https://{props['A']}/${{Queue.Arn}}"}
+    assert props["C"] == {"Fn::GetAtt": ["Queue", "Arn"]}
+    assert used == ["Cdn.DomainName"]

@@ -122,6 +122,16 @@ impl Environment {
         stage: &str,
         run: EnvironmentOptions,
     ) -> Result<Environment, DemoError> {
+        Self::start_adjusted(stage, run, |_| {}).await
+    }
+
+    /// [`Environment::start_with`], with a last say on the stack's options (a test
+    /// serves its own console build, for example).
+    pub async fn start_adjusted(
+        stage: &str,
+        run: EnvironmentOptions,
+        adjust: impl FnOnce(&mut StackOptions),
+    ) -> Result<Environment, DemoError> {
         let setup =
             |what: &str, e: &dyn std::fmt::Display| DemoError::Setup(format!("{what}: {e}"));
         let client_secret = random_secret("cs_");
@@ -171,9 +181,11 @@ impl Environment {
         options.overrides = BTreeMap::from([
             ("CUSTODY_OAUTH_PROVIDERS".into(), providers),
             ("CUSTODY_OAUTH_REDIRECT_BASE".into(), "{base_url}".into()),
+            // The demo's own return URL, and the web console's origin (the stack
+            // binds it before the functions start).
             (
                 "CUSTODY_OAUTH_RETURN_URLS".into(),
-                "http://127.0.0.1/app".into(),
+                "http://127.0.0.1/app,{console_url}".into(),
             ),
             ("CUSTODY_HIGHLEVEL_WEBHOOK_RSA_KEY".into(), rsa_public),
             ("CUSTODY_HIGHLEVEL_API_URL".into(), highlevel.base_url()),
@@ -184,6 +196,7 @@ impl Environment {
             ("RUST_LOG".into(), run.log_filter.clone()),
         ]);
         options.log_dir = run.log_dir.clone();
+        adjust(&mut options);
         let stack = LocalStack::start(options).await?;
         oauth.register_redirect_uri(&format!("{}/oauth/highlevel/callback", stack.base_url));
         // The client secret lives in Secrets Manager, as in production.
@@ -311,6 +324,11 @@ impl Environment {
     pub fn state(&self) -> Value {
         json!({
             "base_url": self.stack.base_url,
+            "console": format!("{}/", self.stack.console_url),
+            "oidc": {
+                "issuer": self.stack.oidc_url,
+                "client_id": crate::console::CLIENT_ID,
+            },
             "lambda_url": self.stack.lambda_url,
             "emulator": self.stack.endpoint,
             // The failure queues by logical id (`make redrive ARGS="--queue …"`).
@@ -348,7 +366,14 @@ impl Environment {
         let mut out = String::new();
         let base = &self.stack.base_url;
         let _ = writeln!(out, "custody local stack is up");
+        let _ = writeln!(out, "Console  {}/", self.stack.console_url);
         let _ = writeln!(out, "  HTTP API          {base}");
+        let _ = writeln!(
+            out,
+            "  OIDC (local)      {} (client {}; the console's login: any tenant, any role)",
+            self.stack.oidc_url,
+            crate::console::CLIENT_ID
+        );
         let _ = writeln!(out, "  AWS emulator      {}", self.stack.endpoint);
         let _ = writeln!(out, "  HighLevel (sim)   {}", self.highlevel.base_url());
         let _ = writeln!(out, "  OAuth (sim)       {}", self.oauth.base_url());

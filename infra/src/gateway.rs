@@ -13,6 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_yaml::Value;
 
+use crate::console::Cors;
 use crate::local_jwt::LocalIssuer;
 use crate::runtime_api::LocalFunction;
 
@@ -118,6 +119,8 @@ pub struct Gateway {
     routes: Vec<Route>,
     functions: HashMap<String, Arc<LocalFunction>>,
     issuer: LocalIssuer,
+    /// The HttpApi's `CorsConfiguration`, when it has one.
+    cors: Option<Cors>,
 }
 
 impl Gateway {
@@ -130,7 +133,14 @@ impl Gateway {
             routes,
             functions,
             issuer,
+            cors: None,
         }
+    }
+
+    /// Answers CORS as API Gateway does with a `CorsConfiguration` (see [`Cors`]).
+    pub fn with_cors(mut self, cors: Cors) -> Self {
+        self.cors = Some(cors);
+        self
     }
 
     /// Serves on `listener` (bound first, so functions can be told the base URL
@@ -144,13 +154,27 @@ impl Gateway {
         let app = axum::Router::new().fallback(
             move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let gateway = gateway.clone();
-                async move { gateway.handle(method, uri, headers, body).await }
+                async move { gateway.respond(method, uri, headers, body).await }
             },
         );
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Ok((address, task))
+    }
+
+    /// A request with CORS applied: API Gateway answers preflights itself (on any
+    /// path, before routing and authorization) and sets the headers on every answer.
+    async fn respond(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+        let Some(cors) = &self.cors else {
+            return self.handle(method, uri, headers, body).await;
+        };
+        if Cors::is_preflight(&method, &headers) {
+            return cors.preflight(&headers);
+        }
+        let mut response = self.handle(method, uri, headers.clone(), body).await;
+        cors.apply(&headers, &mut response);
+        response
     }
 
     async fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {

@@ -6,6 +6,7 @@
 //! as the template declares it, and the functions' environment is the template's
 //! `Globals` environment resolved against what was created.
 
+pub mod console;
 pub mod demo;
 pub mod emulator;
 pub mod event_sources;
@@ -13,6 +14,7 @@ pub mod gateway;
 pub mod harness;
 pub mod lambda_api;
 pub mod local_jwt;
+pub mod oidc;
 pub mod provision;
 pub mod redrive;
 pub mod runtime_api;

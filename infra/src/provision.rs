@@ -811,27 +811,32 @@ async fn put_bucket_policy(
 ) -> Result<Physical, ProvisionError> {
     let bucket = prop_str(resolver, props, "Bucket")?
         .ok_or_else(|| template_err(format!("{logical}: Bucket")))?;
-    let mut document = resolver.json(
-        props
-            .get("PolicyDocument")
-            .ok_or_else(|| template_err(format!("{logical}: PolicyDocument")))?,
-    )?;
+    let mut document = props
+        .get("PolicyDocument")
+        .ok_or_else(|| template_err(format!("{logical}: PolicyDocument")))?
+        .clone();
     // moto enforces the Deny statements of a bucket policy on object requests but
     // ignores their Condition (checked in moto 5.2.5, s3/responses.py), so the
     // TLS-only and SSE-KMS-only statements would deny every local request. A
-    // statement with a condition is therefore left out locally, and reported.
-    if let Some(statements) = document.get_mut("Statement").and_then(|s| s.as_array_mut()) {
+    // statement with a condition is therefore left out locally, and reported. They
+    // go before resolving: a condition may name what the emulator cannot create
+    // (the console bucket's reader is the CloudFront distribution's ARN).
+    if let Some(statements) = document
+        .get_mut("Statement")
+        .and_then(Value::as_sequence_mut)
+    {
         statements.retain(|statement| {
             let conditional = statement.get("Condition").is_some();
             if conditional {
                 adjusted.push(format!(
                     "{logical}: statement {} not applied (the emulator ignores conditions)",
-                    statement.get("Sid").and_then(|s| s.as_str()).unwrap_or("?")
+                    statement.get("Sid").and_then(Value::as_str).unwrap_or("?")
                 ));
             }
             !conditional
         });
     }
+    let document = resolver.json(&document)?;
     let physical = Physical {
         kind: "AWS::S3::BucketPolicy".into(),
         id: bucket.clone(),

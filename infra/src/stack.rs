@@ -1,7 +1,10 @@
 //! The whole local stack in one process: the AWS emulator provisioned from
 //! template.yaml, every function binary behind its own local Runtime API, the HTTP
 //! API gateway with the local JWT issuer, the stream / bucket event sources, the local
-//! EventBridge Scheduler and a local Lambda Invoke API.
+//! EventBridge Scheduler and a local Lambda Invoke API; and, for the web console, its
+//! origin ([`crate::console`]: `console/dist/` and `config.json`) and a local OIDC
+//! provider ([`crate::oidc`]) whose tokens the gateway accepts. The gateway allows the
+//! console origin by CORS, and so does the imports bucket (presigned uploads).
 //!
 //! The simulated external services (HighLevel, WebDAV, the destination webhook) are
 //! started by the caller (the demo, `custody-local up`), which passes their URLs as
@@ -16,8 +19,10 @@ use aws_config::SdkConfig;
 use custody::aws::{Clients, sdk_config_for_endpoint};
 use serde_yaml::Value;
 
+use crate::console::{ConsoleSite, Cors};
 use crate::gateway::{Gateway, routes};
 use crate::local_jwt::LocalIssuer;
+use crate::oidc::OidcProvider;
 use crate::provision::{
     Provisioned, function_environment, function_names, load_template, provision,
 };
@@ -36,12 +41,16 @@ pub enum StackError {
     MissingBinary(String),
     #[error("could not start {0}: {1}")]
     Start(String, std::io::Error),
+    #[error("configuring {0}: {1}")]
+    Configure(String, String),
 }
 
 pub struct StackOptions {
     /// Resource-name suffix (the template's `Stage`).
     pub stage: String,
     /// Variables set for every function after the template's (local service URLs).
+    /// `{base_url}` in a value becomes the HTTP API's URL, `{console_url}` the
+    /// console's origin (both exist only once the stack binds them).
     pub overrides: BTreeMap<String, String>,
     /// Where the function binaries are (default `<repo>/target/debug`).
     pub binaries: PathBuf,
@@ -49,6 +58,9 @@ pub struct StackOptions {
     /// When set, each function's output (its JSON logs) is also kept in
     /// `<log_dir>/<function>.log`, as its CloudWatch log group would keep it.
     pub log_dir: Option<PathBuf>,
+    /// The built web console the console origin serves (default
+    /// `<repo>/console/dist`).
+    pub console_dist: PathBuf,
 }
 
 impl StackOptions {
@@ -62,6 +74,7 @@ impl StackOptions {
             binaries: target.join("debug"),
             invocation_timeout: Duration::from_secs(60),
             log_dir: None,
+            console_dist: repo_root().join("console").join("dist"),
         }
     }
 }
@@ -74,6 +87,10 @@ pub struct LocalStack {
     pub template: Value,
     pub functions: HashMap<String, Arc<LocalFunction>>,
     pub base_url: String,
+    /// The web console's origin (`http://127.0.0.1:PORT`, no trailing slash).
+    pub console_url: String,
+    /// The local OIDC provider's issuer URL (the console's `authority`).
+    pub oidc_url: String,
     /// The local Lambda Invoke API (`custody-local invoke`, `aws lambda invoke`).
     pub lambda_url: String,
     /// What the local EventBridge Scheduler fired.
@@ -128,6 +145,14 @@ impl LocalStack {
             .local_addr()
             .map_err(|e| StackError::Start("gateway".into(), e))?;
         let base_url = format!("http://{address}");
+        // The console's origin and the OIDC issuer are bound before anything is
+        // configured: CORS, the OAuth return URLs and the bucket's CORS rule name them.
+        let console_listener = bind("console").await?;
+        let console_url = listener_url("console", &console_listener)?;
+        let oidc_listener = bind("OIDC provider").await?;
+        let oidc_url = listener_url("OIDC provider", &oidc_listener)?;
+        let mut provisioned = provisioned;
+        allow_console_uploads(&sdk, &mut provisioned, &console_url).await?;
 
         // The local Lambda API is bound first: functions that invoke another (the dsar
         // function asks the oauth function to revoke) reach it through the SDK.
@@ -157,13 +182,15 @@ impl LocalStack {
             // The local stack's simulators listen on loopback; production never sets
             // this (a template test checks), so there the egress guard refuses it.
             env.insert(custody::egress::ALLOW_LOOPBACK_VAR.into(), "true".into());
-            // Overrides may name the gateway's URL, which exists only now.
-            env.extend(
-                options
-                    .overrides
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.replace("{base_url}", &base_url))),
-            );
+            // Overrides may name the gateway's and the console's URLs, which exist
+            // only now.
+            env.extend(options.overrides.iter().map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.replace("{base_url}", &base_url)
+                        .replace("{console_url}", &console_url),
+                )
+            }));
             let env: Vec<(String, String)> = env.into_iter().collect();
             let timeout =
                 function_timeout(&template, &binary).unwrap_or(options.invocation_timeout);
@@ -177,12 +204,28 @@ impl LocalStack {
             functions.insert(binary, Arc::new(function));
         }
 
-        let issuer = LocalIssuer::new();
-        let gateway = Gateway::new(routes(&template), functions.clone(), issuer.clone());
+        // One issuer: the tokens `token()` prints and the console's login both come
+        // from the OIDC provider's issuer, for their own audiences.
+        let issuer =
+            LocalIssuer::with_issuer(oidc_url.clone()).accepting(crate::console::CLIENT_ID);
+        let gateway = Gateway::new(routes(&template), functions.clone(), issuer.clone())
+            .with_cors(Cors::new(console_url.clone()));
         let (_, gateway_task) = gateway
             .serve(listener)
             .await
             .map_err(|e| StackError::Start("gateway".into(), e))?;
+        let (_, oidc_task) = OidcProvider::new(issuer.clone(), console_url.clone())
+            .serve(oidc_listener)
+            .map_err(|e| StackError::Start("OIDC provider".into(), e))?;
+        let site = ConsoleSite {
+            dist: options.console_dist.clone(),
+            api_url: base_url.clone(),
+            authority: oidc_url.clone(),
+            s3_url: endpoint.clone(),
+        };
+        let (_, console_task) = site
+            .serve(console_listener)
+            .map_err(|e| StackError::Start("console".into(), e))?;
         let names = function_names(&template, &options.stage);
         let failures = crate::event_sources::Failures::new(&sdk, &template, &provisioned);
         let lambda_task = crate::lambda_api::serve(
@@ -216,11 +259,20 @@ impl LocalStack {
             template,
             functions,
             base_url,
+            console_url,
+            oidc_url,
             lambda_url,
             schedules,
             issuer,
             log_dir: options.log_dir,
-            tasks: vec![gateway_task, sources, lambda_task, scheduler],
+            tasks: vec![
+                gateway_task,
+                sources,
+                lambda_task,
+                scheduler,
+                oidc_task,
+                console_task,
+            ],
         })
     }
 
@@ -244,6 +296,74 @@ impl LocalStack {
             function.kill_and_flush_logs(Duration::from_secs(10)).await;
         }
     }
+}
+
+async fn bind(what: &str) -> Result<tokio::net::TcpListener, StackError> {
+    tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| StackError::Start(what.into(), e))
+}
+
+fn listener_url(what: &str, listener: &tokio::net::TcpListener) -> Result<String, StackError> {
+    let address = listener
+        .local_addr()
+        .map_err(|e| StackError::Start(what.into(), e))?;
+    Ok(format!("http://{address}"))
+}
+
+/// The imports bucket's CORS rule for the console origin (constants in
+/// [`crate::console`]): the browser PUTs presigned uploads to it. template.yaml
+/// declares no `CorsConfiguration` on the bucket yet, so the rule is applied here
+/// and reported as adjusted.
+async fn allow_console_uploads(
+    sdk: &SdkConfig,
+    provisioned: &mut Provisioned,
+    console_url: &str,
+) -> Result<(), StackError> {
+    use crate::console::{
+        UPLOAD_CORS_ALLOWED_HEADERS, UPLOAD_CORS_ALLOWED_METHODS, UPLOAD_CORS_EXPOSED_HEADERS,
+        UPLOAD_CORS_MAX_AGE_SECONDS,
+    };
+    use aws_sdk_s3::types::{CorsConfiguration, CorsRule};
+    let Some(bucket) = provisioned
+        .resources
+        .get("ImportsBucket")
+        .map(|p| p.id.clone())
+    else {
+        return Ok(());
+    };
+    let configure = |e: &dyn std::fmt::Display| {
+        StackError::Configure("the imports bucket's CORS".into(), e.to_string())
+    };
+    let rule = CorsRule::builder()
+        .allowed_origins(console_url)
+        .set_allowed_methods(Some(
+            UPLOAD_CORS_ALLOWED_METHODS.map(str::to_owned).to_vec(),
+        ))
+        .set_allowed_headers(Some(
+            UPLOAD_CORS_ALLOWED_HEADERS.map(str::to_owned).to_vec(),
+        ))
+        .set_expose_headers(Some(
+            UPLOAD_CORS_EXPOSED_HEADERS.map(str::to_owned).to_vec(),
+        ))
+        .max_age_seconds(UPLOAD_CORS_MAX_AGE_SECONDS)
+        .build()
+        .map_err(|e| configure(&e))?;
+    let cors = CorsConfiguration::builder()
+        .cors_rules(rule)
+        .build()
+        .map_err(|e| configure(&e))?;
+    custody::aws::s3_client(sdk)
+        .put_bucket_cors()
+        .bucket(&bucket)
+        .cors_configuration(cors)
+        .send()
+        .await
+        .map_err(|e| configure(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
+    provisioned.adjusted.push(format!(
+        "ImportsBucket: CORS rule for the console origin {console_url} (PUT; not in template.yaml yet)"
+    ));
+    Ok(())
 }
 
 impl Drop for LocalStack {

@@ -105,7 +105,26 @@ pub async fn page(deps: &Deps, req: &Request, caller: &Caller) -> Result<Respons
     caller.require(Role::Admin)?;
     let (class, query) = page_query(req)?;
     let page = deps.audit.page(&caller.tenant, class, &query).await?;
-    json_response(StatusCode::OK, &page)
+    // Entries are stored with their details as JSON text (so the hash covers exact
+    // bytes); a reader gets them as the object they are.
+    let entries: Vec<serde_json::Value> = page
+        .entries
+        .iter()
+        .map(|entry| {
+            let mut value = serde_json::to_value(entry).unwrap_or_default();
+            if let Some(details) = value.get_mut("details")
+                && let Some(text) = details.as_str()
+                && let Ok(object) = serde_json::from_str::<serde_json::Value>(text)
+            {
+                *details = object;
+            }
+            value
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "class": page.class, "entries": entries, "next_before": page.next_before }),
+    )
 }
 
 /// `GET /audit/verify`: the verification of both chains as of now. A broken chain is

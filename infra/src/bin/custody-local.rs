@@ -8,7 +8,9 @@
 //!   starts the same and keeps it running until Ctrl-C / SIGTERM, printing the base
 //!   URL, a bearer token and example requests; the state file is the same as JSON
 //!   (for scripts and tests); with `--log-dir`, each function's logs are also kept
-//!   in `DIR/<function>.log`.
+//!   in `DIR/<function>.log`. It also serves the web console (`console/dist/` and
+//!   its `config.json`, `Console  <url>` in the output, `console` in the state file)
+//!   and the local OIDC provider the console logs in with (`oidc.issuer`).
 //! - `custody-local invoke [--async] <function> <event-file>`: delivers an event (e.g.
 //!   a file in `events/`) to a running stack's function and prints the response.
 //!

@@ -946,3 +946,640 @@ fn oauth_providers_ask_only_for_the_scopes_custody_uses() {
     }
     assert!(seen >= 3, "only {seen} provider entries found");
 }
+
+// ---------------------------------------------------------------- the console
+//
+// infra/src/console.rs states the console's browser-facing contract (CSP, security
+// headers, CORS of the API and of the imports bucket) and the local stack applies
+// it; these hold template.yaml's production side to the same constants.
+
+use custody_local::console;
+use std::collections::HashMap;
+
+/// What an expression of the template evaluates to.
+#[derive(Debug, Clone, PartialEq)]
+enum Evaluated {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl Evaluated {
+    fn text(self) -> String {
+        match self {
+            Evaluated::Text(t) => t,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+    fn list(self) -> Vec<String> {
+        match self {
+            Evaluated::List(l) => l,
+            other => panic!("expected a list, got {other:?}"),
+        }
+    }
+}
+
+/// Parameter, pseudo-parameter, resource and condition values for [`evaluate`].
+#[derive(Default)]
+struct Scope {
+    /// `Ref`/`${Name}` and `${Resource.Attribute}` values.
+    values: HashMap<String, String>,
+    /// `Ref`s that are lists (CommaDelimitedList parameters).
+    lists: HashMap<String, Vec<String>>,
+    conditions: HashMap<String, bool>,
+}
+
+impl Scope {
+    fn with(mut self, name: &str, value: &str) -> Self {
+        self.values.insert(name.into(), value.into());
+        self
+    }
+    fn list(mut self, name: &str, value: &[&str]) -> Self {
+        self.lists
+            .insert(name.into(), value.iter().map(|v| v.to_string()).collect());
+        self
+    }
+    fn when(mut self, condition: &str, holds: bool) -> Self {
+        self.conditions.insert(condition.into(), holds);
+        self
+    }
+    /// Stage, region, account; the console distribution's domain.
+    fn standard() -> Self {
+        Scope::default()
+            .with("Stage", "prod")
+            .with("AWS::Region", "eu-west-1")
+            .with("AWS::AccountId", "123456789012")
+            .with("AWS::Partition", "aws")
+            .with("AWS::URLSuffix", "amazonaws.com")
+            .with(
+                "ConsoleDistribution.DomainName",
+                "d111111abcdef8.cloudfront.net",
+            )
+            .with("ConsoleOrigin", "https://console.example.com")
+    }
+    fn substitute(&self, text: &str, extra: &HashMap<String, String>) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("closed ${") + start;
+            let name = &rest[start + 2..end];
+            let value = extra
+                .get(name)
+                .or_else(|| self.values.get(name))
+                .unwrap_or_else(|| panic!("no value for ${{{name}}} in {text}"));
+            out.push_str(value);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Evaluates the intrinsics the console's resources use (Ref, Sub, Join, Select,
+/// Split, If) as CloudFormation would, given `scope`.
+fn evaluate(value: &Value, scope: &Scope) -> Evaluated {
+    let args = |v: &Value| -> Vec<Value> { v.as_sequence().cloned().unwrap_or_default() };
+    match value {
+        Value::String(s) => Evaluated::Text(s.clone()),
+        Value::Sequence(items) => Evaluated::List(
+            items
+                .iter()
+                .map(|item| evaluate(item, scope).text())
+                .collect(),
+        ),
+        Value::Tagged(tagged) => {
+            let arg = &tagged.value;
+            if tagged.tag == "!Ref" {
+                let name = arg.as_str().expect("Ref name");
+                if let Some(list) = scope.lists.get(name) {
+                    return Evaluated::List(list.clone());
+                }
+                return Evaluated::Text(
+                    scope
+                        .values
+                        .get(name)
+                        .unwrap_or_else(|| panic!("no value for Ref {name}"))
+                        .clone(),
+                );
+            }
+            if tagged.tag == "!Sub" {
+                return Evaluated::Text(match arg {
+                    Value::String(text) => scope.substitute(text, &HashMap::new()),
+                    _ => {
+                        let parts = args(arg);
+                        let variables = parts[1]
+                            .as_mapping()
+                            .expect("Sub variables")
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.as_str().unwrap().to_owned(), evaluate(v, scope).text())
+                            })
+                            .collect();
+                        scope.substitute(parts[0].as_str().expect("Sub text"), &variables)
+                    }
+                });
+            }
+            let parts = args(arg);
+            if tagged.tag == "!Join" {
+                let separator = parts[0].as_str().expect("Join separator");
+                return Evaluated::Text(evaluate(&parts[1], scope).list().join(separator));
+            }
+            if tagged.tag == "!Split" {
+                let separator = parts[0].as_str().expect("Split separator");
+                let text = evaluate(&parts[1], scope).text();
+                return Evaluated::List(text.split(separator).map(str::to_owned).collect());
+            }
+            if tagged.tag == "!Select" {
+                let index = parts[0].as_u64().expect("Select index") as usize;
+                let list = evaluate(&parts[1], scope).list();
+                return Evaluated::Text(
+                    list.get(index)
+                        .unwrap_or_else(|| panic!("Select {index} of {list:?}"))
+                        .clone(),
+                );
+            }
+            if tagged.tag == "!If" {
+                let condition = parts[0].as_str().expect("If condition");
+                let holds = *scope
+                    .conditions
+                    .get(condition)
+                    .unwrap_or_else(|| panic!("no value for condition {condition}"));
+                return evaluate(&parts[if holds { 1 } else { 2 }], scope);
+            }
+            panic!("evaluate: {} is not handled", tagged.tag)
+        }
+        other => panic!("evaluate: unexpected {other:?}"),
+    }
+}
+
+/// The two console origins: the distribution's own domain, and ConsoleOrigin.
+fn console_origins() -> [(Scope, &'static str); 2] {
+    [
+        (
+            Scope::standard().when("HasConsoleOrigin", false),
+            "https://d111111abcdef8.cloudfront.net",
+        ),
+        (
+            Scope::standard().when("HasConsoleOrigin", true),
+            "https://console.example.com",
+        ),
+    ]
+}
+
+/// A list property that must allow exactly the console origin, whichever it is.
+fn assert_only_the_console_origin(what: &str, origins: &Value) {
+    let items = origins
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{what}: not a list"));
+    assert_eq!(items.len(), 1, "{what}: exactly one origin");
+    for (scope, origin) in console_origins() {
+        assert_eq!(evaluate(origins, &scope).list(), [origin], "{what}");
+    }
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_sequence()
+        .unwrap_or_else(|| panic!("not a list: {value:?}"))
+        .iter()
+        .map(|v| v.as_str().expect("a string"))
+        .collect()
+}
+
+fn console_security_headers(template: &Value) -> &Value {
+    &resource(template, "ConsoleResponseHeadersPolicy")["Properties"]["ResponseHeadersPolicyConfig"]
+        ["SecurityHeadersConfig"]
+}
+
+/// Security: the console's CSP allows no inline or eval'd code, no framing, and
+/// `fetch` only to itself, the API, the issuer and the imports bucket: it is
+/// `console::content_security_policy`, the one the local stack serves, with
+/// placeholders for what is known at deploy time, and those evaluate to origins.
+#[test]
+fn console_csp_is_the_local_one_without_inline_code() {
+    let template = template();
+    let csp = &console_security_headers(&template)["ContentSecurityPolicy"];
+    assert_eq!(csp["Override"].as_bool(), Some(true));
+    let sub = match &csp["ContentSecurityPolicy"] {
+        Value::Tagged(tagged) if tagged.tag == "!Sub" => tagged.value.clone(),
+        other => panic!("the CSP is not a !Sub: {other:?}"),
+    };
+    let text = sub[0].as_str().expect("the CSP's text");
+    for forbidden in ["unsafe-inline", "unsafe-eval", "*"] {
+        assert!(!text.contains(forbidden), "CSP allows {forbidden}: {text}");
+    }
+    assert!(text.contains("frame-ancestors 'none'"), "{text}");
+
+    // The same directives, in the same order, as the local stack's.
+    let imports_bucket = match &resource(&template, "ImportsBucket")["Properties"]["BucketName"] {
+        Value::Tagged(tagged) if tagged.tag == "!Sub" => tagged.value.as_str().unwrap().to_owned(),
+        other => panic!("ImportsBucket name: {other:?}"),
+    };
+    let s3 = format!("https://{imports_bucket}.s3.${{AWS::Region}}.${{AWS::URLSuffix}}");
+    assert_eq!(
+        text,
+        console::content_security_policy("${ApiOrigin}", "${IssuerOrigin}", &s3)
+    );
+
+    // The placeholders evaluate to origins (a path would narrow connect-src to it).
+    let variables = &sub[1];
+    let api = Scope::default().with("PublicApiBaseUrl", "https://api.example.com:8443/v1/x");
+    assert_eq!(
+        evaluate(&variables["ApiOrigin"], &api).text(),
+        console::origin_of("https://api.example.com:8443/v1/x")
+    );
+    // Cognito: the issuer (discovery, keys) and the hosted UI domain (token endpoint),
+    // as the authorizer and the UserPoolDomain name them.
+    let cognito = Scope::standard()
+        .when("CreateUserPool", true)
+        .with("UserPool", "eu-west-1_AbCdEf123")
+        .with("OidcIssuer", "");
+    let issuer = evaluate(
+        &resource(&template, "HttpApi")["Properties"]["Auth"]["Authorizers"]["OidcJwt"]
+            ["JwtConfiguration"]["issuer"],
+        &cognito,
+    )
+    .text();
+    let domain = evaluate(
+        &resource(&template, "UserPoolDomain")["Properties"]["Domain"],
+        &cognito,
+    )
+    .text();
+    assert_eq!(
+        evaluate(&variables["IssuerOrigin"], &cognito).text(),
+        format!(
+            "{} https://{domain}.auth.eu-west-1.amazoncognito.com",
+            console::origin_of(&issuer)
+        )
+    );
+    let external = Scope::standard()
+        .when("CreateUserPool", false)
+        .with("OidcIssuer", "https://login.example.com:8443/tenant/v2.0");
+    assert_eq!(
+        evaluate(&variables["IssuerOrigin"], &external).text(),
+        "https://login.example.com:8443"
+    );
+}
+
+/// The console's other security headers are `console::SECURITY_HEADERS` (HSTS as
+/// `STRICT_TRANSPORT_SECURITY`), and the distribution sends them with every
+/// response, over HTTPS only, with the single-page app's fallback.
+#[test]
+fn console_distribution_sends_the_local_security_headers() {
+    let template = template();
+    let headers = console_security_headers(&template);
+    for (name, value) in console::SECURITY_HEADERS {
+        match name {
+            "strict-transport-security" => {
+                let hsts = &headers["StrictTransportSecurity"];
+                let directives: Vec<&str> = value.split(';').map(str::trim).collect();
+                let max_age = directives[0]
+                    .strip_prefix("max-age=")
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .expect("max-age first");
+                assert_eq!(value, console::STRICT_TRANSPORT_SECURITY);
+                assert_eq!(hsts["AccessControlMaxAgeSec"].as_i64(), Some(max_age));
+                assert_eq!(
+                    hsts["IncludeSubdomains"].as_bool().unwrap_or(false),
+                    directives.contains(&"includeSubDomains")
+                );
+                assert_eq!(
+                    hsts["Preload"].as_bool().unwrap_or(false),
+                    directives.contains(&"preload")
+                );
+                assert_eq!(hsts["Override"].as_bool(), Some(true));
+            }
+            "x-content-type-options" => {
+                assert_eq!(value, "nosniff", "CloudFront sends only nosniff");
+                assert_eq!(
+                    headers["ContentTypeOptions"]["Override"].as_bool(),
+                    Some(true)
+                );
+            }
+            "referrer-policy" => {
+                let policy = &headers["ReferrerPolicy"];
+                assert_eq!(policy["ReferrerPolicy"].as_str(), Some(value));
+                assert_eq!(policy["Override"].as_bool(), Some(true));
+            }
+            "x-frame-options" => {
+                let frame = &headers["FrameOptions"];
+                assert_eq!(frame["FrameOption"].as_str(), Some(value));
+                assert_eq!(frame["Override"].as_bool(), Some(true));
+            }
+            other => panic!("{other}: not in the template's response headers policy"),
+        }
+    }
+
+    let config = &resource(&template, "ConsoleDistribution")["Properties"]["DistributionConfig"];
+    assert_eq!(config["DefaultRootObject"].as_str(), Some("index.html"));
+    let behavior = &config["DefaultCacheBehavior"];
+    assert_eq!(
+        ref_target(&behavior["ResponseHeadersPolicyId"]),
+        Some("ConsoleResponseHeadersPolicy")
+    );
+    assert_eq!(
+        behavior["ViewerProtocolPolicy"].as_str(),
+        Some("redirect-to-https")
+    );
+    // Managed policy CachingOptimized.
+    assert_eq!(
+        behavior["CachePolicyId"].as_str(),
+        Some("658327ea-f89d-4fab-a63d-7e88639e58f6")
+    );
+    assert_eq!(strings(&behavior["AllowedMethods"]), ["GET", "HEAD"]);
+    assert!(
+        config.get("CacheBehaviors").is_none(),
+        "every path gets the default behaviour's headers"
+    );
+    let mut fallbacks: Vec<i64> = config["CustomErrorResponses"]
+        .as_sequence()
+        .expect("CustomErrorResponses")
+        .iter()
+        .map(|r| {
+            assert_eq!(r["ResponseCode"].as_i64(), Some(200));
+            assert_eq!(r["ResponsePagePath"].as_str(), Some("/index.html"));
+            r["ErrorCode"].as_i64().unwrap()
+        })
+        .collect();
+    fallbacks.sort();
+    assert_eq!(fallbacks, [403, 404]);
+}
+
+/// The HTTP API answers CORS for the console origin only, with exactly the local
+/// stack's configuration (`console::CORS_*`), and accepts the console's ID tokens.
+#[test]
+fn http_api_cors_allows_only_the_console() {
+    let template = template();
+    let api = &resource(&template, "HttpApi")["Properties"];
+    let cors = &api["CorsConfiguration"];
+    assert_only_the_console_origin("HttpApi AllowOrigins", &cors["AllowOrigins"]);
+    assert_eq!(strings(&cors["AllowMethods"]), console::CORS_ALLOW_METHODS);
+    assert_eq!(strings(&cors["AllowHeaders"]), console::CORS_ALLOW_HEADERS);
+    assert_eq!(
+        strings(&cors["ExposeHeaders"]),
+        console::CORS_EXPOSE_HEADERS
+    );
+    assert_eq!(
+        cors["MaxAge"].as_u64(),
+        Some(u64::from(console::CORS_MAX_AGE_SECONDS))
+    );
+    assert_eq!(
+        cors["AllowCredentials"].as_bool(),
+        Some(console::CORS_ALLOW_CREDENTIALS)
+    );
+    let fields: Vec<&str> = cors
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(fields.len(), 6, "unexpected CORS fields: {fields:?}");
+
+    // ID tokens' aud is the client id: the console's is accepted too.
+    let audience = &api["Auth"]["Authorizers"]["OidcJwt"]["JwtConfiguration"]["audience"];
+    let ids = Scope::default()
+        .with("UserPoolApiClient", "api-client")
+        .with("UserPoolConsoleClient", "console-client")
+        .with("OidcConsoleClientId", "external-console")
+        .list("OidcAudience", &["external-a", "external-b"]);
+    let cognito = Scope { ..ids }.when("CreateUserPool", true);
+    assert_eq!(
+        evaluate(audience, &cognito).list(),
+        ["api-client", "console-client"]
+    );
+    let external = Scope {
+        conditions: HashMap::from([
+            ("CreateUserPool".into(), false),
+            ("ExternalConsoleClient".into(), true),
+        ]),
+        ..cognito
+    };
+    assert_eq!(
+        evaluate(audience, &external).list(),
+        ["external-a", "external-b", "external-console"]
+    );
+    let without = Scope {
+        conditions: HashMap::from([
+            ("CreateUserPool".into(), false),
+            ("ExternalConsoleClient".into(), false),
+        ]),
+        ..external
+    };
+    assert_eq!(
+        evaluate(audience, &without).list(),
+        ["external-a", "external-b"]
+    );
+}
+
+/// The imports bucket takes the console's presigned PUTs: its one CORS rule allows
+/// the console origin with exactly `console::UPLOAD_CORS_*`.
+#[test]
+fn imports_bucket_cors_is_the_console_upload_rule() {
+    let template = template();
+    let rules =
+        resource(&template, "ImportsBucket")["Properties"]["CorsConfiguration"]["CorsRules"]
+            .as_sequence()
+            .expect("ImportsBucket CorsRules");
+    assert_eq!(rules.len(), 1);
+    let rule = &rules[0];
+    assert_only_the_console_origin("ImportsBucket AllowedOrigins", &rule["AllowedOrigins"]);
+    assert_eq!(
+        strings(&rule["AllowedMethods"]),
+        console::UPLOAD_CORS_ALLOWED_METHODS
+    );
+    assert_eq!(
+        strings(&rule["AllowedHeaders"]),
+        console::UPLOAD_CORS_ALLOWED_HEADERS
+    );
+    assert_eq!(
+        strings(&rule["ExposedHeaders"]),
+        console::UPLOAD_CORS_EXPOSED_HEADERS
+    );
+    assert_eq!(
+        rule["MaxAge"].as_i64(),
+        Some(i64::from(console::UPLOAD_CORS_MAX_AGE_SECONDS))
+    );
+}
+
+/// Security: the console's app client is public (a browser keeps no secret) and
+/// signs in only with the authorization code flow (PKCE, oidc-client-ts), returning
+/// only to the console: `<origin>` + `console::REDIRECT_PATH`.
+#[test]
+fn console_client_is_public_code_flow_back_to_the_console() {
+    let template = template();
+    let client = resource(&template, "UserPoolConsoleClient");
+    assert_eq!(client["Condition"].as_str(), Some("CreateUserPool"));
+    assert_eq!(
+        resource(&template, "UserPoolDomain")["Condition"].as_str(),
+        Some("CreateUserPool")
+    );
+    let props = &client["Properties"];
+    assert_eq!(ref_target(&props["UserPoolId"]), Some("UserPool"));
+    assert_eq!(props["GenerateSecret"].as_bool(), Some(false));
+    assert_eq!(
+        props["AllowedOAuthFlowsUserPoolClient"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(strings(&props["AllowedOAuthFlows"]), ["code"]);
+    let scopes = strings(&props["AllowedOAuthScopes"]);
+    assert!(scopes.contains(&"openid"), "{scopes:?}");
+    assert!(
+        scopes
+            .iter()
+            .all(|s| ["openid", "email", "profile"].contains(s)),
+        "{scopes:?}"
+    );
+    assert_eq!(strings(&props["SupportedIdentityProviders"]), ["COGNITO"]);
+    assert_eq!(
+        props["PreventUserExistenceErrors"].as_str(),
+        Some("ENABLED")
+    );
+    for flow in strings(&props["ExplicitAuthFlows"]) {
+        assert_eq!(
+            flow, "ALLOW_REFRESH_TOKEN_AUTH",
+            "no password flows from a browser"
+        );
+    }
+    for (scope, origin) in console_origins() {
+        assert_eq!(
+            evaluate(&props["CallbackURLs"], &scope).list(),
+            [format!("{origin}{}", console::REDIRECT_PATH)]
+        );
+        for url in evaluate(&props["LogoutURLs"], &scope).list() {
+            assert!(url.starts_with(&format!("{origin}/")), "{url}");
+        }
+    }
+    // Short-lived tokens (minutes).
+    let units = &props["TokenValidityUnits"];
+    for (validity, unit) in [
+        ("IdTokenValidity", "IdToken"),
+        ("AccessTokenValidity", "AccessToken"),
+        ("RefreshTokenValidity", "RefreshToken"),
+    ] {
+        assert_eq!(units[unit].as_str(), Some("minutes"), "{unit}");
+        assert!(props[validity].as_i64().unwrap() <= 60, "{validity}");
+    }
+}
+
+/// Security: the console bucket is private; only the stack's distribution reads it,
+/// through origin access control (no public access, no website endpoint).
+#[test]
+fn console_bucket_is_private_and_read_only_by_the_distribution() {
+    let template = template();
+    let props = &resource(&template, "ConsoleBucket")["Properties"];
+    for flag in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(
+            props["PublicAccessBlockConfiguration"][flag].as_bool(),
+            Some(true),
+            "{flag}"
+        );
+    }
+    assert_eq!(
+        props["OwnershipControls"]["Rules"][0]["ObjectOwnership"].as_str(),
+        Some("BucketOwnerEnforced")
+    );
+    assert!(
+        props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+            ["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+            .as_str()
+            .is_some()
+    );
+    for public in ["WebsiteConfiguration", "AccessControl", "CorsConfiguration"] {
+        assert!(props.get(public).is_none(), "ConsoleBucket has {public}");
+    }
+
+    let policy = &resource(&template, "ConsoleBucketPolicy")["Properties"];
+    assert_eq!(ref_target(&policy["Bucket"]), Some("ConsoleBucket"));
+    let statements = policy["PolicyDocument"]["Statement"].as_sequence().unwrap();
+    assert!(
+        statements
+            .iter()
+            .any(|s| s["Effect"].as_str() == Some("Deny")
+                && s["Condition"]["Bool"]["aws:SecureTransport"].as_str() == Some("false"))
+    );
+    let allows: Vec<&Value> = statements
+        .iter()
+        .filter(|s| s["Effect"].as_str() != Some("Deny"))
+        .collect();
+    assert_eq!(allows.len(), 1, "one reader");
+    let allow = allows[0];
+    let principal = allow["Principal"]
+        .as_mapping()
+        .expect("a service principal");
+    assert_eq!(principal.len(), 1);
+    assert_eq!(
+        allow["Principal"]["Service"].as_str(),
+        Some("cloudfront.amazonaws.com")
+    );
+    assert_eq!(allow["Action"].as_str(), Some("s3:GetObject"));
+    let source = evaluate(
+        &allow["Condition"]["StringEquals"]["AWS:SourceArn"],
+        &Scope::standard().with("ConsoleDistribution", "EDFDVBD6EXAMPLE"),
+    )
+    .text();
+    assert_eq!(
+        source,
+        "arn:aws:cloudfront::123456789012:distribution/EDFDVBD6EXAMPLE"
+    );
+
+    let origins =
+        resource(&template, "ConsoleDistribution")["Properties"]["DistributionConfig"]["Origins"]
+            .as_sequence()
+            .unwrap();
+    assert_eq!(origins.len(), 1);
+    let origin = &origins[0];
+    assert_eq!(
+        format!("{:?}", origin["DomainName"]),
+        format!(
+            "{:?}",
+            serde_yaml::from_str::<Value>("!GetAtt ConsoleBucket.RegionalDomainName").unwrap()
+        )
+    );
+    assert!(
+        format!("{:?}", origin["OriginAccessControlId"]).contains("ConsoleOriginAccessControl.Id")
+    );
+    assert_eq!(
+        origin["S3OriginConfig"]["OriginAccessIdentity"].as_str(),
+        Some(""),
+        "OAC, not a legacy origin access identity"
+    );
+    let oac = &resource(&template, "ConsoleOriginAccessControl")["Properties"]["OriginAccessControlConfig"];
+    assert_eq!(oac["OriginAccessControlOriginType"].as_str(), Some("s3"));
+    assert_eq!(oac["SigningBehavior"].as_str(), Some("always"));
+    assert_eq!(oac["SigningProtocol"].as_str(), Some("sigv4"));
+}
+
+/// `make console-deploy` writes config.json from the stack's outputs: each exists.
+#[test]
+fn console_outputs_feed_console_deploy() {
+    let template = template();
+    let makefile =
+        std::fs::read_to_string(custody_local::template_path().with_file_name("Makefile"))
+            .expect("Makefile");
+    let target = makefile
+        .split("\nconsole-deploy:")
+        .nth(1)
+        .expect("a console-deploy target");
+    for output in [
+        "ConsoleUrl",
+        "ConsoleBucketName",
+        "ConsoleDistributionId",
+        "ConsoleClientId",
+        "ConsoleApiUrl",
+        "OidcAuthority",
+    ] {
+        assert!(
+            template["Outputs"].get(output).is_some(),
+            "no output {output}"
+        );
+        assert!(
+            target.contains(output),
+            "console-deploy does not read {output}"
+        );
+    }
+}

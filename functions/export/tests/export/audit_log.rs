@@ -103,6 +103,7 @@ async fn an_admin_pages_through_one_chain_newest_first_with_filters() {
             .as_str()
             .is_some_and(|h| h.len() == 64)
     );
+    assert!(first["entries"][0]["details"].is_object(), "{first}");
     let before = first["next_before"].as_u64().unwrap().to_string();
     let (_, second) = call(
         &env,
