@@ -534,6 +534,7 @@ async fn list(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
                 "regulation": r.regulation,
                 "status": r.status,
                 "received_at": r.deadlines.received_at,
+                "ack_due": r.deadlines.ack_due,
                 "due_at": r.deadlines.due_at,
                 "respond_by": r.deadlines.respond_by(),
                 "days_left": days_left(r.deadlines.respond_by(), now),

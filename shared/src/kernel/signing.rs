@@ -113,7 +113,9 @@ impl Signer {
             .to_vec();
         VerifyingKey::from_public_key_der(&der).map_err(|_| SigningError::BadPublicKey)?;
         Ok(PublicKeyDer {
-            key_id: out.key_id().unwrap_or(&self.key_id).to_owned(),
+            // The id certificates carry (the configured one), not KMS's ARN form of
+            // it: a verifier matches a certificate to its key by this string.
+            key_id: self.key_id.clone(),
             key_spec: out
                 .key_spec()
                 .map(|s| s.as_str().to_owned())

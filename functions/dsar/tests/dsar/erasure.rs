@@ -198,6 +198,8 @@ async fn erasure_removes_the_subject_everywhere_and_is_certified() {
         ),
     )
     .await;
+    // The certificate names its key exactly as the published key does.
+    assert_eq!(cert["key_id"], key["key_id"], "{cert} {key}");
     let document = cert["document"].as_str().unwrap();
     let signature = STANDARD
         .decode(cert["signature"].as_str().unwrap())

@@ -95,6 +95,22 @@ async fn deadlines_extension_listing_roles_and_tenants() {
     // The product's 30 days (21 January) came before CCPA's 45: ten days overdue.
     assert_eq!(list["requests"][0]["days_left"], -10);
     assert_eq!(list["requests"][0]["overdue"], true);
+    // The listing carries the acknowledgement deadline as the detail does.
+    let (_, detail) = call(
+        &deps,
+        request(
+            event!("get_privacy_request"),
+            "acme",
+            "viewer",
+            None,
+            Some(&ccpa),
+        ),
+    )
+    .await;
+    assert_eq!(
+        list["requests"][0]["ack_due"], detail["deadlines"]["ack_due"],
+        "{list} {detail}"
+    );
 
     // Extension: reason required; once; then refused.
     let extend = |id: &str, body: serde_json::Value, role: &str| {
