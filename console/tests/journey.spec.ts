@@ -2,7 +2,8 @@
 // connects HighLevel, exports to WebDAV (testing the destination first), imports a
 // CSV, files an erasure and sees its certificate verify, then finds the audit chains
 // verified with the erasure in them; a viewer then finds no write controls anywhere
-// and no audit log (admins only).
+// and no audit log (admins only). Last, an install from the HighLevel Marketplace is
+// claimed in the console (its own tenant and location).
 import { expect, test, type Page } from '@playwright/test';
 import { accessible, go, logIn, shoot, visit, watch } from './helpers';
 import { stack } from './stack';
@@ -230,5 +231,67 @@ test('viewer: every page, and no write controls on any of them', async ({ page }
     await expect(page.locator('[data-verified]')).toHaveAttribute('data-verified', 'true', { timeout: 60_000 });
     await noWriteControls(page, 'the privacy request');
   }
+  watcher.check();
+});
+
+test('admin: claim an install from the HighLevel Marketplace', async ({ page }) => {
+  const s = stack();
+  expect(s.marketplaceInstall, 'the state file names the Marketplace install URL').toMatch(/^http/);
+  const watcher = watch(page);
+  // Its own tenant and a location no other tenant holds (the Marketplace lets the
+  // admin pick the sub-account), so reruns against one stack do not collide.
+  const tenant = `${TENANT}mp`;
+  const other = `${TENANT}mq`;
+  const location = `loc_e2e_${Date.now().toString(36)}`;
+  const install = new URL(s.marketplaceInstall);
+  install.searchParams.set('location_id', location);
+
+  await page.goto(s.console + '/');
+  await logIn(page, tenant, 'admin');
+  await go(page, 'Connections');
+  const highlevel = page.locator('article[data-provider="highlevel"]');
+  await expect(highlevel).toContainText('not connected');
+
+  // Click Install in the simulated Marketplace: the browser comes back through
+  // custody's callback (code, no state) to the console's claim page, and HighLevel
+  // sends its signed INSTALL webhook to custody by itself.
+  const claimOnce = async (who: string) => {
+    await page.goto(install.toString());
+    await logIn(page, who, 'admin');
+    const callout = page.getByRole('region', { name: 'Installation from the HighLevel Marketplace' });
+    await expect(callout).toContainText(`location:${location}`);
+    // The query and the claim token's fragment are gone from the address bar.
+    await expect(page).toHaveURL(s.console + '/connections');
+    return callout;
+  };
+  let callout = await claimOnce(tenant);
+  await page.waitForFunction(() => !document.querySelector('main [aria-busy="true"]'), null, { timeout: 30_000 });
+  await accessible(page, 'connections (Marketplace install to claim)');
+  await shoot(page, 'connections-claim');
+  // The console retries while custody answers 409 install-unconfirmed (the webhook
+  // not in yet).
+  await callout.getByRole('button', { name: `Claim for ${tenant}` }).click();
+  await expect(page.getByRole('status').filter({ hasText: 'HighLevel installation claimed.' })).toBeVisible({ timeout: 30_000 });
+  await expect(callout).toBeHidden();
+  await expect(highlevel.getByText('active')).toBeVisible();
+  await expect(highlevel).toContainText(`location ${location}`);
+  await expect(highlevel.getByRole('button', { name: 'Disconnect HighLevel' })).toBeVisible();
+  await accessible(page, 'connections (Marketplace install claimed)');
+
+  // Installed again for the same tenant: the claim replaces the connection.
+  callout = await claimOnce(tenant);
+  await callout.getByRole('button', { name: `Claim for ${tenant}` }).click();
+  await expect(page.getByRole('status').filter({ hasText: 'replaced the earlier connection' })).toBeVisible({ timeout: 30_000 });
+  await expect(highlevel).toContainText(`location ${location}`);
+
+  // Another tenant cannot claim a location this tenant holds.
+  callout = await claimOnce(other);
+  await callout.getByRole('button', { name: `Claim for ${other}` }).click();
+  const refused = page.getByRole('alert');
+  await expect(refused).toContainText('Installation held by another tenant', { timeout: 30_000 });
+  await expect(refused).toContainText('409');
+  await expect(highlevel).toContainText('not connected');
+  await accessible(page, 'connections (claim refused)');
+
   watcher.check();
 });

@@ -7,6 +7,8 @@ export interface Stack {
   api: string;
   webdav: { url: string; username: string; password: string };
   destination: { url: string; secret: string };
+  /** Clicking Install in the simulated HighLevel Marketplace (a browser GET). */
+  marketplaceInstall: string;
 }
 
 export function stack(): Stack {
@@ -24,5 +26,6 @@ export function stack(): Stack {
     api: String(state.base_url ?? ''),
     webdav: state.webdav,
     destination: state.destination,
+    marketplaceInstall: String(state.highlevel_marketplace_install ?? ''),
   };
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -74,7 +74,9 @@ pub struct Environment {
     pub highlevel: HighLevelSim,
     pub webdav: WebDavSim,
     pub destination: DestinationSim,
-    pub signer: WebhookSigner,
+    /// Signs HighLevel's webhooks; the simulated Marketplace sends its `INSTALL`
+    /// webhooks with it too.
+    pub signer: Arc<WebhookSigner>,
     client_secret: String,
     dav_password: String,
     destination_secret: String,
@@ -162,7 +164,8 @@ impl Environment {
         let destination = DestinationSim::start(&destination_secret)
             .await
             .map_err(|e| setup("destination webhook receiver", &e))?;
-        let signer = WebhookSigner::generate().map_err(|e| setup("webhook signing key", &e))?;
+        let signer =
+            Arc::new(WebhookSigner::generate().map_err(|e| setup("webhook signing key", &e))?);
         let rsa_public = signer
             .rsa_public_key_pem()
             .map_err(|e| setup("webhook public key", &e))?;
@@ -181,11 +184,13 @@ impl Environment {
         options.overrides = BTreeMap::from([
             ("CUSTODY_OAUTH_PROVIDERS".into(), providers),
             ("CUSTODY_OAUTH_REDIRECT_BASE".into(), "{base_url}".into()),
-            // The demo's own return URL, and the web console's origin (the stack
-            // binds it before the functions start).
+            // The web console's connections page first: a Marketplace install's
+            // browser lands on the first (the claim page). Then the demo's own
+            // return URL, and the console's origin (the stack binds it before the
+            // functions start).
             (
                 "CUSTODY_OAUTH_RETURN_URLS".into(),
-                "http://127.0.0.1/app,{console_url}".into(),
+                "{console_url}/connections,http://127.0.0.1/app,{console_url}".into(),
             ),
             ("CUSTODY_HIGHLEVEL_WEBHOOK_RSA_KEY".into(), rsa_public),
             ("CUSTODY_HIGHLEVEL_API_URL".into(), highlevel.base_url()),
@@ -199,6 +204,12 @@ impl Environment {
         adjust(&mut options);
         let stack = LocalStack::start(options).await?;
         oauth.register_redirect_uri(&format!("{}/oauth/highlevel/callback", stack.base_url));
+        // HighLevel reports every Marketplace install with a signed INSTALL webhook.
+        oauth.set_marketplace_webhook(
+            &format!("{}/webhooks/highlevel", stack.base_url),
+            Arc::clone(&signer),
+            MARKETPLACE_APP_ID,
+        );
         // The client secret lives in Secrets Manager, as in production.
         let secret_id = stack
             .provisioned
@@ -230,6 +241,15 @@ impl Environment {
             handled: Mutex::new(BTreeSet::new()),
             http,
         })
+    }
+
+    /// Where a browser clicks Install in the simulated HighLevel Marketplace: it
+    /// comes back through custody's callback to the console's claim page, and the
+    /// signed `INSTALL` webhook follows by itself. A `location_id` parameter added
+    /// to it installs another location (the sub-account picked at install).
+    pub fn marketplace_install_url(&self) -> String {
+        self.oauth
+            .marketplace_install_url(&format!("{}/oauth/highlevel/callback", self.stack.base_url))
     }
 
     pub fn admin_token(&self) -> String {
@@ -341,6 +361,8 @@ impl Environment {
                 .map(|(logical, p)| (logical.clone(), json!(p.id)))
                 .collect::<serde_json::Map<_, _>>(),
             "tenant": TENANT,
+            // Clicking Install in the simulated HighLevel Marketplace (a browser GET).
+            "highlevel_marketplace_install": self.marketplace_install_url(),
             "token": self.admin_token(),
             "viewer_token": self.stack.token(TENANT, "viewer"),
             "return_url": RETURN_URL,
@@ -377,6 +399,11 @@ impl Environment {
         let _ = writeln!(out, "  AWS emulator      {}", self.stack.endpoint);
         let _ = writeln!(out, "  HighLevel (sim)   {}", self.highlevel.base_url());
         let _ = writeln!(out, "  OAuth (sim)       {}", self.oauth.base_url());
+        let _ = writeln!(
+            out,
+            "  Marketplace (sim) {} (open it in a browser: Install, claim in the console; the signed INSTALL webhook follows by itself)",
+            self.marketplace_install_url()
+        );
         let _ = writeln!(
             out,
             "  WebDAV            {} (user {DAV_USER}, password {})",
@@ -1164,43 +1191,23 @@ async fn uninstall(env: &Environment) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
-/// A signed marketplace webhook of `kind` for the demo location.
-async fn marketplace_webhook(env: &Environment, kind: &str) -> Result<reqwest::Response, String> {
-    let body = json!({
-        "type": kind,
-        "appId": MARKETPLACE_APP_ID,
-        "installType": "Location",
-        "locationId": LOCATION,
-        "companyId": "co_demo_0001",
-        "userId": "demo-user",
-        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "webhookId": ulid::Ulid::new().to_string(),
-    })
-    .to_string();
-    let signature = env
-        .signer
-        .sign_rsa(body.as_bytes())
-        .map_err(|e| e.to_string())?;
-    env.http
-        .post(format!("{}/webhooks/highlevel", env.stack.base_url))
-        .header("content-type", "application/json")
-        .header("x-wh-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())
-}
-
 // ----------------------------------------------------------------------------- 6
 
-/// HighLevel's other way in: the admin clicks Install in the Marketplace, the browser
-/// arrives with a code and no state, and a custody admin claims the install.
-async fn marketplace(env: &Environment) -> Result<Vec<String>, String> {
-    let mut lines = Vec::new();
-    let callback = format!("{}/oauth/highlevel/callback", env.stack.base_url);
+/// What the browser holds after clicking Install in the simulated Marketplace and
+/// coming back through custody's stateless callback.
+struct Arrived {
+    installation: String,
+    claim_token: String,
+    /// `name=value` of the browser-binding cookie.
+    binding: String,
+}
+
+/// Clicks Install in the simulated Marketplace and follows the browser through the
+/// callback to the console's claim page.
+async fn install_from_marketplace(env: &Environment) -> Result<Arrived, String> {
     let at_marketplace = env
         .http
-        .get(env.oauth.marketplace_install_url(&callback))
+        .get(env.marketplace_install_url())
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -1238,6 +1245,12 @@ async fn marketplace(env: &Environment) -> Result<Vec<String>, String> {
         query.get("result").map(String::as_str) == Some("install_pending"),
         || format!("the callback sent the browser to {}", landing.path()),
     )?;
+    check(landing.path() == "/connections", || {
+        format!(
+            "the claim page is {}, not the console's connections",
+            landing.path()
+        )
+    })?;
     let installation = query
         .get("installation")
         .cloned()
@@ -1253,47 +1266,104 @@ async fn marketplace(env: &Environment) -> Result<Vec<String>, String> {
     if let Some((_, value)) = binding.split_once('=') {
         env.handled_secret(value);
     }
+    Ok(Arrived {
+        installation,
+        claim_token,
+        binding,
+    })
+}
+
+/// The admin's claim from the browser that arrived: status and body.
+async fn claim(env: &Environment, arrived: &Arrived) -> Result<(u16, String), String> {
+    let response = env
+        .http
+        .post(format!(
+            "{}/installations/highlevel/claim",
+            env.stack.base_url
+        ))
+        .bearer_auth(env.admin_token())
+        .header("cookie", &arrived.binding)
+        .json(&json!({
+            "installation": arrived.installation,
+            "claim_token": arrived.claim_token,
+        }))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    Ok((status, text))
+}
+
+/// HighLevel's other way in: the admin clicks Install in the Marketplace, the browser
+/// arrives with a code and no state, HighLevel sends its signed `INSTALL` webhook by
+/// itself, and a custody admin claims the install once that webhook corroborated it.
+async fn marketplace(env: &Environment) -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
+
+    // First an install whose INSTALL webhook never comes: no claim.
+    env.oauth.pause_marketplace_webhook(true);
+    let unconfirmed = install_from_marketplace(env).await;
+    env.oauth.pause_marketplace_webhook(false);
+    let unconfirmed = unconfirmed?;
     lines.push(format!(
-        "stateless callback held the install ({installation}) for 15 minutes, sealed, and sent the browser to the claim page"
+        "stateless callback held the install ({}) for 15 minutes, sealed, and sent the browser to the console's claim page",
+        unconfirmed.installation
     ));
-    let claim = || {
-        env.http
-            .post(format!(
-                "{}/installations/highlevel/claim",
-                env.stack.base_url
-            ))
-            .bearer_auth(env.admin_token())
-            .header("cookie", &binding)
-            .json(&json!({ "installation": installation, "claim_token": claim_token }))
-            .send()
-    };
-    let early = claim().await.map_err(|e| e.to_string())?;
-    check(early.status() == 409, || {
-        format!(
-            "a claim before HighLevel's INSTALL webhook answered {}",
-            early.status()
-        )
+    let (status, text) = claim(env, &unconfirmed).await?;
+    check(
+        status == 409 && text.contains("install-unconfirmed"),
+        || format!("a claim with no INSTALL webhook from HighLevel answered {status}: {text}"),
+    )?;
+    check(env.oauth.marketplace_deliveries().is_empty(), || {
+        "the simulated Marketplace sent a webhook while switched off".into()
     })?;
-    lines.push("claim before HighLevel's INSTALL webhook: 409 install-unconfirmed".into());
-    let webhook = marketplace_webhook(env, "INSTALL").await?;
-    check(webhook.status().is_success(), || {
-        format!("signed INSTALL answered {}", webhook.status())
-    })?;
-    let claimed = claim().await.map_err(|e| e.to_string())?;
-    let status = claimed.status();
-    let text = claimed.text().await.map_err(|e| e.to_string())?;
-    check(status == 200, || {
-        format!("the claim answered {status}: {text}")
+    lines.push(
+        "with HighLevel's INSTALL webhook held back, the claim is refused: 409 install-unconfirmed, nothing consumed"
+            .into(),
+    );
+
+    // Then a normal install: HighLevel's webhook follows by itself.
+    let arrived = install_from_marketplace(env).await?;
+    let refused = &std::cell::Cell::new(0);
+    let pending = &arrived;
+    let claimed = poll("the claim", Duration::from_secs(20), || async move {
+        let (status, text) = claim(env, pending).await?;
+        match status {
+            200 => Ok(Some(Value::String(text))),
+            409 if text.contains("install-unconfirmed") => {
+                refused.set(refused.get() + 1);
+                Ok(None)
+            }
+            _ => Err(format!("the claim answered {status}: {text}")),
+        }
+    })
+    .await?;
+    let deliveries = env.oauth.marketplace_deliveries();
+    check(
+        deliveries.len() == 1
+            && deliveries[0].accepted()
+            && deliveries[0].location_id == LOCATION
+            && env.oauth.marketplace_webhooks_in_flight() == 0,
+        || format!("the Marketplace's INSTALL webhooks: {deliveries:?}"),
+    )?;
+    let webhook_id = deliveries[0].webhook_id.clone();
+    let dump = raw_table(env, &env.stack.provisioned.config.table).await?;
+    check(dump.contains(&format!("WH#highlevel#{webhook_id}")), || {
+        format!("no receipt of the INSTALL webhook {webhook_id} in the table")
     })?;
     lines.push(format!(
-        "signed INSTALL corroborated it; the admin's claim: {text}"
+        "the simulated Marketplace sent one signed INSTALL webhook by itself ({webhook_id}, answered {}); its receipt is stored",
+        deliveries[0].status.unwrap_or_default()
     ));
-    let again = claim().await.map_err(|e| e.to_string())?;
-    check(again.status() == 404, || {
-        format!(
-            "a second claim with the same token answered {}",
-            again.status()
-        )
+    lines.push(format!(
+        "the admin's claim, once corroborated ({} early 409s while it was on its way): {}",
+        refused.get(),
+        claimed.as_str().unwrap_or_default()
+    ));
+    let (again, _) = claim(env, &arrived).await?;
+    check(again == 404, || {
+        format!("a second claim with the same token answered {again}")
     })?;
     lines.push("the claim token works once (second claim: 404)".into());
     let listing = env
@@ -1302,7 +1372,6 @@ async fn marketplace(env: &Environment) -> Result<Vec<String>, String> {
     check(listing.to_string().contains(LOCATION), || {
         format!("the claimed connection is not listed: {listing}")
     })?;
-    let dump = raw_table(env, &env.stack.provisioned.config.table).await?;
     for token in env
         .oauth
         .issued_access_tokens()

@@ -302,6 +302,21 @@ async fn the_console_logs_in_calls_the_api_connects_and_uploads_on_the_local_sta
     // --- The console origin, as `make up` reports it.
     let state = env.state();
     assert_eq!(state["console"], format!("{console_origin}/"));
+    // Where a browser clicks Install in the simulated Marketplace (the console's
+    // browser journey reads it), back to custody's callback.
+    let install = state["highlevel_marketplace_install"].as_str().unwrap();
+    assert!(
+        install.starts_with(&format!("{}/marketplace/install?", env.oauth.base_url())),
+        "{install}"
+    );
+    assert!(
+        url::Url::parse(install)
+            .unwrap()
+            .query_pairs()
+            .any(|(k, v)| k == "redirect_uri" && v == format!("{api}/oauth/highlevel/callback")),
+        "{install}"
+    );
+    assert!(env.describe().contains(install), "{}", env.describe());
     assert!(
         env.describe()
             .lines()

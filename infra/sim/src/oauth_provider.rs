@@ -11,7 +11,9 @@
 //! switches (deny the next authorization, short expiry, slow token endpoint).
 //!
 //! [`WebhookSigner`] signs HighLevel marketplace webhooks with a test key pair
-//! (RSA-SHA256 `x-wh-signature`, Ed25519 `x-ghl-signature`).
+//! (RSA-SHA256 `x-wh-signature`, Ed25519 `x-ghl-signature`). Given one with
+//! [`OauthProviderSim::set_marketplace_webhook`], the simulated Marketplace sends the
+//! signed `INSTALL` webhook of every install by itself, as HighLevel does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -82,9 +84,43 @@ struct AccessGrant {
 /// issued that is neither revoked nor expired.
 pub type TokenAuthority = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// Where and how the simulated Marketplace reports its installs.
+#[derive(Debug, Clone)]
+struct MarketplaceWebhook {
+    url: String,
+    signer: Arc<WebhookSigner>,
+    app_id: String,
+}
+
+/// One `INSTALL` webhook the simulated Marketplace sent, and how it was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketplaceDelivery {
+    pub webhook_id: String,
+    pub location_id: String,
+    pub company_id: String,
+    /// The receiver's HTTP status; `None` when the POST failed (then `error` says why).
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+impl MarketplaceDelivery {
+    /// Whether the receiver accepted it (2xx).
+    pub fn accepted(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     redirect_uris: Vec<String>,
+    marketplace_webhook: Option<MarketplaceWebhook>,
+    /// While set, installs send no webhook (HighLevel's is late or lost).
+    marketplace_webhook_paused: bool,
+    marketplace_webhook_delay: Duration,
+    /// Sends that finished (answered or failed), oldest first.
+    marketplace_deliveries: Vec<MarketplaceDelivery>,
+    /// Sends started and not finished.
+    marketplace_in_flight: usize,
     deny_next: bool,
     account: Option<SimAccount>,
     expires_in: u64,
@@ -210,7 +246,10 @@ impl OauthProviderSim {
     /// Where a browser clicking Install in the simulated Marketplace starts: the
     /// provider answers with a redirect to `redirect_uri` carrying a `code` and no
     /// `state` (HighLevel's Marketplace-initiated install). The account is the one of
-    /// [`OauthProviderSim::set_account`].
+    /// [`OauthProviderSim::set_account`]; a `location_id` query parameter added to
+    /// the URL picks another location of it (the sub-account chosen at install).
+    /// With [`OauthProviderSim::set_marketplace_webhook`], the install's signed
+    /// `INSTALL` webhook follows by itself.
     pub fn marketplace_install_url(&self, redirect_uri: &str) -> String {
         let mut url = match Url::parse(&format!("{}/marketplace/install", self.base_url())) {
             Ok(url) => url,
@@ -225,6 +264,43 @@ impl OauthProviderSim {
     /// Registers a redirect URI; only registered ones are accepted, exactly.
     pub fn register_redirect_uri(&self, uri: &str) {
         self.shared.lock().redirect_uris.push(uri.to_owned());
+    }
+
+    /// Makes every Marketplace install (`GET /marketplace/install`) send HighLevel's
+    /// signed `INSTALL` webhook to `url` right after the code is issued, in the
+    /// background (the browser's redirect does not wait): the payload HighLevel
+    /// sends (`type`, `appId`, `installType`, `locationId`, `companyId`, `userId`,
+    /// `timestamp`, a new `webhookId`), signed with `signer`'s RSA key in
+    /// `x-wh-signature` over the exact body. A failed send is logged and recorded
+    /// ([`OauthProviderSim::marketplace_deliveries`]), never retried.
+    pub fn set_marketplace_webhook(&self, url: &str, signer: Arc<WebhookSigner>, app_id: &str) {
+        self.shared.lock().marketplace_webhook = Some(MarketplaceWebhook {
+            url: url.to_owned(),
+            signer,
+            app_id: app_id.to_owned(),
+        });
+    }
+
+    /// While `true`, Marketplace installs send no webhook (a late or lost
+    /// `INSTALL`); `false` sends them again (for the installs from then on).
+    pub fn pause_marketplace_webhook(&self, paused: bool) {
+        self.shared.lock().marketplace_webhook_paused = paused;
+    }
+
+    /// Waits this long after an install before sending its webhook.
+    pub fn set_marketplace_webhook_delay(&self, delay: Duration) {
+        self.shared.lock().marketplace_webhook_delay = delay;
+    }
+
+    /// The Marketplace webhooks whose send finished (answered or failed), oldest
+    /// first.
+    pub fn marketplace_deliveries(&self) -> Vec<MarketplaceDelivery> {
+        self.shared.lock().marketplace_deliveries.clone()
+    }
+
+    /// Marketplace webhooks being sent now (started, not yet answered).
+    pub fn marketplace_webhooks_in_flight(&self) -> usize {
+        self.shared.lock().marketplace_in_flight
     }
 
     /// The next authorization is refused with `error=access_denied`.
@@ -393,8 +469,9 @@ async fn authorize(
 }
 
 /// The Marketplace's Install button: the admin picked a location (the configured
-/// account) and approved the app's scopes; the browser goes to the app's registered
-/// redirect URI with a code, no state, no PKCE.
+/// account, or the `location_id` parameter) and approved the app's scopes; the
+/// browser goes to the app's registered redirect URI with a code, no state, no PKCE.
+/// When configured, HighLevel's `INSTALL` webhook for that account follows.
 async fn marketplace_install(
     State(shared): State<Arc<Shared>>,
     Query(params): Query<HashMap<String, String>>,
@@ -412,10 +489,13 @@ async fn marketplace_install(
         return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response();
     };
     let code = random_token("code_");
-    let account = inner
+    let mut account = inner
         .account
         .clone()
         .unwrap_or_else(|| default_account(shared.flavour));
+    if let Some(location) = params.get("location_id").filter(|l| !l.is_empty()) {
+        account.location_id = location.clone();
+    }
     inner.codes.insert(
         code.clone(),
         Code {
@@ -423,13 +503,91 @@ async fn marketplace_install(
             redirect_uri: redirect_uri.clone(),
             challenge: None,
             scope: "conversations.readonly conversations/message.readonly".into(),
-            account,
+            account: account.clone(),
             used: false,
             issued: Vec::new(),
         },
     );
+    if shared.flavour == Flavour::HighLevel
+        && !inner.marketplace_webhook_paused
+        && let Some(hook) = inner.marketplace_webhook.clone()
+    {
+        inner.marketplace_in_flight += 1;
+        let delay = inner.marketplace_webhook_delay;
+        tokio::spawn(send_install_webhook(
+            Arc::clone(&shared),
+            hook,
+            account,
+            delay,
+        ));
+    }
+    drop(inner);
     target.query_pairs_mut().append_pair("code", &code);
     (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response()
+}
+
+/// HighLevel's `INSTALL` webhook for an install of `account`, signed and sent.
+async fn send_install_webhook(
+    shared: Arc<Shared>,
+    hook: MarketplaceWebhook,
+    account: SimAccount,
+    delay: Duration,
+) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let webhook_id = format!("wh_{}", random_id());
+    let body = json!({
+        "type": "INSTALL",
+        "appId": hook.app_id,
+        "installType": "Location",
+        "locationId": account.location_id,
+        "companyId": account.company_id,
+        "userId": account.subject,
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "webhookId": webhook_id,
+    })
+    .to_string();
+    let result = post_signed(&hook, body).await;
+    let (status, error) = match result {
+        Ok(status) if (200..300).contains(&status) => (Some(status), None),
+        Ok(status) => {
+            tracing::warn!(%webhook_id, status, url = %hook.url, "simulated Marketplace: INSTALL webhook refused");
+            (Some(status), None)
+        }
+        Err(error) => {
+            tracing::warn!(%webhook_id, %error, url = %hook.url, "simulated Marketplace: INSTALL webhook not delivered");
+            (None, Some(error))
+        }
+    };
+    let mut inner = shared.lock();
+    inner.marketplace_in_flight = inner.marketplace_in_flight.saturating_sub(1);
+    inner.marketplace_deliveries.push(MarketplaceDelivery {
+        webhook_id,
+        location_id: account.location_id,
+        company_id: account.company_id,
+        status,
+        error,
+    });
+}
+
+/// POSTs `body` with its RSA signature; the receiver's status.
+async fn post_signed(hook: &MarketplaceWebhook, body: String) -> Result<u16, String> {
+    let signature = hook
+        .signer
+        .sign_rsa(body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let client =
+        custody::http::client(custody::egress::EgressPolicy::LOCAL).map_err(|e| e.to_string())?;
+    let response = client
+        .post(&hook.url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-wh-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
 }
 
 /// `client_secret_basic` or `client_secret_post`.
@@ -768,5 +926,158 @@ impl WebhookSigner {
     /// Base64 Ed25519 signature for `x-ghl-signature`.
     pub fn sign_ed25519(&self, body: &[u8]) -> String {
         STANDARD.encode(self.ed25519.sign(body).as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Received = Arc<Mutex<Vec<(HeaderMap, String)>>>;
+
+    /// A webhook receiver that keeps what it gets and answers `status`.
+    async fn receiver(status: StatusCode) -> (String, Received, JoinHandle<()>) {
+        let received: Received = Arc::default();
+        let kept = Arc::clone(&received);
+        let app = Router::new().route(
+            "/webhooks/highlevel",
+            post(move |headers: HeaderMap, body: String| {
+                let kept = Arc::clone(&kept);
+                async move {
+                    kept.lock().unwrap().push((headers, body));
+                    status
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/webhooks/highlevel",
+            listener.local_addr().unwrap()
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (url, received, task)
+    }
+
+    async fn install(sim: &OauthProviderSim, query: &str) -> Url {
+        let client = custody::http::client(custody::egress::EgressPolicy::LOCAL).unwrap();
+        let response = client
+            .get(format!(
+                "{}{query}",
+                sim.marketplace_install_url("http://127.0.0.1:9/cb")
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 302);
+        Url::parse(response.headers()["location"].to_str().unwrap()).unwrap()
+    }
+
+    async fn settled(sim: &OauthProviderSim, count: usize) -> Vec<MarketplaceDelivery> {
+        for _ in 0..100 {
+            let deliveries = sim.marketplace_deliveries();
+            if deliveries.len() >= count && sim.marketplace_webhooks_in_flight() == 0 {
+                return deliveries;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("deliveries: {:?}", sim.marketplace_deliveries());
+    }
+
+    fn account() -> SimAccount {
+        SimAccount {
+            location_id: "loc1".into(),
+            company_id: "co1".into(),
+            user_type: "Location".into(),
+            subject: "user1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn marketplace_install_sends_a_signed_install_webhook_when_configured() {
+        let sim = OauthProviderSim::start(Flavour::HighLevel, "app", "secret")
+            .await
+            .unwrap();
+        sim.register_redirect_uri("http://127.0.0.1:9/cb");
+        sim.set_account(account());
+        // Not configured: the redirect only, as before.
+        install(&sim, "").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(sim.marketplace_deliveries().is_empty());
+
+        let (url, received, _task) = receiver(StatusCode::ACCEPTED).await;
+        let signer = Arc::new(WebhookSigner::generate().unwrap());
+        sim.set_marketplace_webhook(&url, Arc::clone(&signer), "app-id-1");
+        let back = install(&sim, "&location_id=loc2").await;
+        assert!(back.query_pairs().any(|(k, _)| k == "code"));
+        let deliveries = settled(&sim, 1).await;
+        assert_eq!(deliveries.len(), 1);
+        assert!(deliveries[0].accepted(), "{deliveries:?}");
+        assert_eq!(deliveries[0].location_id, "loc2");
+
+        let (headers, body) = received.lock().unwrap()[0].clone();
+        let signature = STANDARD
+            .decode(headers["x-wh-signature"].to_str().unwrap())
+            .unwrap();
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            signer.rsa.public_key().as_ref(),
+        )
+        .verify(body.as_bytes(), &signature)
+        .expect("x-wh-signature verifies over the raw body");
+        let payload: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(payload["type"], "INSTALL");
+        assert_eq!(payload["appId"], "app-id-1");
+        assert_eq!(payload["installType"], "Location");
+        assert_eq!(payload["locationId"], "loc2");
+        assert_eq!(payload["companyId"], "co1");
+        assert_eq!(payload["userId"], "user1");
+        assert_eq!(payload["webhookId"], deliveries[0].webhook_id.as_str());
+        let at =
+            chrono::DateTime::parse_from_rfc3339(payload["timestamp"].as_str().unwrap()).unwrap();
+        assert!((chrono::Utc::now() - at.to_utc()).num_seconds().abs() < 10);
+        // The code the browser carries is for the same account.
+        let code = back
+            .query_pairs()
+            .find(|(k, _)| k == "code")
+            .unwrap()
+            .1
+            .into_owned();
+        assert_eq!(sim.shared.lock().codes[&code].account.location_id, "loc2");
+
+        // Paused: no webhook; every install has its own webhook id.
+        sim.pause_marketplace_webhook(true);
+        install(&sim, "").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sim.marketplace_deliveries().len(), 1);
+        sim.pause_marketplace_webhook(false);
+        install(&sim, "").await;
+        let deliveries = settled(&sim, 2).await;
+        assert_ne!(deliveries[0].webhook_id, deliveries[1].webhook_id);
+        assert_eq!(deliveries[1].location_id, "loc1");
+    }
+
+    #[tokio::test]
+    async fn a_failed_webhook_send_is_recorded_not_fatal() {
+        let sim = OauthProviderSim::start(Flavour::HighLevel, "app", "secret")
+            .await
+            .unwrap();
+        sim.register_redirect_uri("http://127.0.0.1:9/cb");
+        let signer = Arc::new(WebhookSigner::generate().unwrap());
+        // Nothing listens on port 9 (discard): the POST fails.
+        sim.set_marketplace_webhook("http://127.0.0.1:9/webhooks", Arc::clone(&signer), "a");
+        install(&sim, "").await;
+        let deliveries = settled(&sim, 1).await;
+        assert!(!deliveries[0].accepted());
+        assert!(deliveries[0].status.is_none() && deliveries[0].error.is_some());
+        // Refused by the receiver: recorded with its status.
+        let (url, _received, _task) = receiver(StatusCode::UNAUTHORIZED).await;
+        sim.set_marketplace_webhook(&url, signer, "a");
+        install(&sim, "").await;
+        let deliveries = settled(&sim, 2).await;
+        assert_eq!(deliveries[1].status, Some(401));
+        // The provider still works.
+        install(&sim, "").await;
     }
 }
