@@ -848,26 +848,46 @@ async fn revoke_at_provider(
     if provider.revocation_url.is_none() {
         return Ok(false);
     }
-    let (sealed, purpose, hint) = match &connection.refresh_token {
-        Some(sealed) => (sealed, Purpose::OauthRefreshToken, "refresh_token"),
-        None => (
-            &connection.access_token,
-            Purpose::OauthAccessToken,
-            "access_token",
-        ),
+    revoke_sealed(
+        deps,
+        provider,
+        connection.refresh_token.as_ref(),
+        &connection.access_token,
+        |purpose| {
+            Ok(seal_context(
+                &connection.tenant,
+                &connection.provider,
+                purpose,
+            ))
+        },
+        (Purpose::OauthRefreshToken, Purpose::OauthAccessToken),
+    )
+    .await
+}
+
+/// One revocation call for a grant held as sealed tokens: the refresh token when there
+/// is one (which also ends its access tokens at providers that implement RFC 7009
+/// fully), else the access token, opened under `context(purpose)` where `purposes` are
+/// the (refresh, access) purposes they were sealed with. `Ok(false)` without an
+/// endpoint or when the provider refused.
+pub(crate) async fn revoke_sealed(
+    deps: &OauthDeps,
+    provider: &Provider,
+    refresh: Option<&Sealed>,
+    access: &Sealed,
+    context: impl Fn(Purpose) -> Result<SealContext, OauthError>,
+    purposes: (Purpose, Purpose),
+) -> Result<bool, OauthError> {
+    if provider.revocation_url.is_none() {
+        return Ok(false);
+    }
+    let (sealed, purpose, hint) = match refresh {
+        Some(sealed) => (sealed, purposes.0, "refresh_token"),
+        None => (access, purposes.1, "access_token"),
     };
-    let attempt = async {
-        let token = deps
-            .sealer
-            .open(
-                &seal_context(&connection.tenant, &connection.provider, purpose),
-                sealed,
-            )
-            .await?;
-        let secret = deps.secrets.get(&provider.name).await?;
-        provider.revoke(&deps.http, &secret, &token, hint).await
-    };
-    attempt.await
+    let token = deps.sealer.open(&context(purpose)?, sealed).await?;
+    let secret = deps.secrets.get(&provider.name).await?;
+    provider.revoke(&deps.http, &secret, &token, hint).await
 }
 
 /// The account-deletion fence, as an OAuth error.

@@ -472,6 +472,28 @@ impl S3Sink {
 }
 
 impl S3Sink {
+    /// One `PutObject` carrying the content's SHA-256 (`checksum`, base64): S3 recomputes it and refuses the
+    /// object if it differs, so a corrupted upload never becomes visible; the SDK
+    /// retries transient errors.
+    async fn put_object(
+        &self,
+        key: &str,
+        content: Bytes,
+        checksum: &str,
+    ) -> Result<aws_sdk_s3::operation::put_object::PutObjectOutput, SinkError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(checksum)
+            .body(ByteStream::from(content))
+            .send()
+            .await
+            .map_err(|e| SinkError::S3(error_text(&e)))
+    }
+
     /// Tests the destination: writes and verifies a probe object as an export writes
     /// one, then deletes exactly the version written (in a versioned bucket a plain
     /// delete would leave the object behind as a noncurrent version).
@@ -480,18 +502,7 @@ impl S3Sink {
         let key = self.key_of(&path);
         let content = probe_content();
         let checksum = STANDARD.encode(Sha256::digest(&content));
-        let written = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .checksum_sha256(&checksum)
-            .body(ByteStream::from(content))
-            .send()
-            .await
-            .map_err(|e| SinkError::S3(error_text(&e)))?;
+        let written = self.put_object(&key, content, &checksum).await?;
         let removed = self
             .client
             .delete_object()
@@ -512,19 +523,7 @@ impl Sink for S3Sink {
         let digest = Sha256::digest(&content);
         let checksum = STANDARD.encode(digest);
         let length = content.len() as u64;
-        // S3 recomputes the SHA-256 and refuses the object if it differs, so a
-        // corrupted upload never becomes visible; the SDK retries transient errors.
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .checksum_sha256(&checksum)
-            .body(ByteStream::from(content))
-            .send()
-            .await
-            .map_err(|e| SinkError::S3(error_text(&e)))?;
+        self.put_object(&key, content, &checksum).await?;
         let head = self
             .client
             .head_object()

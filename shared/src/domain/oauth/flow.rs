@@ -74,13 +74,15 @@ pub fn pkce_context(tenant: &TenantId, nonce: &str) -> SealContext {
     SealContext::new(tenant, Purpose::OauthPkceVerifier, keys::oauth_state(nonce))
 }
 
-fn random_token() -> String {
+/// 256 random bits, base64url: states, binding values, claim tokens.
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn binding_hash(value: &str) -> String {
+/// SHA-256 (hex) of a browser-held secret: what is stored instead of it.
+pub(crate) fn binding_hash(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
 }
 

@@ -23,14 +23,10 @@
 //!   where the provider can and deleted, so their tokens do not wait for TTL.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use http::StatusCode;
-use rand::RngCore as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::flow::{CallbackError, CallbackParams};
@@ -150,25 +146,21 @@ pub fn notice_key(provider: &str, installation: &str) -> Key {
     Key::new(keys::installations(provider), format!("W#{installation}"))
 }
 
-fn install_context(provider: &str, installation: &str, purpose: Purpose) -> SealContext {
-    // A constant, checked by a unit test below; no caller controls it.
-    let tenant = TenantId::parse(UNCLAIMED).expect("the unclaimed-install tenant id parses");
-    SealContext::new(
+fn install_context(
+    provider: &str,
+    installation: &str,
+    purpose: Purpose,
+) -> Result<SealContext, OauthError> {
+    let tenant = TenantId::parse(UNCLAIMED)
+        .map_err(|e| OauthError::Config(format!("the unclaimed-install tenant id: {e}")))?;
+    Ok(SealContext::new(
         &tenant,
         purpose,
         format!("{}#{installation}", keys::installations(provider)),
-    )
+    ))
 }
 
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn hash(value: &str) -> String {
-    hex::encode(Sha256::digest(value.as_bytes()))
-}
+use super::flow::{binding_hash as hash, random_token};
 
 /// A received install: send the browser to `claim_url` with the binding cookie.
 #[derive(Debug)]
@@ -223,17 +215,19 @@ pub async fn receive(
     let sealed = |purpose, token: &SecretString| {
         let context = install_context(&provider.name, &installation, purpose);
         let token = token.clone();
-        async move { deps.sealer.seal(&context, &token).await }
-    };
-    let access_token = sealed(Purpose::InstallAccessToken, &issued.access_token)
-        .await
-        .map_err(OauthError::from)?;
-    let refresh_token = match &issued.refresh_token {
-        Some(token) if !token.expose_secret().is_empty() => Some(
-            sealed(Purpose::InstallRefreshToken, token)
+        async move {
+            let context = context?;
+            deps.sealer
+                .seal(&context, &token)
                 .await
-                .map_err(OauthError::from)?,
-        ),
+                .map_err(OauthError::from)
+        }
+    };
+    let access_token = sealed(Purpose::InstallAccessToken, &issued.access_token).await?;
+    let refresh_token = match &issued.refresh_token {
+        Some(token) if !token.expose_secret().is_empty() => {
+            Some(sealed(Purpose::InstallRefreshToken, token).await?)
+        }
         _ => None,
     };
     let claim_token = random_token();
@@ -603,16 +597,12 @@ async fn reseal(
     pending: &PendingInstall,
 ) -> Result<Connection, OauthError> {
     let move_token = |from: Purpose, to: Purpose, sealed: Sealed| async move {
-        let token = deps
-            .sealer
-            .open(
-                &install_context(&provider.name, &pending.installation, from),
-                &sealed,
-            )
-            .await?;
+        let context = install_context(&provider.name, &pending.installation, from)?;
+        let token = deps.sealer.open(&context, &sealed).await?;
         deps.sealer
             .seal(&seal_context(tenant, &provider.name, to), &token)
             .await
+            .map_err(OauthError::from)
     };
     let access_token = move_token(
         Purpose::InstallAccessToken,
@@ -724,35 +714,34 @@ async fn all_items(store: &Store, pk: &str) -> Result<Vec<Item>, StoreError> {
     }
 }
 
-/// Best effort: an unreachable provider leaves the grant to expire there; the tokens
-/// are deleted here regardless.
+/// Best effort: an unreachable provider leaves the grant valid there until it expires
+/// (counted in `ProviderRevocationsFailed`, alarmed, as for deleted connections); the
+/// tokens are deleted here regardless.
 async fn revoke(deps: &OauthDeps, provider: &Provider, pending: &PendingInstall) -> bool {
     if provider.revocation_url.is_none() {
         return false;
     }
-    let (sealed, purpose, hint) = match &pending.refresh_token {
-        Some(sealed) => (sealed, Purpose::InstallRefreshToken, "refresh_token"),
-        None => (
-            &pending.access_token,
-            Purpose::InstallAccessToken,
-            "access_token",
-        ),
-    };
-    let attempt = async {
-        let token = deps
-            .sealer
-            .open(
-                &install_context(&provider.name, &pending.installation, purpose),
-                sealed,
-            )
-            .await?;
-        let secret = deps.secrets.get(&provider.name).await?;
-        provider.revoke(&deps.http, &secret, &token, hint).await
-    };
-    match attempt.await {
-        Ok(revoked) => revoked,
-        Err(err) => {
-            tracing::warn!(provider = %provider.name, error = %err, "revoking an unclaimed install failed; its tokens are deleted regardless");
+    let revoked = super::revoke_sealed(
+        deps,
+        provider,
+        pending.refresh_token.as_ref(),
+        &pending.access_token,
+        |purpose| install_context(&provider.name, &pending.installation, purpose),
+        (Purpose::InstallRefreshToken, Purpose::InstallAccessToken),
+    )
+    .await;
+    match revoked {
+        Ok(true) => true,
+        outcome => {
+            crate::kernel::metrics::count(
+                crate::kernel::metrics::names::PROVIDER_REVOCATIONS_FAILED,
+                1,
+            );
+            let error = outcome
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "refused".into());
+            tracing::error!(provider = %provider.name, error = %error, "revoking an unclaimed install failed; its tokens are deleted regardless");
             false
         }
     }
