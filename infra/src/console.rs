@@ -35,6 +35,11 @@ pub const CORS_MAX_AGE_SECONDS: u32 = 600;
 /// The HTTP API's `CorsConfiguration.AllowCredentials`.
 pub const CORS_ALLOW_CREDENTIALS: bool = true;
 
+/// What other apps' pages load from the console's origin (the embeddable importer's
+/// script and the assets it imports), served with CORS for any origin: template.yaml's
+/// `CacheBehaviors` path patterns, in order.
+pub const IMPORTER_PATHS: [&str; 2] = ["custody-importer.js", "assets/*"];
+
 /// The imports bucket's CORS rule (`AllowedMethods`): the browser PUTs a presigned
 /// upload. Downloads are navigations, which CORS does not govern.
 pub const UPLOAD_CORS_ALLOWED_METHODS: [&str; 1] = ["PUT"];

@@ -5,6 +5,7 @@
 
 pub mod certificate;
 pub mod highlevel;
+pub mod import_session;
 pub mod imports;
 pub mod oauth;
 pub mod privacy;

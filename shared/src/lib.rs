@@ -24,8 +24,8 @@ pub mod edge;
 pub mod kernel;
 
 pub use domain::{
-    certificate, highlevel, imports, oauth, privacy, retention_view, schedule, sink, subject,
-    webhook,
+    certificate, highlevel, import_session, imports, oauth, privacy, retention_view, schedule,
+    sink, subject, webhook,
 };
 pub use edge::api;
 pub use kernel::{

@@ -12,6 +12,7 @@ use custody::api::{
 };
 use custody::audit::Event;
 use custody::idempotency::RunError;
+use custody::import_session::{self, ImportSession, SessionView};
 use custody::imports::{
     Format, IdentifierFields, Import, ImportError, Imports, LineError, MAX_RECORDED_ERRORS,
     MAX_ROW_BYTES, MAX_UPLOAD_BYTES, Mode, ObjectKey, Purged, Status, SubjectCounter,
@@ -59,8 +60,16 @@ pub async fn handle(deps: &Deps, req: Request) -> Response<Body> {
 }
 
 async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
-    let caller = caller(req)?;
     let route = route_key(req);
+    // The embedded importer's routes carry an import-session token, not a login: API
+    // Gateway leaves them unauthenticated and the session is checked here.
+    if let Some(key) = route.as_deref().filter(|key| {
+        key.split_once(' ')
+            .is_some_and(|(_, path)| path.starts_with(EMBED_PATH_PREFIX))
+    }) {
+        return embed(deps, req, key).await;
+    }
+    let caller = caller(req)?;
     // Writers refuse a tenant whose account deletion has started.
     if matches!(
         route.as_deref(),
@@ -69,23 +78,68 @@ async fn route(deps: &Deps, req: &Request) -> Result<Response<Body>, Problem> {
                 | "POST /imports/{id}/rows"
                 | "POST /imports/{id}/complete"
                 | "POST /imports/{id}/retry"
+                | "POST /import-sessions"
         )
     ) {
         custody::privacy::ensure_open(deps.imports.store(), &caller.tenant).await?;
     }
     match route.as_deref() {
-        Some("POST /imports") => create(deps, &caller, req).await,
+        Some("POST /imports") => create(deps, &caller, None, req).await,
         Some("GET /imports") => list(deps, &caller, req).await,
-        Some("GET /imports/{id}") => get(deps, &caller, req).await,
-        Some("POST /imports/{id}/rows") => post_rows(deps, &caller, req).await,
-        Some("POST /imports/{id}/complete") => complete(deps, &caller, req).await,
+        Some("GET /imports/{id}") => get(deps, &caller, None, req).await,
+        Some("POST /imports/{id}/rows") => post_rows(deps, &caller, None, req).await,
+        Some("POST /imports/{id}/complete") => complete(deps, &caller, None, req).await,
         Some("POST /imports/{id}/retry") => retry(deps, &caller, req).await,
         Some("GET /imports/{id}/download") => download(deps, &caller, req).await,
         Some("DELETE /imports/{id}") => delete_one(deps, &caller, req).await,
         Some("DELETE /imports") => delete_all(deps, &caller).await,
+        Some("POST /import-sessions") => mint_session(deps, &caller, req).await,
+        Some("DELETE /import-sessions/{id}") => revoke_session(deps, &caller, req).await,
         _ => Err(Problem::not_found()),
     }
 }
+
+/// An embedded importer's request: the session's token instead of a login, and only
+/// the routes that create an import and follow it.
+async fn embed(deps: &Deps, req: &Request, route: &str) -> Result<Response<Body>, Problem> {
+    let Some((method, path)) = route.split_once(' ') else {
+        return Err(Problem::not_found());
+    };
+    let Some(inner) = path.strip_prefix(EMBED_PATH_PREFIX.trim_end_matches('/')) else {
+        return Err(Problem::not_found());
+    };
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+    };
+    let session = import_session::authenticate(
+        deps.imports.store(),
+        header(http::header::AUTHORIZATION),
+        header(http::header::ORIGIN),
+    )
+    .await?;
+    // The session acts as an operator of its tenant, on the routes below only.
+    let caller = Caller {
+        tenant: session.tenant.clone(),
+        role: Role::Operator,
+        subject: session.actor(),
+    };
+    if method == "POST" {
+        custody::privacy::ensure_open(deps.imports.store(), &caller.tenant).await?;
+    }
+    match (method, inner) {
+        ("POST", "/imports") => create(deps, &caller, Some(&session), req).await,
+        ("GET", "/imports/{id}") => get(deps, &caller, Some(&session), req).await,
+        ("POST", "/imports/{id}/rows") => post_rows(deps, &caller, Some(&session), req).await,
+        ("POST", "/imports/{id}/complete") => complete(deps, &caller, Some(&session), req).await,
+        _ => Err(Problem::not_found()),
+    }
+}
+
+/// The path prefix of the embedded importer's routes: `POST /embed/imports` is served
+/// as `POST /imports` for the session's tenant.
+pub const EMBED_PATH_PREFIX: &str = "/embed/";
 
 /// The import log entry as the API shows it: no secret, and only the destination's
 /// host (a URL's path or query may carry a customer's token).
@@ -158,7 +212,9 @@ struct CreateImport {
     mode: Mode,
     #[serde(default)]
     retention_class: Option<RetentionClass>,
-    destination: DestinationInput,
+    /// Required, except on the embedded routes, where the session fixes it.
+    #[serde(default)]
+    destination: Option<DestinationInput>,
     /// File imports: the exact size of the file to upload, in bytes.
     #[serde(default)]
     size: Option<u64>,
@@ -203,9 +259,30 @@ pub struct Created {
     pub destination_secret: Option<String>,
 }
 
-async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+async fn create(
+    deps: &Deps,
+    caller: &Caller,
+    session: Option<&ImportSession>,
+    req: &Request,
+) -> Result<Response<Body>, Problem> {
     caller.require(Role::Operator)?;
     let input: CreateImport = json_body(req, MAX_CREATE_BODY_BYTES)?;
+    let destination = match (&input.destination, session) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "destination",
+                "the import session fixes the destination; leave destination out",
+            ));
+        }
+        (None, None) => {
+            return Err(Problem::bad_request(
+                "destination",
+                "destination is required",
+            ));
+        }
+        (Some(input), None) => Some(input),
+        (None, Some(_)) => None,
+    };
     // Bypass has its own class: its tag selects the 1-day lifecycle backstop, so an
     // upload whose processing never ends is still gone within a day.
     let class = match (input.mode, input.retention_class) {
@@ -224,16 +301,26 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
             "retention_class must be import-30d or import-90d",
         ));
     }
-    let url =
-        webhook::destination_url(&input.destination.url, deps.settings.egress.allow_loopback)?;
-    let (secret, generated) = match input.destination.secret {
-        Some(secret) => {
-            webhook::check_secret(&secret)?;
-            (secret, false)
+    let (url, secret, generated) = match (destination, session) {
+        (Some(destination), _) => {
+            let (url, secret, generated) = destination_of(deps, destination)?;
+            (url.to_string(), secret, generated)
         }
-        None => {
-            let bytes: [u8; 32] = rand::rng().random();
-            (SecretString::from(hex::encode(bytes)), true)
+        (None, Some(session)) => {
+            let secret = deps
+                .sealer
+                .open(
+                    &import_session::session_seal_context(&session.tenant, &session.id),
+                    &session.destination_secret,
+                )
+                .await?;
+            (session.destination_url.clone(), secret, false)
+        }
+        (None, None) => {
+            return Err(Problem::bad_request(
+                "destination",
+                "destination is required",
+            ));
         }
     };
     match (input.format, input.size) {
@@ -314,6 +401,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
         }
     }
 
+    let actor = session.map_or_else(|| caller.actor(), ImportSession::actor);
     let id = new_import_id();
     let sealed = deps
         .sealer
@@ -330,7 +418,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
         mode: input.mode,
         retention_class: class,
         status: Status::Created,
-        destination_url: url.to_string(),
+        destination_url: url,
         destination_secret: sealed,
         required_columns,
         default_country_code: input
@@ -338,7 +426,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
             .map(|cc| cc.trim_start_matches('+').to_owned()),
         identifier_fields: input.identifiers.filter(|i| i.fields().next().is_some()),
         declared_bytes: input.size,
-        created_by: caller.actor(),
+        created_by: actor.clone(),
         created_at: now,
         updated_at: now,
         completed_at: None,
@@ -367,7 +455,7 @@ async fn create(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<
     process::audit(
         deps,
         &import,
-        Event::new(caller.actor(), "import.created", keys::import(&id))
+        Event::new(actor, "import.created", keys::import(&id))
             .detail("format", format_name(import.format))
             .detail("mode", process::mode_name(import.mode))
             .detail("retention_class", class.name()),
@@ -468,7 +556,12 @@ async fn list(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Bo
 
 /// The caller's import named by the path, as readers see it (`expired` once past its
 /// retention), or 404 (also for another tenant's id).
-async fn owned(deps: &Deps, caller: &Caller, req: &Request) -> Result<Import, Problem> {
+async fn owned(
+    deps: &Deps,
+    caller: &Caller,
+    session: Option<&ImportSession>,
+    req: &Request,
+) -> Result<Import, Problem> {
     let id = path_param(req, "id")?;
     let import = deps
         .imports
@@ -476,6 +569,12 @@ async fn owned(deps: &Deps, caller: &Caller, req: &Request) -> Result<Import, Pr
         .await?
         .ok_or_else(Problem::not_found)?;
     custody::api::ensure_owned(caller, &import.tenant)?;
+    // A session sees only the imports it created.
+    if let Some(session) = session
+        && import.created_by != session.actor()
+    {
+        return Err(Problem::not_found());
+    }
     Ok(import)
 }
 
@@ -497,9 +596,14 @@ fn refuse_if_past_retention(import: &Import, action: &str) -> Result<(), Problem
     )))
 }
 
-async fn get(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+async fn get(
+    deps: &Deps,
+    caller: &Caller,
+    session: Option<&ImportSession>,
+    req: &Request,
+) -> Result<Response<Body>, Problem> {
     caller.require(Role::Viewer)?;
-    let import = owned(deps, caller, req).await?;
+    let import = owned(deps, caller, session, req).await?;
     json_response(StatusCode::OK, &ImportView::from(&import))
 }
 
@@ -515,9 +619,14 @@ pub struct RowsAccepted {
     pub errors: Vec<LineError>,
 }
 
-async fn post_rows(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+async fn post_rows(
+    deps: &Deps,
+    caller: &Caller,
+    session: Option<&ImportSession>,
+    req: &Request,
+) -> Result<Response<Body>, Problem> {
     caller.require(Role::Operator)?;
-    let import = owned(deps, caller, req).await?;
+    let import = owned(deps, caller, session, req).await?;
     if import.format != Format::Rows {
         return Err(Problem::conflict(
             "only imports of format 'rows' accept row batches",
@@ -740,9 +849,14 @@ async fn accept_rows(
 // ---------------------------------------------------------------------------------
 // POST /imports/{id}/complete, POST /imports/{id}/retry
 
-async fn complete(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
+async fn complete(
+    deps: &Deps,
+    caller: &Caller,
+    session: Option<&ImportSession>,
+    req: &Request,
+) -> Result<Response<Body>, Problem> {
     caller.require(Role::Operator)?;
-    let import = owned(deps, caller, req).await?;
+    let import = owned(deps, caller, session, req).await?;
     if import.format != Format::Rows {
         return Err(Problem::conflict(
             "file imports complete by themselves when the upload is processed",
@@ -769,7 +883,7 @@ async fn complete(deps: &Deps, caller: &Caller, req: &Request) -> Result<Respons
 
 async fn retry(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     caller.require(Role::Operator)?;
-    let import = owned(deps, caller, req).await?;
+    let import = owned(deps, caller, None, req).await?;
     refuse_if_past_retention(&import, "delivered")?;
     if import.mode == Mode::Bypass {
         // Its data was deleted when processing ended: there is nothing to resume from.
@@ -844,7 +958,7 @@ pub struct Download {
 async fn download(deps: &Deps, caller: &Caller, req: &Request) -> Result<Response<Body>, Problem> {
     // Raw imported data: operators and admins; viewers read metadata only.
     caller.require(Role::Operator)?;
-    let import = owned(deps, caller, req).await?;
+    let import = owned(deps, caller, None, req).await?;
     refuse_if_past_retention(&import, "downloaded")?;
     let now = deps.clock.now();
     let objects = if import.status.is_gone() || import.data_deleted_at.is_some() {
@@ -919,7 +1033,7 @@ async fn delete_one(
     req: &Request,
 ) -> Result<Response<Body>, Problem> {
     caller.require(Role::Admin)?;
-    let import = owned(deps, caller, req).await?;
+    let import = owned(deps, caller, None, req).await?;
     let purged = delete_import(deps, caller, &import).await?;
     json_response(
         StatusCode::OK,
@@ -994,4 +1108,137 @@ async fn delete_all(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Prob
             deleted: total,
         },
     )
+}
+
+// ---------------------------------------------------------------------------------
+// POST /import-sessions, DELETE /import-sessions/{id}
+
+/// Largest `POST /import-sessions` body.
+pub const MAX_SESSION_BODY_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintSession {
+    destination: DestinationInput,
+    #[serde(default)]
+    origin: Option<String>,
+    #[serde(default)]
+    lifetime_minutes: Option<i64>,
+}
+
+/// A minted session: the token is shown this once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Minted {
+    pub session: SessionView,
+    pub token: String,
+    /// Only when custody generated the destination's secret; shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_secret: Option<String>,
+}
+
+/// A destination as asked for: its URL past the egress guard, its secret checked or
+/// generated (true when generated).
+fn destination_of(
+    deps: &Deps,
+    input: &DestinationInput,
+) -> Result<(url::Url, SecretString, bool), Problem> {
+    let url = webhook::destination_url(&input.url, deps.settings.egress.allow_loopback)?;
+    match &input.secret {
+        Some(secret) => {
+            webhook::check_secret(secret)?;
+            Ok((url, secret.clone(), false))
+        }
+        None => {
+            let bytes: [u8; 32] = rand::rng().random();
+            Ok((url, SecretString::from(hex::encode(bytes)), true))
+        }
+    }
+}
+
+async fn mint_session(
+    deps: &Deps,
+    caller: &Caller,
+    req: &Request,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Operator)?;
+    let input: MintSession = json_body(req, MAX_SESSION_BODY_BYTES)?;
+    let (url, secret, generated) = destination_of(deps, &input.destination)?;
+    let origin = input
+        .origin
+        .as_deref()
+        .map(import_session::origin)
+        .transpose()?;
+    let lifetime = import_session::lifetime(input.lifetime_minutes)?;
+    let (id, token) = import_session::new_token();
+    // Whole seconds, as the TTL keeps it, so the lifetime shown is the one asked for.
+    let now = chrono::SubsecRound::trunc_subsecs(deps.clock.now(), 0);
+    let session = ImportSession {
+        id: id.clone(),
+        tenant: caller.tenant.clone(),
+        token_hash: import_session::token_hash(token.expose_secret()),
+        origin,
+        destination_url: url.to_string(),
+        destination_secret: deps
+            .sealer
+            .seal(
+                &import_session::session_seal_context(&caller.tenant, &id),
+                &secret,
+            )
+            .await?,
+        created_by: caller.actor(),
+        created_at: now,
+        expires_at: (now + lifetime).timestamp(),
+    };
+    deps.imports.store().create(&session).await?;
+    let view = SessionView::from(&session);
+    deps.audit
+        .append(
+            &caller.tenant,
+            Event::new(
+                caller.actor(),
+                "import_session.created",
+                format!("{}{id}", import_session::KEY_PREFIX),
+            )
+            .detail("origin", view.origin.clone().unwrap_or_default())
+            .detail("destination_host", view.destination_host.clone())
+            .detail("expires_at", view.expires_at.to_rfc3339()),
+        )
+        .await?;
+    json_response(
+        StatusCode::CREATED,
+        &Minted {
+            session: view,
+            token: import_session::reveal(&token),
+            destination_secret: generated.then(|| secret.expose_secret().to_owned()),
+        },
+    )
+}
+
+/// Revokes at once. 404 when there is no such session of the tenant (never made,
+/// expired, already revoked, or another tenant's: all look alike).
+async fn revoke_session(
+    deps: &Deps,
+    caller: &Caller,
+    req: &Request,
+) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Operator)?;
+    let id = path_param(req, "id")?;
+    if !import_session::revoke(deps.imports.store(), &caller.tenant, &id).await? {
+        return Err(Problem::not_found());
+    }
+    {
+        deps.audit
+            .append(
+                &caller.tenant,
+                Event::new(
+                    caller.actor(),
+                    "import_session.revoked",
+                    format!("{}{id}", import_session::KEY_PREFIX),
+                ),
+            )
+            .await?;
+    }
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
 }

@@ -45,6 +45,9 @@ pub enum RetentionClass {
     /// A HighLevel Marketplace install no tenant has claimed yet (sealed tokens, the
     /// claim token's hash) and the `INSTALL` webhook that corroborates it.
     PendingInstall,
+    /// An import session (`<custody-importer>` embedded in another app): the token's
+    /// hash, its tenant and its sealed destination, for the minutes it is valid.
+    ImportSession,
     /// Idempotency records for at-least-once events.
     Idempotency,
     /// One-time verification codes for data-subject self-service.
@@ -74,13 +77,14 @@ pub enum RetentionClass {
 }
 
 impl RetentionClass {
-    pub const ALL: [RetentionClass; 15] = [
+    pub const ALL: [RetentionClass; 16] = [
         RetentionClass::ExportLog,
         RetentionClass::Import30d,
         RetentionClass::Import90d,
         RetentionClass::DsarResult,
         RetentionClass::OauthState,
         RetentionClass::PendingInstall,
+        RetentionClass::ImportSession,
         RetentionClass::Idempotency,
         RetentionClass::VerificationCode,
         RetentionClass::AuditActivity,
@@ -100,6 +104,7 @@ impl RetentionClass {
             RetentionClass::DsarResult => Period::Days(7),
             RetentionClass::OauthState => Period::Minutes(10),
             RetentionClass::PendingInstall => Period::Minutes(15),
+            RetentionClass::ImportSession => Period::Minutes(60),
             RetentionClass::Idempotency => Period::Days(1),
             RetentionClass::VerificationCode => Period::Minutes(15),
             // Two years is the floor the product promises; regulated tenants often
@@ -123,6 +128,7 @@ impl RetentionClass {
             RetentionClass::DsarResult => "dsar-result",
             RetentionClass::OauthState => "oauth-state",
             RetentionClass::PendingInstall => "pending-install",
+            RetentionClass::ImportSession => "import-session",
             RetentionClass::Idempotency => "idempotency",
             RetentionClass::VerificationCode => "verification-code",
             RetentionClass::AuditActivity => "audit-activity",
@@ -154,6 +160,7 @@ impl RetentionClass {
             RetentionClass::ExportLog
             | RetentionClass::OauthState
             | RetentionClass::PendingInstall
+            | RetentionClass::ImportSession
             | RetentionClass::Idempotency
             | RetentionClass::VerificationCode => Store::Table,
         }
@@ -216,6 +223,11 @@ impl RetentionClass {
                 "a Marketplace install's tokens are held for minutes until an admin claims it, then deleted",
                 "`expires_at` (TTL) and the read filter; the claim consumes it; the oauth function's sweep (`custody::oauth::install::sweep_expired`, every 5 minutes) revokes an unclaimed grant where the provider can and deletes it",
                 "`functions/oauth/tests/oauth/install.rs`",
+            ),
+            RetentionClass::ImportSession => (
+                "an embedded importer's session token works for at most an hour (15 minutes unless its minter asks otherwise) and is deleted when revoked",
+                "`expires_at` (TTL) and the read filter, set to the lifetime asked for; revoking deletes the record; only the token's SHA-256 is stored",
+                "`functions/import/tests/import/session.rs`",
             ),
             RetentionClass::Idempotency => (
                 "idempotency records only as long as a retry can arrive",

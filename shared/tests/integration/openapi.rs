@@ -64,7 +64,13 @@ pub(crate) fn operations(doc: &Value) -> BTreeMap<String, Operation<'_>> {
 enum Security {
     Public,
     Jwt,
+    /// An import-session token, which the function checks itself (the route is
+    /// public to API Gateway).
+    ImportSession,
 }
+
+/// The scheme of the embedded importer's routes.
+const SESSION_SCHEME: &str = "importSession";
 
 /// The operation's effective security: its own `security`, else the document's.
 /// `[]` (or an empty requirement, "no auth needed") is public.
@@ -78,11 +84,15 @@ fn security(doc: &Value, operation: &Value) -> Result<Security, String> {
         .iter()
         .any(|r| r.as_mapping().is_some_and(|m| m.is_empty()));
     let jwt = requirements.iter().any(|r| r.get(JWT_SCHEME).is_some());
-    match (anonymous || requirements.is_empty(), jwt) {
-        (true, false) => Ok(Security::Public),
-        (false, true) => Ok(Security::Jwt),
-        (true, true) => Err(format!("both anonymous and {JWT_SCHEME}")),
-        (false, false) => Err(format!("neither public nor {JWT_SCHEME}")),
+    let session = requirements.iter().any(|r| r.get(SESSION_SCHEME).is_some());
+    match (anonymous || requirements.is_empty(), jwt, session) {
+        (true, false, false) => Ok(Security::Public),
+        (false, true, false) => Ok(Security::Jwt),
+        (false, false, true) => Ok(Security::ImportSession),
+        (false, false, false) => Err(format!("neither public nor {JWT_SCHEME}")),
+        _ => Err(format!(
+            "more than one of anonymous, {JWT_SCHEME} and {SESSION_SCHEME}"
+        )),
     }
 }
 
@@ -167,20 +177,36 @@ fn openapi_documents_exactly_the_template_routes_with_their_security() {
             ));
             continue;
         };
-        let want = if route.public {
-            Security::Public
-        } else {
-            Security::Jwt
+        let got = match security(&doc, op.operation) {
+            Ok(got) => got,
+            Err(e) => {
+                problems.push(format!("{key}: {e}"));
+                continue;
+            }
         };
-        match security(&doc, op.operation) {
-            Ok(got) if got == want => {}
-            Ok(got) => problems.push(format!(
-                "{key}: openapi.yaml says {got:?}, template.yaml says {want:?}"
-            )),
-            Err(e) => problems.push(format!("{key}: {e}")),
+        // A route API Gateway leaves open is public, or checks a session token itself.
+        let matches = match got {
+            Security::Public | Security::ImportSession => route.public,
+            Security::Jwt => !route.public,
+        };
+        if !matches {
+            problems.push(format!(
+                "{key}: openapi.yaml says {got:?}, template.yaml says {}",
+                if route.public { "public" } else { "JWT" }
+            ));
         }
-        if want == Security::Jwt && op.operation["responses"].get("401").is_none() {
-            problems.push(format!("{key}: a JWT route must document its 401"));
+        if got != Security::Public && op.operation["responses"].get("401").is_none() {
+            problems.push(format!(
+                "{key}: an authenticated route must document its 401"
+            ));
+        }
+        if got == Security::ImportSession && op.operation["responses"].get("403").is_none() {
+            problems.push(format!(
+                "{key}: a session route must document its 403 (wrong origin)"
+            ));
+        }
+        if got == Security::ImportSession && !key.contains(" /embed/") {
+            problems.push(format!("{key}: import sessions serve /embed/ routes only"));
         }
     }
     for key in ops.keys() {

@@ -240,8 +240,12 @@ fn computed(
 
 const EXPORT_SETTINGS: &[&str] = &["PUT /export/settings"];
 const NAMES_A_DESTINATION: &[&str] = &["PUT /export/settings", "POST /export/destination/test"];
-const CREATE_IMPORT: &[&str] = &["POST /imports"];
-const IMPORT_ROWS: &[&str] = &["POST /imports/{id}/rows"];
+/// The embedded importer's routes take the same bodies (but the destination).
+const CREATE_IMPORT: &[&str] = &["POST /imports", "POST /embed/imports"];
+const IMPORT_ROWS: &[&str] = &["POST /imports/{id}/rows", "POST /embed/imports/{id}/rows"];
+/// Where an import's destination (URL and secret) is named.
+const NAMES_AN_IMPORT_DESTINATION: &[&str] = &["POST /imports", "POST /import-sessions"];
+const MINT_SESSION: &[&str] = &["POST /import-sessions"];
 const CREATE_PRIVACY_REQUEST: &[&str] = &["POST /privacy/export", "POST /privacy/delete"];
 const EXTEND: &[&str] = &["POST /privacy/requests/{id}/extend"];
 const PUT_CONSENT: &[&str] = &["PUT /privacy/consent"];
@@ -495,6 +499,7 @@ fn field_rules() -> Vec<FieldRule> {
             "size",
             "required_columns",
             "default_country_code",
+            "destination",
         ],
         CREATE_IMPORT,
     ));
@@ -547,7 +552,14 @@ fn field_rules() -> Vec<FieldRule> {
         "shared/src/domain/webhook.rs",
         "answer",
         &["destination.url", "destination.secret"],
-        CREATE_IMPORT,
+        NAMES_AN_IMPORT_DESTINATION,
+    ));
+    rules.extend(computed(
+        "shared/src/domain/import_session.rs",
+        "answer",
+        "*field",
+        vec!["origin".into(), "lifetime_minutes".into()],
+        MINT_SESSION,
     ));
     rules.extend(literals(
         "shared/src/kernel/idempotency.rs",
@@ -787,7 +799,7 @@ const LIMIT_KEYWORDS: [&str; 5] = [
     "x-max-row-bytes",
 ];
 /// Checked where [`limits`] names them.
-const OTHER_KEYWORDS: [&str; 2] = ["minLength", "default"];
+const OTHER_KEYWORDS: [&str; 3] = ["minLength", "minimum", "default"];
 
 /// A number the document states for a route's request: at `at` (a property path,
 /// `[]` for a list's items, a parameter's name, or empty for the body), `keyword` is
@@ -829,6 +841,9 @@ fn limits() -> Vec<Limit> {
     const SETTINGS: &str = "PUT /export/settings";
     const CREATE: &str = "POST /imports";
     const ROWS: &str = "POST /imports/{id}/rows";
+    const EMBED_CREATE: &str = "POST /embed/imports";
+    const EMBED_ROWS: &str = "POST /embed/imports/{id}/rows";
+    const MINT: &str = "POST /import-sessions";
     let dsar_body = dsar::routes::MAX_BODY as u64;
 
     // The destination's limits hold wherever a destination is named.
@@ -1122,6 +1137,61 @@ fn limits() -> Vec<Limit> {
             hl_webhook::MAX_BODY_BYTES as u64,
         ),
     ]);
+    // The embedded importer's routes hold the same limits (the session fixes the
+    // destination, so none of its limits apply there).
+    let embedded: Vec<Limit> = all
+        .iter()
+        .filter_map(|l| match l.route {
+            CREATE if !l.at.starts_with("destination.") => {
+                Some(limit(EMBED_CREATE, l.at, l.keyword, l.value))
+            }
+            ROWS => Some(limit(EMBED_ROWS, l.at, l.keyword, l.value)),
+            _ => None,
+        })
+        .collect();
+    all.extend(embedded);
+    {
+        use custody::import_session as session;
+        all.extend([
+            limit(
+                MINT,
+                "",
+                "x-max-body-bytes",
+                import_http::MAX_SESSION_BODY_BYTES as u64,
+            ),
+            limit(
+                MINT,
+                "destination.secret",
+                "minLength",
+                MIN_SECRET_LEN as u64,
+            ),
+            limit(
+                MINT,
+                "destination.secret",
+                "maxLength",
+                MAX_SECRET_LEN as u64,
+            ),
+            limit(MINT, "origin", "maxLength", session::MAX_ORIGIN_LEN as u64),
+            limit(
+                MINT,
+                "lifetime_minutes",
+                "minimum",
+                positive(session::MIN_LIFETIME_MINUTES),
+            ),
+            limit(
+                MINT,
+                "lifetime_minutes",
+                "maximum",
+                positive(session::MAX_LIFETIME_MINUTES),
+            ),
+            limit(
+                MINT,
+                "lifetime_minutes",
+                "default",
+                positive(session::DEFAULT_LIFETIME_MINUTES),
+            ),
+        ]);
+    }
     all
 }
 
@@ -1298,12 +1368,18 @@ fn every_route_documents_the_4xx_its_input_can_cause() {
             .get("security")
             .and_then(Value::as_sequence)
             .is_some_and(Vec::is_empty);
+        let session = op
+            .operation
+            .get("security")
+            .and_then(Value::as_sequence)
+            .is_some_and(|r| r.iter().any(|r| r.get("importSession").is_some()));
         match op.operation["x-required-role"].as_str() {
             Some("viewer") => {}
             Some("operator" | "admin") => {
                 needed.insert(("403", "a role below x-required-role is refused"));
             }
-            None if public => {}
+            // A session route acts as its session: no role to require.
+            None if public || session => {}
             other => problems.push(format!("{key}: x-required-role is {other:?}")),
         }
         for (status, why) in needed {

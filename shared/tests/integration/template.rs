@@ -1126,14 +1126,23 @@ fn console_origins() -> [(Scope, &'static str); 2] {
     ]
 }
 
-/// A list property that must allow exactly the console origin, whichever it is.
-fn assert_only_the_console_origin(what: &str, origins: &Value) {
-    let items = origins
-        .as_sequence()
-        .unwrap_or_else(|| panic!("{what}: not a list"));
-    assert_eq!(items.len(), 1, "{what}: exactly one origin");
+/// A list property that must allow exactly the console origin, whichever it is, and
+/// the embedding apps' origins (`ImporterOrigins`) when there are any.
+fn assert_the_console_and_importer_origins(what: &str, origins: &Value) {
+    let embedders = ["https://app.example.com", "https://crm.example.org:8443"];
     for (scope, origin) in console_origins() {
-        assert_eq!(evaluate(origins, &scope).list(), [origin], "{what}");
+        let without = scope
+            .when("HasImporterOrigins", false)
+            .with("ImporterOrigins", "");
+        assert_eq!(evaluate(origins, &without).list(), [origin], "{what}");
+        let with = without
+            .when("HasImporterOrigins", true)
+            .with("ImporterOrigins", &embedders.join(","));
+        assert_eq!(
+            evaluate(origins, &with).list(),
+            [origin, embedders[0], embedders[1]],
+            "{what}"
+        );
     }
 }
 
@@ -1287,9 +1296,41 @@ fn console_distribution_sends_the_local_security_headers() {
         Some("658327ea-f89d-4fab-a63d-7e88639e58f6")
     );
     assert_eq!(strings(&behavior["AllowedMethods"]), ["GET", "HEAD"]);
-    assert!(
-        config.get("CacheBehaviors").is_none(),
-        "every path gets the default behaviour's headers"
+    // Only the embeddable importer's script and the assets it loads differ: CORS for
+    // any origin (public static files, no credentials), the rest like the default.
+    let behaviors = config["CacheBehaviors"]
+        .as_sequence()
+        .expect("CacheBehaviors");
+    let paths: Vec<&str> = behaviors
+        .iter()
+        .map(|b| b["PathPattern"].as_str().expect("PathPattern"))
+        .collect();
+    assert_eq!(paths, console::IMPORTER_PATHS);
+    for b in behaviors {
+        assert_eq!(
+            ref_target(&b["ResponseHeadersPolicyId"]),
+            Some("ImporterResponseHeadersPolicy")
+        );
+        for same in [
+            "ViewerProtocolPolicy",
+            "CachePolicyId",
+            "AllowedMethods",
+            "TargetOriginId",
+        ] {
+            assert_eq!(b[same], behavior[same], "{same}");
+        }
+    }
+    let importer = &resource(&template, "ImporterResponseHeadersPolicy")["Properties"]["ResponseHeadersPolicyConfig"];
+    let cors = &importer["CorsConfig"];
+    assert_eq!(strings(&cors["AccessControlAllowOrigins"]["Items"]), ["*"]);
+    assert_eq!(cors["AccessControlAllowCredentials"].as_bool(), Some(false));
+    assert_eq!(
+        strings(&cors["AccessControlAllowMethods"]["Items"]),
+        ["GET", "HEAD"]
+    );
+    assert_eq!(
+        importer["SecurityHeadersConfig"]["ContentTypeOptions"]["Override"].as_bool(),
+        Some(true)
     );
     let mut fallbacks: Vec<i64> = config["CustomErrorResponses"]
         .as_sequence()
@@ -1305,35 +1346,55 @@ fn console_distribution_sends_the_local_security_headers() {
     assert_eq!(fallbacks, [403, 404]);
 }
 
-/// The HTTP API answers CORS for the console origin only, with exactly the local
-/// stack's configuration (`console::CORS_*`), and accepts the console's ID tokens.
+/// The HTTP API answers CORS for the console origin and the importer's embedding
+/// origins only, with exactly the local stack's configuration (`console::CORS_*`),
+/// and accepts the console's ID tokens.
 #[test]
-fn http_api_cors_allows_only_the_console() {
+fn http_api_cors_allows_the_console_and_the_embedding_apps() {
     let template = template();
     let api = &resource(&template, "HttpApi")["Properties"];
-    let cors = &api["CorsConfiguration"];
-    assert_only_the_console_origin("HttpApi AllowOrigins", &cors["AllowOrigins"]);
-    assert_eq!(strings(&cors["AllowMethods"]), console::CORS_ALLOW_METHODS);
-    assert_eq!(strings(&cors["AllowHeaders"]), console::CORS_ALLOW_HEADERS);
-    assert_eq!(
-        strings(&cors["ExposeHeaders"]),
-        console::CORS_EXPOSE_HEADERS
-    );
-    assert_eq!(
-        cors["MaxAge"].as_u64(),
-        Some(u64::from(console::CORS_MAX_AGE_SECONDS))
-    );
-    assert_eq!(
-        cors["AllowCredentials"].as_bool(),
-        Some(console::CORS_ALLOW_CREDENTIALS)
-    );
-    let fields: Vec<&str> = cors
-        .as_mapping()
-        .unwrap()
-        .keys()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(fields.len(), 6, "unexpected CORS fields: {fields:?}");
+    // One !If over the whole configuration (SAM keeps nothing else of an intrinsic
+    // one): with embedding apps, and without.
+    let branches = match &api["CorsConfiguration"] {
+        Value::Tagged(tagged) if tagged.tag == "!If" => tagged.value.as_sequence().unwrap().clone(),
+        other => panic!("CorsConfiguration is not an !If: {other:?}"),
+    };
+    assert_eq!(branches[0].as_str(), Some("HasImporterOrigins"));
+    let embedders = ["https://app.example.com", "https://crm.example.org:8443"];
+    for (branch, with_embedders) in [(&branches[1], true), (&branches[2], false)] {
+        let cors = branch;
+        for (scope, origin) in console_origins() {
+            let scope = scope
+                .when("HasImporterOrigins", with_embedders)
+                .with("ImporterOrigins", &embedders.join(","));
+            let mut want = vec![origin];
+            if with_embedders {
+                want.extend(embedders);
+            }
+            assert_eq!(evaluate(&cors["AllowOrigins"], &scope).list(), want);
+        }
+        assert_eq!(strings(&cors["AllowMethods"]), console::CORS_ALLOW_METHODS);
+        assert_eq!(strings(&cors["AllowHeaders"]), console::CORS_ALLOW_HEADERS);
+        assert_eq!(
+            strings(&cors["ExposeHeaders"]),
+            console::CORS_EXPOSE_HEADERS
+        );
+        assert_eq!(
+            cors["MaxAge"].as_u64(),
+            Some(u64::from(console::CORS_MAX_AGE_SECONDS))
+        );
+        assert_eq!(
+            cors["AllowCredentials"].as_bool(),
+            Some(console::CORS_ALLOW_CREDENTIALS)
+        );
+        let fields: Vec<&str> = cors
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(fields.len(), 6, "unexpected CORS fields: {fields:?}");
+    }
 
     // ID tokens' aud is the client id: the console's is accepted too.
     let audience = &api["Auth"]["Authorizers"]["OidcJwt"]["JwtConfiguration"]["audience"];
@@ -1371,8 +1432,8 @@ fn http_api_cors_allows_only_the_console() {
     );
 }
 
-/// The imports bucket takes the console's presigned PUTs: its one CORS rule allows
-/// the console origin with exactly `console::UPLOAD_CORS_*`.
+/// The imports bucket takes the console's (and embedded importers') presigned PUTs:
+/// its one CORS rule allows their origins with exactly `console::UPLOAD_CORS_*`.
 #[test]
 fn imports_bucket_cors_is_the_console_upload_rule() {
     let template = template();
@@ -1382,7 +1443,10 @@ fn imports_bucket_cors_is_the_console_upload_rule() {
             .expect("ImportsBucket CorsRules");
     assert_eq!(rules.len(), 1);
     let rule = &rules[0];
-    assert_only_the_console_origin("ImportsBucket AllowedOrigins", &rule["AllowedOrigins"]);
+    assert_the_console_and_importer_origins(
+        "ImportsBucket AllowedOrigins",
+        &rule["AllowedOrigins"],
+    );
     assert_eq!(
         strings(&rule["AllowedMethods"]),
         console::UPLOAD_CORS_ALLOWED_METHODS
@@ -1582,4 +1646,63 @@ fn console_outputs_feed_console_deploy() {
             "console-deploy does not read {output}"
         );
     }
+}
+
+/// Security: only the published key and the routes that authenticate themselves skip
+/// the JWT authorizer (provider callbacks and webhooks, and the embedded importer's `/embed/imports…`,
+/// which the import function checks against an import session), and the import role
+/// may reach the session records, which are found by the token's id, not a tenant
+/// (IAM's `dynamodb:LeadingKeys`: the emulator does not enforce it, AWS does).
+#[test]
+fn unauthenticated_routes_are_the_self_checked_ones() {
+    let template = template();
+    let mut open = Vec::new();
+    for (name, resource) in template["Resources"].as_mapping().unwrap() {
+        let Some(events) = resource["Properties"]["Events"].as_mapping() else {
+            continue;
+        };
+        for (_, event) in events {
+            if event["Type"].as_str() != Some("HttpApi") {
+                continue;
+            }
+            let props = &event["Properties"];
+            if props["Auth"]["Authorizer"].as_str() == Some("NONE") {
+                open.push(format!(
+                    "{} {} {}",
+                    name.as_str().unwrap(),
+                    props["Method"].as_str().unwrap(),
+                    props["Path"].as_str().unwrap()
+                ));
+            }
+        }
+    }
+    open.sort();
+    assert_eq!(
+        open,
+        [
+            // Public by design: anyone verifies a certificate of deletion with it.
+            "DsarFunction GET /privacy/public-key",
+            "ImportFunction GET /embed/imports/{id}",
+            "ImportFunction POST /embed/imports",
+            "ImportFunction POST /embed/imports/{id}/complete",
+            "ImportFunction POST /embed/imports/{id}/rows",
+            "OauthFunction GET /oauth/{provider}/callback",
+            "OauthFunction POST /webhooks/highlevel",
+        ]
+    );
+    let statements =
+        resource(&template, "ImportFunction")["Properties"]["Policies"][0]["Statement"]
+            .as_sequence()
+            .expect("ImportFunction statements");
+    let items = statements
+        .iter()
+        .find(|s| s["Sid"].as_str() == Some("TenantItems"))
+        .expect("TenantItems");
+    let leading = strings(&items["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]);
+    let session = format!("{}*", custody::import_session::KEY_PREFIX);
+    assert!(leading.contains(&session.as_str()), "{leading:?}");
+    assert!(
+        leading.iter().all(|k| *k == "T#*" || *k == session),
+        "{leading:?}"
+    );
 }

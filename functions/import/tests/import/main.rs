@@ -12,6 +12,7 @@ mod fence;
 mod files;
 mod reuse;
 mod rows;
+mod session;
 
 use std::time::Duration;
 
