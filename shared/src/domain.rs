@@ -13,4 +13,5 @@ pub mod retention_view;
 pub mod schedule;
 pub mod sink;
 pub mod subject;
+pub mod suppression;
 pub mod webhook;

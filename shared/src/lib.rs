@@ -25,7 +25,7 @@ pub mod kernel;
 
 pub use domain::{
     certificate, highlevel, import_session, imports, oauth, privacy, retention_view, schedule,
-    sink, subject, webhook,
+    sink, subject, suppression, webhook,
 };
 pub use edge::api;
 pub use kernel::{

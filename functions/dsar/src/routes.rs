@@ -1105,6 +1105,7 @@ async fn put_settings(
         tenant: caller.tenant.clone(),
         time_zone: zone.name().to_owned(),
         verification_webhook: webhook,
+        purposes: Vec::new(),
         updated_at: deps.now(),
     };
     deps.store.put(&settings).await?;

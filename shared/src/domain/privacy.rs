@@ -769,6 +769,10 @@ pub struct PrivacySettings {
     pub time_zone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification_webhook: Option<WebhookTarget>,
+    /// The processing purposes the tenant declares (consent is recorded per purpose;
+    /// an import names one of these and leaves out subjects who withdrew it).
+    #[serde(default)]
+    pub purposes: Vec<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -790,6 +794,21 @@ impl PrivacySettings {
     pub fn zone(&self) -> TenantZone {
         self.time_zone.parse().unwrap_or_default()
     }
+}
+
+/// Most purposes a tenant may declare.
+pub const MAX_PURPOSES: usize = 32;
+
+/// The purposes `tenant` declared (none when it has no settings).
+pub async fn declared_purposes(
+    store: &crate::kernel::store::Store,
+    tenant: &TenantId,
+) -> Result<Vec<String>, crate::kernel::store::StoreError> {
+    Ok(store
+        .get::<PrivacySettings>(&PrivacySettings::key_of(tenant))
+        .await?
+        .map(|s| s.purposes)
+        .unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
