@@ -6,6 +6,11 @@
 //! Content-Security-Policy, the HTTP API's CORS configuration and the imports bucket's
 //! CORS rule. The local stack applies them; a template test can compare
 //! template.yaml's `CorsConfiguration`s and response-headers policy with these.
+//!
+//! Other apps' pages embed `<custody-importer>` (`custody-importer.js` and the
+//! assets it loads are served to any origin); the HTTP API and the imports bucket
+//! allow the console origin and the "importer origins" such pages are on (locally
+//! one: [`importer_origin`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,6 +94,35 @@ pub fn origin_of(url: &str) -> String {
         .unwrap_or_else(|_| url.trim_end_matches('/').to_owned())
 }
 
+/// The local stack's importer origin: the console's own server under another name
+/// (`http://localhost:PORT` for `http://127.0.0.1:PORT`), so a page there is a
+/// different origin from the console, as another app's page embedding
+/// `<custody-importer>` is. The console URL as it is when it names no loopback IP.
+pub fn importer_origin(console_url: &str) -> String {
+    match url::Url::parse(console_url) {
+        Ok(mut url) if url.host_str() == Some("127.0.0.1") => {
+            let _ = url.set_host(Some("localhost"));
+            url.origin().ascii_serialization()
+        }
+        _ => origin_of(console_url),
+    }
+}
+
+/// Whether `path` is one a page on another origin loads to embed the importer:
+/// `custody-importer.js` and the build's assets it imports (its chunks, the parse
+/// worker). A cross-origin `<script type="module">` is fetched in CORS mode, so these
+/// are served with `Access-Control-Allow-Origin: *` (public files, no credentials).
+pub fn is_embeddable(path: &str) -> bool {
+    // The patterns of [`IMPORTER_PATHS`], as CloudFront matches them.
+    let path = path.trim_start_matches('/');
+    IMPORTER_PATHS
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == *pattern,
+        })
+}
+
 /// What the console site needs to know about the stack.
 #[derive(Debug, Clone)]
 pub struct ConsoleSite {
@@ -148,6 +182,12 @@ impl ConsoleSite {
         }
         for (name, value) in SECURITY_HEADERS {
             headers.insert(name, HeaderValue::from_static(value));
+        }
+        if is_embeddable(uri.path()) && response.status().is_success() {
+            response.headers_mut().insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
         }
         response
     }
@@ -246,26 +286,41 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-/// The HTTP API's CORS, as API Gateway applies a `CorsConfiguration` that allows only
-/// the console origin: it answers preflights itself and sets the headers on every
-/// response (its own and the integration's, whose CORS headers it replaces).
+/// The HTTP API's CORS, as API Gateway applies a `CorsConfiguration` whose
+/// `AllowOrigins` lists the console origin and the importer origins: it answers
+/// preflights itself and sets the headers on every response (its own and the
+/// integration's, whose CORS headers it replaces), echoing whichever allowed origin
+/// asked; any other origin gets no `Access-Control-Allow-*` header.
 #[derive(Debug, Clone)]
 pub struct Cors {
-    /// The one allowed origin.
-    pub origin: String,
+    /// The allowed origins (`scheme://host[:port]`), the console's first.
+    pub origins: Vec<String>,
 }
 
 impl Cors {
-    pub fn new(origin: impl Into<String>) -> Self {
-        Self {
-            origin: origin.into(),
+    /// CORS for these origins (each as `scheme://host[:port]`, compared exactly).
+    pub fn new<I, S>(origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut list: Vec<String> = Vec::new();
+        for origin in origins {
+            let origin = origin.into();
+            if !list.contains(&origin) {
+                list.push(origin);
+            }
         }
+        Self { origins: list }
     }
 
-    fn allowed(&self, request: &HeaderMap) -> bool {
-        request
-            .get(header::ORIGIN)
-            .is_some_and(|o| o.as_bytes() == self.origin.as_bytes())
+    /// The request's `Origin` when it is an allowed one.
+    fn allowed(&self, request: &HeaderMap) -> Option<HeaderValue> {
+        let origin = request.get(header::ORIGIN)?;
+        self.origins
+            .iter()
+            .any(|o| o.as_bytes() == origin.as_bytes())
+            .then(|| origin.clone())
     }
 
     /// Whether the request is a CORS preflight (`OPTIONS` with
@@ -274,13 +329,13 @@ impl Cors {
         method == Method::OPTIONS && request.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     }
 
-    /// The answer to a preflight: the allow headers for the console origin, none for
+    /// The answer to a preflight: the allow headers for an allowed origin, none for
     /// any other.
     pub fn preflight(&self, request: &HeaderMap) -> Response {
         let mut response = StatusCode::NO_CONTENT.into_response();
         let headers = response.headers_mut();
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
-        if let (true, Ok(origin)) = (self.allowed(request), HeaderValue::from_str(&self.origin)) {
+        if let Some(origin) = self.allowed(request) {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -319,22 +374,20 @@ impl Cors {
             headers.remove(name);
         }
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
-        let Ok(origin) = HeaderValue::from_str(&self.origin) else {
+        let Some(origin) = self.allowed(request) else {
             return;
         };
-        if self.allowed(request) {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            if CORS_ALLOW_CREDENTIALS {
-                headers.insert(
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    HeaderValue::from_static("true"),
-                );
-            }
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        if CORS_ALLOW_CREDENTIALS {
             headers.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static(EXPOSE_HEADERS),
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
             );
         }
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE_HEADERS),
+        );
     }
 }
 
@@ -383,6 +436,108 @@ mod tests {
             assert!(static_file(&dir, path).is_none(), "{path}");
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn with_origin(origin: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(origin) = origin {
+            headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+        }
+        headers.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("POST"),
+        );
+        headers
+    }
+
+    fn acao(response: &Response) -> Option<&str> {
+        response
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    fn cors_headers(response: &Response) -> Vec<String> {
+        response
+            .headers()
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .map(|k| k.as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn cors_echoes_whichever_listed_origin_asked_and_nothing_for_others() {
+        let console = "http://127.0.0.1:4000";
+        let importer = importer_origin(console);
+        let cors = Cors::new([console.to_owned(), importer.clone(), console.to_owned()]);
+        assert_eq!(cors.origins, [console, importer.as_str()], "deduplicated");
+        for origin in [console, importer.as_str()] {
+            let request = with_origin(Some(origin));
+            let preflight = cors.preflight(&request);
+            assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+            assert_eq!(acao(&preflight), Some(origin));
+            assert_eq!(
+                preflight.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS],
+                ALLOW_HEADERS
+            );
+            assert_eq!(preflight.headers()[header::VARY], "Origin");
+            let mut response = (
+                [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+                "from the function",
+            )
+                .into_response();
+            cors.apply(&request, &mut response);
+            assert_eq!(acao(&response), Some(origin), "the function's is replaced");
+            assert_eq!(
+                response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+                EXPOSE_HEADERS
+            );
+        }
+        // Unlisted origins (another port, scheme or host; a trailing slash; none at
+        // all) get no CORS header, and the function's own are still removed.
+        for origin in [
+            Some("http://127.0.0.1:4001"),
+            Some("https://127.0.0.1:4000"),
+            Some("http://localhost:4001"),
+            Some("http://127.0.0.1:4000/"),
+            Some("http://evil.example"),
+            Some("null"),
+            None,
+        ] {
+            let request = with_origin(origin);
+            let preflight = cors.preflight(&request);
+            assert!(cors_headers(&preflight).is_empty(), "{origin:?}");
+            assert_eq!(preflight.headers()[header::VARY], "Origin");
+            let mut response = (
+                [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+                "from the function",
+            )
+                .into_response();
+            cors.apply(&request, &mut response);
+            assert!(cors_headers(&response).is_empty(), "{origin:?}");
+        }
+    }
+
+    #[test]
+    fn the_importer_origin_is_the_console_server_under_another_name() {
+        assert_eq!(
+            importer_origin("http://127.0.0.1:4000"),
+            "http://localhost:4000"
+        );
+        assert_eq!(
+            importer_origin("http://127.0.0.1:4000/"),
+            "http://localhost:4000"
+        );
+        assert_eq!(
+            importer_origin("https://console.example.com/"),
+            "https://console.example.com"
+        );
+        assert!(is_embeddable("/custody-importer.js"));
+        assert!(is_embeddable("/assets/parse.worker-abc.js"));
+        for path in ["/", "/index.html", "/config.json", "/imports"] {
+            assert!(!is_embeddable(path), "{path}");
+        }
     }
 
     #[test]

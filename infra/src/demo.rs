@@ -39,10 +39,11 @@ pub const SUBJECT_NAME: &str = "Jane Doe";
 /// The Marketplace app id the demo's HighLevel app is configured with.
 const MARKETPLACE_APP_ID: &str = "custody-demo-app";
 
-pub const STEPS: [&str; 7] = [
+pub const STEPS: [&str; 8] = [
     "connect HighLevel (OAuth, state + PKCE)",
     "export conversations to WebDAV",
     "import a CSV file",
+    "restrict a subject's processing: imports leave their rows out until it is lifted",
     "consent, access and erasure of a data subject",
     "uninstall through the signed HighLevel webhook",
     "install again from the HighLevel Marketplace and claim it",
@@ -345,6 +346,8 @@ impl Environment {
         json!({
             "base_url": self.stack.base_url,
             "console": format!("{}/", self.stack.console_url),
+            // Where a page embedding <custody-importer> may run (CORS allows it).
+            "importer_origin": self.stack.importer_origin,
             "oidc": {
                 "issuer": self.stack.oidc_url,
                 "client_id": crate::console::CLIENT_ID,
@@ -390,6 +393,11 @@ impl Environment {
         let _ = writeln!(out, "custody local stack is up");
         let _ = writeln!(out, "Console  {}/", self.stack.console_url);
         let _ = writeln!(out, "  HTTP API          {base}");
+        let _ = writeln!(
+            out,
+            "  Importer origin   {} (pages embedding <custody-importer>: {}/custody-importer.js)",
+            self.stack.importer_origin, self.stack.console_url
+        );
         let _ = writeln!(
             out,
             "  OIDC (local)      {} (client {}; the console's login: any tenant, any role)",
@@ -536,10 +544,11 @@ fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), String
 
 /// Runs the journey, printing progress through `say`.
 pub async fn journey(env: &Environment, say: &mut dyn FnMut(&str)) -> Result<(), DemoError> {
-    let steps: [&dyn Fn(&Environment) -> StepFuture<'_>; 7] = [
+    let steps: [&dyn Fn(&Environment) -> StepFuture<'_>; 8] = [
         &|e| Box::pin(connect(e)),
         &|e| Box::pin(export(e)),
         &|e| Box::pin(import(e)),
+        &|e| Box::pin(restrict(e)),
         &|e| Box::pin(privacy(e)),
         &|e| Box::pin(uninstall(e)),
         &|e| Box::pin(marketplace(e)),
@@ -934,6 +943,109 @@ async fn import(env: &Environment) -> Result<Vec<String>, String> {
 }
 
 // ----------------------------------------------------------------------------- 4
+
+/// A rows import of one row per email, completed; the import as it ended and the
+/// rows the destination received for it.
+async fn push_rows(
+    env: &Environment,
+    emails: &[&str],
+) -> Result<(Value, Vec<serde_json::Map<String, Value>>), String> {
+    let before = env.destination.rows().len();
+    let created = env
+        .expect(
+            reqwest::Method::POST,
+            "/imports",
+            Some(json!({
+                "format": "rows", "mode": "store",
+                "destination": {"url": env.destination.url(), "secret": env.destination_secret},
+                "required_columns": ["email"],
+            })),
+            201,
+        )
+        .await?;
+    let id = created["import"]["id"].as_str().ok_or("no import id")?;
+    let rows: Vec<Value> = emails
+        .iter()
+        .map(|email| json!({"email": email, "note": "newsletter signup"}))
+        .collect();
+    env.expect(
+        reqwest::Method::POST,
+        &format!("/imports/{id}/rows"),
+        Some(json!(rows)),
+        200,
+    )
+    .await?;
+    let import = env
+        .expect(
+            reqwest::Method::POST,
+            &format!("/imports/{id}/complete"),
+            None,
+            200,
+        )
+        .await?;
+    let received = env.destination.rows().split_off(before);
+    Ok((import, received))
+}
+
+async fn restrict(env: &Environment) -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
+    // Someone else than the subject the privacy step follows, so that step's
+    // first-request-free rule is untouched.
+    let objector = "person7@example.org";
+    let other = "person8@example.org";
+    let filed = env
+        .expect(
+            reqwest::Method::POST,
+            "/privacy/restrict",
+            Some(json!({
+                "subject": {"email": objector}, "regulation": "gdpr", "ground": "objection",
+            })),
+            202,
+        )
+        .await?;
+    check(
+        filed["status"] == "complete" && filed["restriction"]["ground"] == "objection",
+        || format!("the restriction is not in force at once: {filed}"),
+    )?;
+    let id = filed["id"].as_str().ok_or("no request id")?.to_owned();
+    lines.push(format!(
+        "restriction {id} (objection) in force from filing, in the request's own write"
+    ));
+    let has = |rows: &[serde_json::Map<String, Value>], email: &str| {
+        rows.iter()
+            .any(|r| r.get("email").and_then(Value::as_str) == Some(email))
+    };
+    let (import, received) = push_rows(env, &[objector, other]).await?;
+    check(
+        import["rows_restricted"] == 1 && import["rows_delivered"] == 1,
+        || format!("the restricted row was not left out: {import}"),
+    )?;
+    check(!has(&received, objector) && has(&received, other), || {
+        "the destination got the restricted subject's row".into()
+    })?;
+    lines.push(format!(
+        "a rows import naming them and one other: 1 row pushed, 1 left out (rows_restricted {}), nothing of theirs at the destination",
+        import["rows_restricted"]
+    ));
+    let lifted = env
+        .expect(
+            reqwest::Method::POST,
+            &format!("/privacy/requests/{id}/lift"),
+            Some(json!({"reason": "objection weighed: the subject was told processing resumes"})),
+            200,
+        )
+        .await?;
+    check(lifted["restriction"]["lifted_at"].is_string(), || {
+        format!("not lifted: {lifted}")
+    })?;
+    let (import, received) = push_rows(env, &[objector]).await?;
+    check(
+        import["rows_restricted"] == 0 && has(&received, objector),
+        || format!("the lifted subject is still left out: {import}"),
+    )?;
+    lines.push("lifted with a reason: the next import pushes their row again".into());
+    Ok(lines)
+}
 
 async fn wait_request(env: &Environment, id: &str) -> Result<Value, String> {
     let path = format!("/privacy/requests/{id}");

@@ -4,7 +4,9 @@
 //! EventBridge Scheduler and a local Lambda Invoke API; and, for the web console, its
 //! origin ([`crate::console`]: `console/dist/` and `config.json`) and a local OIDC
 //! provider ([`crate::oidc`]) whose tokens the gateway accepts. The gateway allows the
-//! console origin by CORS, and so does the imports bucket (presigned uploads).
+//! console origin and the importer origin ([`crate::console::importer_origin`], where a
+//! page embedding `<custody-importer>` runs) by CORS, and so does the imports bucket
+//! (presigned uploads).
 //!
 //! The simulated external services (HighLevel, WebDAV, the destination webhook) are
 //! started by the caller (the demo, `custody-local up`), which passes their URLs as
@@ -89,6 +91,9 @@ pub struct LocalStack {
     pub base_url: String,
     /// The web console's origin (`http://127.0.0.1:PORT`, no trailing slash).
     pub console_url: String,
+    /// The origin CORS allows for pages embedding `<custody-importer>`
+    /// (`http://localhost:PORT`: the console's server under another name).
+    pub importer_origin: String,
     /// The local OIDC provider's issuer URL (the console's `authority`).
     pub oidc_url: String,
     /// The local Lambda Invoke API (`custody-local invoke`, `aws lambda invoke`).
@@ -149,10 +154,12 @@ impl LocalStack {
         // configured: CORS, the OAuth return URLs and the bucket's CORS rule name them.
         let console_listener = bind("console").await?;
         let console_url = listener_url("console", &console_listener)?;
+        let importer_origin = crate::console::importer_origin(&console_url);
+        let cors_origins = [console_url.clone(), importer_origin.clone()];
         let oidc_listener = bind("OIDC provider").await?;
         let oidc_url = listener_url("OIDC provider", &oidc_listener)?;
         let mut provisioned = provisioned;
-        allow_console_uploads(&sdk, &mut provisioned, &console_url).await?;
+        allow_console_uploads(&sdk, &mut provisioned, &cors_origins).await?;
 
         // The local Lambda API is bound first: functions that invoke another (the dsar
         // function asks the oauth function to revoke) reach it through the SDK.
@@ -209,7 +216,7 @@ impl LocalStack {
         let issuer =
             LocalIssuer::with_issuer(oidc_url.clone()).accepting(crate::console::CLIENT_ID);
         let gateway = Gateway::new(routes(&template), functions.clone(), issuer.clone())
-            .with_cors(Cors::new(console_url.clone()));
+            .with_cors(Cors::new(cors_origins));
         let (_, gateway_task) = gateway
             .serve(listener)
             .await
@@ -260,6 +267,7 @@ impl LocalStack {
             functions,
             base_url,
             console_url,
+            importer_origin,
             oidc_url,
             lambda_url,
             schedules,
@@ -311,14 +319,14 @@ fn listener_url(what: &str, listener: &tokio::net::TcpListener) -> Result<String
     Ok(format!("http://{address}"))
 }
 
-/// The imports bucket's CORS rule for the console origin (constants in
-/// [`crate::console`]): the browser PUTs presigned uploads to it. template.yaml
-/// declares no `CorsConfiguration` on the bucket yet, so the rule is applied here
-/// and reported as adjusted.
+/// The imports bucket's CORS rule for the console origin and the importer origin
+/// (constants in [`crate::console`]): the browser PUTs presigned uploads to it.
+/// template.yaml declares no `CorsConfiguration` on the bucket yet, so the rule is
+/// applied here and reported as adjusted.
 async fn allow_console_uploads(
     sdk: &SdkConfig,
     provisioned: &mut Provisioned,
-    console_url: &str,
+    origins: &[String],
 ) -> Result<(), StackError> {
     use crate::console::{
         UPLOAD_CORS_ALLOWED_HEADERS, UPLOAD_CORS_ALLOWED_METHODS, UPLOAD_CORS_EXPOSED_HEADERS,
@@ -336,7 +344,7 @@ async fn allow_console_uploads(
         StackError::Configure("the imports bucket's CORS".into(), e.to_string())
     };
     let rule = CorsRule::builder()
-        .allowed_origins(console_url)
+        .set_allowed_origins(Some(origins.to_vec()))
         .set_allowed_methods(Some(
             UPLOAD_CORS_ALLOWED_METHODS.map(str::to_owned).to_vec(),
         ))
@@ -361,7 +369,8 @@ async fn allow_console_uploads(
         .await
         .map_err(|e| configure(&aws_sdk_s3::error::DisplayErrorContext(e)))?;
     provisioned.adjusted.push(format!(
-        "ImportsBucket: CORS rule for the console origin {console_url} (PUT; not in template.yaml yet)"
+        "ImportsBucket: CORS rule for the console and importer origins {} (PUT; not in template.yaml yet)",
+        origins.join(", ")
     ));
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The web console's side of the local stack, over real HTTP: the console origin
 //! (`console/dist/`, `config.json`, the production security headers), the local OIDC
 //! provider (authorization code + PKCE S256) whose tokens the HTTP API accepts, the
-//! HTTP API's CORS for the console origin only, the OAuth return-URL allow-list with
-//! the console origin, and presigned uploads and downloads from the console origin.
+//! HTTP API's CORS for the console origin and the importer origin only, the OAuth
+//! return-URL allow-list with the console origin, and presigned uploads (from both
+//! origins) and downloads.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 const INDEX: &str = "<!doctype html><title>custody console</title><div id=app></div>";
 const APP_JS: &str = "console.log('app');";
+const IMPORTER_JS: &str = "export class CustodyImporter {}";
 
 fn http() -> Client {
     Client::builder()
@@ -24,12 +26,13 @@ fn http() -> Client {
         .unwrap()
 }
 
-/// A console build of our own: an entry page and one asset.
+/// A console build of our own: an entry page, one asset and the embeddable importer.
 fn fake_dist() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("custody-console-dist-{}", ulid::Ulid::new()));
     std::fs::create_dir_all(dir.join("assets")).unwrap();
     std::fs::write(dir.join("index.html"), INDEX).unwrap();
     std::fs::write(dir.join("assets/app.js"), APP_JS).unwrap();
+    std::fs::write(dir.join("custody-importer.js"), IMPORTER_JS).unwrap();
     dir
 }
 
@@ -113,6 +116,41 @@ async fn the_console_origin_serves_the_app_its_config_and_the_security_headers()
             .starts_with("text/javascript")
     );
     assert_eq!(response.text().await.unwrap(), APP_JS);
+    // What a page on another origin loads to embed the importer (a module script is
+    // fetched in CORS mode): any origin may read it; the app's pages are not shared.
+    for path in ["/custody-importer.js", "/assets/app.js"] {
+        let response = http
+            .get(format!("{origin}{path}"))
+            .header("origin", "https://app.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_security_headers(&response, &site);
+        assert_eq!(
+            header(&response, "access-control-allow-origin"),
+            Some("*"),
+            "{path}"
+        );
+    }
+    let response = http
+        .get(format!("{origin}/custody-importer.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), IMPORTER_JS);
+    for path in ["/", "/config.json", "/imports"] {
+        let response = http
+            .get(format!("{origin}{path}"))
+            .header("origin", "https://app.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            header(&response, "access-control-allow-origin").is_none(),
+            "{path}"
+        );
+    }
     // Nothing outside the build: a traversal gets the entry page, never the file.
     std::fs::write(dist.join(".secret"), "no").unwrap();
     for path in ["/.secret", "/assets/%2e%2e/.secret", "/assets/..%2f.secret"] {
@@ -302,6 +340,12 @@ async fn the_console_logs_in_calls_the_api_connects_and_uploads_on_the_local_sta
     // --- The console origin, as `make up` reports it.
     let state = env.state();
     assert_eq!(state["console"], format!("{console_origin}/"));
+    // Where pages embedding <custody-importer> run: the console's server under
+    // another name, so another origin.
+    let importer_origin = stack.importer_origin.clone();
+    assert_eq!(state["importer_origin"], importer_origin.as_str());
+    assert_eq!(importer_origin, console::importer_origin(&console_origin));
+    assert_ne!(importer_origin, console_origin);
     // Where a browser clicks Install in the simulated Marketplace (the console's
     // browser journey reads it), back to custody's callback.
     let install = state["highlevel_marketplace_install"].as_str().unwrap();
@@ -601,15 +645,16 @@ async fn the_console_logs_in_calls_the_api_connects_and_uploads_on_the_local_sta
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
-    // --- CORS on the HTTP API: the console origin only.
-    for path in [
-        "/connections",
-        "/imports/01jc0000000000000000000000",
-        "/export/runs",
+    // --- CORS on the HTTP API: the console origin and the importer origin only.
+    for (path, origin) in [
+        ("/connections", &console_origin),
+        ("/imports/01jc0000000000000000000000", &console_origin),
+        ("/export/runs", &console_origin),
+        ("/imports", &importer_origin),
     ] {
         let response = http
             .request(Method::OPTIONS, format!("{api}{path}"))
-            .header("origin", &console_origin)
+            .header("origin", origin)
             .header("access-control-request-method", "POST")
             .header(
                 "access-control-request-headers",
@@ -620,7 +665,7 @@ async fn the_console_logs_in_calls_the_api_connects_and_uploads_on_the_local_sta
             .unwrap();
         assert_eq!(response.status(), StatusCode::NO_CONTENT, "{path}");
         for (name, value) in [
-            ("access-control-allow-origin", console_origin.as_str()),
+            ("access-control-allow-origin", origin.as_str()),
             ("access-control-allow-methods", "GET, POST, PUT, DELETE"),
             (
                 "access-control-allow-headers",
@@ -678,6 +723,18 @@ async fn the_console_logs_in_calls_the_api_connects_and_uploads_on_the_local_sta
     assert_eq!(
         header(&response, "access-control-allow-origin"),
         Some(console_origin.as_str())
+    );
+    let response = http
+        .get(format!("{api}/connections"))
+        .bearer_auth(token)
+        .header("origin", &importer_origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(&response, "access-control-allow-origin"),
+        Some(importer_origin.as_str())
     );
     let response = http
         .get(format!("{api}/connections"))
@@ -821,6 +878,13 @@ async fn the_console_logs_in_calls_the_api_connects_and_uploads_on_the_local_sta
     );
     let methods = header(&response, "access-control-allow-methods").unwrap_or("");
     assert!(methods.contains("PUT"), "{methods}");
+    // Pages embedding <custody-importer> upload from the importer origin.
+    let response = preflight(importer_origin.clone()).await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(
+        header(&response, "access-control-allow-origin"),
+        Some(importer_origin.as_str())
+    );
     let response = preflight("http://evil.example".into()).await.unwrap();
     assert!(
         !response.status().is_success(),

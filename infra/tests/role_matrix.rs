@@ -39,11 +39,19 @@ fn routes() -> Vec<(Method, String, String)> {
             else {
                 continue;
             };
-            let public = operation
+            // Public routes (`security: []`) and those with a token of another kind
+            // than a login (the embedded importer's import-session token) have no
+            // role: only routes under the document's login scheme are in the matrix.
+            let security = operation
                 .get("security")
-                .and_then(Value::as_sequence)
-                .is_some_and(Vec::is_empty);
-            if public {
+                .unwrap_or(&doc["security"])
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default();
+            let login = security
+                .iter()
+                .any(|requirement| requirement.get("oidcJwt").is_some());
+            if !login {
                 continue;
             }
             let role = operation["x-required-role"]

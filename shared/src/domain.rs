@@ -7,6 +7,7 @@ pub mod certificate;
 pub mod highlevel;
 pub mod import_session;
 pub mod imports;
+pub mod notice;
 pub mod oauth;
 pub mod privacy;
 pub mod retention_view;

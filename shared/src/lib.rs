@@ -24,8 +24,8 @@ pub mod edge;
 pub mod kernel;
 
 pub use domain::{
-    certificate, highlevel, import_session, imports, oauth, privacy, retention_view, schedule,
-    sink, subject, suppression, webhook,
+    certificate, highlevel, import_session, imports, notice, oauth, privacy, retention_view,
+    schedule, sink, subject, suppression, webhook,
 };
 pub use edge::api;
 pub use kernel::{

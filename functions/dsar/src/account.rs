@@ -53,6 +53,9 @@ pub struct Started {
 pub async fn start(deps: &Deps, tenant: &TenantId, actor: &str) -> Result<Started, ProcessError> {
     let now = deps.now();
     let key = AccountDeletion::key_of(tenant);
+    // Where the purge's notice goes, read before the job exists: the purge deletes
+    // the settings.
+    let notification = crate::notices::notifier(deps).webhook(tenant).await?;
     let job = match deps.store.get::<AccountDeletion>(&key).await? {
         Some(job) => job,
         None => {
@@ -68,6 +71,7 @@ pub async fn start(deps: &Deps, tenant: &TenantId, actor: &str) -> Result<Starte
             }
         }
     };
+    crate::notices::hold_account_purged(deps, tenant, &job.id, notification).await?;
     let (deleted, connections_deleted) = delete_connections(deps, tenant).await?;
     let grants_revoked = revoke_grants(deps, &deleted).await;
     let schedule_removed = deps.schedules.delete(tenant).await?;
@@ -303,6 +307,20 @@ pub async fn purge(
         save(deps, &mut job).await?;
         custody::metrics::count(custody::metrics::names::PURGES_COMPLETED, 1);
     }
+    // The tenant's notice (once), before the certificate's entry, which must stay the
+    // chain's head for a rerun to find it.
+    crate::notices::release_account_purged(
+        deps,
+        tenant,
+        &job.id,
+        job.certificate
+            .as_ref()
+            .and_then(|signed| signed.certificate().ok())
+            .map(|c| c.certificate_id)
+            .as_deref(),
+        job.requested_at,
+    )
+    .await?;
     // The certificate goes to the audit log (kept) once: a rerun after a crash finds
     // it at the head (nothing else of the tenant writes after the purge).
     let head = deps.audit.head(tenant, AuditClass::Evidence).await?;
@@ -323,6 +341,12 @@ pub async fn purge(
             )
             .await?;
     }
+    deps.store
+        .delete(&custody::notice::Notice::key_of(
+            tenant,
+            &custody::notice::event_ids::account_purged(&job.id),
+        ))
+        .await?;
     // Last of the tenant's items.
     deps.store.delete(&key).await?;
     Ok(PurgeProgress::Done)
@@ -373,6 +397,8 @@ async fn purge_table_page(
         .iter()
         .filter_map(|item| Some(Key::new(text(item, "pk")?, text(item, "sk")?)))
         .filter(|key| *key != job_key)
+        // The purge's own notice goes after it is sent, with the job.
+        .filter(|key| !crate::notices::is_account_notice(tenant, &key.pk, &key.sk))
         .collect();
     for chunk in keys.chunks(BATCH) {
         batch_delete(deps, chunk).await?;

@@ -51,7 +51,7 @@ impl DeadlineCheck {
 /// What one check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadlineReport {
-    /// Open requests past their acknowledgement or response deadline.
+    /// Open requests past their acknowledgement, initial-response or response deadline.
     pub requests_overdue: u64,
     /// Account purges still running [`PURGE_TIME`] after they were requested.
     pub purges_stuck: u64,
@@ -67,6 +67,8 @@ pub enum Overdue {
     Acknowledgement,
     /// Not answered by the earlier of the regulation's and the product's date.
     Response,
+    /// No substantive first response within the product's 7 business days.
+    InitialResponse,
 }
 
 /// Whether an open request is past a deadline at `now` (`None`: on time, or closed).
@@ -78,6 +80,8 @@ pub fn overdue(request: &PrivacyRequest, now: DateTime<Utc>) -> Option<Overdue> 
         Some(Overdue::Response)
     } else if !request.acknowledged_in_time || request.acknowledged_at > request.deadlines.ack_due {
         Some(Overdue::Acknowledgement)
+    } else if request.initial_response_overdue(now) {
+        Some(Overdue::InitialResponse)
     } else {
         None
     }
@@ -95,13 +99,14 @@ pub async fn check(deps: &Deps) -> Result<DeadlineReport, ProcessError> {
     let now = deps.now();
     let mut report = DeadlineReport::default();
     let mut start: Option<Item> = None;
+    let mut notices = crate::notices::DailyNotices::default();
     loop {
         let out = deps
             .store
             .client()
             .scan()
             .table_name(deps.store.table())
-            .filter_expression("#kind IN (:request, :job)")
+            .filter_expression("#kind IN (:request, :job, :notice)")
             .expression_attribute_names("#kind", "kind")
             .expression_attribute_values(
                 ":request",
@@ -111,11 +116,16 @@ pub async fn check(deps: &Deps) -> Result<DeadlineReport, ProcessError> {
                 ":job",
                 AttributeValue::S(AccountDeletion::KIND.to_owned()),
             )
+            .expression_attribute_values(
+                ":notice",
+                AttributeValue::S(custody::notice::Notice::KIND.to_owned()),
+            )
             .set_exclusive_start_key(start.take())
             .send()
             .await
             .map_err(|e| ProcessError::Store(StoreError::Dynamo(custody::aws::error_text(&e))))?;
         for item in out.items.unwrap_or_default() {
+            notices.observe(&item, now);
             tally(&mut report, item, now);
         }
         match out.last_evaluated_key {
@@ -135,6 +145,8 @@ pub async fn check(deps: &Deps) -> Result<DeadlineReport, ProcessError> {
         running_purges = report.running_purges,
         "deadline check"
     );
+    // Deadline notices to the tenants, and notices whose delivery failed, again.
+    notices.run(deps).await?;
     Ok(report)
 }
 

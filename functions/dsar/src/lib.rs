@@ -15,6 +15,7 @@
 pub mod account;
 pub mod deadlines;
 pub mod files;
+pub mod notices;
 pub mod process;
 pub mod revoke;
 pub mod routes;

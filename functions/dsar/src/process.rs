@@ -106,6 +106,8 @@ pub enum ProcessError {
     Privacy(#[from] custody::privacy::PrivacyError),
     #[error(transparent)]
     Schedule(#[from] custody::schedule::ScheduleError),
+    #[error(transparent)]
+    Notice(#[from] custody::notice::NoticeError),
     #[error("the request changed concurrently; retry")]
     Conflict,
     #[error("S3 call failed: {0}")]
@@ -162,7 +164,12 @@ async fn run_request(
         return Ok(Progress::NotRunnable(None));
     };
     match request.status {
-        Status::Complete | Status::Denied => return Ok(Progress::Finished(request.status)),
+        Status::Complete | Status::Denied => {
+            // A duplicate record of a finished request: its completion notice, which
+            // is written once (a failure to write it before ends here on the retry).
+            crate::notices::on_completed(deps, &request).await?;
+            return Ok(Progress::Finished(request.status));
+        }
         Status::Pending => {
             request.move_to(Status::InProcessing, deps.now())?;
             save(deps, &mut request).await?;
@@ -185,7 +192,11 @@ async fn run_request(
         other => return Ok(Progress::NotRunnable(Some(other))),
     }
     match run_steps(deps, &mut request, budget).await {
-        Ok(progress) => Ok(progress),
+        Ok(progress) => {
+            // Not a failed run: the request is complete; the record's retry writes it.
+            crate::notices::on_completed(deps, &request).await?;
+            Ok(progress)
+        }
         Err(err) => {
             record_failure(deps, tenant, id, &err).await;
             Err(err)
@@ -292,6 +303,7 @@ fn error_kind(err: &ProcessError) -> &'static str {
         ProcessError::Imports(_) => "imports",
         ProcessError::Privacy(_) => "state",
         ProcessError::Schedule(_) => "schedule",
+        ProcessError::Notice(_) => "notice",
         ProcessError::Conflict => "conflict",
         ProcessError::S3(_) => "s3",
         ProcessError::Encode(_) => "encode",

@@ -16,14 +16,15 @@ use custody::audit::{Event, Outcome};
 use custody::privacy::{
     ConsentChange, ConsentRecord, ConsentState, Deadlines, ExtensionLength, MAX_CONSENT_TEXT_LEN,
     MAX_TEXT_LEN, MAX_VERIFICATION_ATTEMPTS, PrivacyError, PrivacyRequest, PrivacySettings,
-    Regulation, RequestKind, Status, TenantZone, UnknownTimeZone, VerificationCode, WebhookTarget,
-    days_left, extend_deadlines, validate_purpose,
+    Regulation, RequestKind, Restriction, RestrictionGround, Status, TenantZone, UnknownTimeZone,
+    VerificationCode, WebhookTarget, days_left, extend_deadlines, validate_purpose,
 };
 use custody::retention::RetentionClass;
 use custody::seal::{Purpose, SealContext};
 use custody::store::{Condition, Entity, Store, StoreError, keys};
 use custody::subject::{Identifier, IdentifierKind, SubjectError};
 use custody::subject_index::{Source, SubjectRef};
+use custody::suppression::{self, Scope as SuppressionScope, Suppression};
 use custody::tenant::TenantId;
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
@@ -55,12 +56,16 @@ pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Prob
             | "POST /privacy/requests/{id}/extend"
             | "PUT /privacy/consent"
             | "PUT /privacy/settings"
+            | "POST /privacy/restrict"
+            | "POST /privacy/requests/{id}/lift"
     ) {
         custody::privacy::ensure_open(&deps.store, &caller.tenant).await?;
     }
     match route.as_str() {
         "POST /privacy/export" => create(deps, req, &caller, RequestKind::Access).await,
         "POST /privacy/delete" => create(deps, req, &caller, RequestKind::Erasure).await,
+        "POST /privacy/restrict" => create(deps, req, &caller, RequestKind::Restrict).await,
+        "POST /privacy/requests/{id}/lift" => lift(deps, req, &caller).await,
         "GET /privacy/requests" => list(deps, &caller).await,
         "GET /privacy/requests/{id}" => get_request(deps, req, &caller).await,
         "POST /privacy/requests/{id}/verify" => verify(deps, req, &caller).await,
@@ -241,6 +246,9 @@ struct CreateBody {
     /// receipt, not from filing.
     #[serde(default)]
     received_at: Option<DateTime<Utc>>,
+    /// `restrict` requests only: why processing is restricted.
+    #[serde(default)]
+    ground: Option<RestrictionGround>,
 }
 
 #[derive(Debug, Serialize)]
@@ -265,6 +273,28 @@ async fn create(
     let pseudonyms = body.subject.pseudonyms(deps, tenant, "subject")?;
     if let Some(note) = &body.note {
         check_text("note", note)?;
+    }
+    let ground = match (kind, body.ground) {
+        (RequestKind::Restrict, Some(ground)) => Some(ground),
+        (RequestKind::Restrict, None) => {
+            return Err(Problem::bad_request(
+                "ground",
+                "a restriction states its ground: accuracy_contested, unlawful_processing, legal_claims or objection",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(Problem::bad_request(
+                "ground",
+                "only restrict requests take a ground",
+            ));
+        }
+        (_, None) => None,
+    };
+    if kind == RequestKind::Restrict && body.verify_subject {
+        return Err(Problem::bad_request(
+            "verify_subject",
+            "a restriction is in force from filing (it only protects the subject); it takes no verification code",
+        ));
     }
     let now = deps.now();
     let received_at = body.received_at.unwrap_or(now);
@@ -333,6 +363,8 @@ async fn create(
         last_error: None,
         completed_at: None,
         updated_at: now,
+        initial_response_at: None,
+        restriction: None,
         version: 1,
     };
     let next = if webhook.is_some() {
@@ -341,6 +373,20 @@ async fn create(
         Status::Pending
     };
     request.move_to(next, now)?;
+    // A restriction is the answer itself: in force (its markers written below, in the
+    // same transaction) and complete at once, until lifted.
+    if let Some(ground) = ground {
+        request.restriction = Some(Restriction {
+            ground,
+            since: now,
+            lifted_at: None,
+            lifted_by: None,
+            lift_reason: None,
+        });
+        request.move_to(Status::InProcessing, now)?;
+        request.move_to(Status::Complete, now)?;
+        request.completed_at = Some(now);
+    }
 
     // The request, its index entries and its code in one transaction: never a request
     // without its refs, nor a code without its request.
@@ -356,6 +402,19 @@ async fn create(
             expires_at: None,
         };
         writes.push(put(deps, &subject_ref, false)?);
+        if request.restriction.is_some() {
+            writes.push(put(
+                deps,
+                &Suppression {
+                    tenant: tenant.clone(),
+                    pseudonym: pseudonym.clone(),
+                    scope: SuppressionScope::Restricted.name(),
+                    by: format!("privacy_request:{id}"),
+                    since: now,
+                },
+                false,
+            )?);
+        }
     }
     let code = match &webhook {
         Some(_) => {
@@ -365,6 +424,12 @@ async fn create(
         }
         None => None,
     };
+    // The tenant's notices of the filing, in the same transaction (never a request
+    // without them); delivered below.
+    let filed_notices = crate::notices::filed(&request, code.as_ref().map(|(_, at)| *at), now);
+    for notice in &filed_notices {
+        writes.push(put(deps, notice, true)?);
+    }
     deps.store
         .client()
         .transact_write_items()
@@ -388,11 +453,24 @@ async fn create(
             .detail("free_of_charge", free_of_charge),
         )
         .await?;
+    if let Some(restriction) = &request.restriction {
+        deps.audit
+            .append(
+                tenant,
+                Event {
+                    actor: caller.actor(),
+                    ..base_event(&request, "privacy_request.restricted")
+                }
+                .detail("ground", restriction_ground(restriction.ground)),
+            )
+            .await?;
+    }
     let mut delivered = None;
     if let (Some(hook), Some((code, expires_at))) = (&webhook, &code) {
         let ok = deliver_code(deps, tenant, hook, &id, code, *expires_at).await;
         delivered = Some(ok);
     }
+    crate::notices::deliver_filed(deps, filed_notices).await;
     json_response(
         StatusCode::ACCEPTED,
         &json!({
@@ -405,7 +483,9 @@ async fn create(
             "due_at": deadlines.due_at,
             "product_due_at": deadlines.product_due_at,
             "respond_by": deadlines.respond_by(),
+            "initial_response_due": deadlines.initial_response_due,
             "acknowledged_in_time": request.acknowledged_in_time,
+            "restriction": request.restriction,
             "time_zone": request.time_zone,
             "free_of_charge": free_of_charge,
             "verification": webhook.as_ref().map(|_| json!({
@@ -522,7 +602,8 @@ async fn list(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
         .query_all::<PrivacyRequest>(&keys::tenant(&caller.tenant), &keys::privacy_request(""))
         .await?
         .into_iter()
-        .filter(|r| r.status.is_open())
+        // Open requests, and restrictions in force (answered, but still acting).
+        .filter(|r| r.status.is_open() || r.restriction.as_ref().is_some_and(Restriction::in_force))
         .collect();
     open.sort_by_key(|r| r.deadlines.respond_by());
     let requests: Vec<_> = open
@@ -538,8 +619,11 @@ async fn list(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
                 "due_at": r.deadlines.due_at,
                 "respond_by": r.deadlines.respond_by(),
                 "days_left": days_left(r.deadlines.respond_by(), now),
-                "overdue": now > r.deadlines.respond_by(),
+                "overdue": r.status.is_open() && now > r.deadlines.respond_by(),
+                "initial_response_due": r.deadlines.initial_response_due,
+                "initial_response_overdue": r.status.is_open() && r.initial_response_overdue(now),
                 "extended": r.extension.is_some(),
+                "restriction": r.restriction,
             })
         })
         .collect();
@@ -619,6 +703,9 @@ async fn get_request(
             "days_left": days_left(request.deadlines.respond_by(), now),
             "acknowledged_at": request.acknowledged_at,
             "acknowledged_in_time": request.acknowledged_in_time,
+            "initial_response_at": request.initial_response_at,
+            "initial_response_overdue": request.initial_response_overdue(now),
+            "restriction": request.restriction,
             "extension": request.extension.as_ref().map(|e| json!({
                 "length": e.length, "extended_at": e.extended_at, "previous_due_at": e.previous_due_at,
             })),
@@ -629,6 +716,7 @@ async fn get_request(
             "denial_reason": request.denial_reason,
             "completed_at": request.completed_at,
             "download": download,
+            "notices": crate::notices::of_request(deps, &caller.tenant, &id).await?,
         }),
     )
 }
@@ -877,6 +965,8 @@ async fn extend(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
         previous_due_at: request.deadlines.due_at,
     });
     request.deadlines = extended;
+    // An extension with its reasons is a substantive first response.
+    request.initial_response_at.get_or_insert(now);
     crate::process::save(deps, &mut request)
         .await
         .map_err(problem)?;
@@ -892,6 +982,7 @@ async fn extend(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
             },
         )
         .await?;
+    crate::notices::on_extended(deps, &request).await;
     json_response(
         StatusCode::OK,
         &json!({
@@ -969,6 +1060,14 @@ async fn put_consent(
     caller.require(Role::Admin)?;
     let body: ConsentBody = json_body(req, MAX_BODY)?;
     validate_purpose(&body.purpose).map_err(|e| Problem::bad_request("purpose", e.to_string()))?;
+    // Once a tenant declares its purposes, consent is recorded for those only.
+    let declared = custody::privacy::declared_purposes(&deps.store, &caller.tenant).await?;
+    if !declared.is_empty() && !declared.contains(&body.purpose) {
+        return Err(Problem::bad_request(
+            "purpose",
+            "not one of the purposes the tenant declared (PUT /privacy/settings)",
+        ));
+    }
     check_consent_text("source", &body.source)?;
     check_consent_text("policy_version", &body.policy_version)?;
     // Kept under the first identifier given (email, then phone, then contact id).
@@ -1012,6 +1111,24 @@ async fn put_consent(
     }
     let record =
         written.ok_or_else(|| Problem::conflict("consent changed concurrently; try again"))?;
+    // Every identifier given: an import row may name the subject by any of them.
+    let scope = SuppressionScope::ConsentWithdrawn(body.purpose.clone());
+    match body.state {
+        ConsentState::Withdrawn => {
+            suppression::suppress(
+                &deps.store,
+                &caller.tenant,
+                &scope,
+                &pseudonyms,
+                "consent",
+                now,
+            )
+            .await?
+        }
+        ConsentState::Granted => {
+            suppression::lift(&deps.store, &caller.tenant, &scope, &pseudonyms).await?
+        }
+    }
     let action = match body.state {
         ConsentState::Granted => "consent.granted",
         ConsentState::Withdrawn => "consent.withdrawn",
@@ -1032,28 +1149,145 @@ async fn put_consent(
 }
 
 // ---------------------------------------------------------------------------------
+// Lifting a restriction
+// ---------------------------------------------------------------------------------
+
+/// The audit and API name of a ground.
+fn restriction_ground(ground: RestrictionGround) -> &'static str {
+    match ground {
+        RestrictionGround::AccuracyContested => "accuracy_contested",
+        RestrictionGround::UnlawfulProcessing => "unlawful_processing",
+        RestrictionGround::LegalClaims => "legal_claims",
+        RestrictionGround::Objection => "objection",
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiftBody {
+    reason: String,
+}
+
+/// Lifts a restriction: the subject's markers go, unless another restriction of the
+/// same subject is still in force. GDPR Art. 18(3) asks that the subject be told
+/// before: the reason is recorded (its text only on the request, as it may name
+/// people) and the lifting audited.
+async fn lift(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<Body>, Problem> {
+    caller.require(Role::Admin)?;
+    let id = request_id(req)?;
+    let body: LiftBody = json_body(req, MAX_BODY)?;
+    if body.reason.trim().is_empty() {
+        return Err(Problem::bad_request(
+            "reason",
+            "say why the restriction ends (the subject is told before it is lifted)",
+        ));
+    }
+    check_text("reason", &body.reason)?;
+    let mut request = load_request(deps, caller, &id).await?;
+    let Some(restriction) = request.restriction.clone() else {
+        return Err(Problem::conflict("only restrict requests can be lifted"));
+    };
+    if !restriction.in_force() {
+        return Err(Problem::conflict("this restriction is already lifted"));
+    }
+    let now = deps.now();
+    // Pseudonyms another restriction in force still covers keep their marker.
+    let others: HashSet<String> = deps
+        .store
+        .query_all::<PrivacyRequest>(&keys::tenant(&caller.tenant), &keys::privacy_request(""))
+        .await?
+        .into_iter()
+        .filter(|r| r.id != id && r.restriction.as_ref().is_some_and(Restriction::in_force))
+        .flat_map(|r| r.pseudonyms)
+        .collect();
+    let freed: Vec<String> = request
+        .pseudonyms
+        .iter()
+        .filter(|p| !others.contains(*p))
+        .cloned()
+        .collect();
+    request.restriction = Some(Restriction {
+        lifted_at: Some(now),
+        lifted_by: Some(caller.actor()),
+        lift_reason: Some(body.reason.trim().to_owned()),
+        ..restriction
+    });
+    // Markers first (idempotent), then the record: the other order could leave
+    // markers behind a request that says lifted, which no retry would find.
+    suppression::lift(
+        &deps.store,
+        &caller.tenant,
+        &SuppressionScope::Restricted,
+        &freed,
+    )
+    .await?;
+    crate::process::save(deps, &mut request)
+        .await
+        .map_err(problem)?;
+    deps.audit
+        .append(
+            &caller.tenant,
+            Event {
+                actor: caller.actor(),
+                ..base_event(&request, "privacy_request.restriction_lifted")
+                    .detail("reason_given", true)
+                    .detail(
+                        "still_restricted_by_another_request",
+                        (request.pseudonyms.len() - freed.len()) as u64,
+                    )
+            },
+        )
+        .await?;
+    json_response(
+        StatusCode::OK,
+        &json!({ "id": id, "restriction": request.restriction }),
+    )
+}
+
+// ---------------------------------------------------------------------------------
 // Settings and account
 // ---------------------------------------------------------------------------------
 
 async fn get_settings(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Problem> {
-    caller.require(Role::Admin)?;
+    // Operators create imports, which name a declared purpose: they read the list
+    // (no secret is ever shown, only webhook URLs).
+    caller.require(Role::Operator)?;
     let current = settings(deps, &caller.tenant).await?;
     json_response(
         StatusCode::OK,
         &json!({
             "time_zone": current.as_ref().map(|s| s.time_zone.clone()).unwrap_or_else(|| "UTC".into()),
+            "purposes": current.as_ref().map(|s| s.purposes.clone()).unwrap_or_default(),
             "verification_webhook": current.and_then(|s| s.verification_webhook).map(|h| json!({ "url": h.url })),
+            "notification_webhook": crate::notices::webhook_shown(deps, &caller.tenant).await?,
         }),
     )
 }
 
+/// A partial update: a field left out keeps its value; `verification_webhook: null`
+/// removes the webhook.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettingsBody {
     #[serde(default)]
     time_zone: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    verification_webhook: Option<Option<WebhookInput>>,
     #[serde(default)]
-    verification_webhook: Option<WebhookInput>,
+    purposes: Option<Vec<String>>,
+    /// Where privacy notices go (`custody::notice`); the same partial update.
+    #[serde(default, deserialize_with = "present")]
+    notification_webhook: Option<Option<crate::notices::WebhookInput>>,
+}
+
+/// `Some(None)` for an explicit `null`, `Some(Some(_))` for a value; a missing field
+/// stays `None` (serde's default).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -1070,14 +1304,48 @@ async fn put_settings(
 ) -> Result<Response<Body>, Problem> {
     caller.require(Role::Admin)?;
     let body: SettingsBody = json_body(req, MAX_BODY)?;
+    let current = settings(deps, &caller.tenant).await?;
     let zone: TenantZone = match &body.time_zone {
         Some(name) => name
             .parse()
             .map_err(|e: UnknownTimeZone| Problem::bad_request("time_zone", e.to_string()))?,
-        None => TenantZone::default(),
+        None => current
+            .as_ref()
+            .map(PrivacySettings::zone)
+            .unwrap_or_default(),
     };
+    let purposes = match body.purposes {
+        Some(purposes) => {
+            if purposes.len() > custody::privacy::MAX_PURPOSES {
+                return Err(Problem::bad_request(
+                    "purposes",
+                    format!("at most {} purposes", custody::privacy::MAX_PURPOSES),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (i, purpose) in purposes.iter().enumerate() {
+                validate_purpose(purpose)
+                    .map_err(|e| Problem::bad_request(format!("purposes[{i}]"), e.to_string()))?;
+                if !seen.insert(purpose.as_str()) {
+                    return Err(Problem::bad_request(
+                        format!("purposes[{i}]"),
+                        "each purpose once",
+                    ));
+                }
+            }
+            purposes
+        }
+        None => current
+            .as_ref()
+            .map(|s| s.purposes.clone())
+            .unwrap_or_default(),
+    };
+    let notification =
+        crate::notices::prepare_webhook(deps, &caller.tenant, body.notification_webhook).await?;
     let webhook = match body.verification_webhook {
-        Some(input) => {
+        None => current.and_then(|s| s.verification_webhook),
+        Some(None) => None,
+        Some(Some(input)) => {
             let url =
                 custody::webhook::destination_url(&input.url, deps.dsar.egress.allow_loopback)
                     .map_err(|e| Problem::bad_request("verification_webhook.url", e.to_string()))?;
@@ -1099,16 +1367,16 @@ async fn put_settings(
                 secret: sealed,
             })
         }
-        None => None,
     };
     let settings = PrivacySettings {
         tenant: caller.tenant.clone(),
         time_zone: zone.name().to_owned(),
         verification_webhook: webhook,
-        purposes: Vec::new(),
+        purposes,
         updated_at: deps.now(),
     };
     deps.store.put(&settings).await?;
+    crate::notices::apply_webhook(deps, &caller.tenant, &notification).await?;
     deps.audit
         .append(
             &caller.tenant,
@@ -1118,10 +1386,12 @@ async fn put_settings(
                 PrivacySettings::RECORD,
             )
             .detail("time_zone", settings.time_zone.clone())
+            .detail("purposes", settings.purposes.join(","))
             .detail(
                 "verification_webhook",
                 settings.verification_webhook.is_some(),
-            ),
+            )
+            .detail("notification_webhook", notification.configured()),
         )
         .await?;
     get_settings(deps, caller).await

@@ -13,6 +13,7 @@ pub mod kick;
 pub mod model;
 pub mod routes;
 pub mod settings;
+pub mod suppress;
 pub mod tokens;
 pub mod worker;
 
@@ -53,6 +54,9 @@ pub struct Deps {
     /// The SDK config S3 destinations assume the customer's role from (`None`: a
     /// destination with a role cannot be opened).
     pub sdk: Option<aws_config::SdkConfig>,
+    /// The pseudonym application secret, read on first use (`suppress::AppSecret`):
+    /// only a run with suppressed subjects needs it.
+    pub app_secret: suppress::AppSecret,
 }
 
 impl Deps {
@@ -91,6 +95,10 @@ impl Deps {
             },
             sink_retry: SinkRetry::default(),
             sdk: None,
+            app_secret: suppress::AppSecret::new(
+                clients.secrets.clone(),
+                &config.pseudonym_secret_id,
+            ),
         }
     }
 }

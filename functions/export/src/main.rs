@@ -1,5 +1,8 @@
 //! Wiring only: configuration, clients and the token source, built once per cold
-//! start; every event goes to `export::handle_event`.
+//! start; every event goes to `export::handle_event`. The pseudonym application
+//! secret is not read here: `Deps` reads it on first use (`export::suppress::AppSecret`),
+//! so a cold start makes no Secrets Manager call for the many invocations that never
+//! need it.
 
 use std::sync::Arc;
 

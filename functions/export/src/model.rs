@@ -110,6 +110,15 @@ pub struct ExportRun {
     pub retries: u64,
     pub throttled: u64,
     pub invocations: u32,
+    /// Conversations left out because their contact is under a restriction of
+    /// processing (`custody::suppression::Scope::Restricted`). Counted with the write
+    /// position, in the same checkpoint, so a resumed run counts each once.
+    #[serde(default)]
+    pub conversations_restricted: u64,
+    /// Conversations left out because their contact withdrew consent for `export`
+    /// (only with the settings' `exclude_withdrawn_consent`).
+    #[serde(default)]
+    pub conversations_consent_withdrawn: u64,
     /// Whether the `export.started` entry is known to be written (a failure right
     /// after creating the run leaves it false; the resume writes the entry if missing).
     #[serde(default)]
@@ -154,6 +163,8 @@ impl ExportRun {
             retries: 0,
             throttled: 0,
             invocations: 0,
+            conversations_restricted: 0,
+            conversations_consent_withdrawn: 0,
             started_audited: false,
             errors: Vec::new(),
             // The export log is kept 90 days from the run's start.
@@ -286,5 +297,31 @@ impl Entity for ExportState {
 
     fn key(&self) -> Key {
         Self::key_of(&self.tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs recorded before the suppression counters existed read them as 0.
+    #[test]
+    fn runs_stored_without_the_suppression_counters_read_as_zero() {
+        let now = Utc::now();
+        let tenant = TenantId::parse("acme").unwrap();
+        let mut run = ExportRun::new(&tenant, "r1".into(), Trigger::Kick, now, None, now, vec![]);
+        run.conversations_restricted = 3;
+        let mut stored = serde_json::to_value(&run).unwrap();
+        let fields = stored.as_object_mut().unwrap();
+        fields.remove("conversations_restricted").unwrap();
+        fields.remove("conversations_consent_withdrawn").unwrap();
+        let read: ExportRun = serde_json::from_value(stored).unwrap();
+        assert_eq!(
+            (
+                read.conversations_restricted,
+                read.conversations_consent_withdrawn
+            ),
+            (0, 0)
+        );
     }
 }

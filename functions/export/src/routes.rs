@@ -124,6 +124,7 @@ async fn put_settings(
         channels: request.channels,
         date_range: request.date_range,
         destination,
+        exclude_withdrawn_consent: request.exclude_withdrawn_consent,
         updated_at: deps.store.clock().now(),
         updated_by: caller.actor(),
     };
@@ -157,10 +158,17 @@ async fn put_settings(
             .detail(
                 "channels",
                 serde_json::to_value(&settings.channels).unwrap_or_default(),
+            )
+            .detail(
+                "exclude_withdrawn_consent",
+                settings.exclude_withdrawn_consent,
             ),
         )
         .await?;
-    api::json_response(StatusCode::OK, &settings.view(true))
+    api::json_response(
+        StatusCode::OK,
+        &settings.view(true, deps.store.clock().now()),
+    )
 }
 
 /// The body of `POST /export/destination/test`: a destination as the settings name one.
@@ -292,7 +300,10 @@ async fn get_settings(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Pr
     let schedule = deps.schedules.get(&caller.tenant).await?;
     api::json_response(
         StatusCode::OK,
-        &settings.view(schedule.is_some_and(|s| s.enabled)),
+        &settings.view(
+            schedule.is_some_and(|s| s.enabled),
+            deps.store.clock().now(),
+        ),
     )
 }
 
@@ -423,6 +434,8 @@ pub fn run_view(run: &ExportRun) -> serde_json::Value {
         "bytes": run.bytes,
         "requests": run.requests,
         "invocations": run.invocations,
+        "conversations_restricted": run.conversations_restricted,
+        "conversations_consent_withdrawn": run.conversations_consent_withdrawn,
         "errors": run.errors,
     })
 }

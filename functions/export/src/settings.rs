@@ -2,7 +2,7 @@
 //! it is stored (the WebDAV password sealed with KMS), and what is shown back (never
 //! the password).
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike as _, Duration, NaiveDate, Utc, Weekday};
 use custody::TenantId;
 use custody::api::Problem;
 use custody::highlevel::Channel;
@@ -106,6 +106,10 @@ pub struct SettingsRequest {
     pub channels: Vec<Channel>,
     pub date_range: DateRange,
     pub destination: DestinationRequest,
+    /// Also leave out contacts who withdrew consent for `export` (restricted contacts
+    /// are always left out).
+    #[serde(default)]
+    pub exclude_withdrawn_consent: bool,
 }
 
 /// The destination as stored.
@@ -133,6 +137,11 @@ pub struct ExportSettings {
     pub channels: Vec<Channel>,
     pub date_range: DateRange,
     pub destination: Destination,
+    /// Leave out contacts who withdrew consent for `custody::suppression::EXPORT_PURPOSE`
+    /// (settings stored before it existed read as `false`). Contacts under a
+    /// restriction are left out either way.
+    #[serde(default)]
+    pub exclude_withdrawn_consent: bool,
     pub updated_at: DateTime<Utc>,
     pub updated_by: String,
 }
@@ -142,8 +151,16 @@ impl ExportSettings {
         Key::new(keys::tenant(tenant), keys::export_settings())
     }
 
-    /// What `GET /export/settings` shows: everything but the password.
-    pub fn view(&self, schedule_active: bool) -> serde_json::Value {
+    /// What `GET /export/settings` shows: everything but the password, and when the
+    /// schedule next runs after `now` (active `cron(…)` schedules only).
+    pub fn view(&self, schedule_active: bool, now: DateTime<Utc>) -> serde_json::Value {
+        let next_run_at = self
+            .schedule
+            .timezone
+            .parse::<custody::zone::TenantZone>()
+            .ok()
+            .filter(|_| schedule_active)
+            .and_then(|zone| next_run(&self.schedule.expression, &zone, now));
         let destination = match &self.destination {
             Destination::Webdav { url, username, .. } => serde_json::json!({
                 "type": "webdav",
@@ -165,9 +182,11 @@ impl ExportSettings {
         serde_json::json!({
             "schedule": self.schedule,
             "schedule_active": schedule_active,
+            "next_run_at": next_run_at,
             "channels": self.channels,
             "date_range": self.date_range,
             "destination": destination,
+            "exclude_withdrawn_consent": self.exclude_withdrawn_consent,
             "updated_at": self.updated_at,
         })
     }
@@ -452,32 +471,163 @@ fn cron_value(text: &str, names: &[&str], first: u32) -> Option<u32> {
 /// A cron field of `*`, `a`, `a-b`, `*/s`, `a/s`, `a-b/s` and lists of those, every
 /// value within `min..=max`.
 fn cron_set(field: &str, min: u32, max: u32, names: &[&str]) -> Result<(), ()> {
+    cron_values(field, min, max, names).map(|_| ())
+}
+
+/// The values a [`cron_set`] field names, ascending, each once.
+fn cron_values(field: &str, min: u32, max: u32, names: &[&str]) -> Result<Vec<u32>, ()> {
+    let mut values = std::collections::BTreeSet::new();
     for part in field.split(',') {
-        let range = match part.split_once('/') {
-            Some((range, step)) => {
-                cron_value(step, &[], 0).filter(|s| *s > 0).ok_or(())?;
-                range
-            }
-            None => part,
-        };
-        if range == "*" {
-            continue;
-        }
-        let (lo, hi) = match range.split_once('-') {
-            Some((a, b)) => (
-                cron_value(a, names, min).ok_or(())?,
-                cron_value(b, names, min).ok_or(())?,
+        let (range, step) = match part.split_once('/') {
+            Some((range, step)) => (
+                range,
+                Some(cron_value(step, &[], 0).filter(|s| *s > 0).ok_or(())?),
             ),
-            None => {
-                let a = cron_value(range, names, min).ok_or(())?;
-                (a, a)
-            }
+            None => (part, None),
+        };
+        let (lo, hi) = match range {
+            "*" => (min, max),
+            range => match range.split_once('-') {
+                Some((a, b)) => (
+                    cron_value(a, names, min).ok_or(())?,
+                    cron_value(b, names, min).ok_or(())?,
+                ),
+                // `a/s` runs from a to the end of the range.
+                None => {
+                    let a = cron_value(range, names, min).ok_or(())?;
+                    (a, if step.is_some() { max } else { a })
+                }
+            },
         };
         if lo < min || hi > max || lo > hi {
             return Err(());
         }
+        let step = usize::try_from(step.unwrap_or(1)).map_err(|_| ())?;
+        values.extend((lo..=hi).step_by(step));
     }
-    Ok(())
+    Ok(values.into_iter().collect())
+}
+
+/// How far ahead [`next_run`] looks: a year field may name a year this far off.
+const NEXT_RUN_HORIZON_DAYS: u32 = 8 * 366;
+
+/// When a schedule next runs after `after`, read as EventBridge Scheduler reads it
+/// in `zone` (a local time the clocks skip runs as far past the transition as it was
+/// past the gap's start: `TenantZone::instant_at`). `None` for `rate(…)` (it runs
+/// relative to the schedule's creation, which is not kept) and for a cron with no run
+/// within [`NEXT_RUN_HORIZON_DAYS`].
+pub fn next_run(
+    expression: &str,
+    zone: &custody::zone::TenantZone,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let inner = expression.strip_prefix("cron(")?.strip_suffix(')')?;
+    let fields: Vec<&str> = inner.split_whitespace().collect();
+    let [minute, hours, dom, month, dow, year] = fields.as_slice() else {
+        return None;
+    };
+    let minute: u32 = minute.parse().ok().filter(|m| *m <= 59)?;
+    let hours = cron_values(hours, 0, 23, &[]).ok()?;
+    let months = cron_values(month, 1, 12, &CRON_MONTHS).ok()?;
+    let years = match *year {
+        "*" => None,
+        years => Some(cron_values(years, 1970, 2199, &[]).ok()?),
+    };
+    let day = DayRule::parse(dom, dow)?;
+    let mut date = zone.date_of(after);
+    for _ in 0..NEXT_RUN_HORIZON_DAYS {
+        let year_ok = years.as_ref().is_none_or(|years| {
+            u32::try_from(date.year()).is_ok_and(|y| years.binary_search(&y).is_ok())
+        });
+        if year_ok && months.binary_search(&date.month()).is_ok() && day.matches(date) {
+            for hour in &hours {
+                let at = zone.instant_at(date, *hour, minute);
+                if at > after {
+                    return Some(at);
+                }
+            }
+        }
+        date = date.succ_opt()?;
+    }
+    None
+}
+
+/// Which days of a month a cron's day fields pick (exactly one of them is `?`).
+enum DayRule {
+    Days(Vec<u32>),
+    LastDay,
+    NearestWeekday(u32),
+    /// Weekdays 1 (SUN) to 7 (SAT).
+    Weekdays(Vec<u32>),
+    LastWeekday(u32),
+    NthWeekday(u32, u32),
+}
+
+impl DayRule {
+    fn parse(dom: &str, dow: &str) -> Option<Self> {
+        let weekday = |d: &str| cron_value(d, &CRON_WEEKDAYS, 1).filter(|d| (1..=7).contains(d));
+        Some(match (dom, dow) {
+            ("?", "?") => return None,
+            ("?", "L") => DayRule::Weekdays(vec![7]),
+            ("?", d) if d.len() > 1 && d.ends_with('L') => {
+                DayRule::LastWeekday(weekday(d.trim_end_matches('L'))?)
+            }
+            ("?", d) if d.contains('#') => {
+                let (day, nth) = d.split_once('#')?;
+                DayRule::NthWeekday(
+                    weekday(day)?,
+                    nth.parse().ok().filter(|n| (1..=5).contains(n))?,
+                )
+            }
+            ("?", d) => DayRule::Weekdays(cron_values(d, 1, 7, &CRON_WEEKDAYS).ok()?),
+            ("L", "?") => DayRule::LastDay,
+            (d, "?") if d.len() > 1 && d.ends_with('W') => DayRule::NearestWeekday(
+                d.trim_end_matches('W')
+                    .parse()
+                    .ok()
+                    .filter(|d| (1..=31).contains(d))?,
+            ),
+            (d, "?") => DayRule::Days(cron_values(d, 1, 31, &[]).ok()?),
+            _ => return None,
+        })
+    }
+
+    fn matches(&self, date: NaiveDate) -> bool {
+        let last = last_day_of_month(date);
+        let weekday = date.weekday().num_days_from_sunday() + 1;
+        match self {
+            DayRule::Days(days) => days.binary_search(&date.day()).is_ok(),
+            DayRule::LastDay => date.day() == last,
+            DayRule::NearestWeekday(target) => {
+                // The weekday nearest the day, within the month (Quartz's `W`).
+                let target = (*target).min(last);
+                let Some(on) = date.with_day(target) else {
+                    return false;
+                };
+                let nearest = match on.weekday() {
+                    Weekday::Sat if target == 1 => target + 2,
+                    Weekday::Sat => target - 1,
+                    Weekday::Sun if target == last => target - 2,
+                    Weekday::Sun => target + 1,
+                    _ => target,
+                };
+                date.day() == nearest
+            }
+            DayRule::Weekdays(days) => days.binary_search(&weekday).is_ok(),
+            DayRule::LastWeekday(day) => weekday == *day && date.day() + 7 > last,
+            DayRule::NthWeekday(day, nth) => weekday == *day && (date.day() - 1) / 7 + 1 == *nth,
+        }
+    }
+}
+
+fn last_day_of_month(date: NaiveDate) -> u32 {
+    let (year, month) = match date.month() {
+        12 => (date.year() + 1, 1),
+        m => (date.year(), m + 1),
+    };
+    NaiveDate::from_ymd_opt(year, month, 1)
+        .and_then(|first| first.pred_opt())
+        .map_or(28, |last| last.day())
 }
 
 fn valid_bucket(bucket: &str) -> bool {
@@ -536,6 +686,31 @@ mod tests {
     #[test]
     fn accepts_a_good_request() {
         assert!(validate(&request(base()), false).is_ok());
+        // Leaving out contacts who withdrew consent is asked for, never assumed.
+        assert!(!request(base()).exclude_withdrawn_consent);
+        let mut json = base();
+        json["exclude_withdrawn_consent"] = true.into();
+        assert!(request(json).exclude_withdrawn_consent);
+    }
+
+    /// Settings stored before `exclude_withdrawn_consent` existed read as `false`.
+    #[test]
+    fn settings_stored_without_the_consent_flag_read_as_off() {
+        let stored: ExportSettings = serde_json::from_value(serde_json::json!({
+            "tenant": "acme",
+            "schedule": {"expression": "rate(1 day)", "timezone": "UTC"},
+            "channels": ["SMS"],
+            "date_range": {"mode": "since_last_run"},
+            "destination": {"type": "s3", "bucket": "bucket", "prefix": ""},
+            "updated_at": "2025-01-01T00:00:00Z",
+            "updated_by": "user:admin",
+        }))
+        .unwrap();
+        assert!(!stored.exclude_withdrawn_consent);
+        assert_eq!(
+            stored.view(true, Utc::now())["exclude_withdrawn_consent"],
+            false
+        );
     }
 
     #[test]
@@ -736,5 +911,98 @@ mod tests {
             end: now + Duration::days(1),
         };
         assert_eq!(fixed.window(now, None).1, now);
+    }
+
+    fn zone(name: &str) -> custody::zone::TenantZone {
+        name.parse().unwrap()
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+    }
+
+    /// Next runs read as EventBridge Scheduler reads the expression, in the zone.
+    #[test]
+    fn next_runs_follow_the_expression_in_its_zone() {
+        let berlin = zone("Europe/Berlin");
+        let next = |expression: &str, after: &str| {
+            next_run(expression, &berlin, at(after)).map(|t| t.to_rfc3339())
+        };
+        // Daily 03:00 Berlin (CET, +01:00 in January).
+        assert_eq!(
+            next("cron(0 3 * * ? *)", "2026-01-10T01:00:00Z").as_deref(),
+            Some("2026-01-10T02:00:00+00:00")
+        );
+        // Just past today's run: tomorrow's.
+        assert_eq!(
+            next("cron(0 3 * * ? *)", "2026-01-10T02:00:00Z").as_deref(),
+            Some("2026-01-11T02:00:00+00:00")
+        );
+        // Summer time (+02:00).
+        assert_eq!(
+            next("cron(30 3 * * ? *)", "2026-07-01T00:00:00Z").as_deref(),
+            Some("2026-07-01T01:30:00+00:00")
+        );
+        // The spring-forward gap (02:00-03:00 on 2026-03-29 does not exist).
+        assert_eq!(
+            next("cron(30 2 * * ? *)", "2026-03-29T00:00:00Z").as_deref(),
+            Some("2026-03-29T01:30:00+00:00")
+        );
+        // Weekdays by name and number: Monday 2026-01-12 is the next MON.
+        for dow in ["MON", "2", "MON-MON"] {
+            assert_eq!(
+                next(&format!("cron(0 9 ? * {dow} *)"), "2026-01-10T00:00:00Z").as_deref(),
+                Some("2026-01-12T08:00:00+00:00"),
+                "{dow}"
+            );
+        }
+        // Last day of the month, nearest weekday, last Friday, second Tuesday.
+        assert_eq!(
+            next("cron(0 0 L * ? *)", "2026-02-01T00:00:00Z").as_deref(),
+            Some("2026-02-27T23:00:00+00:00")
+        );
+        // 2026-02-01 is a Sunday: 1W is Monday the 2nd.
+        assert_eq!(
+            next("cron(0 12 1W * ? *)", "2026-01-31T12:00:00Z").as_deref(),
+            Some("2026-02-02T11:00:00+00:00")
+        );
+        assert_eq!(
+            next("cron(0 12 ? * 6L *)", "2026-01-01T00:00:00Z").as_deref(),
+            Some("2026-01-30T11:00:00+00:00")
+        );
+        assert_eq!(
+            next("cron(0 12 ? * 3#2 *)", "2026-01-01T00:00:00Z").as_deref(),
+            Some("2026-01-13T11:00:00+00:00")
+        );
+        // Hours stepped, months and years restricted.
+        assert_eq!(
+            next("cron(15 */6 ? * * *)", "2026-01-10T06:00:00Z").as_deref(),
+            Some("2026-01-10T11:15:00+00:00")
+        );
+        assert_eq!(
+            next("cron(0 3 1 JUN ? 2027)", "2026-01-10T00:00:00Z").as_deref(),
+            Some("2027-06-01T01:00:00+00:00")
+        );
+        // Never again, and rates: no time to show.
+        assert_eq!(next("cron(0 3 1 JUN ? 1999)", "2026-01-10T00:00:00Z"), None);
+        assert_eq!(next("rate(1 day)", "2026-01-10T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn every_expression_validation_accepts_has_a_next_run_or_a_reason_not_to() {
+        for expression in [
+            "cron(0 3 * * ? *)",
+            "cron(0 0,12 ? * MON-FRI *)",
+            "cron(5 1 15W * ? *)",
+            "cron(5 1 ? * 2#5 *)",
+            "cron(5 1 ? * L *)",
+            "cron(5 1 29 2 ? *)",
+        ] {
+            validate_expression(expression).unwrap();
+            assert!(
+                next_run(expression, &zone("UTC"), at("2026-01-01T00:00:00Z")).is_some(),
+                "{expression}"
+            );
+        }
     }
 }

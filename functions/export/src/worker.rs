@@ -11,6 +11,9 @@
 //! 4. Near the deadline the run stops at a checkpoint and a one-time schedule continues
 //!    it; on failure it stays active and the next trigger resumes it. Messages pass
 //!    through memory only, one conversation at a time.
+//! 5. A conversation whose contact is suppressed (`crate::suppress`: restricted, or
+//!    withdrew consent for `export` when the settings say so) is not written: no file,
+//!    no manifest entry; only its count on the run moves, with the write position.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,7 +41,9 @@ use crate::archive;
 use crate::kick;
 use crate::model::{ExportRun, ExportState, Phase, RunFile, RunPage, RunStatus, Trigger};
 use crate::settings::{Destination, ExportSettings, password_record};
+use crate::suppress::{ExclusionError, Exclusions};
 use crate::tokens::TokenError;
+use custody::suppression::Reason;
 
 /// Actor of the worker's audit entries.
 pub const ACTOR: &str = "system:export";
@@ -387,8 +392,21 @@ enum StepError {
     Encode(String),
     #[error("run checkpoint is inconsistent: {0}")]
     Checkpoint(String),
+    /// The pseudonym secret could not be read (its text names the failure, never the
+    /// secret).
+    #[error("suppression list: {0}")]
+    Pseudonyms(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<ExclusionError> for StepError {
+    fn from(err: ExclusionError) -> Self {
+        match err {
+            ExclusionError::Store(err) => StepError::Store(err),
+            ExclusionError::Secret(err) => StepError::Pseudonyms(err.to_string()),
+        }
+    }
 }
 
 impl StepError {
@@ -397,6 +415,7 @@ impl StepError {
             StepError::HighLevel(_) => "highlevel",
             StepError::Sink(_) => "destination",
             StepError::Encode(_) | StepError::Checkpoint(_) => "internal",
+            StepError::Pseudonyms(_) => "suppression",
             StepError::Store(_) => "store",
         }
     }
@@ -581,7 +600,16 @@ async fn run(
         Err(detail) => return fail_run(deps, tenant, &mut run, "destination", detail).await,
     };
 
-    let progress = drive(deps, &mut run, &token.location_id, &client, &sink, budget).await;
+    let progress = drive(
+        deps,
+        &mut run,
+        &token.location_id,
+        &client,
+        &sink,
+        budget,
+        settings.exclude_withdrawn_consent,
+    )
+    .await;
     let stats = client.stats();
     run.requests += stats.requests;
     run.retries += stats.retries;
@@ -601,6 +629,8 @@ async fn run(
             tracing::info!(
                 run_id = %run_id,
                 conversations = run.conversations,
+                conversations_restricted = run.conversations_restricted,
+                conversations_consent_withdrawn = run.conversations_consent_withdrawn,
                 messages = run.messages,
                 bytes = run.bytes,
                 requests = run.requests,
@@ -664,6 +694,12 @@ fn started_event(run: &ExportRun) -> Event {
 fn completed_event(run: &ExportRun) -> Event {
     Event::new(ACTOR, "export.completed", format!("RUN#{}", run.run_id))
         .detail("conversations", run.conversations)
+        // Counts only: who was left out is named nowhere in the entry.
+        .detail("conversations_restricted", run.conversations_restricted)
+        .detail(
+            "conversations_consent_withdrawn",
+            run.conversations_consent_withdrawn,
+        )
         .detail("messages", run.messages)
         .detail("bytes", run.bytes)
         .detail("invocations", run.invocations)
@@ -839,6 +875,7 @@ async fn drive(
     client: &HighLevelClient,
     sink: &AnySink,
     budget: &Budget,
+    exclude_withdrawn_consent: bool,
 ) -> Result<Progress, StepError> {
     // Checked again at every step (at most every `FENCE_RECHECK`): a purge's final
     // sweep then comes after this run's last write.
@@ -848,6 +885,8 @@ async fn drive(
     let pk = keys::tenant(&run.tenant);
     let dir = archive::run_dir(location_id, run);
     let mut discovered: Option<HashSet<String>> = None;
+    // Who is left out: loaded once per invocation, before its first conversation.
+    let mut exclusions: Option<Exclusions> = None;
     loop {
         match run.phase {
             Phase::Discover => {
@@ -940,6 +979,39 @@ async fn drive(
                     let messages =
                         conversation_messages(run, location_id, conversation_id, client, &plan)
                             .await?;
+                    let excluded = match &exclusions {
+                        Some(loaded) => loaded,
+                        None => exclusions.insert(
+                            Exclusions::load(
+                                &deps.store,
+                                &deps.app_secret,
+                                &tenant,
+                                exclude_withdrawn_consent,
+                            )
+                            .await?,
+                        ),
+                    };
+                    if let Some(reason) = excluded.reason(&messages) {
+                        drop(messages);
+                        // A file of this run for it from before the subject was left
+                        // out (an invocation stopped between the file and its
+                        // checkpoint) leaves the manifest too.
+                        deps.store
+                            .delete(&Key::new(
+                                pk.clone(),
+                                keys::export_run_file(&run.run_id, conversation_id),
+                            ))
+                            .await?;
+                        // Moved with the write position in one checkpoint: a resumed or
+                        // retried run counts each conversation once.
+                        match reason {
+                            Reason::Restricted => run.conversations_restricted += 1,
+                            Reason::ConsentWithdrawn => run.conversations_consent_withdrawn += 1,
+                        }
+                        run.write_offset += 1;
+                        checkpoint(deps, run).await?;
+                        continue;
+                    }
                     let content =
                         archive::conversation_file(run, location_id, conversation_id, &messages)
                             .map_err(|e| StepError::Encode(e.to_string()))?;

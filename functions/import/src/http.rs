@@ -14,9 +14,9 @@ use custody::audit::Event;
 use custody::idempotency::RunError;
 use custody::import_session::{self, ImportSession, SessionView};
 use custody::imports::{
-    Format, IdentifierFields, Import, ImportError, Imports, LineError, MAX_RECORDED_ERRORS,
-    MAX_ROW_BYTES, MAX_UPLOAD_BYTES, Mode, ObjectKey, Purged, Status, SubjectCounter,
-    is_column_name, new_import_id, rows_batch_key,
+    Format, IdentifierFields, Import, ImportError, Imports, LeftOut, LineError,
+    MAX_RECORDED_ERRORS, MAX_ROW_BYTES, MAX_UPLOAD_BYTES, Mode, ObjectKey, Purged, RowFilter,
+    Status, SubjectCounter, is_column_name, new_import_id, rows_batch_key,
 };
 use custody::metrics::{self, names};
 use custody::retention::RetentionClass;
@@ -154,6 +154,9 @@ pub struct ImportView {
     pub required_columns: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identifiers: Option<IdentifierFields>,
+    /// The declared purpose the rows are pushed for.
+    #[serde(default)]
+    pub purpose: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -163,6 +166,12 @@ pub struct ImportView {
     pub rows_valid: u64,
     pub rows_invalid: u64,
     pub rows_delivered: u64,
+    /// Valid rows not pushed: their subject's processing is restricted.
+    #[serde(default)]
+    pub rows_restricted: u64,
+    /// Valid rows not pushed: their subject withdrew consent for `purpose`.
+    #[serde(default)]
+    pub rows_consent_withdrawn: u64,
     pub batches_delivered: u64,
     pub errors: Vec<LineError>,
     pub error: Option<String>,
@@ -183,6 +192,7 @@ impl From<&Import> for ImportView {
                 .and_then(|u| u.host_str().map(str::to_owned)),
             required_columns: import.required_columns.clone(),
             identifiers: import.identifier_fields.clone(),
+            purpose: import.purpose.clone(),
             created_at: import.created_at,
             updated_at: import.updated_at,
             completed_at: import.completed_at,
@@ -192,6 +202,8 @@ impl From<&Import> for ImportView {
             rows_valid: import.rows_valid,
             rows_invalid: import.rows_invalid,
             rows_delivered: import.rows_delivered,
+            rows_restricted: import.rows_restricted,
+            rows_consent_withdrawn: import.rows_consent_withdrawn,
             batches_delivered: import.batches_delivered,
             errors: import.errors.clone(),
             error: import.error.clone(),
@@ -225,6 +237,10 @@ struct CreateImport {
     /// Where rows carry subject identifiers beyond the default column names.
     #[serde(default)]
     identifiers: Option<IdentifierFields>,
+    /// The declared purpose the rows are pushed for: subjects who withdrew consent
+    /// for it are left out (restricted subjects are, whatever the purpose).
+    #[serde(default)]
+    purpose: Option<String>,
 }
 
 fn default_mode() -> Mode {
@@ -401,6 +417,11 @@ async fn create(
         }
     }
 
+    let purpose = match input.purpose {
+        None => None,
+        Some(purpose) => Some(declared_purpose(deps, &caller.tenant, purpose).await?),
+    };
+
     let actor = session.map_or_else(|| caller.actor(), ImportSession::actor);
     let id = new_import_id();
     let sealed = deps
@@ -426,6 +447,7 @@ async fn create(
             .map(|cc| cc.trim_start_matches('+').to_owned()),
         identifier_fields: input.identifiers.filter(|i| i.fields().next().is_some()),
         declared_bytes: input.size,
+        purpose,
         created_by: actor.clone(),
         created_at: now,
         updated_at: now,
@@ -436,6 +458,8 @@ async fn create(
         rows_valid: 0,
         rows_invalid: 0,
         rows_delivered: 0,
+        rows_restricted: 0,
+        rows_consent_withdrawn: 0,
         batches_delivered: 0,
         row_batches: 0,
         errors: Vec::new(),
@@ -452,21 +476,50 @@ async fn create(
         (Some(key), Some(size)) => Some(presign_upload(deps, &import, &key, size).await?),
         _ => None,
     };
-    process::audit(
-        deps,
-        &import,
-        Event::new(actor, "import.created", keys::import(&id))
-            .detail("format", format_name(import.format))
-            .detail("mode", process::mode_name(import.mode))
-            .detail("retention_class", class.name()),
-    )
-    .await?;
+    let mut created = Event::new(actor, "import.created", keys::import(&id))
+        .detail("format", format_name(import.format))
+        .detail("mode", process::mode_name(import.mode))
+        .detail("retention_class", class.name());
+    if let Some(purpose) = &import.purpose {
+        created = created.detail("purpose", purpose.clone());
+    }
+    process::audit(deps, &import, created).await?;
     let body = Created {
         import: ImportView::from(&import),
         upload,
         destination_secret: generated.then(|| secret.expose_secret().to_owned()),
     };
     json_response(StatusCode::CREATED, &body)
+}
+
+/// A purpose an import may name: well-formed, and one the tenant declared.
+async fn declared_purpose(
+    deps: &Deps,
+    tenant: &custody::TenantId,
+    purpose: String,
+) -> Result<String, Problem> {
+    if custody::privacy::validate_purpose(&purpose).is_err() {
+        return Err(Problem::bad_request(
+            "purpose",
+            format!(
+                "purpose must be 1-{} characters of a-z, 0-9, '_' or '-'",
+                custody::privacy::MAX_PURPOSE_LEN
+            ),
+        ));
+    }
+    let declared = custody::privacy::declared_purposes(deps.imports.store(), tenant).await?;
+    if declared.contains(&purpose) {
+        return Ok(purpose);
+    }
+    let detail = if declared.is_empty() {
+        "purpose must be one of the tenant's declared purposes, and none are declared; declare them with PUT /privacy/settings".to_owned()
+    } else {
+        format!(
+            "purpose must be one of the tenant's declared purposes: {}",
+            declared.join(", ")
+        )
+    };
+    Err(Problem::bad_request("purpose", detail))
 }
 
 fn format_name(format: Format) -> &'static str {
@@ -742,6 +795,7 @@ async fn accept_rows(
     }
     let accepted = valid.len() as u64;
     let mut delivered = None;
+    let mut left_out = LeftOut::default();
     let mut expires_at = None;
     if !valid.is_empty() {
         match import.mode {
@@ -783,37 +837,60 @@ async fn accept_rows(
             }
             Mode::Bypass => {
                 // Nothing is stored: the batch goes to the destination now, or the
-                // caller hears that it did not and sends it again.
-                let rows: Vec<Map<String, Value>> = valid.into_iter().map(|(row, _)| row).collect();
-                let number = seq - 1;
-                let batch = webhook::Batch {
-                    import_id: import.id.clone(),
-                    batch: number,
-                    rows,
-                };
-                let body = serde_json::to_vec(&batch).map_err(internal)?;
-                let url = webhook::destination_url(
-                    &import.destination_url,
-                    deps.settings.egress.allow_loopback,
-                )?;
-                let secret = deps
-                    .sealer
-                    .open(
-                        &SealContext::new(tenant, Purpose::WebhookSecret, keys::import(&import.id)),
-                        &import.destination_secret,
-                    )
-                    .await?;
-                deps.sender
-                    .deliver(
-                        &url,
-                        &secret,
-                        &webhook::delivery_id(&import.id, number),
-                        body.into(),
-                    )
-                    .await
-                    .inspect_err(|_| metrics::count(names::IMPORT_ROWS_FAILED, accepted))?;
-                metrics::count(names::IMPORT_ROWS_DELIVERED, accepted);
-                delivered = Some(accepted);
+                // caller hears that it did not and sends it again. Suppressed subjects'
+                // rows are left out, by one look at the list for the whole batch.
+                let filter = RowFilter::load(
+                    deps.imports.store(),
+                    &deps.app_secret,
+                    tenant,
+                    import.purpose.as_deref(),
+                )
+                .await
+                .map_err(ImportError::from)?;
+                let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(valid.len());
+                for ((row, _), found) in valid.into_iter().zip(&subjects) {
+                    match filter.reason(found) {
+                        Some(reason) => left_out.add(reason),
+                        None => rows.push(row),
+                    }
+                }
+                let pushed = rows.len() as u64;
+                // A batch whose every row is left out is not sent.
+                if pushed > 0 {
+                    let number = seq - 1;
+                    let batch = webhook::Batch {
+                        import_id: import.id.clone(),
+                        batch: number,
+                        rows,
+                    };
+                    let body = serde_json::to_vec(&batch).map_err(internal)?;
+                    let url = webhook::destination_url(
+                        &import.destination_url,
+                        deps.settings.egress.allow_loopback,
+                    )?;
+                    let secret = deps
+                        .sealer
+                        .open(
+                            &SealContext::new(
+                                tenant,
+                                Purpose::WebhookSecret,
+                                keys::import(&import.id),
+                            ),
+                            &import.destination_secret,
+                        )
+                        .await?;
+                    deps.sender
+                        .deliver(
+                            &url,
+                            &secret,
+                            &webhook::delivery_id(&import.id, number),
+                            body.into(),
+                        )
+                        .await
+                        .inspect_err(|_| metrics::count(names::IMPORT_ROWS_FAILED, pushed))?;
+                    metrics::count(names::IMPORT_ROWS_DELIVERED, pushed);
+                }
+                delivered = Some(pushed);
             }
         }
     }
@@ -830,6 +907,8 @@ async fn accept_rows(
             }
             if let Some(rows) = delivered {
                 imp.rows_delivered += rows;
+                imp.rows_restricted += left_out.restricted;
+                imp.rows_consent_withdrawn += left_out.consent_withdrawn;
                 imp.batches_delivered += 1;
             }
             if expires_at.is_some() {

@@ -12,6 +12,14 @@
 //! batches the destination acknowledged (`batches_delivered`, advanced by a
 //! conditional write), and a later run skips them. A batch acknowledged by the
 //! receiver whose count update was lost is sent again with the same delivery id.
+//!
+//! Rows of suppressed subjects (a restriction of processing, or consent withdrawn for
+//! the import's `purpose`) are left out of the pushes: the list is loaded once per
+//! delivery ([`RowFilter`]) and each row's pseudonyms tested against it. Batch
+//! boundaries count the left-out rows as if they were there, so a retry numbers the
+//! batches alike whoever was suppressed meanwhile; each batch's left-out counts are
+//! added in the same conditional write that advances `batches_delivered`, so a retried
+//! or redelivered batch is counted once. The stored data keeps the rows.
 
 use std::time::Duration;
 
@@ -21,13 +29,15 @@ use chrono::{DateTime, Utc};
 use custody::audit::{Event, Outcome};
 use custody::idempotency::RunError;
 use custody::imports::{
-    FileError, Import, ImportError, LineError, MAX_RECORDED_ERRORS, Mode, ObjectKey, ObjectKind,
-    ParseError, ParsedRow, Purged, REWRITE_TAG, Status, SubjectCounter, stream_rows,
+    FileError, Import, ImportError, LeftOut, LineError, MAX_RECORDED_ERRORS, Mode, ObjectKey,
+    ObjectKind, ParseError, ParsedRow, Purged, REWRITE_TAG, RowFilter, Status, SubjectCounter,
+    stream_rows,
 };
 use custody::metrics::{self, names};
 use custody::seal::{Purpose, SealContext, SealError};
 use custody::store::keys;
 use custody::subject::PseudonymKey;
+use custody::suppression::Reason;
 use custody::tenant::TenantId;
 use custody::webhook::{self, MAX_BATCH_BYTES, MAX_BATCH_ROWS, WebhookError};
 use secrecy::SecretString;
@@ -411,6 +421,8 @@ async fn final_audit(
     event = match import.status {
         Status::Delivered => event
             .detail("rows_delivered", import.rows_delivered)
+            .detail("rows_restricted", import.rows_restricted)
+            .detail("rows_consent_withdrawn", import.rows_consent_withdrawn)
             .detail("batches", import.batches_delivered)
             .detail("mode", mode_name(import.mode)),
         Status::Invalid => event
@@ -527,11 +539,28 @@ async fn get_body(
     Ok(out.body)
 }
 
+/// A finished batch: its number, the rows in its body, and the rows left out of it.
+struct Batch {
+    number: u64,
+    rows: usize,
+    left_out: LeftOut,
+    body: Bytes,
+}
+
 /// Builds batch bodies row by row, straight into the JSON that is sent.
+///
+/// Where a batch ends depends on the rows read only: a left-out row takes its place
+/// (and its size) in the batch as if it were sent, so the numbering is the same on
+/// every run, whoever is suppressed at the time.
 struct BatchBuilder {
     import_id: String,
     number: u64,
+    /// Rows of the current batch, left-out ones included.
+    slots: usize,
+    /// The size the body would have with the left-out rows in it.
+    span: usize,
     rows: usize,
+    left_out: LeftOut,
     body: Vec<u8>,
 }
 
@@ -540,7 +569,10 @@ impl BatchBuilder {
         let mut builder = Self {
             import_id: import_id.to_owned(),
             number: 0,
+            slots: 0,
+            span: 0,
             rows: 0,
+            left_out: LeftOut::default(),
             body: Vec::new(),
         };
         builder.start();
@@ -548,7 +580,9 @@ impl BatchBuilder {
     }
 
     fn start(&mut self) {
+        self.slots = 0;
         self.rows = 0;
+        self.left_out = LeftOut::default();
         self.body.clear();
         // An id of ULID characters needs no escaping.
         self.body.extend_from_slice(
@@ -558,33 +592,46 @@ impl BatchBuilder {
             )
             .as_bytes(),
         );
+        self.span = self.body.len();
     }
 
-    /// Adds a row; returns the previous batch when this row did not fit in it.
-    fn push(&mut self, row: &Map<String, Value>) -> Option<(u64, usize, Bytes)> {
+    /// Adds a row, or with a `reason` takes its place without adding it; returns the
+    /// previous batch when this row did not fit in it.
+    fn push(&mut self, row: &Map<String, Value>, left_out: Option<Reason>) -> Option<Batch> {
         let json = serde_json::to_vec(row).unwrap_or_else(|_| b"{}".to_vec());
-        let full = self.rows == MAX_BATCH_ROWS
-            || (self.rows > 0 && self.body.len() + json.len() + 3 > MAX_BATCH_BYTES);
+        let full = self.slots == MAX_BATCH_ROWS
+            || (self.slots > 0 && self.span + json.len() + 3 > MAX_BATCH_BYTES);
         let finished = if full { self.finish() } else { None };
-        if self.rows > 0 {
-            self.body.push(b',');
+        if self.slots > 0 {
+            self.span += 1;
         }
-        self.body.extend_from_slice(&json);
-        self.rows += 1;
+        self.span += json.len();
+        self.slots += 1;
+        match left_out {
+            Some(reason) => self.left_out.add(reason),
+            None => {
+                if self.rows > 0 {
+                    self.body.push(b',');
+                }
+                self.body.extend_from_slice(&json);
+                self.rows += 1;
+            }
+        }
         finished
     }
 
-    /// The current batch, if it has rows; the next one starts.
-    fn finish(&mut self) -> Option<(u64, usize, Bytes)> {
-        if self.rows == 0 {
+    /// The current batch, if it has rows (sent or left out); the next one starts.
+    fn finish(&mut self) -> Option<Batch> {
+        if self.slots == 0 {
             return None;
         }
         self.body.extend_from_slice(b"]}");
-        let done = (
-            self.number,
-            self.rows,
-            Bytes::from(std::mem::take(&mut self.body)),
-        );
+        let done = Batch {
+            number: self.number,
+            rows: self.rows,
+            left_out: self.left_out,
+            body: Bytes::from(std::mem::take(&mut self.body)),
+        };
         self.number += 1;
         self.start();
         Some(done)
@@ -627,6 +674,15 @@ pub async fn deliver(
             &import.destination_secret,
         )
         .await?;
+    // Once per delivery: who is left out of it.
+    let filter = RowFilter::load(
+        deps.imports.store(),
+        &deps.app_secret,
+        tenant,
+        import.purpose.as_deref(),
+    )
+    .await
+    .map_err(ImportError::from)?;
     let mut batches = BatchBuilder::new(import_id);
     let target = Target {
         deps,
@@ -639,13 +695,13 @@ pub async fn deliver(
         let body = get_body(deps, &key, version).await?;
         let (mut rows, reader) = stream_rows(body, import.format, import.rules());
         while let Some(item) = rows.recv().await {
-            let row = match item {
-                Ok(ParsedRow::Valid { row, .. }) => row,
+            let (row, subjects) = match item {
+                Ok(ParsedRow::Valid { row, subjects, .. }) => (row, subjects),
                 Ok(ParsedRow::Invalid(_)) => continue,
                 Err(ParseError::File(_)) => return Err(ProcessError::Changed),
                 Err(ParseError::Read(reason)) => return Err(ProcessError::Read(reason)),
             };
-            if let Some(batch) = batches.push(&row)
+            if let Some(batch) = batches.push(&row, filter.reason(&subjects))
                 && let Step::Stop(status) = target.send(batch).await?
             {
                 return Ok(status);
@@ -672,19 +728,27 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-    async fn send(&self, (number, rows, body): (u64, usize, Bytes)) -> Result<Step, ProcessError> {
+    async fn send(&self, batch: Batch) -> Result<Step, ProcessError> {
+        let Batch {
+            number,
+            rows,
+            left_out,
+            body,
+        } = batch;
         if number < self.import.batches_delivered {
             return Ok(Step::Continue);
         }
         if self.fence.closing().await.map_err(ImportError::from)? {
             return Err(ProcessError::AccountClosing);
         }
+        // A batch whose every row is left out is not sent; it is done all the same.
         let id = webhook::delivery_id(&self.import.id, number);
-        if let Err(err) = self
-            .deps
-            .sender
-            .deliver(self.url, self.secret, &id, body)
-            .await
+        if rows > 0
+            && let Err(err) = self
+                .deps
+                .sender
+                .deliver(self.url, self.secret, &id, body)
+                .await
         {
             let status = fail_delivery(self.deps, self.import, &err).await?;
             return Ok(Step::Stop(status));
@@ -696,9 +760,12 @@ impl Target<'_> {
                 if imp.status != Status::Processing {
                     return Err(ImportError::State(imp.status));
                 }
+                // Counted once: the left-out rows with the batch they were left out of.
                 if imp.batches_delivered == number {
                     imp.batches_delivered += 1;
                     imp.rows_delivered += rows as u64;
+                    imp.rows_restricted += left_out.restricted;
+                    imp.rows_consent_withdrawn += left_out.consent_withdrawn;
                 }
                 Ok(())
             })
@@ -769,7 +836,11 @@ async fn fail_delivery(
     };
     metrics::count(
         names::IMPORT_ROWS_FAILED,
-        import.rows_valid.saturating_sub(import.rows_delivered),
+        import
+            .rows_valid
+            .saturating_sub(import.rows_delivered)
+            .saturating_sub(import.rows_restricted)
+            .saturating_sub(import.rows_consent_withdrawn),
     );
     let purged = purge_if_bypass(deps, &import).await?;
     final_audit(deps, &import, purged.map(|p| p.object_versions)).await?;
@@ -841,15 +912,15 @@ mod tests {
         let mut builder = BatchBuilder::new("01JD2Z7Q3X9V8W7T6S5R4Q3P2N");
         let mut done = Vec::new();
         for n in 0..2500 {
-            done.extend(builder.push(&row(n, 1)));
+            done.extend(builder.push(&row(n, 1), None));
         }
         done.extend(builder.finish());
-        let sizes: Vec<usize> = done.iter().map(|(_, rows, _)| *rows).collect();
+        let sizes: Vec<usize> = done.iter().map(|b| b.rows).collect();
         assert_eq!(sizes, vec![1000, 1000, 500]);
-        for (number, rows, body) in &done {
-            let batch: webhook::Batch = serde_json::from_slice(body).unwrap();
-            assert_eq!(batch.batch, *number);
-            assert_eq!(batch.rows.len(), *rows);
+        for done in &done {
+            let batch: webhook::Batch = serde_json::from_slice(&done.body).unwrap();
+            assert_eq!(batch.batch, done.number);
+            assert_eq!(batch.rows.len(), done.rows);
         }
     }
 
@@ -858,15 +929,59 @@ mod tests {
         let mut builder = BatchBuilder::new("01JD2Z7Q3X9V8W7T6S5R4Q3P2N");
         let mut done = Vec::new();
         for n in 0..100 {
-            done.extend(builder.push(&row(n, 60_000)));
+            done.extend(builder.push(&row(n, 60_000), None));
         }
         done.extend(builder.finish());
         assert!(done.len() > 1);
-        assert!(
-            done.iter()
-                .all(|(_, _, body)| body.len() <= MAX_BATCH_BYTES)
-        );
-        assert_eq!(done.iter().map(|(_, rows, _)| rows).sum::<usize>(), 100);
+        assert!(done.iter().all(|b| b.body.len() <= MAX_BATCH_BYTES));
+        assert_eq!(done.iter().map(|b| b.rows).sum::<usize>(), 100);
+    }
+
+    /// Left-out rows keep their places: the batches end where they would with every
+    /// row sent, so a retry numbers them alike whoever was suppressed meanwhile.
+    #[test]
+    fn left_out_rows_keep_the_batch_boundaries_and_are_counted_per_batch() {
+        let shape = |leave_out: &dyn Fn(usize) -> Option<Reason>| {
+            let mut builder = BatchBuilder::new("01JD2Z7Q3X9V8W7T6S5R4Q3P2N");
+            let mut done = Vec::new();
+            for n in 0..2500 {
+                done.extend(builder.push(&row(n, 1500), leave_out(n)));
+            }
+            done.extend(builder.finish());
+            done
+        };
+        let all = shape(&|_| None);
+        let some = shape(&|n| match n % 7 {
+            0 => Some(Reason::Restricted),
+            3 => Some(Reason::ConsentWithdrawn),
+            _ => None,
+        });
+        assert!(all.len() > 2);
+        assert_eq!(all.len(), some.len());
+        for (a, b) in all.iter().zip(&some) {
+            assert_eq!(a.number, b.number);
+            assert_eq!(
+                a.rows as u64,
+                b.rows as u64 + b.left_out.total(),
+                "batch {}",
+                a.number
+            );
+            assert_eq!(a.left_out, LeftOut::default());
+            let sent: webhook::Batch = serde_json::from_slice(&b.body).unwrap();
+            assert_eq!(sent.rows.len(), b.rows);
+            assert!(
+                sent.rows
+                    .iter()
+                    .all(|r| !matches!(r["n"].as_u64().unwrap() % 7, 0 | 3))
+            );
+        }
+        let restricted: u64 = some.iter().map(|b| b.left_out.restricted).sum();
+        let withdrawn: u64 = some.iter().map(|b| b.left_out.consent_withdrawn).sum();
+        assert_eq!((restricted, withdrawn), (358, 357));
+        // A batch of left-out rows only is still a batch (it advances the count).
+        let none = shape(&|_| Some(Reason::Restricted));
+        assert_eq!(none.len(), all.len());
+        assert!(none.iter().all(|b| b.rows == 0));
     }
 
     #[test]

@@ -43,11 +43,13 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier, Tag, Tagging};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
+use secrecy::SecretSlice;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::domain::subject::{Identifier, IdentifierKind, Pseudonym, PseudonymKey};
+use crate::domain::suppression::{Reason, Suppressed};
 use crate::kernel::aws::error_text;
 use crate::kernel::http::{HttpAnswer, HttpError};
 use crate::kernel::retention::{RetentionClass, S3_TAG_KEY};
@@ -242,6 +244,11 @@ pub struct Import {
     /// For file imports: the size the upload URL is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declared_bytes: Option<u64>,
+    /// The processing purpose the rows are pushed for, one the tenant declared
+    /// (`PrivacySettings::purposes`): subjects who withdrew consent for it are left
+    /// out of the pushes, as are restricted subjects whatever the purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
     /// `user:<sub>` of the creator.
     pub created_by: String,
     pub created_at: DateTime<Utc>,
@@ -261,7 +268,14 @@ pub struct Import {
     pub rows_invalid: u64,
     #[serde(default)]
     pub rows_delivered: u64,
-    /// Webhook batches the destination acknowledged; delivery resumes after them.
+    /// Valid rows not pushed because their subject's processing is restricted.
+    #[serde(default)]
+    pub rows_restricted: u64,
+    /// Valid rows not pushed because their subject withdrew consent for `purpose`.
+    #[serde(default)]
+    pub rows_consent_withdrawn: u64,
+    /// Webhook batches done: acknowledged by the destination, or with every row left
+    /// out ([`LeftOut`]), so not sent. Delivery resumes after them.
     #[serde(default)]
     pub batches_delivered: u64,
     /// Rows imports: batches posted so far.
@@ -1799,6 +1813,70 @@ impl<'a> SubjectCounter<'a> {
     }
 }
 
+// ---------------------------------------------------------------------------------
+// Suppressed subjects at delivery
+// ---------------------------------------------------------------------------------
+
+/// Rows a push left out, by reason. Counts only: which rows they were, and what they
+/// held, is recorded nowhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeftOut {
+    pub restricted: u64,
+    pub consent_withdrawn: u64,
+}
+
+impl LeftOut {
+    pub fn add(&mut self, reason: Reason) {
+        match reason {
+            Reason::Restricted => self.restricted += 1,
+            Reason::ConsentWithdrawn => self.consent_withdrawn += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.restricted + self.consent_withdrawn
+    }
+}
+
+/// Which rows a push leaves out: the tenant's suppressed subjects
+/// ([`Suppressed::load`], once per delivery or row batch, never per row), tested
+/// against each row's pseudonyms, computed with the tenant's key from the identifiers
+/// [`RowRules::check`] found — exactly as [`SubjectCounter`] indexes the row. With
+/// nobody suppressed no pseudonym is computed.
+#[derive(Debug)]
+pub struct RowFilter {
+    suppressed: Suppressed,
+    /// Only when someone is suppressed.
+    key: Option<PseudonymKey>,
+}
+
+impl RowFilter {
+    /// Loads the list for `purpose` (restricted subjects, and with a purpose those
+    /// who withdrew consent for it).
+    pub async fn load(
+        store: &Store,
+        app_secret: &SecretSlice<u8>,
+        tenant: &TenantId,
+        purpose: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let suppressed = Suppressed::load(store, tenant, purpose).await?;
+        Ok(Self::new(suppressed, app_secret, tenant))
+    }
+
+    pub fn new(suppressed: Suppressed, app_secret: &SecretSlice<u8>, tenant: &TenantId) -> Self {
+        let key = (!suppressed.is_empty()).then(|| PseudonymKey::derive(app_secret, tenant));
+        Self { suppressed, key }
+    }
+
+    /// Why the row naming `subjects` is left out, if it is.
+    pub fn reason(&self, subjects: &[Identifier]) -> Option<Reason> {
+        let key = self.key.as_ref()?;
+        let pseudonyms: Vec<Pseudonym> = subjects.iter().map(|s| key.pseudonym(s)).collect();
+        self.suppressed
+            .reason(pseudonyms.iter().map(Pseudonym::as_str))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2096,6 +2174,48 @@ mod tests {
         assert!(many.validate().is_err());
         assert!(
             serde_json::from_value::<IdentifierFields>(serde_json::json!({"mail": ["x"]})).is_err()
+        );
+    }
+
+    #[test]
+    fn the_filter_tests_the_pseudonyms_the_index_uses_and_skips_them_when_nobody_is_suppressed() {
+        let secret = SecretSlice::from(vec![7u8; 32]);
+        let tenant = TenantId::parse("acme").unwrap();
+        let key = PseudonymKey::derive(&secret, &tenant);
+        let rules = RowRules::default();
+        let subjects = |row: Value| rules.check(row.as_object().unwrap()).unwrap();
+        let restricted = subjects(serde_json::json!({"Customer Email": "R@Example.com"}));
+        let withdrawn = subjects(serde_json::json!({"contact": {"phone": "+44 7700 900123"}}));
+        let both =
+            subjects(serde_json::json!({"email": "r@example.com", "phone": "+447700900123"}));
+        let other = subjects(serde_json::json!({"email": "x@example.com"}));
+        let filter = RowFilter::new(
+            Suppressed::of(
+                [key.pseudonym(&restricted[0]).to_string()],
+                [key.pseudonym(&withdrawn[0]).to_string()],
+            ),
+            &secret,
+            &tenant,
+        );
+        assert_eq!(filter.reason(&restricted), Some(Reason::Restricted));
+        assert_eq!(filter.reason(&withdrawn), Some(Reason::ConsentWithdrawn));
+        assert_eq!(filter.reason(&both), Some(Reason::Restricted));
+        assert_eq!(filter.reason(&other), None);
+        assert_eq!(filter.reason(&[]), None);
+        let nobody = RowFilter::new(Suppressed::default(), &secret, &tenant);
+        assert!(nobody.key.is_none());
+        assert_eq!(nobody.reason(&restricted), None);
+        let mut left_out = LeftOut::default();
+        left_out.add(Reason::Restricted);
+        left_out.add(Reason::ConsentWithdrawn);
+        left_out.add(Reason::ConsentWithdrawn);
+        assert_eq!(
+            (
+                left_out.restricted,
+                left_out.consent_withdrawn,
+                left_out.total()
+            ),
+            (1, 2, 3)
         );
     }
 

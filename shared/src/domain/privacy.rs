@@ -20,9 +20,11 @@
 //!   acknowledge within 10 business days (Monday–Friday; public holidays are not
 //!   modelled, which only makes the acknowledgement deadline later than a holiday-aware
 //!   one by the holidays in between — see [`add_business_days`]).
-//! - **The product's own commitments**: acknowledge within 48 hours of receipt; respond
-//!   within 30 days (60 with notice). The effective dates are the earlier of the
-//!   product's and the regulation's.
+//! - **The product's own commitments**: acknowledge within 48 hours of receipt; a first
+//!   substantive response within 7 business days (the request verified and under way,
+//!   decided, or extended with reasons — a request still waiting for the subject's
+//!   verification code has had none); respond within 30 days (60 with notice). The
+//!   effective dates are the earlier of the product's and the regulation's.
 
 use std::fmt;
 
@@ -48,6 +50,8 @@ pub const GDPR_MAX_EXTENSION_MONTHS: u32 = 2;
 pub const CCPA_RESPONSE_DAYS: i64 = 45;
 pub const CCPA_MAX_EXTENSION_DAYS: i64 = 45;
 pub const CCPA_ACK_BUSINESS_DAYS: u32 = 10;
+/// The product's initial-response commitment, in business days of the tenant's zone.
+pub const INITIAL_RESPONSE_BUSINESS_DAYS: u32 = 7;
 /// Longest extension reason, note or consent field accepted.
 pub const MAX_TEXT_LEN: usize = 1000;
 /// Wrong verification codes allowed before the request is locked.
@@ -160,6 +164,10 @@ pub struct Deadlines {
     pub due_at: DateTime<Utc>,
     /// The product's own response commitment (30 days, 60 when extended).
     pub product_due_at: DateTime<Utc>,
+    /// The product's initial-response commitment (7 business days). Absent on
+    /// requests filed before it was tracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_response_due: Option<DateTime<Utc>>,
 }
 
 impl Deadlines {
@@ -191,6 +199,9 @@ impl Deadlines {
             ack_due,
             due_at: zone.end_of(due_date),
             product_due_at: zone.end_of(days_after(PRODUCT_RESPONSE_DAYS)),
+            initial_response_due: Some(
+                zone.end_of(add_business_days(received, INITIAL_RESPONSE_BUSINESS_DAYS)),
+            ),
         }
     }
 
@@ -305,6 +316,9 @@ pub enum RequestKind {
     Access,
     /// Erasure: every record deleted or rewritten, then a certificate.
     Erasure,
+    /// Restriction of processing or objection: the subject is left out of import
+    /// pushes and exports (`custody::suppression`) from filing until lifted.
+    Restrict,
 }
 
 impl RequestKind {
@@ -312,6 +326,7 @@ impl RequestKind {
         match self {
             RequestKind::Access => "access",
             RequestKind::Erasure => "erasure",
+            RequestKind::Restrict => "restrict",
         }
     }
 }
@@ -415,6 +430,8 @@ impl Step {
     pub fn sequence(kind: RequestKind) -> &'static [Step] {
         match kind {
             RequestKind::Access => &[Step::Bundle],
+            // In force from filing; nothing for the processor to do.
+            RequestKind::Restrict => &[],
             RequestKind::Erasure => &[
                 Step::Plan,
                 Step::EraseFiles,
@@ -523,8 +540,48 @@ pub struct PrivacyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// When the request first had a substantive response (verified and under way,
+    /// decided, or extended): the 7-business-day commitment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_response_at: Option<DateTime<Utc>>,
+    /// A `restrict` request's restriction: in force until lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restriction: Option<Restriction>,
     /// Optimistic concurrency: every write is conditional on the version read.
     pub version: u64,
+}
+
+/// Why processing is restricted (GDPR Art. 18(1) a-d, or an objection, Art. 21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestrictionGround {
+    /// The subject contests the data's accuracy, while it is checked.
+    AccuracyContested,
+    /// Processing is unlawful and the subject asks for restriction over erasure.
+    UnlawfulProcessing,
+    /// The controller no longer needs the data but the subject needs it for a claim.
+    LegalClaims,
+    /// The subject objects (Art. 21), while the grounds are weighed.
+    Objection,
+}
+
+/// A restriction of processing and its lifting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    pub ground: RestrictionGround,
+    pub since: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lift_reason: Option<String>,
+}
+
+impl Restriction {
+    pub fn in_force(&self) -> bool {
+        self.lifted_at.is_none()
+    }
 }
 
 impl Entity for PrivacyRequest {
@@ -549,7 +606,19 @@ impl PrivacyRequest {
         self.status.check_move(to)?;
         self.status = to;
         self.updated_at = now;
+        if !matches!(to, Status::Received | Status::IdentityUnverified) {
+            self.initial_response_at.get_or_insert(now);
+        }
         Ok(())
+    }
+
+    /// Whether the first substantive response came (or will come) after its due date.
+    /// Requests filed before it was tracked have none.
+    pub fn initial_response_overdue(&self, now: DateTime<Utc>) -> bool {
+        match self.deadlines.initial_response_due {
+            Some(due) => self.initial_response_at.unwrap_or(now) > due,
+            None => false,
+        }
     }
 
     /// Whether the request was (or will be) answered in time.

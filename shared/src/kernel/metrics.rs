@@ -79,9 +79,12 @@ pub mod names {
     /// Grants of deleted connections a provider could not be made to revoke after
     /// every retry (the grant stays valid at the provider until it expires) (counter).
     pub const PROVIDER_REVOCATIONS_FAILED: &str = "ProviderRevocationsFailed";
+    /// Privacy notices to a tenant's notification webhook whose delivery round failed
+    /// (`custody::notice`; the daily check redelivers them) (counter).
+    pub const PRIVACY_NOTICES_FAILED: &str = "PrivacyNoticesFailed";
 
     /// Every name above.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         EXPORT_RUNS_STARTED,
         EXPORT_RUNS_COMPLETED,
         EXPORT_RUNS_FAILED,
@@ -101,6 +104,7 @@ pub mod names {
         AWS_RETRIES,
         OAUTH_TOKENS_NOT_STORED,
         PROVIDER_REVOCATIONS_FAILED,
+        PRIVACY_NOTICES_FAILED,
     ];
 }
 

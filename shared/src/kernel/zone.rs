@@ -95,14 +95,25 @@ impl TenantZone {
     /// The first instant of local `date`. A few zones shift their clocks at midnight:
     /// in a gap the day begins at the transition, in a fold at the first midnight.
     fn start_of(&self, date: NaiveDate) -> DateTime<Utc> {
-        let utc_midnight = || Utc.from_utc_datetime(&date.and_time(chrono::NaiveTime::MIN));
-        let Some(civil) = civil_midnight(date) else {
-            return utc_midnight();
+        self.instant_at(date, 0, 0)
+    }
+
+    /// The instant the local clock shows `hour:minute` on `date`. A time the clocks
+    /// skip (a gap) is read with the offset before the gap, so it lands as far past
+    /// the transition as it was past the gap's start (at the gap's start: the
+    /// transition itself); a time shown twice (a fold) is the first.
+    pub fn instant_at(&self, date: NaiveDate, hour: u32, minute: u32) -> DateTime<Utc> {
+        let utc_naive = || {
+            let time = chrono::NaiveTime::from_hms_opt(hour, minute, 0).unwrap_or_default();
+            Utc.from_utc_datetime(&date.and_time(time))
+        };
+        let Some(civil) = civil_at(date, hour, minute) else {
+            return utc_naive();
         };
         let ambiguous = self.zone.to_ambiguous_timestamp(civil);
         let first = match ambiguous.offset() {
-            // Local midnight does not exist; `later` reads it with the offset before
-            // the gap, which is the transition instant itself.
+            // The local time does not exist; `later` reads it with the offset before
+            // the gap (for the gap's start: the transition instant itself).
             AmbiguousOffset::Gap { .. } => ambiguous.later(),
             AmbiguousOffset::Fold { .. } | AmbiguousOffset::Unambiguous { .. } => {
                 ambiguous.earlier()
@@ -111,7 +122,7 @@ impl TenantZone {
         first
             .ok()
             .and_then(|ts| DateTime::from_timestamp(ts.as_second(), 0))
-            .unwrap_or_else(utc_midnight)
+            .unwrap_or_else(utc_naive)
     }
 }
 
@@ -127,12 +138,14 @@ fn timestamp(at: DateTime<Utc>) -> jiff::Timestamp {
         })
 }
 
-fn civil_midnight(date: NaiveDate) -> Option<jiff::civil::DateTime> {
+fn civil_at(date: NaiveDate, hour: u32, minute: u32) -> Option<jiff::civil::DateTime> {
     use chrono::Datelike as _;
     let year = i16::try_from(date.year()).ok()?;
     let month = i8::try_from(date.month()).ok()?;
     let day = i8::try_from(date.day()).ok()?;
-    jiff::civil::DateTime::new(year, month, day, 0, 0, 0, 0).ok()
+    let hour = i8::try_from(hour).ok()?;
+    let minute = i8::try_from(minute).ok()?;
+    jiff::civil::DateTime::new(year, month, day, hour, minute, 0, 0).ok()
 }
 
 #[cfg(test)]

@@ -246,12 +246,19 @@ const IMPORT_ROWS: &[&str] = &["POST /imports/{id}/rows", "POST /embed/imports/{
 /// Where an import's destination (URL and secret) is named.
 const NAMES_AN_IMPORT_DESTINATION: &[&str] = &["POST /imports", "POST /import-sessions"];
 const MINT_SESSION: &[&str] = &["POST /import-sessions"];
-const CREATE_PRIVACY_REQUEST: &[&str] = &["POST /privacy/export", "POST /privacy/delete"];
+const CREATE_PRIVACY_REQUEST: &[&str] = &[
+    "POST /privacy/export",
+    "POST /privacy/delete",
+    "POST /privacy/restrict",
+];
+const LIFT: &[&str] = &["POST /privacy/requests/{id}/lift"];
+const PRIVACY_SETTINGS: &[&str] = &["PUT /privacy/settings"];
 const EXTEND: &[&str] = &["POST /privacy/requests/{id}/extend"];
 const PUT_CONSENT: &[&str] = &["PUT /privacy/consent"];
 const NAMES_A_SUBJECT: &[&str] = &[
     "POST /privacy/export",
     "POST /privacy/delete",
+    "POST /privacy/restrict",
     "POST /privacy/consent/lookup",
     "PUT /privacy/consent",
 ];
@@ -400,8 +407,29 @@ fn field_rules() -> Vec<FieldRule> {
     rules.extend(literals(
         DSAR,
         "create",
-        &["received_at"],
+        &["received_at", "ground", "verify_subject"],
         CREATE_PRIVACY_REQUEST,
+    ));
+    rules.extend(computed(
+        DSAR,
+        "check_text",
+        "field",
+        vec!["reason".into()],
+        LIFT,
+    ));
+    rules.extend(literals(DSAR, "lift", &["reason"], LIFT));
+    rules.extend(literals(
+        DSAR,
+        "put_settings",
+        &["purposes"],
+        PRIVACY_SETTINGS,
+    ));
+    rules.extend(computed(
+        DSAR,
+        "put_settings",
+        "format!(\"purposes[{i}]\")",
+        vec!["purposes[0]".into()],
+        PRIVACY_SETTINGS,
     ));
     rules.extend(literals(
         DSAR,
@@ -425,6 +453,12 @@ fn field_rules() -> Vec<FieldRule> {
             "verification_webhook.secret",
         ],
         &["PUT /privacy/settings"],
+    ));
+    rules.extend(literals(
+        "functions/dsar/src/notices.rs",
+        "prepare_webhook",
+        &["notification_webhook.url", "notification_webhook.secret"],
+        PRIVACY_SETTINGS,
     ));
     rules.extend(literals(
         DSAR,
@@ -524,6 +558,12 @@ fn field_rules() -> Vec<FieldRule> {
         "create",
         "format!(\"identifiers.{place}\")",
         places,
+        CREATE_IMPORT,
+    ));
+    rules.extend(literals(
+        IMPORT,
+        "declared_purpose",
+        &["purpose"],
         CREATE_IMPORT,
     ));
     rules.extend(literals(IMPORT, "list", &["limit"], &["GET /imports"]));
@@ -923,6 +963,7 @@ fn limits() -> Vec<Limit> {
             import_http::MAX_CREATE_BODY_BYTES as u64,
         ),
         limit(CREATE, "size", "maximum", MAX_UPLOAD_BYTES),
+        limit(CREATE, "purpose", "maxLength", MAX_PURPOSE_LEN as u64),
         limit(
             CREATE,
             "required_columns",
@@ -1040,6 +1081,18 @@ fn limits() -> Vec<Limit> {
             "maxLength",
             MAX_SECRET_LEN as u64,
         ),
+        limit(
+            "PUT /privacy/settings",
+            "notification_webhook.secret",
+            "minLength",
+            MIN_SECRET_LEN as u64,
+        ),
+        limit(
+            "PUT /privacy/settings",
+            "notification_webhook.secret",
+            "maxLength",
+            MAX_SECRET_LEN as u64,
+        ),
         limit("DELETE /account", "", "x-max-body-bytes", dsar_body),
         limit(
             "DELETE /account",
@@ -1072,6 +1125,22 @@ fn limits() -> Vec<Limit> {
             MAX_POINTER_LEN as u64,
         ));
     }
+    all.extend([
+        limit(LIFT[0], "", "x-max-body-bytes", dsar_body),
+        limit(LIFT[0], "reason", "maxLength", MAX_TEXT_LEN as u64),
+        limit(
+            PRIVACY_SETTINGS[0],
+            "purposes",
+            "maxItems",
+            custody::privacy::MAX_PURPOSES as u64,
+        ),
+        limit(
+            PRIVACY_SETTINGS[0],
+            "purposes[]",
+            "maxLength",
+            MAX_PURPOSE_LEN as u64,
+        ),
+    ]);
     for route in CREATE_PRIVACY_REQUEST {
         all.push(limit(route, "", "x-max-body-bytes", dsar_body));
         all.push(limit(route, "note", "maxLength", MAX_TEXT_LEN as u64));

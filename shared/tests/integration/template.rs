@@ -439,6 +439,11 @@ fn alarms_watch_what_the_code_emits_and_notify_the_topic() {
         ),
         (names::ACCOUNT_PURGES_STUCK, "DsarFunction", "stuck purges"),
         (
+            names::PRIVACY_NOTICES_FAILED,
+            "DsarFunction",
+            "undelivered privacy notices",
+        ),
+        (
             names::OAUTH_TOKENS_NOT_STORED,
             "ExportFunction",
             "issued tokens not stored",
@@ -888,6 +893,37 @@ fn functions_touch_only_their_own_buckets() {
         }
     }
     assert!(checked > 0, "no S3 statement found");
+}
+
+/// The export function reads two secrets and no other: the OAuth client secrets (token
+/// refresh) and the pseudonym application secret (a run tests contacts against the
+/// tenant's suppression list by pseudonym, `export::suppress`).
+#[test]
+fn export_reads_only_the_client_and_pseudonym_secrets() {
+    let template = template();
+    let mut read = Vec::new();
+    for policy in resource(&template, "ExportFunction")["Properties"]["Policies"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        for statement in policy["Statement"].as_sequence().into_iter().flatten() {
+            let actions = format!("{:?}", statement["Action"]);
+            if !actions.contains("secretsmanager:") {
+                continue;
+            }
+            assert_eq!(
+                statement["Action"].as_str(),
+                Some("secretsmanager:GetSecretValue"),
+                "{actions}"
+            );
+            let secret = ref_target(&statement["Resource"])
+                .unwrap_or_else(|| panic!("not one secret by !Ref: {:?}", statement["Resource"]));
+            read.push(secret.to_owned());
+        }
+    }
+    read.sort();
+    assert_eq!(read, ["OauthClientSecrets", "PseudonymSecret"]);
 }
 
 #[test]

@@ -53,6 +53,9 @@ async fn store_import(
         final_audited: true,
         retries: 0,
         revision: 0,
+        purpose: None,
+        rows_restricted: 0,
+        rows_consent_withdrawn: 0,
     };
     deps.store.create(&import).await.unwrap();
 }

@@ -93,6 +93,9 @@ async fn store_import(env: &Env, format: Format) -> Stored {
         final_audited: false,
         retries: 0,
         revision: 0,
+        purpose: None,
+        rows_restricted: 0,
+        rows_consent_withdrawn: 0,
     };
     env.imports.create(&import).await.unwrap();
     let key = match format {

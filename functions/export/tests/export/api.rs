@@ -75,6 +75,15 @@ async fn settings_round_trip_creates_and_removes_the_schedule() {
     let (status, shown) = call(&env, request(GET, &acme, "viewer", None)).await;
     assert_eq!(status, 200);
     assert_eq!(shown["schedule_active"], true);
+    // Daily at 03:00 UTC: the next run is the next 03:00 after now.
+    let next: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(shown["next_run_at"].clone()).expect("next_run_at");
+    let now = chrono::Utc::now();
+    assert!(
+        next > now - chrono::Duration::minutes(1) && next <= now + chrono::Duration::days(1),
+        "{next}"
+    );
+    assert_eq!(next.format("%H:%M:%S").to_string(), "03:00:00");
     assert_eq!(shown["destination"]["username"], crate::DAV_USER);
     assert!(shown["destination"].get("password").is_none());
     assert!(!shown.to_string().contains(&env.dav_password));

@@ -8,6 +8,7 @@ mod aws_faults;
 mod faults;
 mod privacy;
 mod resume;
+mod suppression;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

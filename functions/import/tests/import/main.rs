@@ -13,6 +13,7 @@ mod files;
 mod reuse;
 mod rows;
 mod session;
+mod suppression;
 
 use std::time::Duration;
 
