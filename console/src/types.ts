@@ -26,6 +26,8 @@ export type DateRange =
 export interface ExportSettings {
   schedule: { expression: string; timezone: string };
   schedule_active: boolean;
+  /** When an active cron schedule next runs (null for rates and inactive schedules). */
+  next_run_at?: string | null;
   channels: Channel[];
   date_range: DateRange;
   destination:
@@ -78,12 +80,26 @@ export interface Import {
   rows_valid: number;
   rows_invalid: number;
   rows_delivered: number;
+  /** Valid rows not pushed: the subject's processing is restricted. */
+  rows_restricted?: number;
+  /** Valid rows not pushed: the subject withdrew consent for `purpose`. */
+  rows_consent_withdrawn?: number;
+  /** The declared purpose the rows are pushed for. */
+  purpose?: string | null;
   batches_delivered: number;
   errors: LineError[];
   error: string | null;
   data_expires_at: number | null;
   data_deleted_at: string | null;
 }
+/** "2 restricted, 1 consent withdrawn": valid rows custody did not push, or '' for none. */
+export function leftOut(i: Import): string {
+  const parts: string[] = [];
+  if (i.rows_restricted) parts.push(`${i.rows_restricted} restricted`);
+  if (i.rows_consent_withdrawn) parts.push(`${i.rows_consent_withdrawn} consent withdrawn`);
+  return parts.join(', ');
+}
+
 export interface PresignedUpload {
   method: string;
   url: string;
@@ -95,10 +111,20 @@ export interface ImportsDeleted {
   deleted: { object_versions: number; index_entries: number };
 }
 
+export type PrivacyKind = 'access' | 'erasure' | 'restrict';
+export const RESTRICTION_GROUNDS = ['accuracy_contested', 'unlawful_processing', 'legal_claims', 'objection'] as const;
+export type RestrictionGround = (typeof RESTRICTION_GROUNDS)[number];
+export interface Restriction {
+  ground: RestrictionGround;
+  since: string;
+  lifted_at?: string | null;
+  lifted_by?: string | null;
+  lift_reason?: string | null;
+}
 export type PrivacyStatus = 'received' | 'identity_unverified' | 'pending' | 'in_processing' | 'complete' | 'denied' | 'error';
 export interface PrivacyRequestSummary {
   id: string;
-  kind: 'access' | 'erasure';
+  kind: PrivacyKind;
   regulation: 'gdpr' | 'ccpa';
   status: PrivacyStatus;
   received_at: string;
@@ -108,10 +134,14 @@ export interface PrivacyRequestSummary {
   overdue: boolean;
   extended: boolean;
   ack_due?: string;
+  initial_response_due?: string | null;
+  initial_response_overdue?: boolean;
+  /** A restrict request's restriction (listed while in force). */
+  restriction?: Restriction | null;
 }
 export interface PrivacyRequestCreated {
   id: string;
-  kind: 'access' | 'erasure';
+  kind: PrivacyKind;
   status: PrivacyStatus;
   regulation: 'gdpr' | 'ccpa';
   received_at: string;
@@ -123,10 +153,13 @@ export interface PrivacyRequestCreated {
 }
 export interface PrivacyRequestDetail {
   id: string;
-  kind: 'access' | 'erasure';
+  kind: PrivacyKind;
   regulation: 'gdpr' | 'ccpa';
   status: PrivacyStatus;
-  deadlines: { received_at: string; ack_due: string; due_at: string; product_due_at: string };
+  deadlines: { received_at: string; ack_due: string; due_at: string; product_due_at: string; initial_response_due?: string };
+  initial_response_at?: string | null;
+  initial_response_overdue?: boolean;
+  restriction?: Restriction | null;
   respond_by: string;
   days_left: number;
   acknowledged_at: string;
@@ -181,6 +214,9 @@ export interface ConsentChange {
 export interface PrivacySettings {
   time_zone: string;
   verification_webhook: null | { url: string };
+  purposes?: string[];
+  /** Where privacy notices go; absent from APIs that do not have it yet. */
+  notification_webhook?: null | { url: string };
 }
 export interface RetentionTable {
   tenant: string;
@@ -238,4 +274,20 @@ export interface DestinationTestResult {
   probe?: string;
   probe_removed?: boolean;
   error?: string;
+}
+
+/** `POST /import-sessions`: a short-lived token for an embedded <custody-importer>. */
+export interface ImportSession {
+  id: string;
+  origin: string | null;
+  destination_host: string;
+  created_at: string;
+  expires_at: string;
+}
+export interface ImportSessionCreated {
+  session: ImportSession;
+  /** `cis_…`, shown once. */
+  token: string;
+  /** Only when custody generated the destination's signing secret. */
+  destination_secret?: string;
 }

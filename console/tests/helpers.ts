@@ -10,6 +10,18 @@ mkdirSync(SHOTS, { recursive: true });
 const EXPECTED_FAILURES: [number, RegExp][] = [
   [404, /\/export\/settings$/],
   [409, /\/installations\/[^/]+\/claim$/],
+  // embed.spec.ts: a lifetime over 60 minutes; the token from a foreign origin; a
+  // revoked session's token.
+  [400, /\/import-sessions$/],
+  [403, /\/embed\/imports\/[^/]+$/],
+  [401, /\/embed\/imports$/],
+  // privacy.spec.ts: wrong verification codes (422), the third one locks (409).
+  [422, /\/privacy\/requests\/[^/]+\/verify$/],
+  [409, /\/privacy\/requests\/[^/]+\/verify$/],
+  // exports.spec.ts: the local stack cannot assume a customer's S3 role (422
+  // destination-refused, field destination.role_arn), on save and on test.
+  [422, /\/export\/settings$/],
+  [422, /\/export\/destination\/test$/],
 ];
 
 /**

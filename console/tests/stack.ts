@@ -4,6 +4,8 @@ import { resolve } from 'node:path';
 
 export interface Stack {
   console: string;
+  /** Where a page embedding <custody-importer> runs: the console's server under another name. */
+  importerOrigin: string;
   api: string;
   webdav: { url: string; username: string; password: string };
   destination: { url: string; secret: string };
@@ -23,6 +25,7 @@ export function stack(): Stack {
   if (!consoleUrl) throw new Error(`${path} has no "console" URL: the local stack does not serve the console yet`);
   return {
     console: consoleUrl.replace(/\/+$/, ''),
+    importerOrigin: String(state.importer_origin ?? '').replace(/\/+$/, ''),
     api: String(state.base_url ?? ''),
     webdav: state.webdav,
     destination: state.destination,

@@ -1,8 +1,10 @@
 // The importer: parse in the browser, map columns, validate, then upload.
-// Used by the console's Imports page and by the <custody-importer> element.
+// Used by the console's Imports page and by the <custody-importer> element. In session
+// mode (an import-session token, `cis_…`) it calls the /embed/imports routes, where the
+// session fixes the destination, so it neither shows nor sends one.
 import { useRef, useState } from 'preact/hooks';
 import { asProblem, type Api, type ApiError } from '../api';
-import type { Import, PresignedUpload } from '../types';
+import { leftOut, type Import, type PresignedUpload } from '../types';
 import { Field, Notice, ProblemBanner, Status, bytes } from '../ui';
 import {
   formatOf,
@@ -20,6 +22,16 @@ import { parseInBackground } from './parse-client';
 export interface ImporterProps {
   api: Api;
   destinationUrl?: string;
+  /** The api's bearer is an import-session token: /embed/imports, no destination. */
+  session?: boolean;
+  /**
+   * The tenant's declared purposes (privacy settings), for a select; `[]` when none
+   * are declared (no purpose to pick); undefined when unknown (only admins may read
+   * the settings), for a text field the API checks.
+   */
+  purposes?: string[];
+  /** A purpose fixed by the embedding page (`purpose` attribute of the element). */
+  purpose?: string;
   onDone?: (imported: Import) => void;
 }
 
@@ -27,7 +39,8 @@ const MAX_BATCH_ROWS = 500;
 const MAX_BATCH_BYTES = 900_000;
 const SHOWN_ERRORS = 50;
 
-export function Importer({ api, destinationUrl = '', onDone }: ImporterProps) {
+export function Importer({ api, destinationUrl = '', session = false, purposes, purpose: fixedPurpose, onDone }: ImporterProps) {
+  const base = session ? '/embed/imports' : '/imports';
   const [file, setFile] = useState<File | null>(null);
   const [parsed, setParsed] = useState<Parsed | null>(null);
   const [parseProgress, setParseProgress] = useState<number | null>(null);
@@ -38,6 +51,7 @@ export function Importer({ api, destinationUrl = '', onDone }: ImporterProps) {
   const [destination, setDestination] = useState(destinationUrl);
   const [secret, setSecret] = useState('');
   const [country, setCountry] = useState('');
+  const [purpose, setPurpose] = useState(fixedPurpose ?? '');
   const [upload, setUpload] = useState<{ done: number; total: number; label: string } | null>(null);
   const [problem, setProblem] = useState<ApiError | null>(null);
   const [result, setResult] = useState<{ imported: Import; secret?: string } | null>(null);
@@ -82,16 +96,20 @@ export function Importer({ api, destinationUrl = '', onDone }: ImporterProps) {
     setResult(null);
     const required = mapping.filter((m) => m.include && m.required).map((m) => m.target.trim());
     const identifiers = identifiersOf(mapping);
-    const dest = { url: destination.trim(), ...(secret ? { secret } : {}) };
+    // A session's destination is fixed by the session (sending one is refused).
+    const dest = session ? {} : { destination: { url: destination.trim(), ...(secret ? { secret } : {}) } };
+    // Rows of subjects who withdrew consent for the purpose are left out by custody.
+    const bound = purpose.trim() ? { purpose: purpose.trim() } : {};
     try {
       if (mode === 'store') {
         const body = serialize(parsed.format, mapping, checked.valid);
         setUpload({ done: 0, total: body.size, label: 'Uploading' });
-        const created = await api.post<{ import: Import; upload: PresignedUpload; destination_secret?: string }>('/imports', {
+        const created = await api.post<{ import: Import; upload: PresignedUpload; destination_secret?: string }>(base, {
           format: parsed.format,
           mode: 'store',
           retention_class: retention,
-          destination: dest,
+          ...dest,
+          ...bound,
           size: body.size,
           required_columns: required,
           identifiers,
@@ -99,14 +117,15 @@ export function Importer({ api, destinationUrl = '', onDone }: ImporterProps) {
         });
         await put(created.upload, body, (done) => setUpload({ done, total: body.size, label: 'Uploading' }));
         setUpload({ done: body.size, total: body.size, label: 'Processing' });
-        const settled = await settle(api, created.import.id);
+        const settled = await settle(api, `${base}/${created.import.id}`);
         setResult({ imported: settled, secret: created.destination_secret });
         onDone?.(settled);
       } else {
-        const created = await api.post<{ import: Import; destination_secret?: string }>('/imports', {
+        const created = await api.post<{ import: Import; destination_secret?: string }>(base, {
           format: 'rows',
           mode: 'bypass',
-          destination: dest,
+          ...dest,
+          ...bound,
           required_columns: required,
           identifiers,
           default_country_code: country.trim() || null,
@@ -127,15 +146,15 @@ export function Importer({ api, destinationUrl = '', onDone }: ImporterProps) {
             size += rowSize;
           }
           batch += 1;
-          await api.post(`/imports/${id}/rows`, rows, { headers: { 'idempotency-key': `${id}-${batch}` } });
+          await api.post(`${base}/${id}/rows`, rows, { headers: { 'idempotency-key': `${id}-${batch}` } });
           sent += rows.length;
           setUpload({ done: sent, total, label: 'Sending rows' });
         }
         let finished: Import;
         try {
-          finished = await api.post<Import>(`/imports/${id}/complete`);
+          finished = await api.post<Import>(`${base}/${id}/complete`);
         } catch {
-          finished = await api.get<Import>(`/imports/${id}`);
+          finished = await api.get<Import>(`${base}/${id}`);
         }
         setResult({ imported: finished, secret: created.destination_secret });
         onDone?.(finished);
@@ -249,18 +268,56 @@ export function Importer({ api, destinationUrl = '', onDone }: ImporterProps) {
             {mapErrors.get('') ? <small class="field-error">{mapErrors.get('')}</small> : null}
           </fieldset>
           <fieldset>
-            <legend>Where the rows go</legend>
-            <Field label="Destination webhook URL" field="destination.url" problem={problem} hint="Rows are pushed here in signed batches.">
-              {(a) => <input {...a} type="url" required value={destination} onInput={(e) => setDestination(e.currentTarget.value)} />}
-            </Field>
-            <Field
-              label="Signing secret (optional)"
-              field="destination.secret"
-              problem={problem}
-              hint="32 bytes or more. Left empty, custody generates one and shows it once."
-            >
-              {(a) => <input {...a} type="password" autocomplete="new-password" value={secret} onInput={(e) => setSecret(e.currentTarget.value)} />}
-            </Field>
+            <legend>{session ? 'How the rows are sent' : 'Where the rows go'}</legend>
+            {session ? null : (
+              <>
+                <Field label="Destination webhook URL" field="destination.url" problem={problem} hint="Rows are pushed here in signed batches.">
+                  {(a) => <input {...a} type="url" required value={destination} onInput={(e) => setDestination(e.currentTarget.value)} />}
+                </Field>
+                <Field
+                  label="Signing secret (optional)"
+                  field="destination.secret"
+                  problem={problem}
+                  hint="32 bytes or more. Left empty, custody generates one and shows it once."
+                >
+                  {(a) => <input {...a} type="password" autocomplete="new-password" value={secret} onInput={(e) => setSecret(e.currentTarget.value)} />}
+                </Field>
+              </>
+            )}
+            {fixedPurpose ? (
+              <p>
+                Purpose: <code>{fixedPurpose}</code>
+              </p>
+            ) : purposes === undefined ? (
+              session ? null : (
+                <Field
+                  label="Purpose (optional)"
+                  field="purpose"
+                  problem={problem}
+                  hint="One of the purposes declared in the privacy settings; rows of subjects who withdrew consent for it are left out."
+                >
+                  {(a) => <input {...a} autocomplete="off" value={purpose} onInput={(e) => setPurpose(e.currentTarget.value)} />}
+                </Field>
+              )
+            ) : purposes.length ? (
+              <Field
+                label="Purpose (optional)"
+                field="purpose"
+                problem={problem}
+                hint="Rows of subjects who withdrew consent for it are left out. Restricted subjects always are."
+              >
+                {(a) => (
+                  <select {...a} value={purpose} onChange={(e) => setPurpose(e.currentTarget.value)}>
+                    <option value="">none</option>
+                    {purposes.map((p) => (
+                      <option key={p} value={p}>
+                        {p}
+                      </option>
+                    ))}
+                  </select>
+                )}
+              </Field>
+            ) : null}
             <Field label="Default country code (for national phone numbers)" field="default_country_code" problem={problem}>
               {(a) => <input {...a} inputMode="numeric" placeholder="44" value={country} onInput={(e) => { setCountry(e.currentTarget.value); setChecked(null); }} />}
             </Field>
@@ -317,7 +374,7 @@ export function Importer({ api, destinationUrl = '', onDone }: ImporterProps) {
               {checked.errors.length > SHOWN_ERRORS ? <p>…and {checked.errors.length - SHOWN_ERRORS} more.</p> : null}
             </div>
           ) : null}
-          <button type="button" onClick={start} disabled={!checked.valid.length || upload !== null || !destination.trim()}>
+          <button type="button" onClick={start} disabled={!checked.valid.length || upload !== null || (!session && !destination.trim())}>
             Upload {checked.valid.length} valid rows
           </button>
         </section>
@@ -334,6 +391,7 @@ export function Importer({ api, destinationUrl = '', onDone }: ImporterProps) {
         <Notice tone={result.imported.status === 'delivered' ? 'ok' : 'warn'}>
           Import <code>{result.imported.id}</code>: <Status value={result.imported.status} />, {result.imported.rows_valid} rows
           valid, {result.imported.rows_delivered} delivered ({bytes(result.imported.bytes)}).
+          {leftOut(result.imported) ? <> Left out: {leftOut(result.imported)}.</> : null}
           {result.secret ? (
             <>
               {' '}
@@ -363,10 +421,11 @@ function put(upload: PresignedUpload, body: Blob, progress: (done: number) => vo
   });
 }
 
-async function settle(api: Api, id: string): Promise<Import> {
+/** Polls the import at `path` until it leaves created/processing (at most a minute). */
+async function settle(api: Api, path: string): Promise<Import> {
   const until = Date.now() + 60_000;
   for (;;) {
-    const current = await api.get<Import>(`/imports/${id}`);
+    const current = await api.get<Import>(path);
     if (!['created', 'processing'].includes(current.status) || Date.now() > until) return current;
     await new Promise((r) => setTimeout(r, 1000));
   }

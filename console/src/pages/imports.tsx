@@ -4,7 +4,8 @@ import { asProblem, type ApiError } from '../api';
 import { atLeast } from '../auth';
 import { useApp } from '../context';
 import type { ImporterProps } from '../importer/importer';
-import type { Import, ImportsDeleted } from '../types';
+import { leftOut, type Import, type ImportsDeleted, type PrivacySettings } from '../types';
+import { EmbedImporter } from './embed';
 import { Confirm, Loading, Notice, ProblemBanner, Status, Table, Time, bytes, day, useLoad } from '../ui';
 
 interface Download {
@@ -42,6 +43,20 @@ export function Imports() {
   const [problem, setProblem] = useState<ApiError | null>(null);
   const [notice, setNotice] = useState<string | null>(null);
   const [confirmAll, setConfirmAll] = useState(false);
+  // The declared purposes, for the importer's select: only admins may read the
+  // privacy settings, so an operator types the purpose (the API checks it).
+  const [purposes, setPurposes] = useState<string[] | undefined>(undefined);
+  const [purposesRead, setPurposesRead] = useState(!admin);
+  useEffect(() => {
+    if (!admin) return;
+    api.get<PrivacySettings>('/privacy/settings').then(
+      (s) => {
+        setPurposes(s.purposes ?? []);
+        setPurposesRead(true);
+      },
+      () => setPurposesRead(true),
+    );
+  }, []);
 
   const load = async (more = false) => {
     setLoading(true);
@@ -82,9 +97,10 @@ export function Imports() {
       {operator ? (
         <section aria-labelledby="importer-heading">
           <h2 id="importer-heading">New import</h2>
-          <LazyImporter api={api} onDone={() => void load()} />
+          {purposesRead ? <LazyImporter api={api} purposes={purposes} onDone={() => void load()} /> : <Loading what="the importer" />}
         </section>
       ) : null}
+      {operator ? <EmbedImporter /> : null}
       <section aria-labelledby="list-heading">
         <h2 id="list-heading">Import log</h2>
         {notice ? <Notice>{notice}</Notice> : null}
@@ -156,6 +172,12 @@ function ImportTable({ imports, onChanged }: { imports: Import[]; onChanged: () 
             </td>
             <td>
               {i.rows_valid} / {i.rows_invalid} / {i.rows_delivered}
+              {leftOut(i) ? (
+                <>
+                  <br />
+                  <small data-left-out>left out: {leftOut(i)}</small>
+                </>
+              ) : null}
             </td>
             <td>{i.mode === 'bypass' ? 'nothing kept' : day(i.data_expires_at)}</td>
             <td>
@@ -281,6 +303,20 @@ export function ImportDetail({ id }: { id: string }) {
               {i.rows_total} total, {i.rows_valid} valid, {i.rows_invalid} invalid, {i.rows_delivered} delivered in{' '}
               {i.batches_delivered} batches
             </dd>
+            {leftOut(i) ? (
+              <>
+                <dt>Left out (not pushed)</dt>
+                <dd data-left-out>{leftOut(i)}</dd>
+              </>
+            ) : null}
+            {i.purpose ? (
+              <>
+                <dt>Purpose</dt>
+                <dd>
+                  <code>{i.purpose}</code>
+                </dd>
+              </>
+            ) : null}
             <dt>Required columns</dt>
             <dd>{i.required_columns.length ? i.required_columns.join(', ') : '—'}</dd>
             <dt>Data expires</dt>

@@ -53,7 +53,13 @@ export function Overview() {
             </p>
           ) : settings.data ? (
             <p>
-              Next scheduled: {describeSchedule(settings.data.schedule.expression)} ({settings.data.schedule.timezone}){' '}
+              Next scheduled:{' '}
+              {settings.data.next_run_at ? (
+                <>
+                  <Time value={settings.data.next_run_at} /> —{' '}
+                </>
+              ) : null}
+              {describeSchedule(settings.data.schedule.expression)} ({settings.data.schedule.timezone}){' '}
               {settings.data.schedule_active ? <Badge tone="ok">schedule active</Badge> : <Badge tone="warn">schedule inactive</Badge>}
             </p>
           ) : null}

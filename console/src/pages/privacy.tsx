@@ -4,16 +4,38 @@ import { asProblem, type ApiError } from '../api';
 import { atLeast } from '../auth';
 import { signatureBytes, verifyCertificate, type Verification } from '../cert';
 import { useApp } from '../context';
-import type {
-  CertificateResponse,
-  ConsentChange,
-  PrivacyRequestCreated,
-  PrivacyRequestDetail,
-  PrivacyRequestSummary,
-  PrivacySettings,
-  PublicKey,
+import {
+  RESTRICTION_GROUNDS,
+  type CertificateResponse,
+  type ConsentChange,
+  type PrivacyKind,
+  type PrivacyRequestCreated,
+  type PrivacyRequestDetail,
+  type PrivacyRequestSummary,
+  type PrivacySettings,
+  type PublicKey,
+  type Restriction,
+  type RestrictionGround,
 } from '../types';
-import { Badge, Field, Loading, Notice, ProblemBanner, Status, Table, Time, useLoad, type Submit } from '../ui';
+import { Badge, Confirm, Field, Loading, Notice, ProblemBanner, Status, Table, Time, useLoad, type Loaded, type Submit } from '../ui';
+
+/** The grounds of a restriction of processing (GDPR Art. 18(1), or an objection under Art. 21). */
+const GROUNDS: Record<RestrictionGround, string> = {
+  accuracy_contested: 'Accuracy contested, while it is checked (Art. 18(1)(a))',
+  unlawful_processing: 'Unlawful processing; the subject wants restriction, not erasure (Art. 18(1)(b))',
+  legal_claims: 'Needed by the subject for legal claims (Art. 18(1)(c))',
+  objection: 'Objection, while its grounds are weighed (Art. 18(1)(d), Art. 21)',
+};
+
+const KIND_TITLE: Record<PrivacyKind, string> = {
+  access: 'Access request',
+  erasure: 'Erasure request',
+  restrict: 'Restriction of processing',
+};
+
+/** A purpose as the API takes it (`ConsentPurpose`). */
+const PURPOSE = /^[a-z0-9_-]{1,64}$/;
+const MAX_PURPOSES = 32;
 
 /** Acknowledge-by dates of requests filed in this tab (the list does not carry them). */
 const ackDue = new Map<string, string>();
@@ -22,17 +44,24 @@ export function Privacy() {
   const { api, session } = useApp();
   const admin = atLeast(session.role, 'admin');
   const list = useLoad(() => api.get<{ requests: PrivacyRequestSummary[] }>('/privacy/requests'));
+  // The privacy settings (admins only): their declared purposes feed the consent form.
+  const settings = useLoad<PrivacySettings | undefined>(() =>
+    admin ? api.get<PrivacySettings>('/privacy/settings') : Promise.resolve(undefined),
+  );
   return (
     <>
       <h1 tabIndex={-1}>Privacy</h1>
-      <p>Data-subject access and erasure requests, with their legal deadlines; consent records; privacy settings.</p>
+      <p>
+        Data-subject access, erasure and restriction requests, with their legal deadlines; consent records; privacy
+        settings.
+      </p>
       <section aria-labelledby="requests-heading">
-        <h2 id="requests-heading">Open requests</h2>
+        <h2 id="requests-heading">Open requests and restrictions in force</h2>
         <ProblemBanner problem={list.problem} />
         {list.loading && !list.data ? <Loading what="requests" /> : null}
         {list.data ? (
           list.data.requests.length ? (
-            <Table caption="Open requests, the most urgent first">
+            <Table caption="Open requests, the most urgent first, and restrictions in force">
               <thead>
                 <tr>
                   <th scope="col">Request</th>
@@ -41,20 +70,31 @@ export function Privacy() {
                   <th scope="col">Status</th>
                   <th scope="col">Received</th>
                   <th scope="col">Acknowledge by</th>
+                  <th scope="col">First response by</th>
                   <th scope="col">Respond by</th>
                   <th scope="col">Days left</th>
                 </tr>
               </thead>
               <tbody>
                 {list.data.requests.map((r) => (
-                  <tr key={r.id}>
+                  <tr key={r.id} data-request={r.id} data-kind={r.kind}>
                     <td>
                       <a href={`/privacy/requests/${r.id}`}>
                         <code>{r.id.slice(-8)}</code>
                         <span class="visually-hidden"> (request {r.id})</span>
                       </a>
                     </td>
-                    <td>{r.kind}</td>
+                    <td>
+                      {r.kind}
+                      {r.restriction && !r.restriction.lifted_at ? (
+                        <>
+                          {' '}
+                          <Badge tone="warn">restriction in force</Badge>
+                          <br />
+                          <small>{r.restriction.ground.replace(/_/g, ' ')}</small>
+                        </>
+                      ) : null}
+                    </td>
                     <td>{r.regulation.toUpperCase()}</td>
                     <td>
                       <Status value={r.status} />
@@ -66,9 +106,13 @@ export function Privacy() {
                       <Time value={r.ack_due ?? ackDue.get(r.id)} />
                     </td>
                     <td>
+                      <Time value={r.initial_response_due} />{' '}
+                      {r.initial_response_overdue ? <Badge tone="bad">initial response overdue</Badge> : null}
+                    </td>
+                    <td>
                       <Time value={r.respond_by} /> {r.extended ? <Badge>extended</Badge> : null}
                     </td>
-                    <td>{r.overdue ? <Badge tone="bad">overdue</Badge> : r.days_left}</td>
+                    <td>{r.overdue ? <Badge tone="bad">overdue</Badge> : r.status === 'complete' ? 'answered' : r.days_left}</td>
                   </tr>
                 ))}
               </tbody>
@@ -79,15 +123,16 @@ export function Privacy() {
         ) : null}
       </section>
       {admin ? <NewRequest /> : null}
-      {admin ? <Consent /> : null}
-      {admin ? <Settings /> : null}
+      {admin ? <Consent purposes={settings.data?.purposes ?? []} /> : null}
+      {admin ? <Settings current={settings} /> : null}
     </>
   );
 }
 
 function NewRequest() {
   const { api, navigate } = useApp();
-  const [kind, setKind] = useState<'access' | 'erasure'>('access');
+  const [kind, setKind] = useState<PrivacyKind>('access');
+  const [ground, setGround] = useState<RestrictionGround | ''>('');
   const [regulation, setRegulation] = useState<'gdpr' | 'ccpa'>('gdpr');
   const [email, setEmail] = useState('');
   const [phone, setPhone] = useState('');
@@ -108,13 +153,16 @@ function NewRequest() {
     if (phone.trim()) subject.phone = phone.trim();
     if (contactId.trim()) subject.contact_id = contactId.trim();
     if (country.trim()) subject.default_country_code = country.trim();
+    const path = { access: '/privacy/export', erasure: '/privacy/delete', restrict: '/privacy/restrict' }[kind];
+    // A restriction states its ground and takes no verification (it only protects the subject).
+    const extra = kind === 'restrict' ? { ground: ground || null } : { verify_subject: verify };
     try {
-      const created = await api.post<PrivacyRequestCreated>(kind === 'access' ? '/privacy/export' : '/privacy/delete', {
+      const created = await api.post<PrivacyRequestCreated>(path, {
         subject,
         regulation,
         note: note.trim() || null,
-        verify_subject: verify,
         account_holder: holder,
+        ...extra,
       });
       ackDue.set(created.id, created.ack_due);
       navigate(`/privacy/requests/${created.id}`);
@@ -139,7 +187,27 @@ function NewRequest() {
             <input type="radio" name="kind" value="erasure" checked={kind === 'erasure'} onChange={() => setKind('erasure')} />
             Erasure (delete the subject's data, with a certificate)
           </label>
+          <label>
+            <input type="radio" name="kind" value="restrict" checked={kind === 'restrict'} onChange={() => setKind('restrict')} />
+            Restrict processing (leave the subject out of imports and exports until lifted)
+          </label>
         </fieldset>
+        {kind === 'restrict' ? (
+          <Field label="Ground" field="ground" problem={problem} hint="In force as soon as it is filed.">
+            {(a) => (
+              <select {...a} required value={ground} onChange={(e) => setGround(e.currentTarget.value as RestrictionGround | '')}>
+                <option value="" disabled>
+                  Choose the ground…
+                </option>
+                {RESTRICTION_GROUNDS.map((g) => (
+                  <option key={g} value={g}>
+                    {GROUNDS[g]}
+                  </option>
+                ))}
+              </select>
+            )}
+          </Field>
+        ) : null}
         <Field label="Regulation" field="regulation" problem={problem}>
           {(a) => (
             <select {...a} value={regulation} onChange={(e) => setRegulation(e.currentTarget.value as 'gdpr' | 'ccpa')}>
@@ -174,16 +242,18 @@ function NewRequest() {
         <Field label="Note (optional)" field="note" problem={problem}>
           {(a) => <textarea {...a} maxLength={1000} value={note} onInput={(e) => setNote(e.currentTarget.value)} />}
         </Field>
-        <label>
-          <input type="checkbox" name="verify_subject" checked={verify} onChange={(e) => setVerify(e.currentTarget.checked)} />
-          Verify the subject first (sends a one-time code through the verification webhook)
-        </label>
+        {kind === 'restrict' ? null : (
+          <label>
+            <input type="checkbox" name="verify_subject" checked={verify} onChange={(e) => setVerify(e.currentTarget.checked)} />
+            Verify the subject first (sends a one-time code through the verification webhook)
+          </label>
+        )}
         <label>
           <input type="checkbox" name="account_holder" checked={holder} onChange={(e) => setHolder(e.currentTarget.checked)} />
           The subject is the account holder
         </label>
-        <button type="submit" disabled={busy} aria-busy={busy ? 'true' : undefined}>
-          File {kind} request
+        <button type="submit" disabled={busy || (kind === 'restrict' && !ground)} aria-busy={busy ? 'true' : undefined}>
+          {kind === 'restrict' ? 'File restriction' : `File ${kind} request`}
         </button>
       </form>
     </section>
@@ -210,7 +280,7 @@ export function PrivacyRequest({ id }: { id: string }) {
   return (
     <>
       <h1 tabIndex={-1}>
-        {r ? `${r.kind === 'erasure' ? 'Erasure' : 'Access'} request` : 'Privacy request'} <code>{id.slice(-8)}</code>
+        {r ? KIND_TITLE[r.kind] ?? 'Privacy request' : 'Privacy request'} <code>{id.slice(-8)}</code>
       </h1>
       <p>
         <a href="/privacy">Back to privacy</a>
@@ -221,6 +291,10 @@ export function PrivacyRequest({ id }: { id: string }) {
         <>
           <p>
             Status: <Status value={r.status} /> {r.days_left < 0 && r.status !== 'complete' ? <Badge tone="bad">overdue</Badge> : null}
+            {r.initial_response_overdue ? <Badge tone="bad">initial response overdue</Badge> : null}
+            {r.restriction ? (
+              r.restriction.lifted_at ? <Badge>restriction lifted</Badge> : <Badge tone="warn">restriction in force</Badge>
+            ) : null}
             {ACTIVE.includes(r.status) ? <span aria-busy="true"> processing…</span> : null}
           </p>
           <h2>Timeline</h2>
@@ -232,6 +306,24 @@ export function PrivacyRequest({ id }: { id: string }) {
               Acknowledged <Time value={r.acknowledged_at} />{' '}
               {r.acknowledged_in_time ? '(in time' : '(late'}; due by <Time value={r.deadlines.ack_due} />)
             </li>
+            {r.deadlines.initial_response_due || r.initial_response_at ? (
+              <li>
+                {r.initial_response_at ? (
+                  <>
+                    First substantive response <Time value={r.initial_response_at} />
+                  </>
+                ) : (
+                  <>First substantive response not given yet</>
+                )}
+                {r.deadlines.initial_response_due ? (
+                  <>
+                    {' '}
+                    (due by <Time value={r.deadlines.initial_response_due} />)
+                  </>
+                ) : null}{' '}
+                {r.initial_response_overdue ? <Badge tone="bad">initial response overdue</Badge> : null}
+              </li>
+            ) : null}
             {r.extension ? (
               <li>
                 Extended <Time value={r.extension.extended_at} /> by{' '}
@@ -253,6 +345,7 @@ export function PrivacyRequest({ id }: { id: string }) {
             </li>
           </ol>
           {r.denial_reason ? <Notice tone="bad">Denied: {r.denial_reason.replace(/_/g, ' ')}</Notice> : null}
+          {r.restriction ? <RestrictionView id={id} restriction={r.restriction} admin={admin} onLifted={() => request.reload()} /> : null}
           {r.erased ? (
             <dl>
               {Object.entries(r.erased).map(([k, v]) => (
@@ -264,7 +357,7 @@ export function PrivacyRequest({ id }: { id: string }) {
             </dl>
           ) : null}
           {r.status === 'identity_unverified' && operator ? <VerifyCode id={id} onDone={() => request.reload()} /> : null}
-          {admin && !r.extension && !['complete', 'denied'].includes(r.status) ? (
+          {admin && !r.extension && r.kind !== 'restrict' && !['complete', 'denied'].includes(r.status) ? (
             <Extend id={id} regulation={r.regulation} onDone={() => request.reload()} />
           ) : null}
           {r.download ? (
@@ -297,7 +390,10 @@ function VerifyCode({ id, onDone }: { id: string; onDone: () => void }) {
       await api.post(`/privacy/requests/${id}/verify`, { code: code.trim() });
       onDone();
     } catch (err) {
-      setProblem(asProblem(err));
+      const problem = asProblem(err);
+      setProblem(problem);
+      // Too many wrong codes: the request is denied now; show it as it stands.
+      if (problem.slug === 'verification-locked') onDone();
     }
   };
   return (
@@ -310,6 +406,91 @@ function VerifyCode({ id, onDone }: { id: string; onDone: () => void }) {
         </Field>
         <button type="submit">Verify</button>
       </form>
+    </section>
+  );
+}
+
+function RestrictionView({
+  id,
+  restriction,
+  admin,
+  onLifted,
+}: {
+  id: string;
+  restriction: Restriction;
+  admin: boolean;
+  onLifted: () => void;
+}) {
+  const { api } = useApp();
+  const [reason, setReason] = useState('');
+  const [confirming, setConfirming] = useState(false);
+  const [problem, setProblem] = useState<ApiError | null>(null);
+  const [notice, setNotice] = useState<string | null>(null);
+  const lift = async () => {
+    setProblem(null);
+    try {
+      await api.post<{ id: string; restriction: Restriction }>(`/privacy/requests/${id}/lift`, { reason: reason.trim() });
+      setNotice('Restriction lifted: processing of the subject\'s data resumes (imports push their rows, exports include them).');
+      setReason('');
+      onLifted();
+    } catch (err) {
+      setProblem(asProblem(err));
+    }
+  };
+  return (
+    <section aria-labelledby="restriction-heading" data-restriction={restriction.lifted_at ? 'lifted' : 'in-force'}>
+      <h2 id="restriction-heading">Restriction of processing</h2>
+      {notice ? <Notice>{notice}</Notice> : null}
+      <dl>
+        <dt>Ground</dt>
+        <dd>{GROUNDS[restriction.ground] ?? restriction.ground}</dd>
+        <dt>In force since</dt>
+        <dd>
+          <Time value={restriction.since} />
+        </dd>
+        <dt>Lifted</dt>
+        <dd>
+          {restriction.lifted_at ? (
+            <>
+              <Time value={restriction.lifted_at} />
+              {restriction.lifted_by ? <> by {restriction.lifted_by}</> : null}
+              {restriction.lift_reason ? <>: {restriction.lift_reason}</> : null}
+            </>
+          ) : (
+            'not lifted: the subject is left out of import pushes and exports'
+          )}
+        </dd>
+      </dl>
+      {admin && !restriction.lifted_at ? (
+        <form
+          onSubmit={(e: Submit) => {
+            e.preventDefault();
+            if (reason.trim()) setConfirming(true);
+          }}
+          novalidate
+        >
+          <ProblemBanner problem={problem} />
+          <Field
+            label="Reason for lifting (the subject is told before it ends)"
+            field="reason"
+            problem={problem}
+            hint="Required. Kept on the request."
+          >
+            {(a) => <textarea {...a} required maxLength={1000} value={reason} onInput={(e) => setReason(e.currentTarget.value)} />}
+          </Field>
+          <button type="submit" class="secondary" disabled={!reason.trim()}>
+            Lift restriction
+          </button>
+        </form>
+      ) : null}
+      {confirming ? (
+        <Confirm title="Lift the restriction?" confirmLabel="Lift restriction" onConfirm={lift} onClose={() => setConfirming(false)}>
+          <p>
+            Processing of the subject's data resumes at once: imports push their rows again and exports include them
+            (unless another restriction in force covers the subject).
+          </p>
+        </Confirm>
+      ) : null}
     </section>
   );
 }
@@ -461,7 +642,7 @@ function CertificateView({ id }: { id: string }) {
   );
 }
 
-function Consent() {
+function Consent({ purposes }: { purposes: string[] }) {
   const { api } = useApp();
   const [email, setEmail] = useState('');
   const [phone, setPhone] = useState('');
@@ -575,9 +756,26 @@ function Consent() {
         <h3>Record a consent change for the subject above</h3>
         {notice ? <Notice>{notice}</Notice> : null}
         <div class="grid">
-          <Field label="Purpose" field="purpose" problem={problem} hint="Lower case, digits, _ and -, e.g. marketing_email.">
-            {(a) => <input {...a} value={purpose} onInput={(e) => setPurpose(e.currentTarget.value)} />}
-          </Field>
+          {purposes.length ? (
+            <Field label="Purpose" field="purpose" problem={problem} hint="One of the purposes declared in the privacy settings.">
+              {(a) => (
+                <select {...a} required value={purpose} onChange={(e) => setPurpose(e.currentTarget.value)}>
+                  <option value="" disabled>
+                    Choose a purpose…
+                  </option>
+                  {purposes.map((p) => (
+                    <option key={p} value={p}>
+                      {p}
+                    </option>
+                  ))}
+                </select>
+              )}
+            </Field>
+          ) : (
+            <Field label="Purpose" field="purpose" problem={problem} hint="Lower case, digits, _ and -, e.g. marketing_email.">
+              {(a) => <input {...a} value={purpose} onInput={(e) => setPurpose(e.currentTarget.value)} />}
+            </Field>
+          )}
           <Field label="State" field="state" problem={problem}>
             {(a) => (
               <select {...a} value={state} onChange={(e) => setState(e.currentTarget.value as 'granted' | 'withdrawn')}>
@@ -603,41 +801,90 @@ function Consent() {
   );
 }
 
-function Settings() {
-  const { api } = useApp();
-  const current = useLoad(() => api.get<PrivacySettings>('/privacy/settings'));
+function Settings({ current }: { current: Loaded<PrivacySettings | undefined> }) {
   return (
     <section aria-labelledby="privacy-settings-heading">
       <h2 id="privacy-settings-heading">Privacy settings</h2>
       <ProblemBanner problem={current.problem} />
-      {current.data ? <SettingsForm current={current.data} onSaved={current.set} /> : current.loading ? <Loading what="settings" /> : null}
+      {current.data ? (
+        <SettingsForm current={current.data} onSaved={current.set} />
+      ) : current.loading ? (
+        <Loading what="settings" />
+      ) : null}
     </section>
   );
 }
 
+function sameList(a: string[], b: string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** A webhook field pair's change for a partial update: undefined when unchanged. */
+function webhookChange(before: string | undefined, url: string, secret: string): null | { url: string; secret: string } | undefined {
+  if (!url.trim()) return before ? null : undefined;
+  if (url.trim() === before && !secret) return undefined;
+  return { url: url.trim(), secret };
+}
+
+/** The privacy settings; saving sends only what changed (`PUT /privacy/settings` is a partial update). */
 function SettingsForm({ current, onSaved }: { current: PrivacySettings; onSaved: (s: PrivacySettings) => void }) {
   const { api } = useApp();
+  const hasNotification = 'notification_webhook' in current;
   const [zone, setZone] = useState(current.time_zone);
   const [url, setUrl] = useState(current.verification_webhook?.url ?? '');
   const [secret, setSecret] = useState('');
+  const [noticeUrl, setNoticeUrl] = useState(current.notification_webhook?.url ?? '');
+  const [noticeSecret, setNoticeSecret] = useState('');
+  const [purposes, setPurposes] = useState<string[]>(current.purposes ?? []);
+  const [adding, setAdding] = useState('');
+  const [addError, setAddError] = useState<string | null>(null);
   const [problem, setProblem] = useState<ApiError | null>(null);
   const [notice, setNotice] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  const add = () => {
+    const p = adding.trim();
+    if (!PURPOSE.test(p)) return setAddError('1-64 characters: lower case letters, digits, _ and -.');
+    if (purposes.includes(p)) return setAddError(`${p} is declared already.`);
+    if (purposes.length >= MAX_PURPOSES) return setAddError(`At most ${MAX_PURPOSES} purposes.`);
+    setPurposes([...purposes, p]);
+    setAdding('');
+    setAddError(null);
+  };
+
   const submit = async (e: Submit) => {
     e.preventDefault();
     setProblem(null);
     setNotice(null);
+    const body: Record<string, unknown> = {};
+    if (zone.trim() !== current.time_zone) body.time_zone = zone.trim() || null;
+    if (!sameList(purposes, current.purposes ?? [])) body.purposes = purposes;
+    const verification = webhookChange(current.verification_webhook?.url, url, secret);
+    if (verification !== undefined) body.verification_webhook = verification;
+    if (hasNotification) {
+      const notification = webhookChange(current.notification_webhook?.url, noticeUrl, noticeSecret);
+      if (notification !== undefined) body.notification_webhook = notification;
+    }
+    if (!Object.keys(body).length) {
+      setNotice('Nothing changed.');
+      return;
+    }
+    setBusy(true);
     try {
-      const saved = await api.put<PrivacySettings>('/privacy/settings', {
-        time_zone: zone.trim() || null,
-        verification_webhook: url.trim() ? { url: url.trim(), secret } : null,
-      });
+      const saved = await api.put<PrivacySettings>('/privacy/settings', body);
       setSecret('');
-      setNotice('Privacy settings saved.');
+      setNoticeSecret('');
+      setPurposes(saved.purposes ?? purposes);
+      setNotice(`Privacy settings saved (${Object.keys(body).map((k) => k.replace(/_/g, ' ')).join(', ')}).`);
       onSaved(saved);
     } catch (err) {
       setProblem(asProblem(err));
+    } finally {
+      setBusy(false);
     }
   };
+  const purposeProblem = problem?.field?.startsWith('purposes') ? problem : null;
+  const badIndex = purposeProblem ? Number(/\[(\d+)\]/.exec(purposeProblem.field ?? '')?.[1] ?? -1) : -1;
   return (
     <form onSubmit={submit} novalidate>
       <ProblemBanner problem={problem} />
@@ -645,25 +892,112 @@ function SettingsForm({ current, onSaved }: { current: PrivacySettings; onSaved:
       <Field label="Time zone for deadlines" field="time_zone" problem={problem}>
         {(a) => <input {...a} value={zone} onInput={(e) => setZone(e.currentTarget.value)} />}
       </Field>
-      <Field
-        label="Verification webhook URL (empty for none)"
-        field="verification_webhook.url"
-        problem={problem}
-        hint="custody posts one-time codes for subjects here."
-      >
-        {(a) => <input {...a} type="url" value={url} onInput={(e) => setUrl(e.currentTarget.value)} />}
-      </Field>
-      {url.trim() ? (
+      <fieldset aria-describedby="purposes-hint">
+        <legend>Declared purposes</legend>
+        <small id="purposes-hint" class="hint">
+          The purposes the account processes personal data for (at most {MAX_PURPOSES}). Once any is declared, consent is
+          recorded for these only, and an import may name one so that subjects who withdrew consent for it are left out.
+        </small>
+        {purposes.length ? (
+          <ul class="purposes" aria-label="Declared purposes">
+            {purposes.map((p, i) => (
+              <li key={p} data-purpose={p}>
+                <code>{p}</code>
+                {i === badIndex ? <small class="field-error"> {purposeProblem!.detail}</small> : null}{' '}
+                <button
+                  type="button"
+                  class="secondary outline"
+                  aria-label={`Remove purpose ${p}`}
+                  onClick={() => setPurposes(purposes.filter((x) => x !== p))}
+                >
+                  Remove
+                </button>
+              </li>
+            ))}
+          </ul>
+        ) : (
+          <p>No purposes declared: consent may name any purpose, and imports none.</p>
+        )}
+        <div class="field add-purpose">
+          <label for="add-purpose">Add a purpose</label>
+          <div role="group">
+            <input
+              id="add-purpose"
+              placeholder="marketing_email"
+              autocomplete="off"
+              value={adding}
+              aria-invalid={addError ? 'true' : undefined}
+              aria-describedby={addError ? 'add-purpose-error' : undefined}
+              onInput={(e) => {
+                setAdding(e.currentTarget.value);
+                setAddError(null);
+              }}
+              onKeyDown={(e) => {
+                if (e.key === 'Enter') {
+                  e.preventDefault();
+                  add();
+                }
+              }}
+            />
+            <button type="button" class="secondary" onClick={add}>
+              Add purpose
+            </button>
+          </div>
+          {addError ? (
+            <small id="add-purpose-error" class="field-error">
+              {addError}
+            </small>
+          ) : null}
+        </div>
+        {purposeProblem && badIndex < 0 ? <small class="field-error">{purposeProblem.detail}</small> : null}
+      </fieldset>
+      <fieldset>
+        <legend>Verification webhook</legend>
         <Field
-          label="Webhook signing secret"
-          field="verification_webhook.secret"
+          label="Verification webhook URL (empty for none)"
+          field="verification_webhook.url"
           problem={problem}
-          hint="32 bytes or more, write-only. The settings are replaced as a whole, so saving needs it again."
+          hint="custody posts one-time codes for subjects here."
         >
-          {(a) => <input {...a} type="password" autocomplete="new-password" value={secret} onInput={(e) => setSecret(e.currentTarget.value)} />}
+          {(a) => <input {...a} type="url" value={url} onInput={(e) => setUrl(e.currentTarget.value)} />}
         </Field>
+        {url.trim() ? (
+          <Field
+            label="Webhook signing secret"
+            field="verification_webhook.secret"
+            problem={problem}
+            hint="32 bytes or more, write-only. Needed only to set a new URL or secret; left empty, the stored one stays."
+          >
+            {(a) => <input {...a} type="password" autocomplete="new-password" value={secret} onInput={(e) => setSecret(e.currentTarget.value)} />}
+          </Field>
+        ) : null}
+      </fieldset>
+      {hasNotification ? (
+        <fieldset>
+          <legend>Notification webhook</legend>
+          <Field
+            label="Notification webhook URL (empty for none)"
+            field="notification_webhook.url"
+            problem={problem}
+            hint="custody posts privacy notices here (request received, extended, completed, deadlines approaching, …)."
+          >
+            {(a) => <input {...a} type="url" value={noticeUrl} onInput={(e) => setNoticeUrl(e.currentTarget.value)} />}
+          </Field>
+          {noticeUrl.trim() ? (
+            <Field
+              label="Notification webhook signing secret"
+              field="notification_webhook.secret"
+              problem={problem}
+              hint="32 bytes or more, write-only. Needed only to set a new URL or secret; left empty, the stored one stays."
+            >
+              {(a) => (
+                <input {...a} type="password" autocomplete="new-password" value={noticeSecret} onInput={(e) => setNoticeSecret(e.currentTarget.value)} />
+              )}
+            </Field>
+          ) : null}
+        </fieldset>
       ) : null}
-      <button type="submit" class="secondary">
+      <button type="submit" class="secondary" disabled={busy} aria-busy={busy ? 'true' : undefined}>
         Save privacy settings
       </button>
     </form>
