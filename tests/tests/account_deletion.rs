@@ -240,7 +240,19 @@ async fn account_deletion_removes_tokens_at_once_then_everything_but_the_audit_l
         .iter()
         .filter(|e| e.class == custody::audit::AuditClass::Evidence)
         .collect();
-    let at_signing = evidence[evidence.len() - 2];
+    // After signing come only the purge-finished notice's outcome (`notice.*`, sent
+    // once the certificate exists) and `account.purged`, the head.
+    let signed_at = evidence
+        .iter()
+        .rposition(|e| e.action != "account.purged" && !e.action.starts_with("notice."))
+        .expect("entries before the signing");
+    let after: Vec<&str> = evidence[signed_at + 1..]
+        .iter()
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(after.last(), Some(&"account.purged"), "{after:?}");
+    assert!(after.len() <= 2, "{after:?}");
+    let at_signing = evidence[signed_at];
     assert_eq!(
         certificate.audit_head_hash, at_signing.hash,
         "the certificate does not anchor the chain as it was when signed"
