@@ -461,7 +461,7 @@ async fn create(
                     actor: caller.actor(),
                     ..base_event(&request, "privacy_request.restricted")
                 }
-                .detail("ground", restriction_ground(restriction.ground)),
+                .detail("ground", restriction.ground.as_str()),
             )
             .await?;
     }
@@ -1151,16 +1151,6 @@ async fn put_consent(
 // ---------------------------------------------------------------------------------
 // Lifting a restriction
 // ---------------------------------------------------------------------------------
-
-/// The audit and API name of a ground.
-fn restriction_ground(ground: RestrictionGround) -> &'static str {
-    match ground {
-        RestrictionGround::AccuracyContested => "accuracy_contested",
-        RestrictionGround::UnlawfulProcessing => "unlawful_processing",
-        RestrictionGround::LegalClaims => "legal_claims",
-        RestrictionGround::Objection => "objection",
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

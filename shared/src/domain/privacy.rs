@@ -565,6 +565,18 @@ pub enum RestrictionGround {
     Objection,
 }
 
+impl RestrictionGround {
+    /// The API's and the audit log's name (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AccuracyContested => "accuracy_contested",
+            Self::UnlawfulProcessing => "unlawful_processing",
+            Self::LegalClaims => "legal_claims",
+            Self::Objection => "objection",
+        }
+    }
+}
+
 /// A restriction of processing and its lifting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restriction {
@@ -1476,6 +1488,18 @@ mod tests {
             PrivacyError::NotOpen,
         ] {
             assert_eq!(row(&err), shown(409, "conflict", None), "{err}");
+        }
+    }
+
+    #[test]
+    fn restriction_grounds_are_named_as_serialised() {
+        for ground in [
+            RestrictionGround::AccuracyContested,
+            RestrictionGround::UnlawfulProcessing,
+            RestrictionGround::LegalClaims,
+            RestrictionGround::Objection,
+        ] {
+            assert_eq!(serde_json::to_value(ground).unwrap(), ground.as_str());
         }
     }
 }

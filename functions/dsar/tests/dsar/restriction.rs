@@ -453,3 +453,29 @@ async fn the_initial_response_is_due_in_seven_business_days_of_the_tenants_zone(
     assert_eq!(entry["initial_response_overdue"], true);
     assert_eq!(deadlines::check(deps).await.unwrap().requests_overdue, 1);
 }
+
+/// The markers are the subject's data too (subject-indexed): an erasure takes them
+/// with everything else, as `custody::suppression` promises.
+#[tokio::test]
+async fn an_erasure_takes_the_subjects_suppression_markers() {
+    let env = env().await;
+    let deps = &env.deps;
+    let (status, out) = restrict(deps, &ANN, "objection").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{out}");
+    put_consent(deps, &ANN, "marketing", "withdrawn").await;
+    assert!(!suppressed(deps, Some("marketing")).await.is_empty());
+    // Marker items by their sort key (the erasure's own plan names the keys it deletes).
+    let markers = || async {
+        table_dump(&env.stack.clients.dynamodb, &env.stack.config.table)
+            .await
+            .lines()
+            .filter(|l| l.contains("\"sk\": S(\"SUPP#"))
+            .count()
+    };
+    // Three identifiers restricted, one withdrawn.
+    assert_eq!(markers().await, 4);
+    let erasure = file_request(deps, "delete", &ANN, "gdpr").await;
+    deliver(deps, &erasure).await;
+    assert!(suppressed(deps, Some("marketing")).await.is_empty());
+    assert_eq!(markers().await, 0, "a marker outlived the erasure");
+}
