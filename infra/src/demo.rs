@@ -32,6 +32,8 @@ const RETURN_URL: &str = "http://127.0.0.1/app/connections";
 const DAV_USER: &str = "demo-export";
 /// The contact the privacy steps follow; shares the import file with others.
 pub const SUBJECT_EMAIL: &str = "jane.doe@example.com";
+/// The subject's email as the privacy step's rectification corrects it.
+pub const SUBJECT_CORRECTED_EMAIL: &str = "jane.doe-smith@example.com";
 pub const SUBJECT_PHONE: &str = "+447700900123";
 pub const SUBJECT_CONTACT: &str = "hl_contact_42";
 pub const SUBJECT_NAME: &str = "Jane Doe";
@@ -39,14 +41,15 @@ pub const SUBJECT_NAME: &str = "Jane Doe";
 /// The Marketplace app id the demo's HighLevel app is configured with.
 const MARKETPLACE_APP_ID: &str = "custody-demo-app";
 
-pub const STEPS: [&str; 8] = [
+pub const STEPS: [&str; 9] = [
     "connect HighLevel (OAuth, state + PKCE)",
     "export conversations to WebDAV",
     "import a CSV file",
     "restrict a subject's processing: imports leave their rows out until it is lifted",
-    "consent, access and erasure of a data subject",
+    "consent, access, rectification and erasure of a data subject",
     "uninstall through the signed HighLevel webhook",
     "install again from the HighLevel Marketplace and claim it",
+    "notices received by the tenant's notification webhook, signatures verified",
     "verify the audit chain",
 ];
 
@@ -75,12 +78,16 @@ pub struct Environment {
     pub highlevel: HighLevelSim,
     pub webdav: WebDavSim,
     pub destination: DestinationSim,
+    /// The tenant's notification webhook (privacy notices), a receiver of its own
+    /// that verifies every signature with [`Environment::notice_secret`].
+    pub notices: DestinationSim,
     /// Signs HighLevel's webhooks; the simulated Marketplace sends its `INSTALL`
     /// webhooks with it too.
     pub signer: Arc<WebhookSigner>,
     client_secret: String,
     dav_password: String,
     destination_secret: String,
+    notice_secret: String,
     /// Secret values the journey handled (OAuth state, code and cookie, bearer
     /// tokens, presigned-URL signatures), for tests that look for them in logs.
     handled: Mutex<BTreeSet<String>>,
@@ -165,6 +172,10 @@ impl Environment {
         let destination = DestinationSim::start(&destination_secret)
             .await
             .map_err(|e| setup("destination webhook receiver", &e))?;
+        let notice_secret = random_secret("whsec_");
+        let notices = DestinationSim::start(&notice_secret)
+            .await
+            .map_err(|e| setup("notification webhook receiver", &e))?;
         let signer =
             Arc::new(WebhookSigner::generate().map_err(|e| setup("webhook signing key", &e))?);
         let rsa_public = signer
@@ -235,10 +246,12 @@ impl Environment {
             highlevel,
             webdav,
             destination,
+            notices,
             signer,
             client_secret,
             dav_password,
             destination_secret,
+            notice_secret,
             handled: Mutex::new(BTreeSet::new()),
             http,
         })
@@ -296,6 +309,7 @@ impl Environment {
             self.client_secret.clone(),
             self.dav_password.clone(),
             self.destination_secret.clone(),
+            self.notice_secret.clone(),
         ]);
         all.extend(self.oauth.issued_access_tokens());
         all.extend(self.oauth.issued_refresh_tokens());
@@ -313,13 +327,20 @@ impl Environment {
     }
 
     /// Every value that identifies a person the journey handles: the privacy steps'
-    /// subject, every contact of the imported file (contact id, name, email, phone,
+    /// subject (its email before and after the rectification), every contact of the imported file (contact id, name, email, phone,
     /// the phone without its `+`) and every contact of the simulated HighLevel
     /// location the export reads (contact ids).
     pub fn subject_identifiers(&self) -> Vec<String> {
         let mut all = BTreeSet::new();
         all.extend(
-            [SUBJECT_EMAIL, SUBJECT_PHONE, SUBJECT_CONTACT, SUBJECT_NAME].map(str::to_owned),
+            [
+                SUBJECT_EMAIL,
+                SUBJECT_CORRECTED_EMAIL,
+                SUBJECT_PHONE,
+                SUBJECT_CONTACT,
+                SUBJECT_NAME,
+            ]
+            .map(str::to_owned),
         );
         let csv = demo_csv();
         for line in csv.lines().skip(1) {
@@ -544,7 +565,7 @@ fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), String
 
 /// Runs the journey, printing progress through `say`.
 pub async fn journey(env: &Environment, say: &mut dyn FnMut(&str)) -> Result<(), DemoError> {
-    let steps: [&dyn Fn(&Environment) -> StepFuture<'_>; 8] = [
+    let steps: [&dyn Fn(&Environment) -> StepFuture<'_>; 9] = [
         &|e| Box::pin(connect(e)),
         &|e| Box::pin(export(e)),
         &|e| Box::pin(import(e)),
@@ -552,8 +573,12 @@ pub async fn journey(env: &Environment, say: &mut dyn FnMut(&str)) -> Result<(),
         &|e| Box::pin(privacy(e)),
         &|e| Box::pin(uninstall(e)),
         &|e| Box::pin(marketplace(e)),
+        &|e| Box::pin(notices(e)),
         &|e| Box::pin(audit(e)),
     ];
+    // Before any step, so every notice of the journey reaches the receiver.
+    let url = configure_notices(env).await.map_err(DemoError::Setup)?;
+    say(&format!("tenant's notification webhook: {url}"));
     for (index, step) in steps.iter().enumerate() {
         let name = STEPS[index];
         say(&format!("[{}/{}] {name}", index + 1, STEPS.len()));
@@ -1116,6 +1141,64 @@ async fn privacy(env: &Environment) -> Result<Vec<String>, String> {
         bundle.len()
     ));
 
+    // Rectification: the contact's email was wrong. The stored import is rewritten
+    // with the corrected one; every other row stays byte for byte.
+    let corrected = SUBJECT_CORRECTED_EMAIL;
+    let filed = env
+        .expect(
+            reqwest::Method::POST,
+            "/privacy/rectify",
+            Some(json!({
+                "subject": {"email": SUBJECT_EMAIL},
+                "corrections": {"email": corrected},
+                "regulation": "gdpr",
+            })),
+            202,
+        )
+        .await?;
+    let id = filed["id"].as_str().ok_or("no request id")?.to_owned();
+    let done = wait_request(env, &id).await?;
+    let imports = env
+        .expect(reqwest::Method::GET, "/imports", None, 200)
+        .await?;
+    let import_id = imports["imports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|import| import["format"] == "csv")
+        .and_then(|import| import["id"].as_str())
+        .ok_or("no CSV import to re-download")?
+        .to_owned();
+    let download = env
+        .expect(
+            reqwest::Method::GET,
+            &format!("/imports/{import_id}/download"),
+            None,
+            200,
+        )
+        .await?;
+    let url = download["objects"][0]["url"]
+        .as_str()
+        .ok_or("no download link")?;
+    env.handled_presigned(url);
+    let stored = env
+        .http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    let expected = demo_csv().replace(&format!(",{SUBJECT_EMAIL},"), &format!(",{corrected},"));
+    check(stored == expected, || {
+        "the re-downloaded import does not hold exactly the corrected row and the others".into()
+    })?;
+    lines.push(format!(
+        "rectification {id}: the contact's email corrected in {} stored file(s), {} row(s); the re-downloaded import carries {corrected}, every other row byte for byte",
+        done["rectification"]["files_rewritten"], done["rectification"]["rows_rectified"]
+    ));
+
     let filed = env
         .expect(
             reqwest::Method::POST,
@@ -1127,7 +1210,14 @@ async fn privacy(env: &Environment) -> Result<Vec<String>, String> {
     let id = filed["id"].as_str().ok_or("no request id")?.to_owned();
     let done = wait_request(env, &id).await?;
     lines.push(format!("erasure request {id} complete: {}", done["erased"]));
-    let needles = [SUBJECT_EMAIL, SUBJECT_PHONE, SUBJECT_CONTACT, SUBJECT_NAME];
+    // The corrected email went with the row.
+    let needles = [
+        SUBJECT_EMAIL,
+        corrected,
+        SUBJECT_PHONE,
+        SUBJECT_CONTACT,
+        SUBJECT_NAME,
+    ];
     let config = &env.stack.provisioned.config;
     let mut haystack = raw_table(env, &config.table).await?;
     haystack.push_str(&raw_table(env, &config.audit_table).await?);
@@ -1496,6 +1586,97 @@ async fn marketplace(env: &Environment) -> Result<Vec<String>, String> {
     }
     lines.push(format!(
         "GET /connections lists {LOCATION} again; tokens only sealed"
+    ));
+    Ok(lines)
+}
+
+// ----------------------------------------------------------------------------- notices
+
+/// `PUT /privacy/settings` with the notification webhook: the local receiver.
+async fn configure_notices(env: &Environment) -> Result<String, String> {
+    let url = env.notices.notice_url();
+    let saved = env
+        .expect(
+            reqwest::Method::PUT,
+            "/privacy/settings",
+            Some(json!({"notification_webhook": {"url": url, "secret": env.notice_secret}})),
+            200,
+        )
+        .await?;
+    check(saved["notification_webhook"]["url"] == url.as_str(), || {
+        format!("the settings do not show the notification webhook: {saved}")
+    })?;
+    Ok(url)
+}
+
+/// Every notice the receiver got, each signature verified (by the receiver, with
+/// `custody::webhook::verify` and the tenant's secret), once per event id; and every
+/// notice a privacy request says was delivered is among them.
+async fn notices(env: &Environment) -> Result<Vec<String>, String> {
+    // The completion notices go out just after the requests show complete.
+    let wanted = ["privacy_request.received", "privacy_request.completed"];
+    poll("the privacy notices", Duration::from_secs(20), || async {
+        let types: BTreeSet<String> = env
+            .notices
+            .notices()
+            .iter()
+            .filter_map(|r| r.json.as_ref()?["type"].as_str().map(str::to_owned))
+            .collect();
+        Ok(wanted
+            .iter()
+            .all(|w| types.contains(*w))
+            .then_some(Value::Null))
+    })
+    .await?;
+    let received = env.notices.notices();
+    let mut lines = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut requests = BTreeSet::new();
+    for notice in &received {
+        let body = notice
+            .json
+            .as_ref()
+            .ok_or("a notice whose body is not a JSON object")?;
+        let event_id = body["event_id"].as_str().unwrap_or_default();
+        check(notice.signature_valid, || {
+            format!("notice {event_id}: signature missing or invalid")
+        })?;
+        check(notice.delivery_id.as_deref() == Some(event_id), || {
+            format!("notice {event_id}: its delivery id is not its event id")
+        })?;
+        check(seen.insert(event_id.to_owned()), || {
+            format!("notice {event_id} delivered twice")
+        })?;
+        if let Some(id) = body["request_id"].as_str() {
+            requests.insert(id.to_owned());
+        }
+        lines.push(format!(
+            "{:<38} {event_id}: signature verified",
+            body["type"].as_str().unwrap_or_default()
+        ));
+    }
+    // What each request says it delivered, the receiver has.
+    for id in &requests {
+        let detail = env
+            .expect(
+                reqwest::Method::GET,
+                &format!("/privacy/requests/{id}"),
+                None,
+                200,
+            )
+            .await?;
+        for listed in detail["notices"].as_array().into_iter().flatten() {
+            let event_id = listed["event_id"].as_str().unwrap_or_default();
+            check(
+                listed["status"] != "delivered" || seen.contains(event_id),
+                || format!("request {id} says notice {event_id} was delivered; none arrived"),
+            )?;
+        }
+    }
+    lines.push(format!(
+        "{} notice(s), {} request(s): each signed with the tenant's secret, once per event id",
+        received.len(),
+        requests.len()
     ));
     Ok(lines)
 }

@@ -64,6 +64,7 @@ pub async fn run(size: u64) -> Result<Value, BenchError> {
             oauth_function: "custody-oauth-test".into(),
             // No wait before the purge's final sweep (tests of the wait set their own).
             purge_grace: chrono::Duration::zero(),
+            notice_email_sender: None,
         },
         &clients,
         app_secret,

@@ -273,6 +273,7 @@ pub async fn run(bytes: u64) -> Result<Value, BenchError> {
             oauth_function: "custody-oauth-bench".into(),
             // No wait before the purge's final sweep (tests of the wait set their own).
             purge_grace: chrono::Duration::zero(),
+            notice_email_sender: None,
         },
         &clients,
         app_secret,

@@ -106,8 +106,18 @@ pub async fn check(deps: &Deps) -> Result<DeadlineReport, ProcessError> {
             .client()
             .scan()
             .table_name(deps.store.table())
-            .filter_expression("#kind IN (:request, :job, :notice)")
+            // Connections marked for re-consent too: their notice is written again
+            // (once per event id) in case the refresh that marked one could not.
+            .filter_expression(
+                "#kind IN (:request, :job, :notice) OR (#kind = :connection AND #status = :reconsent)",
+            )
             .expression_attribute_names("#kind", "kind")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(
+                ":connection",
+                AttributeValue::S(custody::oauth::Connection::KIND.to_owned()),
+            )
+            .expression_attribute_values(":reconsent", AttributeValue::S("needs_reconsent".into()))
             .expression_attribute_values(
                 ":request",
                 AttributeValue::S(PrivacyRequest::KIND.to_owned()),

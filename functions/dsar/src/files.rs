@@ -16,6 +16,11 @@
 //! is not the subject's through byte for byte. An erasure writes what is kept with a
 //! multipart upload ([`Rewriter`] cuts parts of at least 5 MiB, S3's rule for all but
 //! the last), so memory is bounded by the part and chunk sizes, not the file.
+//!
+//! A rectification goes through the same filter in its rectifying mode: the
+//! subject's rows are written back with the corrected identifier values in the fields
+//! that held the old ones (re-encoded: a CSV record with its fields quoted as needed,
+//! a JSON line with its keys in sorted order); every other row passes byte for byte.
 
 use std::collections::HashSet;
 
@@ -24,6 +29,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncry
 use custody::aws::error_text;
 use custody::imports::{Format, MAX_ROW_BYTES, ObjectKey, identifier_values};
 use custody::subject::{Identifier, IdentifierKind, PseudonymKey};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::Deps;
@@ -104,13 +110,38 @@ pub fn format_of(key: &str) -> Format {
     }
 }
 
+/// A rectification's corrections: per identifier kind, the subject's current
+/// pseudonym and the corrected value (normalised). Plaintext: held in memory only.
+#[derive(Clone, Default)]
+pub struct Corrections {
+    pub values: Vec<(IdentifierKind, String, String)>,
+}
+
+impl std::fmt::Debug for Corrections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The corrected values are personal data.
+        let kinds: Vec<_> = self.values.iter().map(|(kind, _, _)| *kind).collect();
+        write!(f, "Corrections({kinds:?}, <redacted>)")
+    }
+}
+
+/// What the filter does with the subject's rows.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// Leave them out of the output: kept in `matched` (an access bundle) or only
+    /// counted (an erasure).
+    Split { keep_matched: bool },
+    /// Write them with the corrected values.
+    Rectify(&'a Corrections),
+}
+
 /// Splits a byte stream, fed in pieces of any size, into the subject's rows and
-/// everything else (appended to `out` unchanged, byte for byte).
+/// everything else (appended to `out` unchanged, byte for byte); or, rectifying,
+/// writes the subject's rows with corrected values in place.
 pub struct RowFilter<'a, 'm> {
     csv: bool,
     matcher: &'a SubjectMatcher<'m>,
-    /// Keep the subject's rows (an access bundle) or only count them (an erasure).
-    keep_matched: bool,
+    mode: Mode<'a>,
     /// The unfinished record: bytes since the last record end.
     carry: Vec<u8>,
     /// How much of `carry` was already scanned for quotes and newlines.
@@ -122,14 +153,29 @@ pub struct RowFilter<'a, 'm> {
     pub rows_removed: u64,
     /// Data rows kept (not counting a CSV header).
     pub kept_rows: u64,
+    /// The subject's rows written with corrected values (rectifying only).
+    pub rows_rectified: u64,
 }
 
 impl<'a, 'm> RowFilter<'a, 'm> {
     pub fn new(format: Format, matcher: &'a SubjectMatcher<'m>, keep_matched: bool) -> Self {
+        Self::with_mode(format, matcher, Mode::Split { keep_matched })
+    }
+
+    /// A filter that keeps every row and corrects the subject's.
+    pub fn rectifying(
+        format: Format,
+        matcher: &'a SubjectMatcher<'m>,
+        corrections: &'a Corrections,
+    ) -> Self {
+        Self::with_mode(format, matcher, Mode::Rectify(corrections))
+    }
+
+    fn with_mode(format: Format, matcher: &'a SubjectMatcher<'m>, mode: Mode<'a>) -> Self {
         Self {
             csv: format == Format::Csv,
             matcher,
-            keep_matched,
+            mode,
             carry: Vec::new(),
             scanned: 0,
             in_quotes: false,
@@ -138,6 +184,7 @@ impl<'a, 'm> RowFilter<'a, 'm> {
             matched: Vec::new(),
             rows_removed: 0,
             kept_rows: 0,
+            rows_rectified: 0,
         }
     }
 
@@ -195,8 +242,12 @@ impl<'a, 'm> RowFilter<'a, 'm> {
             // A BOM is kept in the output but is not part of the first name/value.
             text = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(text);
         }
+        let mut fields = None;
         let row = if self.csv {
-            self.csv_row(text)?
+            self.csv_row(text)?.map(|(row, record)| {
+                fields = Some(record);
+                row
+            })
         } else {
             std::str::from_utf8(text)
                 .ok()
@@ -209,25 +260,106 @@ impl<'a, 'm> RowFilter<'a, 'm> {
                 })
                 .map(|row| row.unwrap_or_default())
         };
-        match row {
-            Some(row) if !row.is_empty() && self.matcher.matches(&row) => {
+        match (row, self.mode) {
+            (Some(row), Mode::Rectify(corrections))
+                if !row.is_empty() && self.matcher.matches(&row) =>
+            {
+                self.kept_rows += 1;
+                match self.rectified(raw, text, row, fields, corrections)? {
+                    Some(bytes) => {
+                        self.rows_rectified += 1;
+                        out.extend_from_slice(&bytes);
+                    }
+                    // The subject's row without an old value to correct.
+                    None => out.extend_from_slice(raw),
+                }
+            }
+            (Some(row), Mode::Split { keep_matched })
+                if !row.is_empty() && self.matcher.matches(&row) =>
+            {
                 self.rows_removed += 1;
-                if self.keep_matched {
+                if keep_matched {
                     self.matched.push(row);
                 }
             }
-            Some(_) => {
+            (Some(_), _) => {
                 self.kept_rows += 1;
                 out.extend_from_slice(raw);
             }
             // A header, blank or unreadable line names no one we can match: kept.
-            None => out.extend_from_slice(raw),
+            (None, _) => out.extend_from_slice(raw),
         }
         Ok(())
     }
 
-    /// A CSV data row as a JSON object; `None` for the header and blank lines.
-    fn csv_row(&mut self, text: &[u8]) -> Result<Option<Map<String, Value>>, String> {
+    /// The subject's record with the corrected values in every identifier field
+    /// holding an old one (the fields the import's rules find, as matching does), or
+    /// `None` when no field holds one. Keeps a BOM and the record's line ending.
+    fn rectified(
+        &self,
+        raw: &[u8],
+        text: &[u8],
+        mut row: Map<String, Value>,
+        fields: Option<csv::StringRecord>,
+        corrections: &Corrections,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let targets = correction_targets(self.matcher, &row, corrections);
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        let ending: &[u8] = if text.ends_with(b"\r\n") {
+            b"\r\n"
+        } else if text.ends_with(b"\n") {
+            b"\n"
+        } else {
+            b""
+        };
+        let mut bytes = raw[..raw.len() - text.len()].to_vec();
+        match (fields, &self.header) {
+            (Some(record), Some(names)) => {
+                let mut values: Vec<String> = record.iter().map(str::to_owned).collect();
+                for (column, _, to) in &targets {
+                    // CSV rows are flat: a target is a column, found by its header.
+                    if let Some(i) = names.iter().position(|name| name == column)
+                        && let Some(value) = values.get_mut(i)
+                    {
+                        value.clone_from(to);
+                    }
+                }
+                let mut writer = csv::WriterBuilder::new()
+                    .flexible(true)
+                    .terminator(csv::Terminator::Any(b'\n'))
+                    .from_writer(Vec::new());
+                writer
+                    .write_record(&values)
+                    .map_err(|e| format!("{:?}", e.kind()))?;
+                let encoded = writer.into_inner().map_err(|e| e.to_string())?;
+                bytes.extend_from_slice(encoded.strip_suffix(b"\n").unwrap_or(&encoded));
+            }
+            _ => {
+                for (column, tail, to) in &targets {
+                    let slot = row.get_mut(column).and_then(|value| {
+                        if tail.is_empty() {
+                            Some(value)
+                        } else {
+                            value.pointer_mut(tail)
+                        }
+                    });
+                    if let Some(slot) = slot {
+                        *slot = Value::String(to.clone());
+                    }
+                }
+                let encoded = serde_json::to_vec(&row).map_err(|e| e.to_string())?;
+                bytes.extend_from_slice(&encoded);
+            }
+        }
+        bytes.extend_from_slice(ending);
+        Ok(Some(bytes))
+    }
+
+    /// A CSV data row as a JSON object with its fields; `None` for the header and
+    /// blank lines.
+    fn csv_row(&mut self, text: &[u8]) -> Result<Option<CsvRow>, String> {
         let trimmed = text
             .strip_suffix(b"\n")
             .map(|t| t.strip_suffix(b"\r").unwrap_or(t))
@@ -248,15 +380,87 @@ impl<'a, 'm> RowFilter<'a, 'm> {
             self.header = Some(record.iter().map(|f| f.trim().to_owned()).collect());
             return Ok(None);
         };
-        Ok(Some(
-            names
-                .iter()
-                .zip(record.iter())
-                .map(|(name, value)| (name.clone(), Value::String(value.to_owned())))
-                .collect(),
-        ))
+        let row = names
+            .iter()
+            .zip(record.iter())
+            .map(|(name, value)| (name.clone(), Value::String(value.to_owned())))
+            .collect();
+        Ok(Some((row, record)))
     }
 }
+
+/// Where the old values are in one of the subject's rows: (column, JSON pointer
+/// below it or empty, corrected value) for every identifier field the import's rules
+/// find ([`identifier_values`], as matching) whose value is the subject's current one
+/// of a corrected kind.
+fn correction_targets(
+    matcher: &SubjectMatcher<'_>,
+    row: &Map<String, Value>,
+    corrections: &Corrections,
+) -> Vec<(String, String, String)> {
+    identifier_values(row, matcher.rules.identifiers.as_ref())
+        .into_iter()
+        .filter_map(|found| {
+            let (_, _, to) = corrections
+                .values
+                .iter()
+                .find(|(kind, from, _)| *kind == found.kind && found_is(matcher, &found, from))?;
+            let (column, tail) = path_of(row, found.value)?;
+            Some((column, tail, to.clone()))
+        })
+        .collect()
+}
+
+/// Whether a found identifier value pseudonymises to `pseudonym`.
+fn found_is(
+    matcher: &SubjectMatcher<'_>,
+    found: &custody::imports::IdentifierValue<'_>,
+    pseudonym: &str,
+) -> bool {
+    let text = match found.value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if found.kind != IdentifierKind::Email => n.to_string(),
+        _ => return false,
+    };
+    Identifier::new(
+        found.kind,
+        &text,
+        matcher.rules.default_country_code.as_deref(),
+    )
+    .is_ok_and(|id| matcher.key.pseudonym(&id).as_str() == pseudonym)
+}
+
+/// The place of `target` (a reference into `row`) as its column and a JSON pointer
+/// below it: found by identity, so it is exactly the value the rules found.
+fn path_of(row: &Map<String, Value>, target: &Value) -> Option<(String, String)> {
+    fn below(value: &Value, target: &Value, at: &mut String) -> bool {
+        let step = |key: &str, inner: &Value, at: &mut String| {
+            let len = at.len();
+            at.push('/');
+            at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            if std::ptr::eq(inner, target) || below(inner, target, at) {
+                return true;
+            }
+            at.truncate(len);
+            false
+        };
+        match value {
+            Value::Object(map) => map.iter().any(|(key, inner)| step(key, inner, at)),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .any(|(i, inner)| step(&i.to_string(), inner, at)),
+            _ => false,
+        }
+    }
+    row.iter().find_map(|(column, value)| {
+        let mut at = String::new();
+        (std::ptr::eq(value, target) || below(value, target, &mut at)).then(|| (column.clone(), at))
+    })
+}
+
+/// A CSV data row by column name, and its fields as read (to write it back).
+type CsvRow = (Map<String, Value>, csv::StringRecord);
 
 /// Filters a stream into upload parts: every part but the last is at least
 /// `part_bytes` (itself at least [`MIN_PART_BYTES`]). Records the most bytes it held.
@@ -437,8 +641,9 @@ pub async fn erase_streaming(
             id: None,
             parts: Vec::new(),
         };
-        let result = rewrite(&mut stream, &mut upload, matcher, whole, streaming, key).await;
-        let (rewriter_outcome, last) = match result {
+        let filter = RowFilter::new(format_of(key), matcher, false);
+        let result = rewrite(&mut stream, &mut upload, filter, whole, streaming, key).await;
+        let (rewriter, last) = match result {
             Ok(done) => done,
             Err(err) => {
                 // No orphan parts: the original stays current and the step retries.
@@ -446,7 +651,13 @@ pub async fn erase_streaming(
                 return Err(err);
             }
         };
-        outcome = rewriter_outcome;
+        let removed = rewriter.filter.rows_removed;
+        outcome = ObjectErasure {
+            rows_removed: removed,
+            rewritten: !whole && removed > 0 && rewriter.filter.kept_rows > 0,
+            peak_buffered: rewriter.peak_buffered,
+            ..ObjectErasure::default()
+        };
         if !whole && outcome.rows_removed > 0 && outcome.rewritten {
             match upload.complete(last).await {
                 Ok(version) => keep_version = version,
@@ -472,18 +683,19 @@ pub async fn erase_streaming(
     Ok(outcome)
 }
 
-/// Streams the object through the filter, uploading full parts as they fill.
-/// Returns the outcome (with `rewritten` meaning a rewrite is due) and the last part.
-async fn rewrite(
+/// Streams the object through the filter, uploading full parts as they fill (none
+/// with `whole`). Returns the rewriter (its filter's counts say whether a rewrite is
+/// due) and the last part.
+async fn rewrite<'a, 'm>(
     stream: &mut ObjectStream,
     upload: &mut Upload<'_>,
-    matcher: &SubjectMatcher<'_>,
+    filter: RowFilter<'a, 'm>,
     whole: bool,
     streaming: Streaming,
     key: &str,
-) -> Result<(ObjectErasure, Vec<u8>), FileError> {
+) -> Result<(Rewriter<'a, 'm>, Vec<u8>), FileError> {
     let parse = |e| FileError::Parse(key.to_owned(), e);
-    let mut rewriter = Rewriter::new(RowFilter::new(format_of(key), matcher, false), streaming);
+    let mut rewriter = Rewriter::new(filter, streaming);
     while let Some(chunk) = stream.next().await? {
         if let Some(part) = rewriter.push(&chunk).map_err(parse)? {
             // Past retention nothing is written; the rows are only counted.
@@ -493,13 +705,95 @@ async fn rewrite(
         }
     }
     let last = rewriter.finish().map_err(parse)?;
-    let outcome = ObjectErasure {
-        rows_removed: rewriter.filter.rows_removed,
-        rewritten: !whole && rewriter.filter.rows_removed > 0 && rewriter.filter.kept_rows > 0,
-        peak_buffered: rewriter.peak_buffered,
-        ..ObjectErasure::default()
+    Ok((rewriter, last))
+}
+
+/// What rectifying the subject's rows of one object did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRectification {
+    pub rows_rectified: u64,
+    pub rewritten: bool,
+    pub versions_deleted: u64,
+}
+
+/// How many of the subject's rows in the object still hold an old value (a dry run
+/// of [`rectify_object`]; 0 if the object is gone).
+pub async fn rows_to_rectify(
+    deps: &Deps,
+    key: &str,
+    matcher: &SubjectMatcher<'_>,
+    corrections: &Corrections,
+) -> Result<u64, FileError> {
+    let Some(mut stream) = open_object(deps, key, Streaming::default()).await? else {
+        return Ok(0);
     };
-    Ok((outcome, last))
+    let mut filter = RowFilter::rectifying(format_of(key), matcher, corrections);
+    let mut sink = Vec::new();
+    let parse = |e| FileError::Parse(key.to_owned(), e);
+    while let Some(chunk) = stream.next().await? {
+        filter.push(&chunk, &mut sink).map_err(parse)?;
+        sink.clear();
+    }
+    filter.finish(&mut sink).map_err(parse)?;
+    Ok(filter.rows_rectified)
+}
+
+/// Rewrites the object with the corrected values in the subject's rows (same key,
+/// tags and SSE-KMS, every other row byte for byte), then deletes every older
+/// version: the old values must not survive as a noncurrent version. Idempotent: a
+/// second run corrects no rows and finds no older versions.
+pub async fn rectify_object(
+    deps: &Deps,
+    key: &str,
+    matcher: &SubjectMatcher<'_>,
+    corrections: &Corrections,
+    streaming: Streaming,
+) -> Result<ObjectRectification, FileError> {
+    let mut outcome = ObjectRectification::default();
+    let mut keep_version: Option<String> = None;
+    if let Some(mut stream) = open_object(deps, key, streaming).await? {
+        let mut upload = Upload {
+            deps,
+            key,
+            id: None,
+            parts: Vec::new(),
+        };
+        let filter = RowFilter::rectifying(format_of(key), matcher, corrections);
+        let (rewriter, last) =
+            match rewrite(&mut stream, &mut upload, filter, false, streaming, key).await {
+                Ok(done) => done,
+                Err(err) => {
+                    upload.abort().await;
+                    return Err(err);
+                }
+            };
+        outcome.rows_rectified = rewriter.filter.rows_rectified;
+        if outcome.rows_rectified > 0 {
+            match upload.complete(last).await {
+                Ok(version) => keep_version = version,
+                Err(err) => {
+                    upload.abort().await;
+                    return Err(err);
+                }
+            }
+            outcome.rewritten = true;
+        } else {
+            // Nothing to correct (an earlier run did): the current version stays.
+            upload.abort().await;
+            keep_version = match stream.version_id.clone() {
+                Some(version) => Some(version),
+                None => current_version(deps, key).await?,
+            };
+        }
+    }
+    outcome.versions_deleted = delete_versions_except(
+        deps,
+        &deps.config.imports_bucket,
+        key,
+        keep_version.as_deref(),
+    )
+    .await?;
+    Ok(outcome)
 }
 
 /// A multipart upload to the object's own key, created on the first part with the
@@ -882,6 +1176,78 @@ mod tests {
                 "{\"email\":\"bob@example.com\"}\n\nnot json\n"
             );
         }
+    }
+
+    /// Rectifying: the subject's rows get the corrected value where the old one was
+    /// (a column, a nested field, a declared pointer, a BOM and line endings kept),
+    /// every other row passes byte for byte, at every chunk size.
+    #[test]
+    fn rectifying_corrects_the_subjects_fields_and_keeps_other_rows() {
+        let key = key();
+        let old = key
+            .pseudonym(&Identifier::email("ann@example.com").unwrap())
+            .to_string();
+        let phone = key
+            .pseudonym(&Identifier::phone("+447700900001", None).unwrap())
+            .to_string();
+        let pseudonyms: HashSet<String> = [old.clone(), phone].into();
+        let matcher = SubjectMatcher {
+            key: &key,
+            pseudonyms: &pseudonyms,
+            rules: custody::imports::RowRules {
+                identifiers: Some(custody::imports::IdentifierFields {
+                    email: vec!["/payload/mails/1".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        };
+        let corrections = Corrections {
+            values: vec![(IdentifierKind::Email, old, "ann.new@example.com".into())],
+        };
+        let run = |name: &str, bytes: &[u8], chunk: usize| {
+            let mut filter = RowFilter::rectifying(format_of(name), &matcher, &corrections);
+            let mut out = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                filter.push(piece, &mut out).unwrap();
+            }
+            filter.finish(&mut out).unwrap();
+            (String::from_utf8(out).unwrap(), filter.rows_rectified)
+        };
+        // Ann by email (two cases), by phone only (another email stays), others.
+        let csv = "\u{feff}name,Email,phone\r\n\"Ann, A\",ANN@example.com ,\r\nBob,bob@example.com,\r\n\"Quoted\nCarl\",carl@example.com,\r\nAnn W,work@example.com,+44 7700 900001\r\nAnn,ann@example.com,";
+        let expected = "\u{feff}name,Email,phone\r\n\"Ann, A\",ann.new@example.com,\r\nBob,bob@example.com,\r\n\"Quoted\nCarl\",carl@example.com,\r\nAnn W,work@example.com,+44 7700 900001\r\nAnn,ann.new@example.com,";
+        for chunk in 1..=csv.len() {
+            let (out, rows) = run("imports/acme/x/upload.csv", csv.as_bytes(), chunk);
+            assert_eq!(out, expected, "chunk {chunk}");
+            assert_eq!(rows, 2);
+        }
+        let jsonl = concat!(
+            "{\"contact\":{\"email\":\"Ann@Example.com\",\"n\":1}}\n",
+            "{ \"email\" : \"bob@example.com\" }\n",
+            "{\"payload\":{\"mails\":[\"x@example.com\",\"ann@example.com\"]}}\n",
+            "not json\n",
+        );
+        for chunk in [1, 7, jsonl.len()] {
+            let (out, rows) = run(
+                "imports/acme/x/rows/00000001.jsonl",
+                jsonl.as_bytes(),
+                chunk,
+            );
+            assert_eq!(rows, 2);
+            assert_eq!(
+                out,
+                concat!(
+                    "{\"contact\":{\"email\":\"ann.new@example.com\",\"n\":1}}\n",
+                    "{ \"email\" : \"bob@example.com\" }\n",
+                    "{\"payload\":{\"mails\":[\"x@example.com\",\"ann.new@example.com\"]}}\n",
+                    "not json\n",
+                ),
+                "chunk {chunk}"
+            );
+        }
+        // Debug never shows a corrected value.
+        assert!(!format!("{corrections:?}").contains("ann.new"));
     }
 
     #[test]

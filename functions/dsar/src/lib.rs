@@ -2,19 +2,24 @@
 //! verification of subjects, certificates of deletion and account deletion.
 //!
 //! Three triggers, each a function of (deps, event):
-//! - [`handle_http`]: the `/privacy/*` and `DELETE /account` routes (API Gateway v2
-//!   with the JWT authorizer; `GET /privacy/public-key` is public);
+//! - [`handle_http`]: the `/privacy/*`, `DELETE /account` and `/account/export(s)`
+//!   routes (API Gateway v2 with the JWT authorizer; `GET /privacy/public-key` is
+//!   public);
 //! - [`handle_stream`]: the table's stream, filtered in the template to privacy
-//!   requests whose status became `pending` / `in_processing` and account deletions
-//!   that are `purging`. Every processing step records its completion on the item,
-//!   and every such write is itself a stream record, so a run that stops (deadline,
-//!   crash) is continued by the next record; duplicates find the step done;
+//!   requests whose status became `pending` / `in_processing`, account deletions
+//!   that are `purging`, account exports being built ([`account_export`]), and new
+//!   notices other functions wrote for us to deliver ([`notices::deliver_relayed`]).
+//!   Every processing step records its completion on the item, and every such write
+//!   is itself a stream record, so a run that stops (deadline, crash) is continued by
+//!   the next record; duplicates find the step done;
 //! - [`deadlines::check`]: the daily schedule (`{"check": "deadlines"}`), gauges of
 //!   overdue requests and stuck purges for the alarms.
 
 pub mod account;
+pub mod account_export;
 pub mod deadlines;
 pub mod files;
+pub mod mail;
 pub mod notices;
 pub mod process;
 pub mod revoke;
@@ -56,6 +61,9 @@ pub struct DsarConfig {
     /// (`custody::privacy::PURGE_GRACE` unless `CUSTODY_DSAR_PURGE_GRACE_SECONDS` says
     /// otherwise; the template never does, a template test holds it).
     pub purge_grace: chrono::Duration,
+    /// The verified SES identity notices are e-mailed from (`NoticeEmailSender`);
+    /// `None`: notices go to webhooks only.
+    pub notice_email_sender: Option<String>,
 }
 
 pub mod vars {
@@ -63,6 +71,9 @@ pub mod vars {
     pub const OAUTH_FUNCTION: &str = "CUSTODY_OAUTH_FUNCTION";
     /// Local stacks only: a shorter wait before the purge's final sweep.
     pub const PURGE_GRACE_SECONDS: &str = "CUSTODY_DSAR_PURGE_GRACE_SECONDS";
+    /// Set (from the template's `NoticeEmailSender`) only where notices may be
+    /// e-mailed.
+    pub const NOTICE_EMAIL_SENDER: &str = "CUSTODY_NOTICE_EMAIL_SENDER";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,6 +124,9 @@ impl DsarConfig {
                         "a number of seconds from 0 to 3600",
                     ))?,
             },
+            notice_email_sender: lookup(vars::NOTICE_EMAIL_SENDER)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
         })
     }
 }
@@ -137,6 +151,8 @@ pub struct Deps {
     /// Revokes the grants of connections an account deletion removed (the oauth
     /// function in production; `None` is logged and counted as failed revocations).
     pub revoker: Option<Arc<dyn revoke::Revoker>>,
+    /// E-mails notices (SES), where the deployment has a sender.
+    pub mailer: Option<Arc<dyn custody::notice::Mailer>>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -174,7 +190,14 @@ impl Deps {
             dsar,
             clock,
             revoker: None,
+            mailer: None,
         }
+    }
+
+    /// Sends notices by e-mail too.
+    pub fn with_mailer(mut self, mailer: Arc<dyn custody::notice::Mailer>) -> Self {
+        self.mailer = Some(mailer);
+        self
     }
 
     /// Sets who revokes deleted connections' grants.
@@ -259,6 +282,18 @@ pub async fn handle_stream_records(
                 None => Ok(()),
             },
             "account_deletion" => account::purge(deps, &tenant, budget).await.map(|_| ()),
+            "account_export" => match image.sk.strip_prefix(account_export::SK_PREFIX) {
+                Some(id) => account_export::run(deps, &tenant, id, budget)
+                    .await
+                    .map(|_| ()),
+                None => Ok(()),
+            },
+            "notice" => match image.sk.strip_prefix(custody::notice::KEY_PREFIX) {
+                Some(event_id) => notices::deliver_relayed(deps, &tenant, event_id)
+                    .await
+                    .map_err(process::ProcessError::from),
+                None => Ok(()),
+            },
             _ => Ok(()),
         };
         if let Err(err) = result {

@@ -37,6 +37,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         custody::clock::system(),
     )
     .with_revoker(std::sync::Arc::new(revoker));
+    let deps = match deps.dsar.notice_email_sender.clone() {
+        Some(from) => deps.with_mailer(std::sync::Arc::new(dsar::mail::SesMailer {
+            client: aws_sdk_sesv2::Client::new(&sdk),
+            from,
+        })),
+        None => deps,
+    };
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         metrics.flushed(handle(deps, event))

@@ -16,6 +16,11 @@
 //! - **account purged**: held at `DELETE /account` with the webhook as it was then
 //!   (the purge deletes the settings), released when the purge is done.
 //!
+//! - **export run failed** and **connection needs re-consent**: written to the outbox
+//!   by the export function (and `custody::oauth` wherever a refresh is refused),
+//!   which hold no notification secret; delivered here from the table's stream
+//!   ([`deliver_relayed`], the template filters those inserts for us).
+//!
 //! The daily check also delivers again every pending or failed notice whose last
 //! attempt is older than [`custody::notice::REDELIVER_AFTER`].
 
@@ -43,14 +48,18 @@ pub const DAILY_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// The notifier over the function's clients.
 pub fn notifier(deps: &Deps) -> Notifier {
-    Notifier::new(
+    let notifier = Notifier::new(
         deps.store.clone(),
         deps.sealer.clone(),
         deps.webhooks.clone(),
         deps.audit.clone(),
         ACTOR,
         deps.dsar.egress.allow_loopback,
-    )
+    );
+    match &deps.mailer {
+        Some(mailer) => notifier.with_mailer(mailer.clone()),
+        None => notifier,
+    }
 }
 
 fn data(pairs: Value) -> Map<String, Value> {
@@ -181,9 +190,10 @@ pub async fn on_extended(deps: &Deps, request: &PrivacyRequest) {
     }
 }
 
-/// The completion notice of an access or erasure request (none for others, or before
-/// it is complete): the certificate's path for an erasure, that the bundle is ready
-/// for an access request (the bundle itself is fetched through the API).
+/// The completion notice of an access, erasure or rectification request (none for a
+/// restriction, or before it is complete): the certificate's path for an erasure,
+/// that the bundle is ready for an access request (the bundle itself is fetched
+/// through the API), the counts of a rectification.
 pub fn completed(request: &PrivacyRequest, now: DateTime<Utc>) -> Option<Notice> {
     if request.status != Status::Complete {
         return None;
@@ -193,6 +203,11 @@ pub fn completed(request: &PrivacyRequest, now: DateTime<Utc>) -> Option<Notice>
             "certificate": format!("/privacy/requests/{}/certificate", request.id),
         }),
         RequestKind::Access => json!({ "bundle_ready": true }),
+        // Counts only: never a corrected value.
+        RequestKind::Rectify => {
+            let r = request.rectification.clone().unwrap_or_default();
+            json!({ "files_rewritten": r.files_rewritten, "rows_rectified": r.rows_rectified })
+        }
         RequestKind::Restrict => return None,
     };
     let at = request.completed_at.unwrap_or(request.updated_at);
@@ -217,6 +232,33 @@ pub async fn on_completed(deps: &Deps, request: &PrivacyRequest) -> Result<(), P
     Ok(())
 }
 
+/// A notice another function wrote to the outbox (an export run failed, a connection
+/// needs re-consent), from its stream record: delivered once, as it is stored now (a
+/// duplicate or late record finds it delivered and sends nothing). Only relayed event
+/// ids: the dsar function delivers its own notices where it writes them. A failed
+/// delivery is the notice's (recorded, redelivered by the daily check); a store or
+/// audit failure fails the record, so it is retried.
+pub async fn deliver_relayed(
+    deps: &Deps,
+    tenant: &TenantId,
+    event_id: &str,
+) -> Result<(), NoticeError> {
+    if !Notice::is_relayed(event_id) {
+        return Ok(());
+    }
+    let Some(notice) = deps
+        .store
+        .get::<Notice>(&Notice::key_of(tenant, event_id))
+        .await?
+    else {
+        return Ok(());
+    };
+    if notice.status == custody::notice::NoticeStatus::Pending && notice.attempts == 0 {
+        notifier(deps).deliver(notice).await?;
+    }
+    Ok(())
+}
+
 /// A request's notices as `GET /privacy/requests/{id}` shows them.
 pub async fn of_request(
     deps: &Deps,
@@ -234,6 +276,12 @@ pub async fn of_request(
                 "status": n.status,
                 "attempts": n.attempts,
                 "delivered_at": n.delivered_at,
+                "channels": n.channels.iter().map(|c| json!({
+                    "channel": c.channel,
+                    "status": c.status,
+                    "attempts": c.attempts,
+                    "delivered_at": c.delivered_at,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect())
@@ -321,6 +369,58 @@ pub async fn apply_webhook(
         }
         WebhookChange::Set(webhook) => deps.store.put(webhook).await,
     }
+}
+
+/// What a settings update does to the notification e-mail address: left out, kept;
+/// `null`, removed; a valid address, set. A 400 names the field.
+pub fn prepare_email(
+    deps: &Deps,
+    tenant: &TenantId,
+    input: Option<Option<String>>,
+) -> Result<Option<Option<custody::notice::NotificationEmail>>, Problem> {
+    Ok(match input {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(raw)) => {
+            let address = custody::notice::NotificationEmail::parse(&raw)
+                .map_err(|e| Problem::bad_request("notification_email", e))?;
+            Some(Some(custody::notice::NotificationEmail {
+                tenant: tenant.clone(),
+                address,
+                updated_at: deps.now(),
+            }))
+        }
+    })
+}
+
+/// Writes the e-mail change (after the rest of the settings).
+pub async fn apply_email(
+    deps: &Deps,
+    tenant: &TenantId,
+    change: &Option<Option<custody::notice::NotificationEmail>>,
+) -> Result<(), StoreError> {
+    match change {
+        None => Ok(()),
+        Some(None) => {
+            deps.store
+                .delete(&custody::notice::NotificationEmail::key_of(tenant))
+                .await
+        }
+        Some(Some(email)) => deps.store.put(email).await,
+    }
+}
+
+/// The tenant's notification e-mail address (`GET /privacy/settings`), and whether
+/// this deployment sends e-mail at all.
+pub async fn email_shown(deps: &Deps, tenant: &TenantId) -> Result<Value, StoreError> {
+    Ok(deps
+        .store
+        .get::<custody::notice::NotificationEmail>(&custody::notice::NotificationEmail::key_of(
+            tenant,
+        ))
+        .await?
+        .map(|e| Value::String(e.address))
+        .unwrap_or(Value::Null))
 }
 
 /// The URL of the tenant's notification webhook (`GET /privacy/settings`; never the
@@ -414,7 +514,8 @@ pub struct DailyReport {
 }
 
 impl DailyNotices {
-    /// Looks at one scanned item (a privacy request or a notice).
+    /// Looks at one scanned item (a privacy request, a notice, or a connection marked
+    /// for re-consent).
     pub fn observe(&mut self, item: &Item, now: DateTime<Utc>) {
         let kind = item.get("kind").and_then(|k| k.as_s().ok());
         if kind.map(String::as_str) == Some(<Notice as custody::store::Entity>::KIND) {
@@ -427,6 +528,17 @@ impl DailyNotices {
             && let Ok(request) = Store::decode::<PrivacyRequest>(item.clone())
         {
             self.emit.extend(deadline_notices(&request, now));
+        } else if kind.map(String::as_str)
+            == Some(<custody::oauth::Connection as custody::store::Entity>::KIND)
+            && let Ok(connection) = Store::decode::<custody::oauth::Connection>(item.clone())
+            && connection.status == custody::oauth::ConnectionStatus::NeedsReconsent
+        {
+            self.emit.push(custody::notice::reconsent_notice(
+                &connection.tenant,
+                &connection.provider,
+                connection.connected_at,
+                now,
+            ));
         }
     }
 

@@ -7,7 +7,7 @@
 //! the claim's stored result), and a run that stopped between steps — a crash, the
 //! Lambda deadline — continues at the first step not recorded.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -19,13 +19,17 @@ use custody::certificate::{Certificate, ErasedStore, SCHEMA, Scope, SignedCertif
 use custody::idempotency::{MAX_INVOCATION, RunError};
 use custody::imports::{Import, ObjectKey};
 use custody::privacy::{
-    AuditRef, BundleInfo, ConsentRecord, ErasureCounts, ErasurePlan, PrivacyRequest, RequestKind,
-    Status, Step,
+    AuditRef, BundleInfo, ConsentRecord, ConsentState, Correction, ErasureCounts, ErasurePlan,
+    PrivacyRequest, Rectification, RequestKind, Status, Step,
 };
 use custody::retention::{RetentionClass, S3_TAG_KEY};
+use custody::seal::{Purpose, SealContext};
 use custody::store::{Condition, Item, Key, StoreError, keys};
+use custody::subject::IdentifierKind;
 use custody::subject_index::{Source, SubjectRef};
+use custody::suppression::Suppression;
 use custody::tenant::TenantId;
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -108,6 +112,11 @@ pub enum ProcessError {
     Schedule(#[from] custody::schedule::ScheduleError),
     #[error(transparent)]
     Notice(#[from] custody::notice::NoticeError),
+    #[error(transparent)]
+    Seal(#[from] custody::seal::SealError),
+    /// A rectification whose corrected values are missing or unreadable.
+    #[error("rectification: {0}")]
+    Rectification(&'static str),
     #[error("the request changed concurrently; retry")]
     Conflict,
     #[error("S3 call failed: {0}")]
@@ -224,6 +233,9 @@ async fn run_steps(
             Step::EraseResults => erase_results_step(deps, request, budget).await?,
             Step::EraseItems => erase_items_step(deps, request, budget).await?,
             Step::Certify => certify_step(deps, request, budget).await?,
+            Step::RectifyPlan => rectify_plan_step(deps, request).await?,
+            Step::RectifyItems => rectify_items_step(deps, request).await?,
+            Step::RectifyFiles => rectify_files_step(deps, request, budget).await?,
         }
         request.steps_done.push(step);
         save(deps, request).await?;
@@ -243,6 +255,10 @@ async fn run_steps(
     if request.kind == RequestKind::Erasure {
         // Free text may name the subject; the request keeps pseudonyms only.
         request.note = None;
+    }
+    if let Some(rectification) = request.rectification.as_mut() {
+        // Already gone after the files step; never kept past completion.
+        rectification.sealed_values = None;
     }
     save(deps, request).await?;
     custody::metrics::count(custody::metrics::names::PRIVACY_REQUESTS_COMPLETED, 1);
@@ -308,6 +324,8 @@ fn error_kind(err: &ProcessError) -> &'static str {
         ProcessError::S3(_) => "s3",
         ProcessError::Encode(_) => "encode",
         ProcessError::GaveUp => "gave_up",
+        ProcessError::Seal(_) => "seal",
+        ProcessError::Rectification(_) => "rectification",
     }
 }
 
@@ -768,7 +786,32 @@ fn sanitised(item: Item) -> Value {
 // ---------------------------------------------------------------------------------
 
 async fn plan_step(deps: &Deps, request: &mut PrivacyRequest) -> Result<(), ProcessError> {
-    let found = find(deps, request, Reach::Erasure).await?;
+    let mut found = find(deps, request, Reach::Erasure).await?;
+    // A rectification moved the subject's records and rows to the corrected
+    // pseudonyms (it is indexed under the old ones): the erasure follows it,
+    // transitively, and keeps those pseudonyms to match rows by.
+    loop {
+        let mut corrections = Vec::new();
+        for id in found.requests.iter().filter(|id| **id != request.id) {
+            let key = PrivacyRequest::key_of(&request.tenant, id);
+            if let Some(earlier) = deps.store.get::<PrivacyRequest>(&key).await?
+                && earlier.status != Status::Denied
+                && let Some(rectification) = earlier.rectification
+            {
+                corrections.extend(rectification.corrections);
+            }
+        }
+        let more: Vec<String> =
+            custody::privacy::with_corrections(&corrections, &request.pseudonyms)
+                .into_iter()
+                .filter(|p| !request.pseudonyms.contains(p))
+                .collect();
+        if more.is_empty() {
+            break;
+        }
+        request.pseudonyms.extend(more);
+        found = find(deps, request, Reach::Erasure).await?;
+    }
     request.plan = Some(ErasurePlan {
         objects: found.objects.into_iter().collect(),
         items: found
@@ -915,10 +958,19 @@ async fn erase_items_step(
     for id in &plan.earlier_requests {
         let key = PrivacyRequest::key_of(&request.tenant, id);
         // A concurrent write to the earlier request retries through the stream.
+        let sealed = |r: &PrivacyRequest| {
+            r.rectification
+                .as_ref()
+                .is_some_and(|r| r.sealed_values.is_some())
+        };
         if let Some(mut earlier) = deps.store.get::<PrivacyRequest>(&key).await?
-            && earlier.note.is_some()
+            && (earlier.note.is_some() || sealed(&earlier))
         {
             earlier.note = None;
+            // An open rectification's corrected values name the subject too.
+            if let Some(rectification) = earlier.rectification.as_mut() {
+                rectification.sealed_values = None;
+            }
             save(deps, &mut earlier).await?;
         }
         counts.requests_scrubbed += 1;
@@ -1014,4 +1066,498 @@ fn erased_stores(counts: &ErasureCounts) -> Vec<ErasedStore> {
             counts.requests_scrubbed,
         ),
     ]
+}
+
+// ---------------------------------------------------------------------------------
+// Rectification
+// ---------------------------------------------------------------------------------
+
+/// Fixes the import objects holding the subject (by the index, live entries only:
+/// what the tenant still holds), before any of them is rewritten, and the consent
+/// records and suppression markers under a pseudonym being corrected.
+async fn rectify_plan_step(deps: &Deps, request: &mut PrivacyRequest) -> Result<(), ProcessError> {
+    let found = find(deps, request, Reach::Live).await?;
+    let mut rectification = request.rectification.clone().unwrap_or_default();
+    rectification.objects = found.objects.into_iter().collect();
+    let movable = [
+        <ConsentRecord as custody::store::Entity>::KIND,
+        <Suppression as custody::store::Entity>::KIND,
+    ];
+    rectification.items = found
+        .items
+        .into_iter()
+        .filter(|(key, kind)| {
+            movable.contains(&kind.as_str())
+                && corrected_key(&request.tenant, key, &rectification.corrections).is_some()
+        })
+        .map(|(key, _)| (key.pk, key.sk))
+        .collect();
+    request.rectification = Some(rectification);
+    Ok(())
+}
+
+/// Where an item of an old pseudonym goes: the consent record of the same purpose
+/// in the corrected pseudonym's partition, the marker of the same scope with the
+/// corrected pseudonym. `None` for an item of no corrected pseudonym.
+fn corrected_key(tenant: &TenantId, key: &Key, corrections: &[Correction]) -> Option<Key> {
+    corrections.iter().find_map(|c| {
+        if key.sk.starts_with(&keys::consent("")) {
+            (key.pk == keys::subject(tenant, &c.from))
+                .then(|| Key::new(keys::subject(tenant, &c.to), key.sk.clone()))
+        } else if key.sk.starts_with(SUPPRESSION_PREFIX) && key.pk == keys::tenant(tenant) {
+            // `SUPP#<scope>#<pseudonym>`; scopes and pseudonyms hold no '#'.
+            let (scope, pseudonym) = key.sk.rsplit_once('#')?;
+            (pseudonym == c.from).then(|| Key::new(key.pk.clone(), format!("{scope}#{}", c.to)))
+        } else {
+            None
+        }
+    })
+}
+
+/// Tries of one item's move that lost a race to a concurrent change before the step
+/// fails (the stream retries it).
+const MOVE_TRIES: u32 = 5;
+
+/// Moves the planned consent records and suppression markers from each old
+/// pseudonym to its corrected one, so a restriction or a withdrawal still holds
+/// under the corrected value and erasure finds them by it. Each move is one
+/// transaction conditional on the old item: a repeat (a duplicate record, a retry
+/// after a crash) moves nothing twice, loses nothing, and counts what it finds moved.
+async fn rectify_items_step(deps: &Deps, request: &mut PrivacyRequest) -> Result<(), ProcessError> {
+    let mut rectification = request.rectification.clone().unwrap_or_default();
+    // Records before markers: whether a withdrawal's marker is carried depends on the
+    // (merged) record under the corrected pseudonym.
+    let mut planned = rectification.items.clone();
+    planned.sort_by_key(|(_, sk)| sk.starts_with(SUPPRESSION_PREFIX));
+    let (mut consent, mut markers) = (0, 0);
+    for (pk, sk) in planned {
+        let old_key = Key::new(pk, sk);
+        let Some(new_key) = corrected_key(&request.tenant, &old_key, &rectification.corrections)
+        else {
+            continue;
+        };
+        if old_key.sk.starts_with(SUPPRESSION_PREFIX) {
+            markers += u64::from(move_marker(deps, &request.tenant, &old_key, &new_key).await?);
+        } else {
+            consent += u64::from(move_consent(deps, &request.tenant, &old_key, &new_key).await?);
+        }
+    }
+    rectification.consent_records_moved = consent;
+    rectification.suppression_markers_moved = markers;
+    request.rectification = Some(rectification);
+    Ok(())
+}
+
+/// Sort-key prefix of suppression markers (`custody::suppression`).
+const SUPPRESSION_PREFIX: &str = "SUPP#";
+
+/// Moves one consent record, merged into a record of the same purpose the corrected
+/// pseudonym may already have. Whether it is under the corrected pseudonym now.
+async fn move_consent(
+    deps: &Deps,
+    tenant: &TenantId,
+    old_key: &Key,
+    new_key: &Key,
+) -> Result<bool, ProcessError> {
+    let to = new_key
+        .pk
+        .rsplit_once('#')
+        .map(|(_, p)| p.to_owned())
+        .ok_or(ProcessError::Rectification(
+            "a consent key without a pseudonym",
+        ))?;
+    for _ in 0..MOVE_TRIES {
+        let Some(old) = deps.store.get::<ConsentRecord>(old_key).await? else {
+            // Moved before (a repeat), or erased meanwhile.
+            let moved = deps.store.get::<ConsentRecord>(new_key).await?;
+            if let Some(record) = &moved {
+                lift_if_granted(deps, tenant, record).await?;
+            }
+            return Ok(moved.is_some());
+        };
+        let existing = deps.store.get::<ConsentRecord>(new_key).await?;
+        let new_condition = match &existing {
+            Some(r) => {
+                Condition::new("version = :v").value(":v", AttributeValue::N(r.version.to_string()))
+            }
+            None => Condition::new("attribute_not_exists(pk)"),
+        };
+        // A change recorded under the old pseudonym meanwhile is not overwritten.
+        let old_condition =
+            Condition::new("version = :v").value(":v", AttributeValue::N(old.version.to_string()));
+        let merged = merged_consent(old, existing, &to);
+        let put = (custody::store::Store::encode(&merged)?, Some(new_condition));
+        if transact_move(deps, Some(put), old_key, old_condition).await? {
+            lift_if_granted(deps, tenant, &merged).await?;
+            return Ok(true);
+        }
+    }
+    Err(ProcessError::Conflict)
+}
+
+/// A merged record whose newest change is a grant lifts the withdrawal marker its
+/// pseudonym may have had, as recording the grant would have (idempotent).
+async fn lift_if_granted(
+    deps: &Deps,
+    tenant: &TenantId,
+    record: &ConsentRecord,
+) -> Result<(), ProcessError> {
+    if record.current.state == ConsentState::Granted {
+        let scope = custody::suppression::Scope::ConsentWithdrawn(record.purpose.clone());
+        custody::suppression::lift(
+            &deps.store,
+            tenant,
+            &scope,
+            std::slice::from_ref(&record.pseudonym),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The old pseudonym's record under the corrected one; with a record already there,
+/// one history of both by time (the newest change is the current state).
+fn merged_consent(old: ConsentRecord, existing: Option<ConsentRecord>, to: &str) -> ConsentRecord {
+    let Some(mut record) = existing else {
+        return ConsentRecord {
+            pseudonym: to.to_owned(),
+            ..old
+        };
+    };
+    let mut history = old.history;
+    history.append(&mut record.history);
+    // Stable: on equal times the corrected pseudonym's own change stays last.
+    history.sort_by_key(|c| c.at);
+    let excess = history
+        .len()
+        .saturating_sub(custody::privacy::MAX_CONSENT_HISTORY);
+    history.drain(..excess);
+    if let Some(last) = history.last() {
+        record.current = last.clone();
+    }
+    record.history = history;
+    record.version += 1;
+    record
+}
+
+/// Moves one suppression marker (kept as it is: scope, what put it in force, since).
+/// A marker the corrected pseudonym already has stays; a withdrawal's marker is not
+/// carried where the corrected pseudonym's consent for the purpose is granted (its
+/// newer record decides). Whether it is under the corrected pseudonym now.
+async fn move_marker(
+    deps: &Deps,
+    tenant: &TenantId,
+    old_key: &Key,
+    new_key: &Key,
+) -> Result<bool, ProcessError> {
+    for _ in 0..MOVE_TRIES {
+        let Some(old) = deps.store.get::<Suppression>(old_key).await? else {
+            // Moved before (a repeat), or lifted meanwhile.
+            return Ok(deps.store.get_item(new_key).await?.is_some());
+        };
+        let to = new_key
+            .sk
+            .rsplit_once('#')
+            .map(|(_, p)| p.to_owned())
+            .ok_or(ProcessError::Rectification(
+                "a marker key without a pseudonym",
+            ))?;
+        let granted = match old.scope.strip_prefix("consent:") {
+            Some(purpose) => deps
+                .store
+                .get::<ConsentRecord>(&ConsentRecord::key_of(tenant, &to, purpose))
+                .await?
+                .is_some_and(|r| r.current.state == ConsentState::Granted),
+            None => false,
+        };
+        let there = deps.store.get_item(new_key).await?.is_some();
+        let put = if granted || there {
+            None
+        } else {
+            let moved = Suppression {
+                pseudonym: to,
+                ..old
+            };
+            Some((custody::store::Store::encode(&moved)?, None))
+        };
+        if transact_move(deps, put, old_key, Condition::new("attribute_exists(pk)")).await? {
+            return Ok(!granted);
+        }
+    }
+    Err(ProcessError::Conflict)
+}
+
+/// Puts `put` (on its condition) and deletes `old` (on `old_condition`) in one
+/// transaction: whether it went through (`false`: a condition failed, nothing done).
+async fn transact_move(
+    deps: &Deps,
+    put: Option<(Item, Option<Condition>)>,
+    old: &Key,
+    old_condition: Condition,
+) -> Result<bool, ProcessError> {
+    use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+    let built = |e: aws_sdk_dynamodb::error::BuildError| {
+        ProcessError::Store(StoreError::Dynamo(e.to_string()))
+    };
+    let non_empty = |c: &Condition| {
+        (
+            (!c.names.is_empty()).then(|| c.names.clone()),
+            (!c.values.is_empty()).then(|| c.values.clone()),
+        )
+    };
+    let mut transaction = deps.store.client().transact_write_items();
+    if let Some((item, condition)) = put {
+        let mut builder = Put::builder()
+            .table_name(deps.store.table())
+            .set_item(Some(item));
+        if let Some(condition) = condition {
+            let (names, values) = non_empty(&condition);
+            builder = builder
+                .condition_expression(condition.expression)
+                .set_expression_attribute_names(names)
+                .set_expression_attribute_values(values);
+        }
+        transaction = transaction.transact_items(
+            TransactWriteItem::builder()
+                .put(builder.build().map_err(built)?)
+                .build(),
+        );
+    }
+    let (names, values) = non_empty(&old_condition);
+    let delete = Delete::builder()
+        .table_name(deps.store.table())
+        .key("pk", AttributeValue::S(old.pk.clone()))
+        .key("sk", AttributeValue::S(old.sk.clone()))
+        .condition_expression(old_condition.expression)
+        .set_expression_attribute_names(names)
+        .set_expression_attribute_values(values)
+        .build()
+        .map_err(built)?;
+    match transaction
+        .transact_items(TransactWriteItem::builder().delete(delete).build())
+        .send()
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_transaction_canceled_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(ProcessError::Store(StoreError::Dynamo(
+            custody::aws::error_text(&err),
+        ))),
+    }
+}
+
+/// The corrected values, opened from the request's seal.
+async fn corrected_values(
+    deps: &Deps,
+    request: &PrivacyRequest,
+    rectification: &Rectification,
+) -> Result<files::Corrections, ProcessError> {
+    let sealed = rectification
+        .sealed_values
+        .as_ref()
+        .ok_or(ProcessError::Rectification("the corrected values are gone"))?;
+    let context = SealContext::new(
+        &request.tenant,
+        Purpose::RectificationValues,
+        keys::privacy_request(&request.id),
+    );
+    let opened = deps.sealer.open(&context, sealed).await?;
+    let values: BTreeMap<IdentifierKind, String> = serde_json::from_str(opened.expose_secret())
+        .map_err(|_| ProcessError::Rectification("the corrected values are unreadable"))?;
+    let mut corrections = files::Corrections::default();
+    for correction in &rectification.corrections {
+        let value = values
+            .get(&correction.kind)
+            .ok_or(ProcessError::Rectification("a corrected value is missing"))?;
+        corrections
+            .values
+            .push((correction.kind, correction.from.clone(), value.clone()));
+    }
+    Ok(corrections)
+}
+
+/// Rewrites every planned object with the corrected values and moves its index
+/// entries to the corrected pseudonyms; each object once. Then audits the result and
+/// drops the sealed values.
+async fn rectify_files_step(
+    deps: &Deps,
+    request: &mut PrivacyRequest,
+    budget: Budget,
+) -> Result<(), ProcessError> {
+    let mut rectification = request.rectification.clone().unwrap_or_default();
+    let corrections = corrected_values(deps, request, &rectification).await?;
+    let pseudonyms: HashSet<String> = request.pseudonyms.iter().cloned().collect();
+    let key = deps.pseudonym_key(&request.tenant);
+    let (mut files_rewritten, mut rows_rectified, mut versions, mut moved) = (0, 0, 0, 0);
+    for object in &rectification.objects {
+        // Past its retention the object is not rewritten (that would restart its
+        // lifecycle clock); S3 deletes it with its index entries.
+        if !object_readable(deps, &request.tenant, object).await? {
+            continue;
+        }
+        let object_id = hex::encode(&Sha256::digest(object.as_bytes())[..12]);
+        let matcher = SubjectMatcher {
+            key: &key,
+            pseudonyms: &pseudonyms,
+            rules: import_rules(deps, &request.tenant, object).await?,
+        };
+        // Counted before the rewrite under its own claim, as erasure does: a retry
+        // after a rewrite whose claim was lost finds nothing left to correct.
+        let rows: u64 = once(
+            deps,
+            &request.tenant,
+            &format!("dsar:{}:file:{object_id}:rectify_rows", request.id),
+            budget,
+            || async { Ok(files::rows_to_rectify(deps, object, &matcher, &corrections).await?) },
+        )
+        .await?;
+        let outcome: files::ObjectRectification = once(
+            deps,
+            &request.tenant,
+            &format!("dsar:{}:file:{object_id}:rectify", request.id),
+            budget,
+            || async {
+                Ok(files::rectify_object(
+                    deps,
+                    object,
+                    &matcher,
+                    &corrections,
+                    files::Streaming::default(),
+                )
+                .await?)
+            },
+        )
+        .await?;
+        let entries: u64 = once(
+            deps,
+            &request.tenant,
+            &format!("dsar:{}:file:{object_id}:reindex", request.id),
+            budget,
+            || async { move_refs(deps, &request.tenant, object, &rectification.corrections).await },
+        )
+        .await?;
+        files_rewritten += u64::from(outcome.rewritten || rows > 0);
+        rows_rectified += outcome.rows_rectified.max(rows);
+        versions += outcome.versions_deleted;
+        moved += entries;
+    }
+    rectification.files_rewritten = files_rewritten;
+    rectification.rows_rectified = rows_rectified;
+    rectification.versions_deleted = versions;
+    rectification.index_entries_moved = moved;
+    let kinds: Vec<&str> = rectification
+        .corrections
+        .iter()
+        .map(|c| c.kind.as_str())
+        .collect();
+    let entry = audited(deps, request, "rectified", budget, || {
+        // Kinds, pseudonyms and counts: never a value.
+        base_event(request, "privacy_request.rectified")
+            .detail("corrected", kinds)
+            .detail(
+                "new_pseudonyms",
+                rectification
+                    .corrections
+                    .iter()
+                    .map(|c| c.to.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .detail("files_rewritten", files_rewritten)
+            .detail("rows_rectified", rows_rectified)
+            .detail("versions_deleted", versions)
+            .detail("index_entries_moved", moved)
+            .detail("consent_records_moved", rectification.consent_records_moved)
+            .detail(
+                "suppression_markers_moved",
+                rectification.suppression_markers_moved,
+            )
+    })
+    .await?;
+    request.audit.push(entry);
+    // Processed: the plaintext values are no longer needed (saved with the step).
+    rectification.sealed_values = None;
+    request.rectification = Some(rectification);
+    Ok(())
+}
+
+/// Moves the object's index entries from each old pseudonym to its corrected one
+/// (the count added to an entry the new pseudonym may already have there), each in
+/// one transaction conditional on the old entry: a repeat finds it gone and moves
+/// nothing. Returns the entries moved.
+async fn move_refs(
+    deps: &Deps,
+    tenant: &TenantId,
+    object: &str,
+    corrections: &[Correction],
+) -> Result<u64, ProcessError> {
+    use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+    let Some(parsed) = ObjectKey::parse(object) else {
+        return Ok(0);
+    };
+    let source_id = parsed.ref_source_id();
+    let key_of = |pseudonym: &str| {
+        Key::new(
+            keys::tenant(tenant),
+            SubjectRef::sort_key(Source::ImportObject, &source_id, pseudonym),
+        )
+    };
+    let built = |e: aws_sdk_dynamodb::error::BuildError| {
+        ProcessError::Store(StoreError::Dynamo(e.to_string()))
+    };
+    let mut moved = 0;
+    for correction in corrections {
+        let old_key = key_of(&correction.from);
+        let Some(old) = deps.store.get::<SubjectRef>(&old_key).await? else {
+            continue;
+        };
+        let existing = deps
+            .store
+            .get::<SubjectRef>(&key_of(&correction.to))
+            .await?;
+        let new = SubjectRef {
+            pseudonym: correction.to.clone(),
+            count: old.count + existing.map_or(0, |r| r.count),
+            ..old.clone()
+        };
+        let put = Put::builder()
+            .table_name(deps.store.table())
+            .set_item(Some(custody::store::Store::encode(&new)?))
+            .build()
+            .map_err(built)?;
+        let delete = Delete::builder()
+            .table_name(deps.store.table())
+            .key("pk", AttributeValue::S(old_key.pk.clone()))
+            .key("sk", AttributeValue::S(old_key.sk.clone()))
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(built)?;
+        let result = deps
+            .store
+            .client()
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => moved += 1,
+            // The old entry went meanwhile (expiry, or a repeat of this move).
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_transaction_canceled_exception()) => {}
+            Err(err) => {
+                return Err(ProcessError::Store(StoreError::Dynamo(
+                    custody::aws::error_text(&err),
+                )));
+            }
+        }
+    }
+    Ok(moved)
 }

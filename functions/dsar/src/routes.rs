@@ -14,10 +14,11 @@ use custody::api::{
 };
 use custody::audit::{Event, Outcome};
 use custody::privacy::{
-    ConsentChange, ConsentRecord, ConsentState, Deadlines, ExtensionLength, MAX_CONSENT_TEXT_LEN,
-    MAX_TEXT_LEN, MAX_VERIFICATION_ATTEMPTS, PrivacyError, PrivacyRequest, PrivacySettings,
-    Regulation, RequestKind, Restriction, RestrictionGround, Status, TenantZone, UnknownTimeZone,
-    VerificationCode, WebhookTarget, days_left, extend_deadlines, validate_purpose,
+    ConsentChange, ConsentRecord, ConsentState, Correction, Deadlines, ExtensionLength,
+    MAX_CONSENT_TEXT_LEN, MAX_TEXT_LEN, MAX_VERIFICATION_ATTEMPTS, PrivacyError, PrivacyRequest,
+    PrivacySettings, Rectification, Regulation, RequestKind, Restriction, RestrictionGround,
+    Status, TenantZone, UnknownTimeZone, VerificationCode, WebhookTarget, days_left,
+    extend_deadlines, validate_purpose,
 };
 use custody::retention::RetentionClass;
 use custody::seal::{Purpose, SealContext};
@@ -57,6 +58,7 @@ pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Prob
             | "PUT /privacy/consent"
             | "PUT /privacy/settings"
             | "POST /privacy/restrict"
+            | "POST /privacy/rectify"
             | "POST /privacy/requests/{id}/lift"
     ) {
         custody::privacy::ensure_open(&deps.store, &caller.tenant).await?;
@@ -65,6 +67,7 @@ pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Prob
         "POST /privacy/export" => create(deps, req, &caller, RequestKind::Access).await,
         "POST /privacy/delete" => create(deps, req, &caller, RequestKind::Erasure).await,
         "POST /privacy/restrict" => create(deps, req, &caller, RequestKind::Restrict).await,
+        "POST /privacy/rectify" => create(deps, req, &caller, RequestKind::Rectify).await,
         "POST /privacy/requests/{id}/lift" => lift(deps, req, &caller).await,
         "GET /privacy/requests" => list(deps, &caller).await,
         "GET /privacy/requests/{id}" => get_request(deps, req, &caller).await,
@@ -76,6 +79,8 @@ pub async fn dispatch(deps: &Deps, req: &Request) -> Result<Response<Body>, Prob
         "GET /privacy/settings" => get_settings(deps, &caller).await,
         "PUT /privacy/settings" => put_settings(deps, req, &caller).await,
         "DELETE /account" => delete_account(deps, req, &caller).await,
+        "POST /account/export" => crate::account_export::post(deps, &caller).await,
+        "GET /account/exports/{id}" => crate::account_export::get(deps, req, &caller).await,
         "GET /retention" => retention(&caller),
         _ => Err(Problem::not_found()),
     }
@@ -249,6 +254,75 @@ struct CreateBody {
     /// `restrict` requests only: why processing is restricted.
     #[serde(default)]
     ground: Option<RestrictionGround>,
+    /// `rectify` requests only: the corrected identifier values.
+    #[serde(default)]
+    corrections: Option<CorrectionsInput>,
+}
+
+/// A rectification's corrected values, per identifier kind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorrectionsInput {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    phone: Option<String>,
+    #[serde(default)]
+    contact_id: Option<String>,
+}
+
+/// Checks a rectification's corrections against the subject: each a valid identifier
+/// of its kind (normalised as everywhere; a national phone number with the subject's
+/// `default_country_code`), of a kind the subject is named by (the value it
+/// corrects), and not that value. Errors name the field, never the value.
+fn parse_corrections(
+    deps: &Deps,
+    tenant: &TenantId,
+    subject: &SubjectInput,
+    input: Option<&CorrectionsInput>,
+) -> Result<Vec<(Correction, Identifier)>, Problem> {
+    let none = CorrectionsInput::default();
+    let input = input.unwrap_or(&none);
+    let key = deps.pseudonym_key(tenant);
+    let current = subject.identifiers("subject")?;
+    let mut corrections = Vec::new();
+    for (kind, value) in [
+        (IdentifierKind::Email, &input.email),
+        (IdentifierKind::Phone, &input.phone),
+        (IdentifierKind::ContactId, &input.contact_id),
+    ] {
+        let Some(raw) = value else { continue };
+        let at = kind.as_str();
+        let corrected = Identifier::new(kind, raw, subject.default_country_code.as_deref())
+            .map_err(|e| Problem::bad_request(format!("corrections.{at}"), e.to_string()))?;
+        let Some(old) = current.iter().find(|id| id.kind() == kind) else {
+            return Err(Problem::bad_request(
+                format!("corrections.{at}"),
+                format!("name the subject's current {at} (subject.{at}) to correct it"),
+            ));
+        };
+        if *old == corrected {
+            return Err(Problem::bad_request(
+                format!("corrections.{at}"),
+                format!("the corrected {at} is the current one"),
+            ));
+        }
+        corrections.push((
+            Correction {
+                kind,
+                from: key.pseudonym(old).to_string(),
+                to: key.pseudonym(&corrected).to_string(),
+            },
+            corrected,
+        ));
+    }
+    if corrections.is_empty() {
+        return Err(Problem::bad_request(
+            "corrections",
+            "a rectification names at least one corrected value: email, phone or contact_id",
+        ));
+    }
+    Ok(corrections)
 }
 
 #[derive(Debug, Serialize)]
@@ -289,6 +363,18 @@ async fn create(
             ));
         }
         (_, None) => None,
+    };
+    let corrections = match kind {
+        RequestKind::Rectify => {
+            parse_corrections(deps, tenant, &body.subject, body.corrections.as_ref())?
+        }
+        _ if body.corrections.is_some() => {
+            return Err(Problem::bad_request(
+                "corrections",
+                "only rectify requests take corrections",
+            ));
+        }
+        _ => Vec::new(),
     };
     if kind == RequestKind::Restrict && body.verify_subject {
         return Err(Problem::bad_request(
@@ -365,8 +451,37 @@ async fn create(
         updated_at: now,
         initial_response_at: None,
         restriction: None,
+        rectification: None,
         version: 1,
     };
+    if !corrections.is_empty() {
+        // The corrected values are personal data: sealed to this request's record
+        // until the files are rewritten with them, never stored in plaintext.
+        let values: std::collections::BTreeMap<IdentifierKind, &str> = corrections
+            .iter()
+            .map(|(c, id)| (c.kind, id.value()))
+            .collect();
+        let text = serde_json::to_string(&values).map_err(|e| {
+            tracing::error!(error = %e, "corrections could not be encoded");
+            Problem::internal()
+        })?;
+        let sealed = deps
+            .sealer
+            .seal(
+                &SealContext::new(
+                    tenant,
+                    Purpose::RectificationValues,
+                    keys::privacy_request(&id),
+                ),
+                &SecretString::from(text),
+            )
+            .await?;
+        request.rectification = Some(Rectification {
+            corrections: corrections.into_iter().map(|(c, _)| c).collect(),
+            sealed_values: Some(sealed),
+            ..Rectification::default()
+        });
+    }
     let next = if webhook.is_some() {
         Status::IdentityUnverified
     } else {
@@ -415,6 +530,21 @@ async fn create(
                 false,
             )?);
         }
+    }
+    // A rectification is indexed under the corrected pseudonyms too: a later request
+    // naming the corrected values (an erasure) finds it.
+    let corrected = request.rectification.iter().flat_map(|r| &r.corrections);
+    for pseudonym in corrected.map(|c| &c.to) {
+        let subject_ref = SubjectRef {
+            tenant: tenant.clone(),
+            pseudonym: pseudonym.clone(),
+            source: Source::PrivacyRequest,
+            source_id: id.clone(),
+            object_key: None,
+            count: 1,
+            expires_at: None,
+        };
+        writes.push(put(deps, &subject_ref, false)?);
     }
     let code = match &webhook {
         Some(_) => {
@@ -712,6 +842,16 @@ async fn get_request(
             "free_of_charge": request.free_of_charge,
             "steps_done": request.steps_done,
             "erased": request.erased,
+            // Kinds and counts; the corrected values are never shown.
+            "rectification": request.rectification.as_ref().map(|r| json!({
+                "corrected": r.corrections.iter().map(|c| c.kind).collect::<Vec<_>>(),
+                "files_rewritten": r.files_rewritten,
+                "rows_rectified": r.rows_rectified,
+                "versions_deleted": r.versions_deleted,
+                "index_entries_moved": r.index_entries_moved,
+                "consent_records_moved": r.consent_records_moved,
+                "suppression_markers_moved": r.suppression_markers_moved,
+            })),
             "certificate_available": request.certificate.is_some(),
             "denial_reason": request.denial_reason,
             "completed_at": request.completed_at,
@@ -857,6 +997,10 @@ async fn verify(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<
     if left == 0 {
         request.move_to(Status::Denied, now)?;
         request.denial_reason = Some("verification_failed".into());
+        // A denied rectification never runs: its corrected values go now.
+        if let Some(rectification) = request.rectification.as_mut() {
+            rectification.sealed_values = None;
+        }
         crate::process::save(deps, &mut request)
             .await
             .map_err(problem)?;
@@ -1181,17 +1325,29 @@ async fn lift(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<Bo
         return Err(Problem::conflict("this restriction is already lifted"));
     }
     let now = deps.now();
-    // Pseudonyms another restriction in force still covers keep their marker.
-    let others: HashSet<String> = deps
+    let requests = deps
         .store
         .query_all::<PrivacyRequest>(&keys::tenant(&caller.tenant), &keys::privacy_request(""))
-        .await?
-        .into_iter()
-        .filter(|r| r.id != id && r.restriction.as_ref().is_some_and(Restriction::in_force))
-        .flat_map(|r| r.pseudonyms)
+        .await?;
+    // A rectification moved the markers to the corrected pseudonyms: a restriction
+    // covers those too (a denied rectification never ran).
+    let corrections: Vec<&Correction> = requests
+        .iter()
+        .filter(|r| r.status != Status::Denied)
+        .filter_map(|r| r.rectification.as_ref())
+        .flat_map(|r| &r.corrections)
         .collect();
-    let freed: Vec<String> = request
-        .pseudonyms
+    let covered = |pseudonyms: &[String]| {
+        custody::privacy::with_corrections(corrections.iter().copied(), pseudonyms)
+    };
+    // Pseudonyms another restriction in force still covers keep their marker.
+    let others: HashSet<String> = requests
+        .iter()
+        .filter(|r| r.id != id && r.restriction.as_ref().is_some_and(Restriction::in_force))
+        .flat_map(|r| covered(&r.pseudonyms))
+        .collect();
+    let all = covered(&request.pseudonyms);
+    let freed: Vec<String> = all
         .iter()
         .filter(|p| !others.contains(*p))
         .cloned()
@@ -1223,7 +1379,7 @@ async fn lift(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response<Bo
                     .detail("reason_given", true)
                     .detail(
                         "still_restricted_by_another_request",
-                        (request.pseudonyms.len() - freed.len()) as u64,
+                        (all.len() - freed.len()) as u64,
                     )
             },
         )
@@ -1250,6 +1406,9 @@ async fn get_settings(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Pr
             "purposes": current.as_ref().map(|s| s.purposes.clone()).unwrap_or_default(),
             "verification_webhook": current.and_then(|s| s.verification_webhook).map(|h| json!({ "url": h.url })),
             "notification_webhook": crate::notices::webhook_shown(deps, &caller.tenant).await?,
+            "notification_email": crate::notices::email_shown(deps, &caller.tenant).await?,
+            // Whether this deployment e-mails notices (the template's NoticeEmailSender).
+            "notification_email_enabled": deps.mailer.is_some(),
         }),
     )
 }
@@ -1268,6 +1427,9 @@ struct SettingsBody {
     /// Where privacy notices go (`custody::notice`); the same partial update.
     #[serde(default, deserialize_with = "present")]
     notification_webhook: Option<Option<crate::notices::WebhookInput>>,
+    /// Where privacy notices are e-mailed too (where the deployment sends e-mail).
+    #[serde(default, deserialize_with = "present")]
+    notification_email: Option<Option<String>>,
 }
 
 /// `Some(None)` for an explicit `null`, `Some(Some(_))` for a value; a missing field
@@ -1332,6 +1494,7 @@ async fn put_settings(
     };
     let notification =
         crate::notices::prepare_webhook(deps, &caller.tenant, body.notification_webhook).await?;
+    let email = crate::notices::prepare_email(deps, &caller.tenant, body.notification_email)?;
     let webhook = match body.verification_webhook {
         None => current.and_then(|s| s.verification_webhook),
         Some(None) => None,
@@ -1367,6 +1530,7 @@ async fn put_settings(
     };
     deps.store.put(&settings).await?;
     crate::notices::apply_webhook(deps, &caller.tenant, &notification).await?;
+    crate::notices::apply_email(deps, &caller.tenant, &email).await?;
     deps.audit
         .append(
             &caller.tenant,
@@ -1381,7 +1545,9 @@ async fn put_settings(
                 "verification_webhook",
                 settings.verification_webhook.is_some(),
             )
-            .detail("notification_webhook", notification.configured()),
+            .detail("notification_webhook", notification.configured())
+            // Whether it changed, never the address.
+            .detail("notification_email_changed", email.is_some()),
         )
         .await?;
     get_settings(deps, caller).await

@@ -134,6 +134,7 @@ async fn dsar_emits_emf_with_counts_and_gauges_and_no_identifier() {
             oauth_function: "custody-oauth-test".into(),
             // No wait before the purge's final sweep (tests of the wait set their own).
             purge_grace: chrono::Duration::zero(),
+            notice_email_sender: None,
         },
         &stack.clients,
         app_secret,

@@ -5,6 +5,7 @@
 use custody::TenantId;
 use custody::api::{self, Caller, Problem, Role};
 use custody::audit::Event;
+use custody::notice::{Notice, event_ids};
 use custody::schedule::ScheduleSpec;
 use custody::seal::{Purpose, SealContext};
 use custody::store::{PageRequest, keys};
@@ -415,7 +416,26 @@ pub async fn runs_page(
             },
         )
         .await?;
-    let runs: Vec<serde_json::Value> = page.items.iter().map(run_view).collect();
+    let mut runs = Vec::with_capacity(page.items.len());
+    for run in &page.items {
+        let mut view = run_view(run);
+        // A run that recorded a failure told the tenant once (`custody::notice`): how
+        // that notice's delivery went, beside the run.
+        if run.errors.is_empty() {
+            view["failure_notice"] = serde_json::Value::Null;
+        } else {
+            let key = Notice::key_of(tenant, &event_ids::export_failed(&run.run_id));
+            view["failure_notice"] = match deps.store.get::<Notice>(&key).await? {
+                Some(notice) => serde_json::json!({
+                    "event_id": notice.event_id,
+                    "status": notice.status,
+                    "delivered_at": notice.delivered_at,
+                }),
+                None => serde_json::Value::Null,
+            };
+        }
+        runs.push(view);
+    }
     Ok(serde_json::json!({ "runs": runs, "next_cursor": page.next_cursor }))
 }
 

@@ -755,11 +755,42 @@ async fn fail_run(
                 .detail("reason", detail.clone()),
         )
         .await?;
+    record_failed_notice(deps, run, kind).await?;
     tracing::warn!(run_id = %run.run_id, kind, error = %detail, "export run failed; the next trigger resumes it");
     Ok(Outcome::Failed {
         run_id: run.run_id.clone(),
         error: detail,
     })
+}
+
+/// The tenant's notice of the failure, written to the outbox for the dsar function to
+/// deliver (this function holds no notification secret). Once per run (a resumed run
+/// that fails again writes nothing more; the export log has every attempt). The
+/// error's kind only, never its text (a notice carries no free text).
+async fn record_failed_notice(deps: &Deps, run: &ExportRun, kind: &str) -> Result<(), WorkerError> {
+    use custody::notice::{Notice, NoticeKind, event_ids};
+    let now = deps.store.clock().now();
+    let data = serde_json::json!({
+        "run_id": run.run_id,
+        "error_kind": kind,
+        "attempt": run.invocations,
+        "resumes_on_next_trigger": true,
+        "runs": "/export/runs",
+    });
+    let notice = Notice::new(
+        &run.tenant,
+        event_ids::export_failed(&run.run_id),
+        NoticeKind::ExportRunFailed,
+        None,
+        now,
+        match data {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        },
+        now,
+    );
+    custody::notice::record(&deps.store, &notice).await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ use tokio::task::JoinHandle;
 
 /// The path batches are posted to.
 pub const HOOK_PATH: &str = "/hooks/custody";
+/// The path a tenant's notification webhook is pointed to (privacy notices): any
+/// signed JSON object is accepted there, not only batches.
+pub const NOTICE_PATH: &str = "/hooks/notices";
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
@@ -34,6 +37,10 @@ pub struct Received {
     pub status: u16,
     /// The parsed body, if it was a [`Batch`].
     pub batch: Option<Batch>,
+    /// Which path it was posted to ([`HOOK_PATH`] or [`NOTICE_PATH`]).
+    pub path: &'static str,
+    /// The body as JSON, if it was JSON (a notice's message).
+    pub json: Option<Value>,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +100,7 @@ impl DestinationSim {
         })));
         let app = Router::new()
             .route(HOOK_PATH, post(receive))
+            .route(NOTICE_PATH, post(receive_notice))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -156,6 +164,19 @@ impl DestinationSim {
             .collect()
     }
 
+    /// The notification-webhook URL (signed with the same secret).
+    pub fn notice_url(&self) -> String {
+        format!("http://{}{NOTICE_PATH}", self.addr)
+    }
+
+    /// The notices received (posted to [`NOTICE_PATH`]), accepted or not, in order.
+    pub fn notices(&self) -> Vec<Received> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == NOTICE_PATH)
+            .collect()
+    }
+
     /// Every row of every accepted batch, in order.
     pub fn rows(&self) -> Vec<Map<String, Value>> {
         self.accepted().into_iter().flat_map(|b| b.rows).collect()
@@ -163,6 +184,23 @@ impl DestinationSim {
 }
 
 async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    record(&shared, HOOK_PATH, &headers, &body).await
+}
+
+async fn receive_notice(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    record(&shared, NOTICE_PATH, &headers, &body).await
+}
+
+async fn record(
+    shared: &Shared,
+    path: &'static str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> StatusCode {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (secret, delay) = {
         let inner = shared.lock();
@@ -175,12 +213,15 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         &secret,
         header(TIMESTAMP_HEADER),
         header(SIGNATURE_HEADER),
-        &body,
+        body,
         chrono::Utc::now().timestamp(),
         DEFAULT_TOLERANCE_SECS,
     )
     .is_ok();
-    let batch = serde_json::from_slice::<Batch>(&body).ok();
+    let batch = serde_json::from_slice::<Batch>(body).ok();
+    let json = serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object);
     let mut inner = shared.lock();
     if inner.switches.down_after == Some(0) {
         inner.switches.down = true;
@@ -193,7 +234,7 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         inner.switches.fail_status
     } else if !signature_valid {
         401
-    } else if batch.is_none() {
+    } else if (path == HOOK_PATH && batch.is_none()) || json.is_none() {
         400
     } else {
         if let Some(left) = inner.switches.down_after.as_mut() {
@@ -206,6 +247,8 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         signature_valid,
         status,
         batch,
+        path,
+        json,
     });
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }

@@ -22,6 +22,12 @@
 //! A message never carries a subject's identifier or free text: request ids, dates,
 //! flags, counts and API paths only.
 //!
+//! Optionally by e-mail too ([`Mailer`], Amazon SES in the dsar function, where the
+//! deployment has a sender and the tenant a [`NotificationEmail`]): the same message as
+//! text. Each channel's outcome is kept on the notice ([`ChannelState`]); a channel
+//! delivered once is not sent again by a redelivery, and the notice is `delivered`
+//! only when every configured channel is.
+//!
 //! Statuses: `pending` (written, being delivered or waiting for a redelivery),
 //! `delivered`, `failed` (every attempt of the last round failed; `last_error` says
 //! how, without URL or secret), `skipped` (the tenant has no notification webhook:
@@ -98,6 +104,31 @@ pub mod event_ids {
 
     /// The event-id prefix of the account purge's notices.
     pub const ACCOUNT_PREFIX: &str = "account:";
+
+    /// An export run failed (recorded `failed`; the next trigger resumes it). Once
+    /// per run: a duplicate trigger resumes the run and may fail it again, and each
+    /// trigger after that too; the tenant is told the first time, the export log
+    /// shows every attempt.
+    pub fn export_failed(run_id: &str) -> String {
+        format!("{EXPORT_PREFIX}{run_id}:failed")
+    }
+
+    /// The event-id prefix of the export function's notices.
+    pub const EXPORT_PREFIX: &str = "export:";
+
+    /// The provider refused a connection's refresh token: it needs the tenant to
+    /// connect again. Once per connection (`connected_at`, epoch milliseconds: a new
+    /// connection is a new occurrence), whoever saw it first.
+    pub fn connection_reconsent(provider: &str, connected_at_ms: i64) -> String {
+        format!("{CONNECTION_PREFIX}{provider}:reconsent:{connected_at_ms}")
+    }
+
+    /// The event-id prefix of connection notices.
+    pub const CONNECTION_PREFIX: &str = "connection:";
+
+    /// Event-id prefixes of notices other functions only write (the outbox) and the
+    /// dsar function delivers from the table's stream.
+    pub const RELAYED_PREFIXES: [&str; 2] = [EXPORT_PREFIX, CONNECTION_PREFIX];
 }
 
 /// What happened; serialised as the message's `type`. Ordered as a request's life
@@ -125,6 +156,12 @@ pub enum NoticeKind {
     /// The account's purge finished and its certificate is signed.
     #[serde(rename = "account.purged")]
     AccountPurged,
+    /// An export run failed; the next trigger resumes it.
+    #[serde(rename = "export.run_failed")]
+    ExportRunFailed,
+    /// A connection's grant was refused: exports stop until the tenant reconnects.
+    #[serde(rename = "connection.needs_reconsent")]
+    ConnectionNeedsReconsent,
 }
 
 impl NoticeKind {
@@ -137,6 +174,8 @@ impl NoticeKind {
             NoticeKind::DeadlineApproaching => "privacy_request.deadline_approaching",
             NoticeKind::Overdue => "privacy_request.overdue",
             NoticeKind::AccountPurged => "account.purged",
+            NoticeKind::ExportRunFailed => "export.run_failed",
+            NoticeKind::ConnectionNeedsReconsent => "connection.needs_reconsent",
         }
     }
 }
@@ -194,8 +233,52 @@ pub struct Notice {
     /// purge's): the webhook as it was when the notice was held, secret still sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<WebhookTarget>,
+    /// How each channel's delivery went (`webhook`, `email`); a channel delivered
+    /// once is not sent again by a later round. Empty before the first round.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelState>,
     pub version: u64,
 }
+
+/// Where a notice goes: the tenant's notification webhook, or e-mail through Amazon
+/// SES (only where the deployment has a sender and the tenant an address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Webhook,
+    Email,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Webhook => "webhook",
+            Channel::Email => "email",
+        }
+    }
+}
+
+/// One channel's delivery of a notice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelState {
+    pub channel: Channel,
+    /// `delivered` or `failed`.
+    pub status: NoticeStatus,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// Sends a notice by e-mail (Amazon SES in the dsar function); the error says what
+/// went wrong without the address or the body.
+pub trait Mailer: Send + Sync + std::fmt::Debug {
+    fn send<'a>(&'a self, to: &'a str, subject: &'a str, text: &'a str) -> MailFuture<'a>;
+}
+
+pub type MailFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 
 impl Entity for Notice {
     const KIND: &'static str = "notice";
@@ -230,8 +313,14 @@ impl Notice {
             delivered_at: None,
             updated_at: now,
             target: None,
+            channels: Vec::new(),
             version: 1,
         }
+    }
+
+    /// The state of `channel`, if a round has tried it.
+    pub fn channel(&self, channel: Channel) -> Option<&ChannelState> {
+        self.channels.iter().find(|c| c.channel == channel)
     }
 
     pub fn key_of(tenant: &TenantId, event_id: &str) -> Key {
@@ -260,12 +349,55 @@ impl Notice {
         }
     }
 
+    /// Whether another function wrote it for the dsar function to deliver
+    /// ([`event_ids::RELAYED_PREFIXES`]).
+    pub fn is_relayed(event_id: &str) -> bool {
+        event_ids::RELAYED_PREFIXES
+            .iter()
+            .any(|prefix| event_id.starts_with(prefix))
+    }
+
     /// Whether the daily check should deliver it (again): pending or failed, and its
     /// last attempt at least [`REDELIVER_AFTER`] ago.
     pub fn due(&self, now: DateTime<Utc>) -> bool {
         matches!(self.status, NoticeStatus::Pending | NoticeStatus::Failed)
             && self.updated_at + REDELIVER_AFTER <= now
     }
+}
+
+/// Writes a pending notice for the dsar function to deliver (the outbox write of a
+/// function that holds no webhook secret): a conditional create, so the same event
+/// twice is one item. `false`: it was written before.
+pub async fn record(store: &Store, notice: &Notice) -> Result<bool, StoreError> {
+    match store.create(notice).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::AlreadyExists) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// The notice that a tenant's connection to `provider` (connected at `connected_at`)
+/// needs re-consent: written where a refused refresh marks it, and again by the dsar
+/// daily check while it stays marked (the same event id, so once).
+pub fn reconsent_notice(
+    tenant: &TenantId,
+    provider: &str,
+    connected_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Notice {
+    let mut data = Map::new();
+    data.insert("provider".into(), provider.into());
+    data.insert("reason".into(), "invalid_grant".into());
+    data.insert("reconnect".into(), format!("/connect/{provider}").into());
+    Notice::new(
+        tenant,
+        event_ids::connection_reconsent(provider, connected_at.timestamp_millis()),
+        NoticeKind::ConnectionNeedsReconsent,
+        None,
+        now,
+        data,
+        now,
+    )
 }
 
 /// The body of a notice delivery.
@@ -313,6 +445,58 @@ impl NotificationWebhook {
     }
 }
 
+/// The tenant's notification e-mail address (`PUT /privacy/settings`,
+/// `notification_email`): notices go there too where the deployment sends e-mail
+/// (`NoticeEmailSender`). The tenant's own contact, never a data subject's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationEmail {
+    pub tenant: TenantId,
+    pub address: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Entity for NotificationEmail {
+    const KIND: &'static str = "notification_email";
+
+    fn key(&self) -> Key {
+        Self::key_of(&self.tenant)
+    }
+}
+
+impl NotificationEmail {
+    pub const RECORD: &'static str = "PRIVACY#notification_email";
+    /// The longest address SMTP carries.
+    pub const MAX_LEN: usize = 254;
+
+    pub fn key_of(tenant: &TenantId) -> Key {
+        Key::new(keys::tenant(tenant), Self::RECORD)
+    }
+
+    /// A plain `local@domain.tld` address: ASCII, no spaces or control characters,
+    /// one `@`, a dot in the domain, at most [`Self::MAX_LEN`] characters. Display
+    /// names and comments are refused (they would be free text in every mail).
+    pub fn parse(raw: &str) -> Result<String, &'static str> {
+        let address = raw.trim();
+        let valid_char = |c: char| {
+            c.is_ascii_graphic() && !matches!(c, '<' | '>' | '(' | ')' | ',' | ';' | '"' | '\\')
+        };
+        let (local, domain) = address.split_once('@').ok_or("must be an e-mail address")?;
+        if address.is_empty()
+            || address.len() > Self::MAX_LEN
+            || local.is_empty()
+            || domain.contains('@')
+            || !address.chars().all(valid_char)
+            || !domain.contains('.')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+            || domain.contains("..")
+        {
+            return Err("must be an e-mail address (local@domain.tld, at most 254 characters)");
+        }
+        Ok(address.to_owned())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NoticeError {
     #[error(transparent)]
@@ -339,6 +523,7 @@ pub struct Notifier {
     audit: AuditLog,
     actor: String,
     allow_loopback: bool,
+    mailer: Option<std::sync::Arc<dyn Mailer>>,
 }
 
 impl Notifier {
@@ -359,7 +544,26 @@ impl Notifier {
             audit,
             actor: actor.into(),
             allow_loopback,
+            mailer: None,
         }
+    }
+
+    /// Sends notices by e-mail too, to tenants that set an address.
+    pub fn with_mailer(mut self, mailer: std::sync::Arc<dyn Mailer>) -> Self {
+        self.mailer = Some(mailer);
+        self
+    }
+
+    /// The tenant's notification e-mail address, where this notifier sends e-mail.
+    async fn email(&self, tenant: &TenantId) -> Result<Option<String>, StoreError> {
+        if self.mailer.is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .get::<NotificationEmail>(&NotificationEmail::key_of(tenant))
+            .await?
+            .map(|e| e.address))
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -452,24 +656,30 @@ impl Notifier {
             Some(target) => Some(target.clone()),
             None => self.webhook(&notice.tenant).await?,
         };
-        let (status, outcome, action) = match target {
-            None => (NoticeStatus::Skipped, None, "notice.skipped"),
-            Some(target) => match self.send(&notice, &target).await {
-                Ok(()) => (NoticeStatus::Delivered, None, "notice.sent"),
-                Err(why) => (NoticeStatus::Failed, Some(why), "notice.failed"),
-            },
+        let email = self.email(&notice.tenant).await?;
+        let (status, outcome) = if target.is_none() && email.is_none() {
+            let event = Event::new(self.actor.clone(), "notice.skipped", notice.target_name())
+                .detail("kind", notice.kind.as_str())
+                .detail("attempts", notice.attempts);
+            self.audit.append(&notice.tenant, event).await?;
+            (NoticeStatus::Skipped, None)
+        } else {
+            let mut first_error = None;
+            if let Some(target) = target {
+                let result = self.send(&notice, &target).await;
+                self.record_channel(&mut notice, Channel::Webhook, result, &mut first_error)
+                    .await?;
+            }
+            if let Some(address) = email {
+                let result = self.mail(&notice, &address).await;
+                self.record_channel(&mut notice, Channel::Email, result, &mut first_error)
+                    .await?;
+            }
+            match first_error {
+                None => (NoticeStatus::Delivered, None),
+                Some(why) => (NoticeStatus::Failed, Some(why)),
+            }
         };
-        let mut event = Event::new(self.actor.clone(), action, notice.target_name())
-            .detail("kind", notice.kind.as_str())
-            .detail("attempts", notice.attempts);
-        if let Some(why) = &outcome {
-            event = event.outcome(Outcome::Failure).detail("error", why.clone());
-            crate::kernel::metrics::count(crate::kernel::metrics::names::PRIVACY_NOTICES_FAILED, 1);
-            tracing::warn!(event_id = %notice.event_id, kind = notice.kind.as_str(), error = %why, "privacy notice not delivered");
-        }
-        // Audited before it is recorded: a crash in between sends it again later
-        // (the receiver drops the duplicate by its event id), never leaves it unaudited.
-        self.audit.append(&notice.tenant, event).await?;
         let now = self.now();
         notice.status = status;
         notice.last_error = outcome;
@@ -484,9 +694,99 @@ impl Notifier {
         Ok(notice)
     }
 
+    /// One channel's attempt of this round (none for a channel delivered before):
+    /// audited before it is recorded — a crash in between sends it again later (the
+    /// receiver drops the duplicate by its event id), never leaves it unaudited.
+    async fn record_channel(
+        &self,
+        notice: &mut Notice,
+        channel: Channel,
+        result: Option<Result<(), String>>,
+        first_error: &mut Option<String>,
+    ) -> Result<(), NoticeError> {
+        let Some(result) = result else {
+            return Ok(());
+        };
+        let action = if result.is_ok() {
+            "notice.sent"
+        } else {
+            "notice.failed"
+        };
+        let mut event = Event::new(self.actor.clone(), action, notice.target_name())
+            .detail("kind", notice.kind.as_str())
+            .detail("channel", channel.as_str())
+            .detail("attempts", notice.attempts);
+        if let Err(why) = &result {
+            event = event.outcome(Outcome::Failure).detail("error", why.clone());
+            crate::kernel::metrics::count(crate::kernel::metrics::names::PRIVACY_NOTICES_FAILED, 1);
+            tracing::warn!(event_id = %notice.event_id, kind = notice.kind.as_str(), channel = channel.as_str(), error = %why, "privacy notice not delivered");
+        }
+        self.audit.append(&notice.tenant, event).await?;
+        let now = self.now();
+        let index = match notice.channels.iter().position(|c| c.channel == channel) {
+            Some(index) => index,
+            None => {
+                notice.channels.push(ChannelState {
+                    channel,
+                    status: NoticeStatus::Pending,
+                    attempts: 0,
+                    last_error: None,
+                    delivered_at: None,
+                });
+                notice.channels.len() - 1
+            }
+        };
+        let state = &mut notice.channels[index];
+        state.attempts += 1;
+        match result {
+            Ok(()) => {
+                state.status = NoticeStatus::Delivered;
+                state.last_error = None;
+                state.delivered_at = Some(now);
+            }
+            Err(why) => {
+                state.status = NoticeStatus::Failed;
+                state.last_error = Some(why.clone());
+                first_error.get_or_insert(why);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this round sends on `channel`: not once it was delivered.
+    fn delivered_on(notice: &Notice, channel: Channel) -> bool {
+        notice
+            .channel(channel)
+            .is_some_and(|c| c.status == NoticeStatus::Delivered)
+    }
+
+    /// E-mails the message (`None`: delivered before, or no mailer).
+    async fn mail(&self, notice: &Notice, to: &str) -> Option<Result<(), String>> {
+        let mailer = self.mailer.as_ref()?;
+        if Self::delivered_on(notice, Channel::Email) {
+            return None;
+        }
+        let subject = format!("custody notice: {}", notice.kind.as_str());
+        let text = match serde_json::to_string_pretty(&notice.message()) {
+            Ok(json) => format!(
+                "A privacy notice for tenant {} (event {}).\n\n{json}\n",
+                notice.tenant, notice.event_id
+            ),
+            Err(err) => return Some(Err(err.to_string())),
+        };
+        Some(mailer.send(to, &subject, &text).await)
+    }
+
     /// Signs and posts the message; the error is what went wrong, without a URL, a
     /// body or a secret.
-    async fn send(&self, notice: &Notice, target: &WebhookTarget) -> Result<(), String> {
+    async fn send(&self, notice: &Notice, target: &WebhookTarget) -> Option<Result<(), String>> {
+        if Self::delivered_on(notice, Channel::Webhook) {
+            return None;
+        }
+        Some(self.post(notice, target).await)
+    }
+
+    async fn post(&self, notice: &Notice, target: &WebhookTarget) -> Result<(), String> {
         let url = webhook::destination_url(&target.url, self.allow_loopback)
             .map_err(|e| e.to_string())?;
         let secret = self
@@ -570,6 +870,17 @@ mod tests {
         );
         assert_eq!(event_ids::extended("r", 1), "r:extended:1");
         assert_eq!(event_ids::overdue("r", "response"), "r:overdue:response");
+        assert_eq!(event_ids::export_failed("R1"), "export:R1:failed");
+        assert!(Notice::is_relayed(&event_ids::export_failed("R1")));
+        assert_eq!(
+            event_ids::connection_reconsent("highlevel", 1700000000000),
+            "connection:highlevel:reconsent:1700000000000"
+        );
+        assert!(Notice::is_relayed(&event_ids::connection_reconsent(
+            "crm", 1
+        )));
+        assert!(!Notice::is_relayed(&event_ids::completed("r")));
+        assert!(!Notice::is_relayed(&event_ids::account_purged("j")));
     }
 
     #[test]
@@ -603,9 +914,36 @@ mod tests {
             NoticeKind::DeadlineApproaching,
             NoticeKind::Overdue,
             NoticeKind::AccountPurged,
+            NoticeKind::ExportRunFailed,
+            NoticeKind::ConnectionNeedsReconsent,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
+    }
+
+    #[test]
+    fn a_notification_email_is_a_plain_address() {
+        assert_eq!(
+            NotificationEmail::parse(" privacy@acme.example ").as_deref(),
+            Ok("privacy@acme.example")
+        );
+        for bad in [
+            "",
+            "acme.example",
+            "@acme.example",
+            "a@b@acme.example",
+            "ops@localhost",
+            "ops@.acme.example",
+            "ops@acme..example",
+            "Ops <ops@acme.example>",
+            "o ps@acme.example",
+            "ops\n@acme.example",
+            "öps@acme.example",
+        ] {
+            assert!(NotificationEmail::parse(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("{}@acme.example", "a".repeat(NotificationEmail::MAX_LEN));
+        assert!(NotificationEmail::parse(&long).is_err());
     }
 
     #[test]

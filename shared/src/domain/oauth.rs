@@ -34,6 +34,7 @@ use rand::Rng as _;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::notice::reconsent_notice;
 use crate::kernel::audit::{AuditError, AuditLog, Event};
 use crate::kernel::http::{HttpAnswer, HttpError, LogLevel, ProblemKind};
 use crate::kernel::seal::{Purpose, SealContext, SealError, Sealed, Sealer};
@@ -470,6 +471,7 @@ async fn refresh(deps: &OauthDeps, leased: Connection) -> Result<AccessToken, Oa
                 )
                 .await?;
             tracing::warn!(provider = %provider_name, tenant = %leased.tenant, "refresh token refused; connection needs re-consent");
+            record_reconsent_notice(deps, &marked).await;
             Err(OauthError::NeedsReconsent(provider_name))
         }
         Err(err) => {
@@ -481,6 +483,24 @@ async fn refresh(deps: &OauthDeps, leased: Connection) -> Result<AccessToken, Oa
             let _ = deps.store.put_if(&released, lease_condition(&leased)).await;
             Err(err)
         }
+    }
+}
+
+/// The tenant's notice that the connection needs re-consent: written to the outbox
+/// only (the dsar function delivers it; no webhook secret here). Only the caller whose
+/// marking won gets here, and the event id is per connection, so it is one notice.
+/// A failure is logged, not the caller's: the connection is marked and the export says
+/// `needs_reconsent` either way, and the dsar daily check writes the notice of every
+/// connection still marked (the same event id, so once).
+async fn record_reconsent_notice(deps: &OauthDeps, marked: &Connection) {
+    let notice = reconsent_notice(
+        &marked.tenant,
+        &marked.provider,
+        marked.connected_at,
+        deps.now(),
+    );
+    if let Err(err) = crate::domain::notice::record(&deps.store, &notice).await {
+        tracing::error!(error = %err, provider = %marked.provider, tenant = %marked.tenant, "re-consent notice not recorded; the daily check writes it");
     }
 }
 

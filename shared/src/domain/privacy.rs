@@ -319,6 +319,9 @@ pub enum RequestKind {
     /// Restriction of processing or objection: the subject is left out of import
     /// pushes and exports (`custody::suppression`) from filing until lifted.
     Restrict,
+    /// Rectification: the subject's identifier values corrected in every stored
+    /// import file and in the subject index.
+    Rectify,
 }
 
 impl RequestKind {
@@ -327,6 +330,7 @@ impl RequestKind {
             RequestKind::Access => "access",
             RequestKind::Erasure => "erasure",
             RequestKind::Restrict => "restrict",
+            RequestKind::Rectify => "rectify",
         }
     }
 }
@@ -412,6 +416,15 @@ pub enum Step {
     EraseItems,
     /// Erasure: the certificate is signed and stored.
     Certify,
+    /// Rectification: the import objects holding the subject are fixed, and its
+    /// consent records and suppression markers under the corrected pseudonyms.
+    RectifyPlan,
+    /// Rectification: those consent records and suppression markers moved to the
+    /// corrected pseudonyms.
+    RectifyItems,
+    /// Rectification: the subject's rows rewritten with the corrected values, old
+    /// versions deleted, index entries moved to the new pseudonyms.
+    RectifyFiles,
 }
 
 impl Step {
@@ -423,6 +436,9 @@ impl Step {
             Step::EraseResults => "erase_results",
             Step::EraseItems => "erase_items",
             Step::Certify => "certify",
+            Step::RectifyPlan => "rectify_plan",
+            Step::RectifyItems => "rectify_items",
+            Step::RectifyFiles => "rectify_files",
         }
     }
 
@@ -439,6 +455,9 @@ impl Step {
                 Step::EraseItems,
                 Step::Certify,
             ],
+            // Items before files: the subject's restriction and withdrawals are in
+            // force under the corrected value before any file carries it.
+            RequestKind::Rectify => &[Step::RectifyPlan, Step::RectifyItems, Step::RectifyFiles],
         }
     }
 }
@@ -547,6 +566,9 @@ pub struct PrivacyRequest {
     /// A `restrict` request's restriction: in force until lifted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restriction: Option<Restriction>,
+    /// A `rectify` request's corrections and what they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rectification: Option<Rectification>,
     /// Optimistic concurrency: every write is conditional on the version read.
     pub version: u64,
 }
@@ -593,6 +615,74 @@ pub struct Restriction {
 impl Restriction {
     pub fn in_force(&self) -> bool {
         self.lifted_at.is_none()
+    }
+}
+
+/// One identifier's correction, by pseudonym: the subject's current value and the
+/// corrected one. The values themselves are only in [`Rectification::sealed_values`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correction {
+    pub kind: crate::domain::subject::IdentifierKind,
+    pub from: String,
+    pub to: String,
+}
+
+/// A rectification: the corrections, the corrected values sealed until the files
+/// are rewritten, and what the rewrite changed (counts only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rectification {
+    pub corrections: Vec<Correction>,
+    /// The corrected values (`{"email": …}`, normalised), sealed with purpose
+    /// `rectification_values` under the request's record. Plaintext personal data:
+    /// removed once the files are rewritten, and when the request is denied or erased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_values: Option<Sealed>,
+    /// Import objects holding the subject, fixed before the first rewrite so a retry
+    /// after the index moved still knows them.
+    #[serde(default)]
+    pub objects: Vec<String>,
+    #[serde(default)]
+    pub files_rewritten: u64,
+    #[serde(default)]
+    pub rows_rectified: u64,
+    /// Older object versions deleted (they held the old values).
+    #[serde(default)]
+    pub versions_deleted: u64,
+    /// Index entries moved from an old pseudonym to a corrected one.
+    #[serde(default)]
+    pub index_entries_moved: u64,
+    /// The subject's consent records and suppression markers (`pk`, `sk`) under a
+    /// corrected pseudonym, fixed before any is moved so a retry still knows them.
+    #[serde(default)]
+    pub items: Vec<(String, String)>,
+    /// Consent records moved to a corrected pseudonym (merged into one it had).
+    #[serde(default)]
+    pub consent_records_moved: u64,
+    /// Suppression markers (restriction, withdrawn consent) moved likewise.
+    #[serde(default)]
+    pub suppression_markers_moved: u64,
+}
+
+/// `pseudonyms` and every pseudonym they were corrected to by `corrections`
+/// (transitively: a → b, then b → c): where markers once put under `pseudonyms` may
+/// be now.
+pub fn with_corrections<'a>(
+    corrections: impl IntoIterator<Item = &'a Correction>,
+    pseudonyms: &[String],
+) -> std::collections::BTreeSet<String> {
+    let moves: Vec<&Correction> = corrections.into_iter().collect();
+    let mut all: std::collections::BTreeSet<String> = pseudonyms.iter().cloned().collect();
+    // Each round adds a pseudonym or ends, so this stops (cycles included).
+    loop {
+        let before = all.len();
+        for m in &moves {
+            if all.contains(&m.from) {
+                all.insert(m.to.clone());
+            }
+        }
+        if all.len() == before {
+            return all;
+        }
     }
 }
 
@@ -1060,6 +1150,19 @@ impl<'a> FenceWatch<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corrections_are_followed_transitively_and_cycles_end() {
+        let c = |from: &str, to: &str| Correction {
+            kind: crate::domain::subject::IdentifierKind::Email,
+            from: from.into(),
+            to: to.into(),
+        };
+        let moves = [c("b", "c"), c("a", "b"), c("x", "y"), c("c", "a")];
+        let all = with_corrections(&moves, &["a".to_owned()]);
+        assert_eq!(all.into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(with_corrections(&moves, &["z".to_owned()]).len(), 1);
+    }
 
     #[test]
     fn deadlines_near_the_ends_of_time_never_panic() {

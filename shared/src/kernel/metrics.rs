@@ -82,9 +82,12 @@ pub mod names {
     /// Privacy notices to a tenant's notification webhook whose delivery round failed
     /// (`custody::notice`; the daily check redelivers them) (counter).
     pub const PRIVACY_NOTICES_FAILED: &str = "PrivacyNoticesFailed";
+    /// Account exports (`POST /account/export`) that ended `failed` after their
+    /// attempts, or were found dead (counter).
+    pub const ACCOUNT_EXPORTS_FAILED: &str = "AccountExportsFailed";
 
     /// Every name above.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         EXPORT_RUNS_STARTED,
         EXPORT_RUNS_COMPLETED,
         EXPORT_RUNS_FAILED,
@@ -105,6 +108,7 @@ pub mod names {
         OAUTH_TOKENS_NOT_STORED,
         PROVIDER_REVOCATIONS_FAILED,
         PRIVACY_NOTICES_FAILED,
+        ACCOUNT_EXPORTS_FAILED,
     ];
 }
 

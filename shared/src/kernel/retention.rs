@@ -38,7 +38,8 @@ pub enum RetentionClass {
     /// Uploaded import data, the configurable longer class.
     #[serde(rename = "import-90d")]
     Import90d,
-    /// Data-subject access bundles in the dsar-results bucket.
+    /// Data-subject access bundles and account exports (the archive and its job item)
+    /// in the dsar-results bucket.
     DsarResult,
     /// OAuth `state` + PKCE verifier between redirect and callback.
     OauthState,
@@ -210,9 +211,9 @@ impl RetentionClass {
                 "`template.rs::template_matches_retention`",
             ),
             RetentionClass::DsarResult => (
-                "access bundles live only as long as their links need",
-                "one lifecycle rule for the whole DSAR-results bucket (noncurrent versions too)",
-                "`template.rs::template_matches_retention`",
+                "access bundles and account exports live only as long as their links need",
+                "one lifecycle rule for the whole DSAR-results bucket (noncurrent versions too), which holds the account-export archives too; an account export's job item carries the same `expires_at` (TTL), so it never outlives its archive",
+                "`template.rs::template_matches_retention`, `functions/dsar/tests/dsar/account_export.rs`",
             ),
             RetentionClass::OauthState => (
                 "OAuth state and PKCE verifier only between redirect and callback",

@@ -34,6 +34,9 @@ pub enum Purpose {
     InstallRefreshToken,
     DestinationPassword,
     WebhookSecret,
+    /// A rectification's corrected identifier values, held until the stored files are
+    /// rewritten with them.
+    RectificationValues,
 }
 
 impl Purpose {
@@ -46,6 +49,7 @@ impl Purpose {
             Purpose::InstallRefreshToken => "oauth_install_refresh_token",
             Purpose::DestinationPassword => "destination_password",
             Purpose::WebhookSecret => "webhook_secret",
+            Purpose::RectificationValues => "rectification_values",
         }
     }
 }

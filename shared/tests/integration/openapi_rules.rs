@@ -250,7 +250,9 @@ const CREATE_PRIVACY_REQUEST: &[&str] = &[
     "POST /privacy/export",
     "POST /privacy/delete",
     "POST /privacy/restrict",
+    "POST /privacy/rectify",
 ];
+const RECTIFY: &[&str] = &["POST /privacy/rectify"];
 const LIFT: &[&str] = &["POST /privacy/requests/{id}/lift"];
 const PRIVACY_SETTINGS: &[&str] = &["PUT /privacy/settings"];
 const EXTEND: &[&str] = &["POST /privacy/requests/{id}/extend"];
@@ -259,6 +261,7 @@ const NAMES_A_SUBJECT: &[&str] = &[
     "POST /privacy/export",
     "POST /privacy/delete",
     "POST /privacy/restrict",
+    "POST /privacy/rectify",
     "POST /privacy/consent/lookup",
     "PUT /privacy/consent",
 ];
@@ -407,8 +410,24 @@ fn field_rules() -> Vec<FieldRule> {
     rules.extend(literals(
         DSAR,
         "create",
-        &["received_at", "ground", "verify_subject"],
+        &["received_at", "ground", "verify_subject", "corrections"],
         CREATE_PRIVACY_REQUEST,
+    ));
+    rules.extend(literals(
+        DSAR,
+        "parse_corrections",
+        &["corrections"],
+        RECTIFY,
+    ));
+    rules.extend(computed(
+        DSAR,
+        "parse_corrections",
+        "format!(\"corrections.{at}\")",
+        ["email", "phone", "contact_id"]
+            .iter()
+            .map(|kind| format!("corrections.{kind}"))
+            .collect(),
+        RECTIFY,
     ));
     rules.extend(computed(
         DSAR,
@@ -458,6 +477,12 @@ fn field_rules() -> Vec<FieldRule> {
         "functions/dsar/src/notices.rs",
         "prepare_webhook",
         &["notification_webhook.url", "notification_webhook.secret"],
+        PRIVACY_SETTINGS,
+    ));
+    rules.extend(literals(
+        "functions/dsar/src/notices.rs",
+        "prepare_email",
+        &["notification_email"],
         PRIVACY_SETTINGS,
     ));
     rules.extend(literals(
@@ -1089,6 +1114,12 @@ fn limits() -> Vec<Limit> {
         ),
         limit(
             "PUT /privacy/settings",
+            "notification_email",
+            "maxLength",
+            custody::notice::NotificationEmail::MAX_LEN as u64,
+        ),
+        limit(
+            "PUT /privacy/settings",
             "notification_webhook.secret",
             "maxLength",
             MAX_SECRET_LEN as u64,
@@ -1144,6 +1175,18 @@ fn limits() -> Vec<Limit> {
     for route in CREATE_PRIVACY_REQUEST {
         all.push(limit(route, "", "x-max-body-bytes", dsar_body));
         all.push(limit(route, "note", "maxLength", MAX_TEXT_LEN as u64));
+        all.push(limit(
+            route,
+            "corrections.email",
+            "maxLength",
+            MAX_EMAIL_LEN as u64,
+        ));
+        all.push(limit(
+            route,
+            "corrections.contact_id",
+            "maxLength",
+            MAX_CONTACT_ID_LEN as u64,
+        ));
     }
     for route in NAMES_A_SUBJECT {
         all.push(limit(

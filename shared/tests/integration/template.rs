@@ -1742,3 +1742,46 @@ fn unauthenticated_routes_are_the_self_checked_ones() {
         "{leading:?}"
     );
 }
+
+/// Privacy notices by e-mail are optional: `NoticeEmailSender` empty by default, and
+/// only when it is set does the dsar function get a policy, for `ses:SendEmail` from
+/// that sender's identity alone; no other function may send e-mail.
+#[test]
+fn notice_email_is_optional_and_limited_to_the_sender() {
+    let template = template();
+    let parameter = &template["Parameters"]["NoticeEmailSender"];
+    assert_eq!(parameter["Default"].as_str(), Some(""));
+    assert!(parameter["AllowedPattern"].as_str().is_some());
+    assert!(template["Conditions"].get("SendNoticeEmail").is_some());
+    let policy = resource(&template, "DsarNoticeEmailPolicy");
+    assert_eq!(policy["Condition"].as_str(), Some("SendNoticeEmail"));
+    let roles = format!("{:?}", policy["Properties"]["Roles"]);
+    assert!(roles.contains("DsarFunctionRole"), "{roles}");
+    let statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(statements.len(), 1);
+    let statement = &statements[0];
+    assert_eq!(statement["Action"].as_str(), Some("ses:SendEmail"));
+    let resource_text = format!("{:?}", statement["Resource"]);
+    assert!(
+        resource_text.contains("identity/${NoticeEmailSender}") && !resource_text.contains('*'),
+        "{resource_text}"
+    );
+    assert!(
+        format!(
+            "{:?}",
+            statement["Condition"]["StringEquals"]["ses:FromAddress"]
+        )
+        .contains("NoticeEmailSender")
+    );
+    let env = &resource(&template, "DsarFunction")["Properties"]["Environment"]["Variables"];
+    assert!(format!("{:?}", env["CUSTODY_NOTICE_EMAIL_SENDER"]).contains("NoticeEmailSender"));
+    // No function's own policies mention SES.
+    for (logical, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"].as_str() == Some("AWS::Serverless::Function") {
+            let policies = format!("{:?}", resource["Properties"]["Policies"]);
+            assert!(!policies.contains("ses:"), "{logical:?} may send e-mail");
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 mod access;
 mod account;
+mod account_export;
 mod cost;
 mod deadlines;
 mod erasure;
@@ -11,6 +12,7 @@ mod expired;
 mod faults;
 mod identifiers;
 mod notices;
+mod rectification;
 mod requests;
 mod restriction;
 mod retention;
@@ -72,6 +74,7 @@ pub async fn env_with(stack: TestStack, clients: Option<custody::aws::Clients>) 
         oauth_function: "custody-oauth-test".into(),
         // No wait before the purge's final sweep (tests of the wait set their own).
         purge_grace: chrono::Duration::zero(),
+        notice_email_sender: None,
     };
     let clients = clients.unwrap_or_else(|| stack.clients.clone());
     let deps = Deps::new(

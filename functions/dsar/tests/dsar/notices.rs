@@ -614,3 +614,309 @@ async fn the_account_purge_notice_is_sent_once_when_the_purge_is_done_and_leaves
             .any(|e| e.target == format!("NOTICE#account:{}:purged", started.job_id))
     );
 }
+
+/// A stream record of a notice item (`sk` `NOTICE#<event id>`), as the template's
+/// filter passes it for notices other functions wrote.
+fn notice_record(event_id: &str) -> aws_lambda_events::event::dynamodb::Event {
+    let sk = format!("{}{event_id}", custody::notice::KEY_PREFIX);
+    let text = event!("stream_request_pending")
+        .replace("DSAR#01JH0000000000000000000000", &sk)
+        .replace("\"privacy_request\"", "\"notice\"")
+        .replace("\"MODIFY\"", "\"INSERT\"");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn notices_other_functions_write_are_delivered_from_the_stream_once_and_signed() {
+    use custody::notice::{Notice, NoticeKind, NoticeStatus, event_ids};
+    use custody::store::Entity as _;
+
+    let Env { deps, .. } = env().await;
+    let server = receiver(204).await;
+    configure(&deps, &server).await;
+    let now = deps.now();
+    let data = |v: Value| v.as_object().cloned().unwrap_or_default();
+    // As the export function and a refused refresh write them: the outbox only.
+    let failed = Notice::new(
+        &acme(),
+        event_ids::export_failed("01JHRUN0000000000000000000"),
+        NoticeKind::ExportRunFailed,
+        None,
+        now,
+        data(json!({ "run_id": "01JHRUN0000000000000000000", "error_kind": "destination" })),
+        now,
+    );
+    let reconsent = Notice::new(
+        &acme(),
+        event_ids::connection_reconsent("highlevel", 1_700_000_000_000),
+        NoticeKind::ConnectionNeedsReconsent,
+        None,
+        now,
+        data(json!({ "provider": "highlevel", "reason": "invalid_grant" })),
+        now,
+    );
+    for notice in [&failed, &reconsent] {
+        assert!(custody::notice::record(&deps.store, notice).await.unwrap());
+    }
+    // A notice of the dsar function's own, pending: delivered where it is written,
+    // never from the stream (it would race its writer).
+    let own = Notice::new(
+        &acme(),
+        event_ids::completed("01JH0000000000000000000000"),
+        NoticeKind::Completed,
+        Some("01JH0000000000000000000000"),
+        now,
+        serde_json::Map::new(),
+        now,
+    );
+    assert!(custody::notice::record(&deps.store, &own).await.unwrap());
+
+    // Each record twice (a duplicate stream record): one delivery each.
+    for event_id in [&failed.event_id, &reconsent.event_id, &own.event_id] {
+        for _ in 0..2 {
+            let response =
+                dsar::handle_stream(&deps, notice_record(event_id), Budget::Unlimited).await;
+            assert!(response.batch_item_failures.is_empty(), "{response:?}");
+        }
+    }
+    let messages = received(&server).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    let kinds: Vec<&Value> = messages.iter().map(|m| &m["type"]).collect();
+    assert_eq!(kinds, ["export.run_failed", "connection.needs_reconsent"]);
+    assert_eq!(messages[0]["event_id"], failed.event_id.as_str());
+    assert!(messages[0].get("request_id").is_none());
+    for notice in [&failed, &reconsent] {
+        let stored: Notice = deps.store.get(&notice.key()).await.unwrap().unwrap();
+        assert_eq!(stored.status, NoticeStatus::Delivered);
+        assert_eq!(stored.attempts, 1);
+    }
+    let own_now: Notice = deps.store.get(&own.key()).await.unwrap().unwrap();
+    assert_eq!(own_now.attempts, 0, "not delivered from the stream");
+    assert_eq!(audit_actions(&deps, "notice.sent").await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_daily_check_writes_the_reconsent_notice_of_a_marked_connection_once() {
+    use custody::oauth::{Connection, ConnectionStatus, ProviderAccount};
+    use custody::store::keys;
+
+    let Env { deps, stack, .. } = env().await;
+    let server = receiver(204).await;
+    configure(&deps, &server).await;
+    let connected_at = deps.now() - Duration::days(3);
+    let context = SealContext::new(
+        &acme(),
+        Purpose::OauthAccessToken,
+        keys::connection("highlevel"),
+    );
+    let sealed = stack
+        .sealer()
+        .seal(&context, &secrecy::SecretString::from("ya29.token-of-acme"))
+        .await
+        .unwrap();
+    let connection = |provider: &str, status| Connection {
+        tenant: acme(),
+        provider: provider.into(),
+        status,
+        account: ProviderAccount {
+            location_id: Some("loc-acme-reconsent".into()),
+            ..ProviderAccount::default()
+        },
+        scopes: vec!["conversations.readonly".into()],
+        access_token: sealed.clone(),
+        refresh_token: None,
+        access_expires_at: 0,
+        connected_at,
+        refreshed_at: None,
+        version: 3,
+        lease_owner: None,
+        lease_until: None,
+    };
+    // The refresh that marked it could not write its notice; another is active.
+    deps.store
+        .put(&connection("highlevel", ConnectionStatus::NeedsReconsent))
+        .await
+        .unwrap();
+    deps.store
+        .put(&connection("google", ConnectionStatus::Active))
+        .await
+        .unwrap();
+    dsar::deadlines::check(&deps).await.unwrap();
+    dsar::deadlines::check(&deps).await.unwrap();
+    let messages = received(&server).await;
+    let reconsent = of_type(&messages, "connection.needs_reconsent");
+    assert_eq!(reconsent.len(), 1, "{messages:?}");
+    assert_eq!(
+        reconsent[0]["event_id"],
+        format!(
+            "connection:highlevel:reconsent:{}",
+            connected_at.timestamp_millis()
+        )
+    );
+    assert_eq!(reconsent[0]["data"]["reconnect"], "/connect/highlevel");
+    let text = reconsent[0].to_string();
+    assert!(!text.contains("loc-acme-reconsent"), "{text}");
+}
+
+/// How many mails moto's SES accepted for delivery (SES v1 `GetSendStatistics`, read
+/// from the emulator: what was really sent, not what the call answered). Counted over
+/// the whole emulator: no other test sends mail.
+async fn ses_delivery_attempts(endpoint: &str) -> u64 {
+    let text = reqwest::Client::new()
+        .post(format!("{endpoint}/"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        // Names the service for the emulator's router; moto checks no signature.
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ses/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body("Action=GetSendStatistics&Version=2010-12-01")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.split("<DeliveryAttempts>")
+        .skip(1)
+        .filter_map(|rest| rest.split('<').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Keeps what was handed to SES (to check the mail's content), then sends it.
+#[derive(Debug)]
+struct Recording {
+    inner: dsar::mail::SesMailer,
+    sent: std::sync::Mutex<Vec<(String, String, String)>>,
+}
+
+impl custody::notice::Mailer for Recording {
+    fn send<'a>(
+        &'a self,
+        to: &'a str,
+        subject: &'a str,
+        text: &'a str,
+    ) -> custody::notice::MailFuture<'a> {
+        if let Ok(mut sent) = self.sent.lock() {
+            sent.push((to.to_owned(), subject.to_owned(), text.to_owned()));
+        }
+        self.inner.send(to, subject, text)
+    }
+}
+
+#[tokio::test]
+async fn notices_are_also_emailed_through_ses_where_a_sender_and_an_address_are_set() {
+    use aws_sdk_sesv2::Client as Ses;
+    use std::sync::Arc;
+
+    let Env { deps, stack, .. } = env().await;
+    let run = ulid::Ulid::new().to_string().to_lowercase();
+    let sender = format!("notices-{run}@custody.test");
+    let ses = Ses::new(&stack.sdk);
+    // Not yet verified: SES refuses the sender.
+    let mailer = Arc::new(Recording {
+        inner: dsar::mail::SesMailer {
+            client: ses.clone(),
+            from: sender.clone(),
+        },
+        sent: std::sync::Mutex::new(Vec::new()),
+    });
+    let deps = deps.with_mailer(mailer.clone());
+    let sent_before = ses_delivery_attempts(&stack.endpoint).await;
+    let server = receiver(204).await;
+    configure(&deps, &server).await;
+
+    // The address is checked: a 400 names the field.
+    for bad in [
+        "not-an-address",
+        "Ops <ops@acme.test>",
+        "ops@localhost",
+        "a b@acme.test",
+    ] {
+        let (status, out) = put_settings(&deps, json!({ "notification_email": bad })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {out}");
+        assert_eq!(out["field"], "notification_email", "{out}");
+    }
+    let to = format!("privacy-{run}@acme.test");
+    let (status, out) = put_settings(&deps, json!({ "notification_email": to })).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["notification_email"], to.as_str());
+    assert_eq!(out["notification_email_enabled"], true);
+    // Left out: kept.
+    let (_, out) = put_settings(&deps, json!({ "time_zone": "Europe/Berlin" })).await;
+    assert_eq!(out["notification_email"], to.as_str());
+
+    // The sender is not verified yet: the webhook gets the notice, the mail fails and
+    // the notice says so, per channel.
+    let first = file_request(&deps, "export", &ANN, "gdpr").await;
+    assert_eq!(received(&server).await.len(), 1);
+    let shown = detail(&deps, &first).await;
+    let notice = &shown["notices"][0];
+    assert_eq!(notice["status"], "failed", "{shown}");
+    let channel = |name: &str| {
+        notice["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(channel("webhook")["status"], "delivered");
+    assert_eq!(channel("email")["status"], "failed");
+    assert_eq!(ses_delivery_attempts(&stack.endpoint).await, sent_before);
+
+    // Verified: the next notice goes both ways; the redelivery of the failed one sends
+    // the mail only (the webhook had it).
+    ses.create_email_identity()
+        .email_identity(&sender)
+        .send()
+        .await
+        .unwrap();
+    let second = file_request(&deps, "delete", &BOB, "gdpr").await;
+    assert_eq!(
+        ses_delivery_attempts(&stack.endpoint).await,
+        sent_before + 1
+    );
+    let (mail_to, subject, mail) = mailer.sent.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(mail_to, to);
+    assert_eq!(subject, "custody notice: privacy_request.received");
+    assert!(mail.contains(&format!("{second}:received")), "{mail}");
+    assert!(mail.contains("privacy_request.received"), "{mail}");
+    for needle in BOB.needles() {
+        assert!(!mail.contains(&needle), "{needle} in {mail}");
+    }
+    let shown = detail(&deps, &second).await;
+    assert_eq!(shown["notices"][0]["status"], "delivered", "{shown}");
+    assert_eq!(shown["notices"][0]["channels"].as_array().unwrap().len(), 2);
+
+    let failed = dsar::notices::notifier(&deps)
+        .of_request(&acme(), &first)
+        .await
+        .unwrap();
+    let webhook_before = received(&server).await.len();
+    dsar::notices::notifier(&deps)
+        .deliver(failed[0].clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        received(&server).await.len(),
+        webhook_before,
+        "webhook not sent again"
+    );
+    assert_eq!(
+        ses_delivery_attempts(&stack.endpoint).await,
+        sent_before + 2
+    );
+    let shown = detail(&deps, &first).await;
+    assert_eq!(shown["notices"][0]["status"], "delivered", "{shown}");
+
+    // Removed: webhooks only again.
+    let (_, out) = put_settings(&deps, json!({ "notification_email": null })).await;
+    assert_eq!(out["notification_email"], Value::Null);
+    file_request(&deps, "export", &CARA, "gdpr").await;
+    assert_eq!(
+        ses_delivery_attempts(&stack.endpoint).await,
+        sent_before + 2
+    );
+}

@@ -6,6 +6,7 @@ mod api;
 mod audit_log;
 mod aws_faults;
 mod faults;
+mod notices;
 mod privacy;
 mod resume;
 mod suppression;

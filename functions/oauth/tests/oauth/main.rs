@@ -4,6 +4,7 @@
 mod common;
 mod flow;
 mod install;
+mod notices;
 mod refresh;
 mod revoke;
 mod webhook;
