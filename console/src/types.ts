@@ -111,7 +111,7 @@ export interface ImportsDeleted {
   deleted: { object_versions: number; index_entries: number };
 }
 
-export type PrivacyKind = 'access' | 'erasure' | 'restrict';
+export type PrivacyKind = 'access' | 'erasure' | 'restrict' | 'rectify';
 export const RESTRICTION_GROUNDS = ['accuracy_contested', 'unlawful_processing', 'legal_claims', 'objection'] as const;
 export type RestrictionGround = (typeof RESTRICTION_GROUNDS)[number];
 export interface Restriction {
@@ -168,10 +168,21 @@ export interface PrivacyRequestDetail {
   free_of_charge: boolean;
   steps_done: string[];
   erased: null | Record<string, number>;
+  /** Which identifier kinds were corrected, and counts; never the values. */
+  rectification?: null | ({ corrected: string[] } & Record<string, number | string[]>);
   certificate_available: boolean;
   denial_reason: string | null;
   completed_at: string | null;
   download: null | { url: string; expires_at: string; sha256: string; bytes: number };
+  /** The tenant's notices about this request, with their delivery per channel. */
+  notices?: {
+    event_id: string;
+    type: string;
+    status: string;
+    attempts: number;
+    delivered_at: string | null;
+    channels?: { channel: string; status: string; attempts: number; delivered_at: string | null }[];
+  }[];
 }
 export interface CertificateResponse {
   certificate: {
@@ -217,6 +228,9 @@ export interface PrivacySettings {
   purposes?: string[];
   /** Where privacy notices go; absent from APIs that do not have it yet. */
   notification_webhook?: null | { url: string };
+  /** Where notices are e-mailed too, where the deployment sends e-mail (`notification_email_enabled`). */
+  notification_email?: string | null;
+  notification_email_enabled?: boolean;
 }
 export interface RetentionTable {
   tenant: string;

@@ -5,7 +5,9 @@
 // with subject verification (the stack's destination receiver as the verification
 // webhook: it cannot hand the code back, so three wrong codes lock the request),
 // extended once with a reason; last, the account deletion refuses anything but the
-// tenant's exact id, and then deletes this spec's tenant.
+// tenant's exact id, and then deletes this spec's tenant. Between them: a rectification
+// (a correction equal to the current value refused on its field, then one processed)
+// and the account holder's copy, built by the stream and downloaded as a tar archive.
 import { expect, test, type Page } from '@playwright/test';
 import { resolve } from 'node:path';
 import { SHOTS, accessible, go, logIn, shoot, visit, watch } from './helpers';
@@ -202,6 +204,38 @@ test('admin: an access bundle, an extension, and subject verification locked', a
   watcher.check();
 });
 
+test('admin: a rectification, its corrected value checked and never shown', async ({ page }) => {
+  const watcher = watch(page);
+  await startAdmin(page);
+  const form = section(page, 'new-heading');
+  await form.getByLabel(/^Rectification/).check();
+  await form.getByLabel('Email', { exact: true }).fill('old.address@example.org');
+  // A "correction" equal to the current value is refused on its own field.
+  await form.getByLabel('Corrected email').fill('Old.Address@example.org');
+  await form.getByRole('button', { name: 'File rectification request' }).click();
+  await expect(form.locator('.field-error[data-field="corrections.email"]')).toBeVisible();
+  await expect(form.getByLabel('Corrected email')).toHaveAttribute('aria-invalid', 'true');
+  await accessible(page, 'privacy (rectification refused)');
+
+  await form.getByLabel('Corrected email').fill('new.address@example.org');
+  await form.getByRole('button', { name: 'File rectification request' }).click();
+  await expect(page).toHaveURL(/\/privacy\/requests\/[0-9A-Za-z]{26}$/);
+  await expect(page.locator('main h1')).toContainText('Rectification');
+  const done = page.locator('section[data-rectification="complete"]');
+  await expect(done).toBeVisible({ timeout: 150_000 });
+  await expect(done).toContainText('Corrected: email');
+  await expect(done).toContainText('files rewritten');
+  // The notices about it are listed with their delivery (no notification webhook here: skipped).
+  const notices = page.getByRole('region', { name: 'Notices to the account' });
+  await expect(notices.locator('tr[data-notice="privacy_request.received"]')).toContainText('skipped');
+  await expect(notices.locator('tr[data-notice="privacy_request.completed"]')).toBeVisible();
+  // Kinds and counts only: neither value is on the page.
+  await expect(page.locator('main')).not.toContainText('new.address@example.org');
+  await expect(page.locator('main')).not.toContainText('old.address@example.org');
+  await visit(page, 'privacy-rectified');
+  watcher.check();
+});
+
 test('viewer: a restriction in force, and no way to lift it', async ({ page }) => {
   const s = stack();
   const watcher = watch(page);
@@ -217,6 +251,33 @@ test('viewer: a restriction in force, and no way to lift it', async ({ page }) =
   await expect(page.locator('main').locator('button, input, select, textarea, form')).toHaveCount(0);
   await accessible(page, 'privacy restriction (viewer)');
   await shoot(page, 'viewer-privacy-restrict');
+  watcher.check();
+});
+
+test('admin: a copy of the account, built in the background and downloaded', async ({ page }) => {
+  const watcher = watch(page);
+  await page.goto(stack().console + '/');
+  await logIn(page, TENANT, 'admin');
+  await go(page, 'Account');
+  const section = page.locator('section[data-account-export]');
+  await section.getByRole('button', { name: 'Build a copy of the account' }).click();
+  await expect(section).toHaveAttribute('data-account-export', 'ready', { timeout: 90_000 });
+  const link = section.getByRole('link', { name: 'Download the copy' });
+  const url = await link.getAttribute('href');
+  expect(url, 'a presigned link').toMatch(/^https?:\/\//);
+  const archive = await page.request.get(url!);
+  expect(archive.status()).toBe(200);
+  const body = await archive.body();
+  // A tar archive: the first member's name starts the first 512-byte header, and the
+  // magic "ustar" sits at offset 257.
+  expect(body.length % 512, 'whole tar blocks').toBe(0);
+  expect(body.subarray(257, 262).toString('latin1')).toBe('ustar');
+  const text = body.toString('latin1');
+  for (const member of ['manifest.json', 'connections.json', 'privacy-requests.json', 'consent.json', 'audit.jsonl']) {
+    expect(text, `the archive holds ${member}`).toContain(member);
+  }
+  await accessible(page, 'account (copy ready)');
+  await shoot(page, 'account-copy-ready');
   watcher.check();
 });
 

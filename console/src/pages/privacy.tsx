@@ -31,6 +31,7 @@ const KIND_TITLE: Record<PrivacyKind, string> = {
   access: 'Access request',
   erasure: 'Erasure request',
   restrict: 'Restriction of processing',
+  rectify: 'Rectification',
 };
 
 /** A purpose as the API takes it (`ConsentPurpose`). */
@@ -139,6 +140,7 @@ function NewRequest() {
   const [contactId, setContactId] = useState('');
   const [country, setCountry] = useState('');
   const [note, setNote] = useState('');
+  const [fixed, setFixed] = useState({ email: '', phone: '', contact_id: '' });
   const [verify, setVerify] = useState(false);
   const [holder, setHolder] = useState(false);
   const [problem, setProblem] = useState<ApiError | null>(null);
@@ -153,9 +155,14 @@ function NewRequest() {
     if (phone.trim()) subject.phone = phone.trim();
     if (contactId.trim()) subject.contact_id = contactId.trim();
     if (country.trim()) subject.default_country_code = country.trim();
-    const path = { access: '/privacy/export', erasure: '/privacy/delete', restrict: '/privacy/restrict' }[kind];
+    const path = { access: '/privacy/export', erasure: '/privacy/delete', restrict: '/privacy/restrict', rectify: '/privacy/rectify' }[kind];
     // A restriction states its ground and takes no verification (it only protects the subject).
-    const extra = kind === 'restrict' ? { ground: ground || null } : { verify_subject: verify };
+    const extra: Record<string, unknown> = kind === 'restrict' ? { ground: ground || null } : { verify_subject: verify };
+    if (kind === 'rectify') {
+      const corrections: Record<string, string> = {};
+      for (const [k, v] of Object.entries(fixed)) if (v.trim()) corrections[k] = v.trim();
+      extra.corrections = corrections;
+    }
     try {
       const created = await api.post<PrivacyRequestCreated>(path, {
         subject,
@@ -190,6 +197,10 @@ function NewRequest() {
           <label>
             <input type="radio" name="kind" value="restrict" checked={kind === 'restrict'} onChange={() => setKind('restrict')} />
             Restrict processing (leave the subject out of imports and exports until lifted)
+          </label>
+          <label>
+            <input type="radio" name="kind" value="rectify" checked={kind === 'rectify'} onChange={() => setKind('rectify')} />
+            Rectification (correct the subject's identifiers in every stored import)
           </label>
         </fieldset>
         {kind === 'restrict' ? (
@@ -239,6 +250,37 @@ function NewRequest() {
             </Field>
           </div>
         </fieldset>
+        {kind === 'rectify' ? (
+          <fieldset aria-describedby="corrections-hint">
+            <legend>Corrected values</legend>
+            <small id="corrections-hint" class="hint">
+              At least one. Each corrects the identifier of the same kind given above, which must be its current value.
+            </small>
+            {problem?.field === 'corrections' ? <small class="field-error">{problem.detail}</small> : null}
+            <div class="grid">
+              <Field label="Corrected email" field="corrections.email" problem={problem}>
+                {(a) => (
+                  <input {...a} type="email" autocomplete="off" value={fixed.email} onInput={(e) => setFixed({ ...fixed, email: e.currentTarget.value })} />
+                )}
+              </Field>
+              <Field label="Corrected phone" field="corrections.phone" problem={problem}>
+                {(a) => (
+                  <input {...a} type="tel" autocomplete="off" value={fixed.phone} onInput={(e) => setFixed({ ...fixed, phone: e.currentTarget.value })} />
+                )}
+              </Field>
+              <Field label="Corrected contact id" field="corrections.contact_id" problem={problem}>
+                {(a) => (
+                  <input
+                    {...a}
+                    autocomplete="off"
+                    value={fixed.contact_id}
+                    onInput={(e) => setFixed({ ...fixed, contact_id: e.currentTarget.value })}
+                  />
+                )}
+              </Field>
+            </div>
+          </fieldset>
+        ) : null}
         <Field label="Note (optional)" field="note" problem={problem}>
           {(a) => <textarea {...a} maxLength={1000} value={note} onInput={(e) => setNote(e.currentTarget.value)} />}
         </Field>
@@ -253,7 +295,7 @@ function NewRequest() {
           The subject is the account holder
         </label>
         <button type="submit" disabled={busy || (kind === 'restrict' && !ground)} aria-busy={busy ? 'true' : undefined}>
-          {kind === 'restrict' ? 'File restriction' : `File ${kind} request`}
+          {kind === 'restrict' ? 'File restriction' : kind === 'rectify' ? 'File rectification request' : `File ${kind} request`}
         </button>
       </form>
     </section>
@@ -355,6 +397,56 @@ export function PrivacyRequest({ id }: { id: string }) {
                 </Fragment>
               ))}
             </dl>
+          ) : null}
+          {r.rectification ? (
+            <section aria-labelledby="rectification-heading" data-rectification={r.status}>
+              <h2 id="rectification-heading">Rectification</h2>
+              <p>Corrected: {r.rectification.corrected.map((k) => k.replace(/_/g, ' ')).join(', ')} (the values are never shown).</p>
+              <dl>
+                {Object.entries(r.rectification)
+                  .filter(([k]) => k !== 'corrected')
+                  .map(([k, v]) => (
+                    <Fragment key={k}>
+                      <dt>{k.replace(/_/g, ' ')}</dt>
+                      <dd>{String(v)}</dd>
+                    </Fragment>
+                  ))}
+              </dl>
+            </section>
+          ) : null}
+          {r.notices?.length ? (
+            <Table caption="Notices to the account">
+              <thead>
+                <tr>
+                  <th scope="col">Notice</th>
+                  <th scope="col">Delivery</th>
+                  <th scope="col">Attempts</th>
+                  <th scope="col">Delivered</th>
+                </tr>
+              </thead>
+              <tbody>
+                {r.notices.map((n) => (
+                  <tr key={n.event_id} data-notice={n.type}>
+                    <td>{n.type.replace(/^privacy_request\./, '').replace(/_/g, ' ')}</td>
+                    <td>
+                      <Status value={n.status} />
+                      {n.channels?.length
+                        ? n.channels.map((c) => (
+                            <span key={c.channel}>
+                              {' '}
+                              {c.channel}: {c.status}
+                            </span>
+                          ))
+                        : null}
+                    </td>
+                    <td>{n.attempts}</td>
+                    <td>
+                      <Time value={n.delivered_at} />
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </Table>
           ) : null}
           {r.status === 'identity_unverified' && operator ? <VerifyCode id={id} onDone={() => request.reload()} /> : null}
           {admin && !r.extension && r.kind !== 'restrict' && !['complete', 'denied'].includes(r.status) ? (
@@ -835,6 +927,7 @@ function SettingsForm({ current, onSaved }: { current: PrivacySettings; onSaved:
   const [secret, setSecret] = useState('');
   const [noticeUrl, setNoticeUrl] = useState(current.notification_webhook?.url ?? '');
   const [noticeSecret, setNoticeSecret] = useState('');
+  const [noticeEmail, setNoticeEmail] = useState(current.notification_email ?? '');
   const [purposes, setPurposes] = useState<string[]>(current.purposes ?? []);
   const [adding, setAdding] = useState('');
   const [addError, setAddError] = useState<string | null>(null);
@@ -864,6 +957,9 @@ function SettingsForm({ current, onSaved }: { current: PrivacySettings; onSaved:
     if (hasNotification) {
       const notification = webhookChange(current.notification_webhook?.url, noticeUrl, noticeSecret);
       if (notification !== undefined) body.notification_webhook = notification;
+    }
+    if (current.notification_email_enabled && noticeEmail.trim() !== (current.notification_email ?? '')) {
+      body.notification_email = noticeEmail.trim() || null;
     }
     if (!Object.keys(body).length) {
       setNotice('Nothing changed.');
@@ -993,6 +1089,16 @@ function SettingsForm({ current, onSaved }: { current: PrivacySettings; onSaved:
               {(a) => (
                 <input {...a} type="password" autocomplete="new-password" value={noticeSecret} onInput={(e) => setNoticeSecret(e.currentTarget.value)} />
               )}
+            </Field>
+          ) : null}
+          {current.notification_email_enabled ? (
+            <Field
+              label="Notification e-mail (empty for none)"
+              field="notification_email"
+              problem={problem}
+              hint="The same notices, e-mailed through Amazon SES as well as posted."
+            >
+              {(a) => <input {...a} type="email" autocomplete="email" value={noticeEmail} onInput={(e) => setNoticeEmail(e.currentTarget.value)} />}
             </Field>
           ) : null}
         </fieldset>
