@@ -55,7 +55,9 @@ pub async fn start(deps: &Deps, tenant: &TenantId, actor: &str) -> Result<Starte
     let key = AccountDeletion::key_of(tenant);
     // Where the purge's notice goes, read before the job exists: the purge deletes
     // the settings.
-    let notification = crate::notices::notifier(deps).webhook(tenant).await?;
+    let notifier = crate::notices::notifier(deps);
+    let notification = notifier.webhook(tenant).await?;
+    let notification_email = notifier.email(tenant).await?;
     let job = match deps.store.get::<AccountDeletion>(&key).await? {
         Some(job) => job,
         None => {
@@ -71,7 +73,8 @@ pub async fn start(deps: &Deps, tenant: &TenantId, actor: &str) -> Result<Starte
             }
         }
     };
-    crate::notices::hold_account_purged(deps, tenant, &job.id, notification).await?;
+    crate::notices::hold_account_purged(deps, tenant, &job.id, notification, notification_email)
+        .await?;
     let (deleted, connections_deleted) = delete_connections(deps, tenant).await?;
     let grants_revoked = revoke_grants(deps, &deleted).await;
     let schedule_removed = deps.schedules.delete(tenant).await?;

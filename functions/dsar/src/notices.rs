@@ -444,6 +444,7 @@ pub async fn hold_account_purged(
     tenant: &TenantId,
     job_id: &str,
     webhook: Option<WebhookTarget>,
+    email: Option<String>,
 ) -> Result<(), NoticeError> {
     let now = deps.now();
     let mut notice = Notice::new(
@@ -456,6 +457,7 @@ pub async fn hold_account_purged(
         now,
     );
     notice.target = webhook;
+    notice.email_to = email;
     notifier(deps).hold(notice).await
 }
 

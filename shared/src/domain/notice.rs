@@ -233,6 +233,10 @@ pub struct Notice {
     /// purge's): the webhook as it was when the notice was held, secret still sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<WebhookTarget>,
+    /// The tenant's notification e-mail address as it was when the notice was held,
+    /// for the same reason as `target` (the tenant's own contact, never a subject's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_to: Option<String>,
     /// How each channel's delivery went (`webhook`, `email`); a channel delivered
     /// once is not sent again by a later round. Empty before the first round.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -313,6 +317,7 @@ impl Notice {
             delivered_at: None,
             updated_at: now,
             target: None,
+            email_to: None,
             channels: Vec::new(),
             version: 1,
         }
@@ -555,7 +560,7 @@ impl Notifier {
     }
 
     /// The tenant's notification e-mail address, where this notifier sends e-mail.
-    async fn email(&self, tenant: &TenantId) -> Result<Option<String>, StoreError> {
+    pub async fn email(&self, tenant: &TenantId) -> Result<Option<String>, StoreError> {
         if self.mailer.is_none() {
             return Ok(None);
         }
@@ -656,7 +661,10 @@ impl Notifier {
             Some(target) => Some(target.clone()),
             None => self.webhook(&notice.tenant).await?,
         };
-        let email = self.email(&notice.tenant).await?;
+        let email = match (&notice.email_to, &self.mailer) {
+            (Some(held), Some(_)) => Some(held.clone()),
+            _ => self.email(&notice.tenant).await?,
+        };
         let (status, outcome) = if target.is_none() && email.is_none() {
             let event = Event::new(self.actor.clone(), "notice.skipped", notice.target_name())
                 .detail("kind", notice.kind.as_str())

@@ -919,4 +919,29 @@ async fn notices_are_also_emailed_through_ses_where_a_sender_and_an_address_are_
         ses_delivery_attempts(&stack.endpoint).await,
         sent_before + 2
     );
+
+    // The account purge's notice is mailed too, to the address as it was when the
+    // deletion started: the purge deletes the settings before the notice goes out.
+    put_settings(&deps, json!({ "notification_email": to })).await;
+    let started = dsar::account::start(&deps, &acme(), "user:admin")
+        .await
+        .unwrap();
+    let done = dsar::account::purge(&deps, &acme(), Budget::Unlimited)
+        .await
+        .unwrap();
+    assert_eq!(done, dsar::account::PurgeProgress::Done);
+    let (mail_to, subject, mail) = mailer.sent.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(mail_to, to);
+    assert_eq!(subject, "custody notice: account.purged");
+    assert!(
+        mail.contains(&format!("account:{}:purged", started.job_id)),
+        "{mail}"
+    );
+    assert_eq!(
+        ses_delivery_attempts(&stack.endpoint).await,
+        sent_before + 3
+    );
+    // The held address went with the notice: nothing of the tenant is left.
+    let table = table_dump(&stack.clients.dynamodb, &stack.config.table).await;
+    assert!(!table.contains(&to), "{table}");
 }
