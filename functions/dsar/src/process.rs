@@ -646,7 +646,11 @@ async fn bundle_step(
 /// The access bundle: a JSON document (schema [`BUNDLE_SCHEMA`]) of every record held
 /// about the subject.
 pub async fn build_bundle(deps: &Deps, request: &PrivacyRequest) -> Result<Value, ProcessError> {
-    let found = find(deps, request, Reach::Live).await?;
+    // Rows and records a rectification moved to corrected identifiers are the
+    // subject's too (the stored request keeps the identifiers it was filed with).
+    let mut request = request.clone();
+    let found = find_following_corrections(deps, &mut request, Reach::Live).await?;
+    let request = &request;
     let pseudonyms: HashSet<String> = request.pseudonyms.iter().cloned().collect();
     let mut record_count = 0u64;
 
@@ -785,17 +789,28 @@ fn sanitised(item: Item) -> Value {
 // Erasure
 // ---------------------------------------------------------------------------------
 
-async fn plan_step(deps: &Deps, request: &mut PrivacyRequest) -> Result<(), ProcessError> {
-    let mut found = find(deps, request, Reach::Erasure).await?;
-    // A rectification moved the subject's records and rows to the corrected
-    // pseudonyms (it is indexed under the old ones): the erasure follows it,
-    // transitively, and keeps those pseudonyms to match rows by.
+/// What the subject's index reaches, following rectifications: a rectification moved
+/// the subject's records and rows to the corrected pseudonyms (it is indexed under the
+/// old ones), so access and erasure follow it, transitively, and add those pseudonyms
+/// to `request` to match rows by.
+async fn find_following_corrections(
+    deps: &Deps,
+    request: &mut PrivacyRequest,
+    reach: Reach,
+) -> Result<Found, ProcessError> {
+    let mut found = find(deps, request, reach).await?;
     loop {
         let mut corrections = Vec::new();
         for id in found.requests.iter().filter(|id| **id != request.id) {
             let key = PrivacyRequest::key_of(&request.tenant, id);
+            // Erasure follows any rectification not denied (one mid-way has moved
+            // some records already); access discloses only what a completed one
+            // moved.
             if let Some(earlier) = deps.store.get::<PrivacyRequest>(&key).await?
-                && earlier.status != Status::Denied
+                && match reach {
+                    Reach::Live => earlier.status == Status::Complete,
+                    _ => earlier.status != Status::Denied,
+                }
                 && let Some(rectification) = earlier.rectification
             {
                 corrections.extend(rectification.corrections);
@@ -810,8 +825,13 @@ async fn plan_step(deps: &Deps, request: &mut PrivacyRequest) -> Result<(), Proc
             break;
         }
         request.pseudonyms.extend(more);
-        found = find(deps, request, Reach::Erasure).await?;
+        found = find(deps, request, reach).await?;
     }
+    Ok(found)
+}
+
+async fn plan_step(deps: &Deps, request: &mut PrivacyRequest) -> Result<(), ProcessError> {
+    let found = find_following_corrections(deps, request, Reach::Erasure).await?;
     request.plan = Some(ErasurePlan {
         objects: found.objects.into_iter().collect(),
         items: found

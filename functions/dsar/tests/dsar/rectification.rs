@@ -644,6 +644,19 @@ async fn a_restriction_and_a_withdrawn_consent_follow_the_corrected_email() {
     );
     assert_eq!(consent(&deps, &new).await.unwrap().history.len(), 2);
 
+    // An access request naming Ann by her old identifiers follows the completed
+    // rectification: the bundle holds the moved record and her corrected rows.
+    let access = file_request(&deps, "export", &ANN, "gdpr").await;
+    let bundle = dsar::process::build_bundle(&deps, &stored(&deps, &access).await)
+        .await
+        .unwrap();
+    let consent_shown = bundle["consent"].as_array().unwrap();
+    assert_eq!(consent_shown.len(), 1, "{bundle}");
+    assert_eq!(consent_shown[0]["purpose"], "newsletter");
+    let rows = serde_json::to_string(&bundle["imported_records"]).unwrap();
+    assert!(rows.contains(NEW_EMAIL), "{bundle}");
+    assert!(!rows.contains(ANN.email), "{bundle}");
+
     // An erasure naming Ann by her old identifiers follows the rectification: the
     // moved record goes too.
     let erasure = file_request(&deps, "delete", &ANN, "gdpr").await;
