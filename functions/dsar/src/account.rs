@@ -24,13 +24,13 @@ use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use custody::audit::{AuditClass, Event};
 use custody::certificate::{Certificate, ErasedStore, SCHEMA, Scope};
 use custody::privacy::{AccountDeletion, PurgeStatus, PurgeStep};
-use custody::store::{Condition, Item, Key, StoreError, keys};
+use custody::store::{Item, Key, StoreError, keys};
 use custody::tenant::TenantId;
 use serde::{Deserialize, Serialize};
 
 use crate::Deps;
 use crate::files;
-use crate::process::{ACTOR, Budget, ProcessError, results_tenant_prefix};
+use crate::process::{ACTOR, Budget, ProcessError, results_tenant_prefix, text};
 
 /// Items evaluated per scan page.
 const SCAN_PAGE: i32 = 500;
@@ -362,6 +362,32 @@ async fn purge_table_page(
     tenant: &TenantId,
     cursor: Option<&str>,
 ) -> Result<(u64, Option<String>), ProcessError> {
+    let (items, next) = tenant_scan_page(deps, tenant, cursor, Some("pk, sk")).await?;
+    let job_key = AccountDeletion::key_of(tenant);
+    let keys: Vec<Key> = items
+        .iter()
+        .filter_map(|item| Some(Key::new(text(item, "pk")?, text(item, "sk")?)))
+        .filter(|key| *key != job_key)
+        // The purge's own notice goes after it is sent, with the job.
+        .filter(|key| !crate::notices::is_account_notice(tenant, &key.pk, &key.sk))
+        .collect();
+    for chunk in keys.chunks(BATCH) {
+        batch_delete(deps, chunk).await?;
+    }
+    Ok((keys.len() as u64, next))
+}
+
+/// One consistent scan page of everything in the table that is the tenant's: its
+/// partitions, the links to it (`sk = T#<t>`), and items kept elsewhere that name it
+/// (OAuth `STATE#` items between redirect and callback). The purge deletes this
+/// reach and the account export copies it, so both see the same items. The cursor
+/// is the page's last key as JSON text (it rides on the job item).
+pub(crate) async fn tenant_scan_page(
+    deps: &Deps,
+    tenant: &TenantId,
+    cursor: Option<&str>,
+    projection: Option<&str>,
+) -> Result<(Vec<Item>, Option<String>), ProcessError> {
     let start = cursor
         .map(serde_json::from_str::<HashMap<String, String>>)
         .transpose()
@@ -377,8 +403,6 @@ async fn purge_table_page(
         .scan()
         .table_name(deps.store.table())
         .consistent_read(true)
-        // The tenant's partitions, the links to it (`sk = T#<t>`), and items kept
-        // elsewhere that name it (OAuth `STATE#` items between redirect and callback).
         .filter_expression("pk = :t OR begins_with(pk, :tp) OR sk = :t OR #tenant = :name")
         .expression_attribute_names("#tenant", "tenant")
         .expression_attribute_values(":name", AttributeValue::S(tenant.to_string()))
@@ -387,25 +411,12 @@ async fn purge_table_page(
             ":tp",
             AttributeValue::S(format!("{}#", keys::tenant(tenant))),
         )
-        .projection_expression("pk, sk")
+        .set_projection_expression(projection.map(str::to_owned))
         .limit(SCAN_PAGE)
         .set_exclusive_start_key(start)
         .send()
         .await
         .map_err(dynamo)?;
-    let job_key = AccountDeletion::key_of(tenant);
-    let keys: Vec<Key> = out
-        .items
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|item| Some(Key::new(text(item, "pk")?, text(item, "sk")?)))
-        .filter(|key| *key != job_key)
-        // The purge's own notice goes after it is sent, with the job.
-        .filter(|key| !crate::notices::is_account_notice(tenant, &key.pk, &key.sk))
-        .collect();
-    for chunk in keys.chunks(BATCH) {
-        batch_delete(deps, chunk).await?;
-    }
     let next = out
         .last_evaluated_key
         .map(|key| {
@@ -416,7 +427,7 @@ async fn purge_table_page(
             serde_json::to_string(&plain).map_err(|e| ProcessError::Encode(e.to_string()))
         })
         .transpose()?;
-    Ok((keys.len() as u64, next))
+    Ok((out.items.unwrap_or_default(), next))
 }
 
 async fn batch_delete(deps: &Deps, chunk: &[Key]) -> Result<(), ProcessError> {
@@ -464,18 +475,7 @@ async fn save(deps: &Deps, job: &mut AccountDeletion) -> Result<(), ProcessError
     let expected = job.version;
     job.version += 1;
     job.updated_at = deps.now();
-    let condition = Condition::new("#v = :v")
-        .name("#v", "version")
-        .value(":v", AttributeValue::N(expected.to_string()));
-    match deps.store.put_if(job, condition).await {
-        Ok(()) => Ok(()),
-        Err(StoreError::ConditionFailed) => Err(ProcessError::Conflict),
-        Err(err) => Err(err.into()),
-    }
-}
-
-fn text(item: &Item, name: &str) -> Option<String> {
-    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+    crate::process::put_versioned(deps, job, expected).await
 }
 
 fn dynamo<E, R>(err: aws_sdk_dynamodb::error::SdkError<E, R>) -> ProcessError

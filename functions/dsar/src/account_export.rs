@@ -56,7 +56,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Deps;
 use crate::files::MIN_PART_BYTES;
-use crate::process::{ACTOR, Budget, ProcessError, results_tenant_prefix};
+use crate::process::{ACTOR, Budget, ProcessError, results_tenant_prefix, text};
 
 /// Version tag of the archive's layout (`manifest.json`'s `schema`).
 pub const ARCHIVE_SCHEMA: &str = "custody.account.export/v1";
@@ -71,8 +71,6 @@ pub const MAX_ATTEMPTS: u32 = 5;
 pub const STALE_AFTER: Duration = Duration::minutes(30);
 /// Upload part size (all but the last); raised to S3's 5 MiB minimum if lower.
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
-/// Items evaluated per scan page.
-const SCAN_PAGE: i32 = 500;
 /// Import objects listed per page.
 const LIST_PAGE: i32 = 1000;
 /// Bytes of a tar block.
@@ -455,10 +453,6 @@ fn generic(item: Item) -> Value {
     ))
 }
 
-fn text(item: &Item, name: &str) -> Option<String> {
-    item.get(name).and_then(|v| v.as_s().ok()).cloned()
-}
-
 // ---------------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------------
@@ -754,14 +748,7 @@ async fn save(deps: &Deps, job: &mut AccountExport) -> Result<(), ProcessError> 
     let expected = job.version;
     job.version += 1;
     job.updated_at = deps.now();
-    let condition = Condition::new("#v = :v")
-        .name("#v", "version")
-        .value(":v", AttributeValue::N(expected.to_string()));
-    match deps.store.put_if(job, condition).await {
-        Ok(()) => Ok(()),
-        Err(StoreError::ConditionFailed) => Err(ProcessError::Conflict),
-        Err(err) => Err(err.into()),
-    }
+    crate::process::put_versioned(deps, job, expected).await
 }
 
 /// Counts a failed run; after [`MAX_ATTEMPTS`] the job fails. Best effort: the
@@ -933,41 +920,11 @@ async fn put_staging(
 
 /// One scan page of the tenant's items into the section staging objects.
 async fn table_page(deps: &Deps, job: &mut AccountExport) -> Result<(), ProcessError> {
-    let tenant = job.tenant.clone();
-    let start = job
-        .cursor
-        .as_deref()
-        .map(serde_json::from_str::<HashMap<String, String>>)
-        .transpose()
-        .map_err(|e| ProcessError::Encode(e.to_string()))?
-        .map(|m| {
-            m.into_iter()
-                .map(|(k, v)| (k, AttributeValue::S(v)))
-                .collect::<Item>()
-        });
-    let out = deps
-        .store
-        .client()
-        .scan()
-        .table_name(deps.store.table())
-        .consistent_read(true)
-        // The account purge's filter (functions/dsar/src/account.rs): the tenant's
-        // partitions, the links to it, and items elsewhere that name it.
-        .filter_expression("pk = :t OR begins_with(pk, :tp) OR sk = :t OR #tenant = :name")
-        .expression_attribute_names("#tenant", "tenant")
-        .expression_attribute_values(":name", AttributeValue::S(tenant.to_string()))
-        .expression_attribute_values(":t", AttributeValue::S(keys::tenant(&tenant)))
-        .expression_attribute_values(
-            ":tp",
-            AttributeValue::S(format!("{}#", keys::tenant(&tenant))),
-        )
-        .limit(SCAN_PAGE)
-        .set_exclusive_start_key(start)
-        .send()
-        .await
-        .map_err(|e| ProcessError::Store(StoreError::Dynamo(custody::aws::error_text(&e))))?;
+    // The account purge's reach: what the purge would delete is what is copied.
+    let (items, next) =
+        crate::account::tenant_scan_page(deps, &job.tenant, job.cursor.as_deref(), None).await?;
     let mut lines: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
-    for item in out.items.unwrap_or_default() {
+    for item in items {
         // TTL deletes lazily: an expired item is gone for every reader.
         if deps.store.is_expired(&item) {
             continue;
@@ -992,16 +949,7 @@ async fn table_page(deps: &Deps, job: &mut AccountExport) -> Result<(), ProcessE
         .await?;
     }
     job.page += 1;
-    job.cursor = out
-        .last_evaluated_key
-        .map(|key| {
-            let plain: HashMap<String, String> = key
-                .into_iter()
-                .filter_map(|(k, v)| v.as_s().ok().map(|s| (k, s.clone())))
-                .collect();
-            serde_json::to_string(&plain).map_err(|e| ProcessError::Encode(e.to_string()))
-        })
-        .transpose()?;
+    job.cursor = next;
     if job.cursor.is_none() {
         job.phase = Phase::AuditActivity;
         job.page = 0;

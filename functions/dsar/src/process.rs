@@ -270,10 +270,20 @@ pub(crate) async fn save(deps: &Deps, request: &mut PrivacyRequest) -> Result<()
     let expected = request.version;
     request.version += 1;
     request.updated_at = deps.now();
+    put_versioned(deps, request, expected).await
+}
+
+/// Puts a job or request whose `version` was `expected` when read (optimistic
+/// concurrency for every record the worker advances): a lost race is a `Conflict`.
+pub(crate) async fn put_versioned<E: custody::store::Entity>(
+    deps: &Deps,
+    entity: &E,
+    expected: u64,
+) -> Result<(), ProcessError> {
     let condition = Condition::new("#v = :v")
         .name("#v", "version")
         .value(":v", AttributeValue::N(expected.to_string()));
-    match deps.store.put_if(request, condition).await {
+    match deps.store.put_if(entity, condition).await {
         Ok(()) => Ok(()),
         Err(StoreError::ConditionFailed) => Err(ProcessError::Conflict),
         Err(err) => Err(err.into()),
@@ -505,7 +515,7 @@ pub async fn find(
     Ok(found)
 }
 
-fn text(item: &Item, name: &str) -> Option<String> {
+pub(crate) fn text(item: &Item, name: &str) -> Option<String> {
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
