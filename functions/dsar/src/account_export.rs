@@ -40,7 +40,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
-use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use chrono::{DateTime, Duration, Utc};
@@ -577,35 +576,9 @@ pub async fn get(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response
     }
     let mut download = None;
     if job.status == ExportStatus::Ready {
-        let key = job.archive_key();
-        let exists = deps
-            .s3
-            .head_object()
-            .bucket(&deps.config.dsar_results_bucket)
-            .key(&key)
-            .send()
-            .await
-            .is_ok();
-        if exists {
-            let presigning = PresigningConfig::expires_in(deps.dsar.link_ttl).map_err(|e| {
-                tracing::error!(error = %e, "presigning config");
-                Problem::internal()
-            })?;
-            let presigned = deps
-                .s3
-                .get_object()
-                .bucket(&deps.config.dsar_results_bucket)
-                .key(&key)
-                .response_content_disposition(format!(
-                    "attachment; filename=\"custody-{}-{}.tar\"",
-                    job.tenant, job.id
-                ))
-                .presigned(presigning)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "archive link could not be presigned");
-                    Problem::internal()
-                })?;
+        let filename = format!("custody-{}-{}.tar", job.tenant, job.id);
+        let link = crate::routes::result_link(deps, &job.archive_key(), Some(&filename)).await?;
+        if let Some(url) = link {
             deps.audit
                 .append(
                     &caller.tenant,
@@ -618,7 +591,7 @@ pub async fn get(deps: &Deps, req: &Request, caller: &Caller) -> Result<Response
                 )
                 .await?;
             download = Some(json!({
-                "url": presigned.uri(),
+                "url": url,
                 "expires_at": deps.now() + Duration::seconds(deps.dsar.link_ttl.as_secs() as i64),
                 "bytes": job.total_bytes,
                 "format": "tar",

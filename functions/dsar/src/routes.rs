@@ -776,31 +776,12 @@ async fn get_request(
     if let Some(bundle) = request.bundle.as_ref().filter(|_| may_download) {
         let lives =
             bundle.created_at + RetentionClass::DsarResult.duration().unwrap_or_default() > now;
-        let exists = lives
-            && deps
-                .s3
-                .head_object()
-                .bucket(&deps.config.dsar_results_bucket)
-                .key(&bundle.key)
-                .send()
-                .await
-                .is_ok();
-        if exists {
-            let presigning = PresigningConfig::expires_in(deps.dsar.link_ttl).map_err(|e| {
-                tracing::error!(error = %e, "presigning config");
-                Problem::internal()
-            })?;
-            let presigned = deps
-                .s3
-                .get_object()
-                .bucket(&deps.config.dsar_results_bucket)
-                .key(&bundle.key)
-                .presigned(presigning)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "bundle link could not be presigned");
-                    Problem::internal()
-                })?;
+        let link = if lives {
+            result_link(deps, &bundle.key, None).await?
+        } else {
+            None
+        };
+        if let Some(url) = link {
             deps.audit
                 .append(
                     &caller.tenant,
@@ -814,7 +795,7 @@ async fn get_request(
                 )
                 .await?;
             download = Some(json!({
-                "url": presigned.uri(),
+                "url": url,
                 "expires_at": now + Duration::seconds(deps.dsar.link_ttl.as_secs() as i64),
                 "sha256": bundle.sha256,
                 "bytes": bundle.bytes,
@@ -1586,6 +1567,48 @@ async fn delete_account(
             "schedule_removed": started.schedule_removed,
         }),
     )
+}
+
+/// A short presigned GET (`CUSTODY_DSAR_LINK_TTL_SECONDS`) of an object in the results
+/// bucket, or `None` when the object is gone (its lifecycle rule deleted it): access
+/// bundles and account copies are served the same way. `filename` makes the browser
+/// save it under that name.
+pub(crate) async fn result_link(
+    deps: &Deps,
+    key: &str,
+    filename: Option<&str>,
+) -> Result<Option<String>, Problem> {
+    let bucket = &deps.config.dsar_results_bucket;
+    if deps
+        .s3
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let presigning = PresigningConfig::expires_in(deps.dsar.link_ttl).map_err(|e| {
+        tracing::error!(error = %e, "presigning config");
+        Problem::internal()
+    })?;
+    let presigned = deps
+        .s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .set_response_content_disposition(
+            filename.map(|name| format!("attachment; filename=\"{name}\"")),
+        )
+        .presigned(presigning)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "result link could not be presigned");
+            Problem::internal()
+        })?;
+    Ok(Some(presigned.uri().to_owned()))
 }
 
 #[cfg(test)]
