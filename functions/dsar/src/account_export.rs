@@ -245,7 +245,13 @@ impl ActiveExport {
 /// The results-bucket prefix of one export job (inside the tenant's prefix, so the
 /// bucket's lifecycle expires it and an account purge removes it).
 pub fn job_prefix(tenant: &TenantId, id: &str) -> String {
-    format!("{}account-exports/{id}/", results_tenant_prefix(tenant))
+    format!("{}{id}/", copies_prefix(tenant))
+}
+
+/// The prefix of every account copy of the tenant: an erasure deletes them all, since
+/// each may hold the subject's rows and records.
+pub fn copies_prefix(tenant: &TenantId) -> String {
+    format!("{}account-exports/", results_tenant_prefix(tenant))
 }
 
 fn staging_prefix(tenant: &TenantId, id: &str) -> String {

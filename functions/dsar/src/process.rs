@@ -955,6 +955,14 @@ async fn erase_results_step(
                 )
                 .await?;
             }
+            // The account holder's copies hold the subject too: they go whole (the
+            // holder may build a new one, without the subject).
+            deleted += files::delete_prefix_versions(
+                deps,
+                &deps.config.dsar_results_bucket,
+                &crate::account_export::copies_prefix(&request.tenant),
+            )
+            .await?;
             Ok(deleted)
         },
     )

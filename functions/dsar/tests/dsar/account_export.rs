@@ -779,3 +779,43 @@ async fn an_export_that_cannot_finish_fails_visibly_and_leaves_no_upload() {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_ne!(next["job_id"], id.as_str());
 }
+
+#[tokio::test]
+async fn an_erasure_takes_the_account_holders_copies_that_hold_the_subject() {
+    let Env { deps, .. } = env().await;
+    seed_imports(&deps).await;
+    let (status, started) = call(
+        &deps,
+        request(event!("post_account_export"), "acme", "admin", None, None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["job_id"].as_str().unwrap().to_owned();
+    let done = run_to_end(&deps, &id).await;
+    assert_eq!(done.status, ExportStatus::Ready, "{done:?}");
+    let copies = |all: Vec<(String, String, String)>| {
+        all.into_iter()
+            .filter(|(key, _, _)| key.contains("/account-exports/"))
+            .count()
+    };
+    let bucket = &deps.config.dsar_results_bucket;
+    assert_eq!(copies(bucket_versions(&deps.s3, bucket).await), 1);
+
+    // The copy holds Ann's rows: erasing her takes it, every version.
+    let erasure = file_request(&deps, "delete", &ANN, "gdpr").await;
+    deliver(&deps, &erasure).await;
+    assert_eq!(copies(bucket_versions(&deps.s3, bucket).await), 0);
+    let (status, shown) = call(
+        &deps,
+        request(
+            event!("get_account_export"),
+            "acme",
+            "admin",
+            None,
+            Some(&id),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert!(shown["download"].is_null(), "{shown}");
+}
