@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 PY := .venv/bin/python
 LOCAL := .local
 
-.PHONY: venv lint deploycheck test demo up down fmt bench build deploy redrive fuzz faults
+.PHONY: venv lint deploycheck test demo up down fmt bench build deploy redrive fuzz faults profile-import
 
 venv:
 	@infra/bootstrap.sh
@@ -58,6 +58,21 @@ bench: venv
 	# function code inside it, so they measure what is deployed.
 	nice -n 19 cargo run -q --release -p custody-bench -- --out docs/bench-results.json
 
+# Where the 1 M-row import spends its CPU (docs/PERFORMANCE.md, "Import profile"):
+# Debian's perf over the import workload, with the harness built as released (LTO,
+# the same opt-levels) but unstripped so perf can name functions. The report is
+# split by process: the harness's own pid is the import; the destination simulator
+# runs as a child `custody-bench sim-destination`.
+PROFILE_ROWS ?= 1000000
+profile-import: venv
+	command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
+	CARGO_TARGET_DIR=target/profile CARGO_PROFILE_RELEASE_STRIP=false \
+	  CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build -q --release -p custody-bench
+	infra/with-emulator.sh perf record -q -F 499 -g -o target/profile/import.perf.data \
+	  target/profile/release/custody-bench workload import $(PROFILE_ROWS)
+	perf report -q -i target/profile/import.perf.data --no-children --sort pid,symbol \
+	  --stdio -g none --percent-limit 0.7 2>/dev/null | head -60
+
 # sam build / sam deploy as the README's Deploy section says, with the project's own
 # cargo-lambda and zig (.venv/bin first on PATH; SAM's rust-cargolambda builder looks
 # them up there). Release, arm64, LTO: slow on a first run.
@@ -77,7 +92,7 @@ build: venv
 deploy: build
 	$(SAM) deploy $(ARGS)
 
-FUNCTIONS := -p oauth -p export -p import -p expiry -p dsar -p custody-local
+FUNCTIONS := -p oauth -p export -p import -p expiry -p dsar -p dsar-api -p custody-local
 
 # The whole product on the local stack, step by step (README's first command).
 demo: venv

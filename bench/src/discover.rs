@@ -182,7 +182,7 @@ mod tests {
             .iter()
             .map(|f| f.binary.as_str())
             .collect();
-        for expected in ["dsar", "expiry", "export", "import", "oauth"] {
+        for expected in ["dsar", "dsar-api", "expiry", "export", "import", "oauth"] {
             assert!(
                 binaries.contains(&expected),
                 "{expected} missing from {binaries:?}"

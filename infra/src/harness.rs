@@ -105,6 +105,8 @@ pub fn build_binaries() {
             "-p",
             "dsar",
             "-p",
+            "dsar-api",
+            "-p",
             "custody-local",
         ])
         .status()

@@ -14,6 +14,7 @@ pub mod redrive;
 pub mod retention;
 pub mod seal;
 pub mod signing;
+pub mod startup;
 pub mod store;
 // In the kernel rather than beside `subject`: a store entity that refers only to
 // `store` and `tenant`; `imports` and the DSAR function use it.

@@ -30,7 +30,7 @@ pub use domain::{
 pub use edge::api;
 pub use kernel::{
     audit, aws, clock, config, egress, faults, http, idempotency, metrics, redrive, retention,
-    seal, signing, store, subject_index, telemetry, tenant, zone,
+    seal, signing, startup, store, subject_index, telemetry, tenant, zone,
 };
 
 pub use kernel::tenant::TenantId;

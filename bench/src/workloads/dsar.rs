@@ -186,7 +186,12 @@ pub(super) async fn call(deps: &Deps, event: &str, body: Value) -> Result<Value,
 /// and consents.
 async fn seed_subject(deps: &Deps, tenant: &TenantId) -> Result<(), BenchError> {
     let email = Identifier::email(EMAIL).map_err(|e| failed("identifier", e))?;
-    let pseudonym = deps.pseudonym_key(tenant).pseudonym(&email).to_string();
+    let pseudonym = deps
+        .pseudonym_key(tenant)
+        .await
+        .map_err(|e| failed("pseudonym key", e))?
+        .pseudonym(&email)
+        .to_string();
     for n in 0..SUBJECT_FILES {
         let import = format!("01JHBENCH{n:017}");
         let key = format!("imports/{TENANT}/{import}/upload.csv");

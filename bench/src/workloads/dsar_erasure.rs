@@ -289,9 +289,15 @@ pub async fn run(bytes: u64) -> Result<Value, BenchError> {
 
     // The index entry the import wrote for the subject's rows of this object.
     let email = Identifier::email(EMAIL).map_err(|e| failed("identifier", e))?;
+    let pseudonym = deps
+        .pseudonym_key(&tenant)
+        .await
+        .map_err(|e| failed("pseudonym key", e))?
+        .pseudonym(&email)
+        .to_string();
     let subject_ref = SubjectRef {
         tenant: tenant.clone(),
-        pseudonym: deps.pseudonym_key(&tenant).pseudonym(&email).to_string(),
+        pseudonym,
         source: Source::ImportObject,
         source_id: format!("{IMPORT}/upload.csv"),
         object_key: Some(key.clone()),

@@ -38,11 +38,10 @@ use custody::imports::Imports;
 use custody::schedule::ExportSchedules;
 use custody::seal::Sealer;
 use custody::store::Store;
-use custody::subject::PseudonymKey;
+use custody::subject::{AppSecret, PseudonymKey, SubjectError};
 use custody::tenant::TenantId;
 use custody::webhook::Sender;
 use lambda_http::{Body, Request, Response};
-use secrecy::SecretSlice;
 use serde::{Deserialize, Serialize};
 
 pub use process::{Budget, Progress};
@@ -145,8 +144,8 @@ pub struct Deps {
     pub signer: CertificateSigner,
     pub schedules: ExportSchedules,
     pub webhooks: Sender,
-    /// The application secret tenant pseudonym keys derive from.
-    pub app_secret: Arc<SecretSlice<u8>>,
+    /// The application secret tenant pseudonym keys derive from (read on first use).
+    pub app_secret: AppSecret,
     pub clock: SharedClock,
     /// Revokes the grants of connections an account deletion removed (the oauth
     /// function in production; `None` is logged and counted as failed revocations).
@@ -170,7 +169,7 @@ impl Deps {
         config: Config,
         dsar: DsarConfig,
         clients: &custody::aws::Clients,
-        app_secret: SecretSlice<u8>,
+        app_secret: impl Into<AppSecret>,
         http: reqwest::Client,
         clock: SharedClock,
     ) -> Self {
@@ -184,7 +183,7 @@ impl Deps {
             signer: CertificateSigner::new(clients.kms.clone(), &config.signing_key_id),
             schedules: ExportSchedules::new(clients.scheduler.clone(), &config.schedule_group),
             webhooks: Sender::new(http, custody::webhook::RetryPolicy::default()),
-            app_secret: Arc::new(app_secret),
+            app_secret: app_secret.into(),
             store,
             config,
             dsar,
@@ -210,8 +209,9 @@ impl Deps {
         self.clock.now()
     }
 
-    pub fn pseudonym_key(&self, tenant: &TenantId) -> PseudonymKey {
-        PseudonymKey::derive(&self.app_secret, tenant)
+    /// The tenant's pseudonym key; the first call in a container reads the secret.
+    pub async fn pseudonym_key(&self, tenant: &TenantId) -> Result<PseudonymKey, SubjectError> {
+        self.app_secret.pseudonym_key(tenant).await
     }
 }
 

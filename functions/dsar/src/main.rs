@@ -1,6 +1,6 @@
-//! Wiring only: config, clients, then one of three handlers by the event's shape (the
-//! HTTP API, the table stream and the daily deadline-check schedule invoke the same
-//! function).
+//! Wiring only: config, clients, then one of two handlers by the event's shape (the
+//! table stream and the daily deadline-check schedule). The HTTP routes run in the
+//! `dsar-api` function.
 
 use std::time::Duration;
 
@@ -15,19 +15,22 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    let mut startup = custody::startup::Startup::begin();
     custody::telemetry::init();
+    startup.mark("telemetry");
     let metrics = custody::metrics::init("dsar")?;
     let config = custody::config::Config::from_env()?;
     let dsar = DsarConfig::from_env()?;
-    let sdk = custody::aws::sdk_config().await;
+    startup.mark("config");
+    let sdk = custody::aws::lambda_sdk_config()?;
+    startup.mark("sdk_config");
     let clients = custody::aws::Clients::new(&sdk);
+    startup.mark("clients");
+    // Read on first use, not before the first poll (custody::subject::AppSecret).
     let app_secret =
-        custody::subject::load_app_secret(&clients.secrets, &config.pseudonym_secret_id).await?;
+        custody::subject::AppSecret::lazy(clients.secrets.clone(), &config.pseudonym_secret_id);
     let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
-    let revoker = dsar::revoke::OauthFunction {
-        client: aws_sdk_lambda::Client::new(&sdk),
-        function: dsar.oauth_function.clone(),
-    };
+    startup.mark("http_client");
     let deps = Deps::new(
         config,
         dsar,
@@ -35,8 +38,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         app_secret,
         http,
         custody::clock::system(),
-    )
-    .with_revoker(std::sync::Arc::new(revoker));
+    );
     let deps = match deps.dsar.notice_email_sender.clone() {
         Some(from) => deps.with_mailer(std::sync::Arc::new(dsar::mail::SesMailer {
             client: aws_sdk_sesv2::Client::new(&sdk),
@@ -44,6 +46,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         })),
         None => deps,
     };
+    startup.finish();
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         metrics.flushed(handle(deps, event))
@@ -56,17 +59,11 @@ async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, lambda_
     if DeadlineCheck::matches(&payload) {
         let report = dsar::deadlines::check(deps).await?;
         Ok(serde_json::to_value(report)?)
-    } else if payload.get("Records").is_some() {
+    } else {
         let redriven = custody::redrive::is_redriven(&payload);
         let stream: StreamEvent = serde_json::from_value(payload)?;
         let budget = Budget::from_deadline_ms(context.deadline, deps.now(), DEADLINE_MARGIN);
         let response = dsar::handle_stream_records(deps, stream, budget, redriven).await;
         Ok(serde_json::to_value(response)?)
-    } else {
-        let request = lambda_http::request::from_str(&payload.to_string())?;
-        let response = dsar::handle_http(deps, request).await;
-        Ok(serde_json::to_value(custody::api::gateway_response(
-            response,
-        ))?)
     }
 }

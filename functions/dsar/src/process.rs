@@ -117,6 +117,9 @@ pub enum ProcessError {
     /// A rectification whose corrected values are missing or unreadable.
     #[error("rectification: {0}")]
     Rectification(&'static str),
+    /// The application secret could not be read (Secrets Manager).
+    #[error(transparent)]
+    Secret(#[from] custody::subject::SubjectError),
     #[error("the request changed concurrently; retry")]
     Conflict,
     #[error("S3 call failed: {0}")]
@@ -336,6 +339,7 @@ fn error_kind(err: &ProcessError) -> &'static str {
         ProcessError::GaveUp => "gave_up",
         ProcessError::Seal(_) => "seal",
         ProcessError::Rectification(_) => "rectification",
+        ProcessError::Secret(_) => "secret",
     }
 }
 
@@ -526,7 +530,7 @@ async fn rows_of(
     object: &str,
     pseudonyms: &HashSet<String>,
 ) -> Result<Vec<Map<String, Value>>, ProcessError> {
-    let key = deps.pseudonym_key(&request.tenant);
+    let key = deps.pseudonym_key(&request.tenant).await?;
     let matcher = SubjectMatcher {
         key: &key,
         pseudonyms,
@@ -867,7 +871,7 @@ async fn erase_files_step(
 ) -> Result<(), ProcessError> {
     let plan = request.plan.clone().unwrap_or_default();
     let pseudonyms: HashSet<String> = request.pseudonyms.iter().cloned().collect();
-    let key = deps.pseudonym_key(&request.tenant);
+    let key = deps.pseudonym_key(&request.tenant).await?;
     let mut counts = request.erased.clone().unwrap_or_default();
     for object in &plan.objects {
         let object_id = hex::encode(&Sha256::digest(object.as_bytes())[..12]);
@@ -1431,7 +1435,7 @@ async fn rectify_files_step(
     let mut rectification = request.rectification.clone().unwrap_or_default();
     let corrections = corrected_values(deps, request, &rectification).await?;
     let pseudonyms: HashSet<String> = request.pseudonyms.iter().cloned().collect();
-    let key = deps.pseudonym_key(&request.tenant);
+    let key = deps.pseudonym_key(&request.tenant).await?;
     let (mut files_rewritten, mut rows_rectified, mut versions, mut moved) = (0, 0, 0, 0);
     for object in &rectification.objects {
         // Past its retention the object is not rewritten (that would restart its

@@ -23,7 +23,7 @@ use custody::privacy::{
 use custody::retention::RetentionClass;
 use custody::seal::{Purpose, SealContext};
 use custody::store::{Condition, Entity, Store, StoreError, keys};
-use custody::subject::{Identifier, IdentifierKind, SubjectError};
+use custody::subject::{Identifier, IdentifierKind, PseudonymKey, SubjectError};
 use custody::subject_index::{Source, SubjectRef};
 use custody::suppression::{self, Scope as SuppressionScope, Suppression};
 use custody::tenant::TenantId;
@@ -99,6 +99,15 @@ fn retention(caller: &Caller) -> Result<Response<Body>, Problem> {
 /// The earliest `received_at` accepted (openapi.yaml states it).
 const EARLIEST_RECEIVED_AT: DateTime<Utc> = DateTime::from_timestamp_nanos(946_684_800_000_000_000);
 
+/// The tenant's pseudonym key. The secret is read on first use; a failure to read it
+/// is ours, never the caller's: 500, logged without the secret.
+async fn pseudonym_key(deps: &Deps, tenant: &TenantId) -> Result<PseudonymKey, Problem> {
+    deps.pseudonym_key(tenant).await.map_err(|e| {
+        tracing::error!(error = %e, "the application secret could not be read");
+        Problem::internal()
+    })
+}
+
 fn problem(err: ProcessError) -> Problem {
     match err {
         ProcessError::Store(e) => e.into(),
@@ -163,16 +172,16 @@ impl SubjectInput {
         Ok(ids)
     }
 
-    fn pseudonyms(
+    async fn pseudonyms(
         &self,
         deps: &Deps,
         tenant: &TenantId,
         field: &str,
     ) -> Result<Vec<String>, Problem> {
-        let key = deps.pseudonym_key(tenant);
+        let ids = self.identifiers(field)?;
+        let key = pseudonym_key(deps, tenant).await?;
         let mut seen = HashSet::new();
-        Ok(self
-            .identifiers(field)?
+        Ok(ids
             .iter()
             .map(|id| key.pseudonym(id).to_string())
             .filter(|p| seen.insert(p.clone()))
@@ -275,7 +284,7 @@ struct CorrectionsInput {
 /// of its kind (normalised as everywhere; a national phone number with the subject's
 /// `default_country_code`), of a kind the subject is named by (the value it
 /// corrects), and not that value. Errors name the field, never the value.
-fn parse_corrections(
+async fn parse_corrections(
     deps: &Deps,
     tenant: &TenantId,
     subject: &SubjectInput,
@@ -283,8 +292,8 @@ fn parse_corrections(
 ) -> Result<Vec<(Correction, Identifier)>, Problem> {
     let none = CorrectionsInput::default();
     let input = input.unwrap_or(&none);
-    let key = deps.pseudonym_key(tenant);
     let current = subject.identifiers("subject")?;
+    let key = pseudonym_key(deps, tenant).await?;
     let mut corrections = Vec::new();
     for (kind, value) in [
         (IdentifierKind::Email, &input.email),
@@ -344,7 +353,7 @@ async fn create(
     caller.require(Role::Admin)?;
     let body: CreateBody = json_body(req, MAX_BODY)?;
     let tenant = &caller.tenant;
-    let pseudonyms = body.subject.pseudonyms(deps, tenant, "subject")?;
+    let pseudonyms = body.subject.pseudonyms(deps, tenant, "subject").await?;
     if let Some(note) = &body.note {
         check_text("note", note)?;
     }
@@ -366,7 +375,7 @@ async fn create(
     };
     let corrections = match kind {
         RequestKind::Rectify => {
-            parse_corrections(deps, tenant, &body.subject, body.corrections.as_ref())?
+            parse_corrections(deps, tenant, &body.subject, body.corrections.as_ref()).await?
         }
         _ if body.corrections.is_some() => {
             return Err(Problem::bad_request(
@@ -1138,7 +1147,10 @@ async fn lookup_consent(
 ) -> Result<Response<Body>, Problem> {
     caller.require(Role::Admin)?;
     let body: LookupBody = json_body(req, MAX_BODY)?;
-    let pseudonyms = body.subject.pseudonyms(deps, &caller.tenant, "subject")?;
+    let pseudonyms = body
+        .subject
+        .pseudonyms(deps, &caller.tenant, "subject")
+        .await?;
     let mut records = Vec::new();
     for pseudonym in &pseudonyms {
         let found: Vec<ConsentRecord> = deps
@@ -1196,7 +1208,10 @@ async fn put_consent(
     check_consent_text("source", &body.source)?;
     check_consent_text("policy_version", &body.policy_version)?;
     // Kept under the first identifier given (email, then phone, then contact id).
-    let pseudonyms = body.subject.pseudonyms(deps, &caller.tenant, "subject")?;
+    let pseudonyms = body
+        .subject
+        .pseudonyms(deps, &caller.tenant, "subject")
+        .await?;
     let pseudonym = pseudonyms
         .first()
         .cloned()
@@ -1388,8 +1403,9 @@ async fn get_settings(deps: &Deps, caller: &Caller) -> Result<Response<Body>, Pr
             "verification_webhook": current.and_then(|s| s.verification_webhook).map(|h| json!({ "url": h.url })),
             "notification_webhook": crate::notices::webhook_shown(deps, &caller.tenant).await?,
             "notification_email": crate::notices::email_shown(deps, &caller.tenant).await?,
-            // Whether this deployment e-mails notices (the template's NoticeEmailSender).
-            "notification_email_enabled": deps.mailer.is_some(),
+            // Whether this deployment e-mails notices (the template's NoticeEmailSender;
+            // the mailer itself lives in the dsar worker, not in dsar-api).
+            "notification_email_enabled": deps.dsar.notice_email_sender.is_some(),
         }),
     )
 }

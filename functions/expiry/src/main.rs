@@ -8,12 +8,18 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    let mut startup = custody::startup::Startup::begin();
     custody::telemetry::init();
+    startup.mark("telemetry");
     let metrics = custody::metrics::init("expiry")?;
     let config = custody::config::Config::from_env()?;
-    let sdk = custody::aws::sdk_config().await;
+    startup.mark("config");
+    let sdk = custody::aws::lambda_sdk_config()?;
+    startup.mark("sdk_config");
     let clients = custody::aws::Clients::new(&sdk);
     let deps = std::sync::Arc::new(Deps::new(&config, &clients, custody::clock::system()));
+    startup.mark("clients");
+    startup.finish();
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         let deps = deps.clone();
         metrics.flushed(async move { expiry::handle(&deps, event).await.map(|_| ()) })

@@ -16,14 +16,20 @@ use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    let mut startup = custody::startup::Startup::begin();
     custody::telemetry::init();
+    startup.mark("telemetry");
     let metrics = custody::metrics::init("export")?;
     let config = Config::from_env()?;
     let export_config = ExportConfig::from_env()?;
     let oauth_config = OauthConfig::from_env()?;
-    let sdk = custody::aws::sdk_config().await;
+    startup.mark("config");
+    let sdk = custody::aws::lambda_sdk_config()?;
+    startup.mark("sdk_config");
     let clients = Clients::new(&sdk);
+    startup.mark("clients");
     let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
+    startup.mark("http_client");
     let clock = custody::clock::system();
 
     let store = custody::store::Store::new(clients.dynamodb.clone(), &config.table, clock.clone());
@@ -38,6 +44,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let tokens = Arc::new(OauthTokens { deps: oauth });
     let deps = Deps::new(&config, &clients, export_config, http, tokens, clock)
         .with_sdk_config(sdk.clone());
+    startup.finish();
 
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         let deps = &deps;

@@ -8,22 +8,31 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    let mut startup = custody::startup::Startup::begin();
     custody::telemetry::init();
+    startup.mark("telemetry");
     let metrics = custody::metrics::init("import")?;
     let config = custody::config::Config::from_env()?;
     let settings = Settings::from_env();
-    let sdk = custody::aws::sdk_config().await;
+    startup.mark("config");
+    let sdk = custody::aws::lambda_sdk_config()?;
+    startup.mark("sdk_config");
     let clients = custody::aws::Clients::new(&sdk);
+    startup.mark("clients");
     let app_secret =
         custody::subject::load_app_secret(&clients.secrets, &config.pseudonym_secret_id).await?;
+    startup.mark("secret");
+    let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
+    startup.mark("http_client");
     let deps = std::sync::Arc::new(Deps::new(
         config,
         settings,
         &clients,
-        custody::http::client(custody::egress::EgressPolicy::from_env())?,
+        http,
         app_secret,
         custody::clock::system(),
     ));
+    startup.finish();
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         let deps = deps.clone();
         metrics.flushed(async move { import::handle(&deps, event).await })

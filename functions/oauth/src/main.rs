@@ -8,7 +8,9 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    let mut startup = custody::startup::Startup::begin();
     custody::telemetry::init();
+    startup.mark("telemetry");
     let metrics = custody::metrics::init("oauth")?;
     let config = custody::config::Config::from_env()?;
     let oauth_config = OauthConfig::from_env()?;
@@ -19,9 +21,14 @@ async fn main() -> Result<(), Error> {
         return Err(format!("environment variable {} is not set", vars::RETURN_URLS).into());
     }
     let webhook_keys = WebhookKeys::from_env()?;
+    startup.mark("config");
 
-    let sdk = custody::aws::sdk_config().await;
+    let sdk = custody::aws::lambda_sdk_config()?;
+    startup.mark("sdk_config");
     let clients = custody::aws::Clients::new(&sdk);
+    startup.mark("clients");
+    let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
+    startup.mark("http_client");
     let clock = custody::clock::system();
     let deps = std::sync::Arc::new(oauth::Deps {
         oauth: OauthDeps::new(
@@ -30,7 +37,7 @@ async fn main() -> Result<(), Error> {
             custody::seal::Sealer::new(clients.kms.clone(), &config.data_key_id),
             custody::audit::AuditLog::from_config(&clients, &config, clock),
             clients.secrets.clone(),
-            custody::http::client(custody::egress::EgressPolicy::from_env())?,
+            http,
         ),
         schedules: custody::schedule::ExportSchedules::new(
             clients.scheduler.clone(),
@@ -38,6 +45,7 @@ async fn main() -> Result<(), Error> {
         ),
         webhook_keys,
     });
+    startup.finish();
     // HTTP API requests, and revocation requests from the dsar function.
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         let deps = deps.clone();

@@ -399,6 +399,83 @@ pub(crate) fn new_hmac(key: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length")
 }
 
+/// The application secret pseudonym keys derive from (Secrets Manager,
+/// `Config::pseudonym_secret_id`).
+///
+/// Read on first use per container and kept for the container's life: not at cold
+/// start, because many invocations never need it (most HTTP routes, a run with nobody
+/// to match), and a Secrets Manager round trip before the first poll lengthens every
+/// cold start (docs/PERFORMANCE.md). A failed read is not kept: the next use tries
+/// again.
+#[derive(Clone)]
+pub struct AppSecret {
+    source: Option<(aws_sdk_secretsmanager::Client, String)>,
+    cell: std::sync::Arc<tokio::sync::OnceCell<SecretSlice<u8>>>,
+}
+
+impl AppSecret {
+    /// Read from `secret_id` on the first [`AppSecret::get`].
+    pub fn lazy(client: aws_sdk_secretsmanager::Client, secret_id: &str) -> Self {
+        Self {
+            source: Some((client, secret_id.to_owned())),
+            cell: std::sync::Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// A secret already in hand (tests, tools).
+    pub fn loaded(secret: SecretSlice<u8>) -> Self {
+        Self {
+            source: None,
+            cell: std::sync::Arc::new(tokio::sync::OnceCell::new_with(Some(secret))),
+        }
+    }
+
+    /// The secret, read on the first call.
+    pub async fn get(&self) -> Result<&SecretSlice<u8>, SubjectError> {
+        match &self.source {
+            Some((client, secret_id)) => {
+                self.cell
+                    .get_or_try_init(|| load_app_secret(client, secret_id))
+                    .await
+            }
+            None => self.cell.get().ok_or(SubjectError::SecretMissing),
+        }
+    }
+
+    /// The tenant's pseudonym key (reads the secret on first use).
+    pub async fn pseudonym_key(&self, tenant: &TenantId) -> Result<PseudonymKey, SubjectError> {
+        Ok(PseudonymKey::derive(self.get().await?, tenant))
+    }
+
+    /// The tenant's pseudonym key if the secret was read already (no I/O), for
+    /// synchronous code that runs after a read.
+    pub fn key_if_loaded(&self, tenant: &TenantId) -> Option<PseudonymKey> {
+        self.cell
+            .get()
+            .map(|secret| PseudonymKey::derive(secret, tenant))
+    }
+
+    /// Whether the secret has been read in this container.
+    pub fn is_loaded(&self) -> bool {
+        self.cell.initialized()
+    }
+}
+
+impl From<SecretSlice<u8>> for AppSecret {
+    fn from(secret: SecretSlice<u8>) -> Self {
+        Self::loaded(secret)
+    }
+}
+
+impl fmt::Debug for AppSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSecret")
+            .field("secret_id", &self.source.as_ref().map(|(_, id)| id))
+            .field("loaded", &self.is_loaded())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Reads the application secret that pseudonym keys are derived from.
 ///
 /// The secret's `SecretString` bytes (verbatim, not trimmed or decoded) or its
@@ -481,6 +558,91 @@ mod tests {
 
     fn key(t: &str) -> PseudonymKey {
         PseudonymKey::derive(&app_secret(), &tenant(t))
+    }
+
+    /// A Secrets Manager stand-in on loopback that answers every request with the
+    /// test secret and counts the requests.
+    async fn secrets_manager() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = socket.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map(|v| v.trim().parse().unwrap())
+                                .unwrap_or(0);
+                            if seen.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = format!(
+                        r#"{{"Name":"s","SecretString":"{}"}}"#,
+                        String::from_utf8(app_secret().expose_secret().to_vec()).unwrap()
+                    );
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn a_lazy_secret_is_read_on_first_use_and_once() {
+        let (url, requests) = secrets_manager().await;
+        let sdk = crate::aws::sdk_config_for_endpoint(&url, "us-east-1");
+        let secret = AppSecret::lazy(aws_sdk_secretsmanager::Client::new(&sdk), "custody/app");
+        assert!(!secret.is_loaded());
+        assert!(secret.key_if_loaded(&tenant("acme")).is_none());
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let first = secret.pseudonym_key(&tenant("acme")).await.unwrap();
+        let again = secret.clone().pseudonym_key(&tenant("acme")).await.unwrap();
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let id = Identifier::email("a@example.com").unwrap();
+        assert_eq!(first.pseudonym(&id), key("acme").pseudonym(&id));
+        assert_eq!(again.pseudonym(&id), key("acme").pseudonym(&id));
+        assert!(secret.key_if_loaded(&tenant("acme")).is_some());
+        assert!(!format!("{secret:?}").contains("0123456789"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_not_kept() {
+        // Nothing listens there: the read fails, and the next use tries again.
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", unused.local_addr().unwrap());
+        drop(unused);
+        let sdk = crate::aws::sdk_config_for_endpoint(&url, "us-east-1");
+        let secret = AppSecret::lazy(aws_sdk_secretsmanager::Client::new(&sdk), "custody/app");
+        assert!(matches!(
+            secret.get().await,
+            Err(SubjectError::SecretFetch(_))
+        ));
+        assert!(!secret.is_loaded());
+        let loaded = AppSecret::from(app_secret());
+        assert!(loaded.is_loaded());
+        assert!(loaded.get().await.is_ok());
     }
 
     #[test]

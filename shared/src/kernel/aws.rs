@@ -1,9 +1,10 @@
 //! The one place that loads the AWS SDK configuration and builds the clients.
 //!
-//! In Lambda the defaults apply (role credentials, `AWS_REGION`). Locally the same
-//! code talks to the emulator: the SDK honours `AWS_ENDPOINT_URL`, and
-//! [`sdk_config_for_endpoint`] builds an explicit config for tests, which must not
-//! share process-wide environment variables while running in parallel.
+//! In Lambda, [`lambda_sdk_config`] reads what the platform sets (the role's
+//! credentials, `AWS_REGION`). Locally the same code talks to the emulator through
+//! `AWS_ENDPOINT_URL`, and [`sdk_config_for_endpoint`] builds an explicit config for
+//! tests, which must not share process-wide environment variables while running in
+//! parallel. Command-line tools keep the SDK's full default chain ([`sdk_config`]).
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
@@ -11,9 +12,102 @@ use aws_sdk_dynamodb::config::Credentials;
 use crate::kernel::faults::FaultPlan;
 use crate::kernel::metrics::AwsCallMetrics;
 
-/// Loads the SDK config from the environment (honours `AWS_ENDPOINT_URL`).
+/// Loads the SDK config with the SDK's full default chain (profiles, SSO, assumed
+/// roles, instance metadata): for command-line tools run by people. Functions use
+/// [`lambda_sdk_config`].
 pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// Why a function cannot build its SDK config. Init errors only: Lambda reports them
+/// as `Runtime.InitError`; no caller ever sees one (no HTTP mapping).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LambdaEnvError {
+    #[error("{0} is not set: the Lambda environment provides it")]
+    Missing(&'static str),
+}
+
+/// The SDK config of a Lambda function, from the variables Lambda sets for every
+/// function: the execution role's credentials (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) and `AWS_REGION`; plus
+/// `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_<SERVICE>` where a local stack sets them.
+///
+/// Why not `aws_config::defaults`: its chain reads profile files and links the STS,
+/// SSO, web-identity, ECS and instance-metadata providers, none of which a function
+/// can use. Leaving them out takes bytes from every bootstrap and the profile reads
+/// from every cold start (docs/PERFORMANCE.md has both measured).
+pub fn lambda_sdk_config() -> Result<SdkConfig, LambdaEnvError> {
+    lambda_sdk_config_from(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+/// [`lambda_sdk_config`] over any source of variables (tests pass a map).
+pub fn lambda_sdk_config_from(
+    var: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+) -> Result<SdkConfig, LambdaEnvError> {
+    let region = var("AWS_REGION")
+        .or_else(|| var("AWS_DEFAULT_REGION"))
+        .ok_or(LambdaEnvError::Missing("AWS_REGION"))?;
+    let key = var("AWS_ACCESS_KEY_ID").ok_or(LambdaEnvError::Missing("AWS_ACCESS_KEY_ID"))?;
+    let secret =
+        var("AWS_SECRET_ACCESS_KEY").ok_or(LambdaEnvError::Missing("AWS_SECRET_ACCESS_KEY"))?;
+    // Lambda's variables do not change while the process runs, so the credentials are
+    // read once, as the SDK's environment provider would read them.
+    let credentials = Credentials::new(
+        key,
+        secret,
+        var("AWS_SESSION_TOKEN"),
+        None,
+        "lambda-environment",
+    );
+    let mut builder = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+            credentials,
+        ))
+        // The defaults `aws_config` would set: standard retries, a 3.1 s connect timeout.
+        .retry_config(aws_smithy_types::retry::RetryConfig::standard())
+        .timeout_config(
+            aws_smithy_types::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_millis(3100))
+                .build(),
+        )
+        .time_source(aws_smithy_async::time::SharedTimeSource::new(
+            aws_smithy_async::time::SystemTimeSource::new(),
+        ))
+        .sleep_impl(aws_smithy_async::rt::sleep::SharedAsyncSleep::new(
+            aws_smithy_async::rt::sleep::TokioSleep::new(),
+        ));
+    if let Some(endpoint) = var("AWS_ENDPOINT_URL") {
+        builder = builder.endpoint_url(endpoint);
+    }
+    Ok(builder
+        .service_config(ServiceEndpoints(Box::new(var)))
+        .build())
+}
+
+/// `AWS_ENDPOINT_URL_<SERVICE>` (the service id upper-cased, spaces as `_`), which the
+/// clients ask for before the shared `AWS_ENDPOINT_URL`: the local stack points the
+/// Lambda client at its own Runtime API this way.
+struct ServiceEndpoints(Box<VarSource>);
+
+/// Where variables are read from (the process environment, or a test's map).
+type VarSource = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl std::fmt::Debug for ServiceEndpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceEndpoints")
+    }
+}
+
+impl aws_types::service_config::LoadServiceConfig for ServiceEndpoints {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        let service = key
+            .service_id()
+            .to_ascii_uppercase()
+            .replace([' ', '-'], "_");
+        (self.0)(&format!("{}_{service}", key.env()))
+    }
 }
 
 /// An SDK config for an AWS-compatible endpoint (the local emulator), with a fixed
@@ -149,5 +243,90 @@ where
             }
             text
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name: &str| map.get(name).cloned()
+    }
+
+    const LAMBDA: &[(&str, &str)] = &[
+        ("AWS_REGION", "eu-central-1"),
+        ("AWS_ACCESS_KEY_ID", "AKIDLAMBDAROLE"),
+        ("AWS_SECRET_ACCESS_KEY", "role-secret"),
+        ("AWS_SESSION_TOKEN", "role-session"),
+    ];
+
+    #[test]
+    fn a_missing_lambda_variable_is_named() {
+        assert_eq!(
+            lambda_sdk_config_from(vars(&LAMBDA[1..])).unwrap_err(),
+            LambdaEnvError::Missing("AWS_REGION")
+        );
+        assert_eq!(
+            lambda_sdk_config_from(vars(&[LAMBDA[0], LAMBDA[2]])).unwrap_err(),
+            LambdaEnvError::Missing("AWS_ACCESS_KEY_ID")
+        );
+        let config = lambda_sdk_config_from(vars(LAMBDA)).unwrap();
+        assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-central-1"));
+        assert_eq!(config.endpoint_url(), None);
+    }
+
+    /// One HTTP request, answered as DynamoDB answers ListTables; returns its head.
+    async fn one_request(listener: tokio::net::TcpListener) -> String {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before the request head");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let body = br#"{"TableNames":[]}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(body).await.unwrap();
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    #[tokio::test]
+    async fn requests_go_to_the_service_endpoint_signed_with_the_roles_credentials() {
+        let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let service_url = format!("http://{}", service.local_addr().unwrap());
+        // The shared endpoint refuses connections: only the service's own may be used.
+        let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shared_url = format!("http://{}", unused.local_addr().unwrap());
+        drop(unused);
+        let mut pairs = LAMBDA.to_vec();
+        pairs.push(("AWS_ENDPOINT_URL", &shared_url));
+        pairs.push(("AWS_ENDPOINT_URL_DYNAMODB", &service_url));
+        let config = lambda_sdk_config_from(vars(&pairs)).unwrap();
+        assert_eq!(config.endpoint_url(), Some(shared_url.as_str()));
+        let server = tokio::spawn(one_request(service));
+        let client = aws_sdk_dynamodb::Client::new(&config);
+        let tables = client.list_tables().send().await.unwrap();
+        assert!(tables.table_names().is_empty());
+        let head = server.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.contains("credential=akidlambdarole/") && head.contains("/eu-central-1/dynamodb/"),
+            "{head}"
+        );
+        assert!(
+            head.contains("x-amz-security-token: role-session"),
+            "{head}"
+        );
     }
 }

@@ -34,7 +34,9 @@ fn held_routes() -> BTreeSet<String> {
     let routes = template_routes();
     let function_of = |route: &Route| {
         let name = route.function.to_ascii_lowercase();
-        name.strip_suffix("function").unwrap_or(&name).to_owned()
+        let name = name.strip_suffix("function").unwrap_or(&name);
+        // The dsar-api function serves the dsar crate's routes (functions/dsar-api).
+        if name == "dsar-api" { "dsar" } else { name }.to_owned()
     };
     for function in HELD_FUNCTIONS {
         assert!(

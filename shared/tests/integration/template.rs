@@ -300,7 +300,7 @@ fn logs_and_backups_keep_the_promised_days() {
             "{group}: retention differs from retention::FunctionLog"
         );
     }
-    assert_eq!(functions, 5);
+    assert_eq!(functions, 6);
     // No log group without a retention (it would keep everything forever).
     for (logical, res) in resources {
         if res["Type"].as_str() == Some("AWS::Logs::LogGroup") {
@@ -363,7 +363,7 @@ fn every_audit_writer_may_sign_checkpoints() {
             );
         }
     }
-    assert_eq!(writers, 5, "all five functions append to the audit log");
+    assert_eq!(writers, 6, "all six functions append to the audit log");
 }
 
 /// `!If [NotifyAlarms, [!Ref AlarmTopicArn], !Ref AWS::NoValue]`: the topic when one is
@@ -443,6 +443,12 @@ fn alarms_watch_what_the_code_emits_and_notify_the_topic() {
             "DsarFunction",
             "undelivered privacy notices",
         ),
+        // Notices of filing and extension go out from the routes.
+        (
+            names::PRIVACY_NOTICES_FAILED,
+            "DsarApiFunction",
+            "undelivered privacy notices",
+        ),
         (
             names::OAUTH_TOKENS_NOT_STORED,
             "ExportFunction",
@@ -453,9 +459,10 @@ fn alarms_watch_what_the_code_emits_and_notify_the_topic() {
             "OauthFunction",
             "grants not revoked",
         ),
+        // Starting an account deletion revokes grants (a route).
         (
             names::PROVIDER_REVOCATIONS_FAILED,
-            "DsarFunction",
+            "DsarApiFunction",
             "grants not revoked",
         ),
     ] {
@@ -1717,7 +1724,7 @@ fn unauthenticated_routes_are_the_self_checked_ones() {
         open,
         [
             // Public by design: anyone verifies a certificate of deletion with it.
-            "DsarFunction GET /privacy/public-key",
+            "DsarApiFunction GET /privacy/public-key",
             "ImportFunction GET /embed/imports/{id}",
             "ImportFunction POST /embed/imports",
             "ImportFunction POST /embed/imports/{id}/complete",
@@ -1757,6 +1764,8 @@ fn notice_email_is_optional_and_limited_to_the_sender() {
     assert_eq!(policy["Condition"].as_str(), Some("SendNoticeEmail"));
     let roles = format!("{:?}", policy["Properties"]["Roles"]);
     assert!(roles.contains("DsarFunctionRole"), "{roles}");
+    // The routes send notices of filing too.
+    assert!(roles.contains("DsarApiFunctionRole"), "{roles}");
     let statements = policy["Properties"]["PolicyDocument"]["Statement"]
         .as_sequence()
         .unwrap();
@@ -1775,8 +1784,13 @@ fn notice_email_is_optional_and_limited_to_the_sender() {
         )
         .contains("NoticeEmailSender")
     );
-    let env = &resource(&template, "DsarFunction")["Properties"]["Environment"]["Variables"];
-    assert!(format!("{:?}", env["CUSTODY_NOTICE_EMAIL_SENDER"]).contains("NoticeEmailSender"));
+    for function in ["DsarFunction", "DsarApiFunction"] {
+        let env = &resource(&template, function)["Properties"]["Environment"]["Variables"];
+        assert!(
+            format!("{:?}", env["CUSTODY_NOTICE_EMAIL_SENDER"]).contains("NoticeEmailSender"),
+            "{function}"
+        );
+    }
     // No function's own policies mention SES.
     for (logical, resource) in template["Resources"].as_mapping().unwrap() {
         if resource["Type"].as_str() == Some("AWS::Serverless::Function") {
@@ -1784,4 +1798,92 @@ fn notice_email_is_optional_and_limited_to_the_sender() {
             assert!(!policies.contains("ses:"), "{logical:?} may send e-mail");
         }
     }
+}
+
+/// Every sealing purpose a function's code names (`Purpose::…` in its crate and the
+/// function crates it builds on) is one its role may use the data key for: moto does
+/// not enforce IAM, so a purpose missing from the policy would fail only in AWS.
+#[test]
+fn each_function_may_seal_the_purposes_its_code_names() {
+    let template = template();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    fn sources(dir: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut checked = 0;
+    for (logical, res) in template["Resources"].as_mapping().unwrap() {
+        if res["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let binary = res["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap();
+        let crate_dir = root.join("functions").join(binary);
+        let mut code = String::new();
+        sources(&crate_dir.join("src"), &mut code);
+        // Function crates it depends on by path (dsar-api runs the dsar crate's routes).
+        let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+        for line in manifest.lines() {
+            if let Some(rest) = line.split("path = \"../").nth(1) {
+                let dep = rest.split('"').next().unwrap();
+                sources(&root.join("functions").join(dep).join("src"), &mut code);
+            }
+        }
+        let named: std::collections::BTreeSet<&'static str> = code
+            .split("Purpose::")
+            .skip(1)
+            .filter_map(|rest| {
+                let variant: String = rest
+                    .chars()
+                    .take_while(char::is_ascii_alphanumeric)
+                    .collect();
+                let mut snake = String::new();
+                for (i, c) in variant.chars().enumerate() {
+                    if c.is_ascii_uppercase() && i > 0 {
+                        snake.push('_');
+                    }
+                    snake.push(c.to_ascii_lowercase());
+                }
+                serde_json::from_value::<custody::seal::Purpose>(serde_json::json!(snake))
+                    .ok()
+                    .map(custody::seal::Purpose::as_str)
+            })
+            .collect();
+        let mut allowed = Vec::new();
+        for policy in res["Properties"]["Policies"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            for statement in policy["Statement"].as_sequence().into_iter().flatten() {
+                let purposes = &statement["Condition"]["StringEquals"]["kms:EncryptionContext:custody:purpose"];
+                match purposes {
+                    Value::String(one) => allowed.push(one.clone()),
+                    Value::Sequence(many) => {
+                        allowed.extend(many.iter().filter_map(|p| p.as_str().map(str::to_owned)))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for purpose in &named {
+            assert!(
+                allowed.iter().any(|a| a == purpose),
+                "{logical:?} names Purpose {purpose} but its role may not use the data key for it ({allowed:?})"
+            );
+        }
+        checked += named.len();
+    }
+    // dsar and dsar-api: webhook_secret, rectification_values; export: destination_password.
+    assert!(
+        checked >= 5,
+        "only {checked} purposes found in the functions' code"
+    );
 }

@@ -291,6 +291,8 @@ impl World {
             .unwrap();
         let pseudonym = deps
             .pseudonym_key(&tenant)
+            .await
+            .unwrap()
             .pseudonym(&Identifier::email(&email).unwrap())
             .to_string();
         deps.store

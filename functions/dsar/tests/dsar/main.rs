@@ -203,7 +203,11 @@ impl Person {
             _ => Identifier::contact_id(self.contact_id),
         }
         .unwrap();
-        deps.pseudonym_key(&acme()).pseudonym(&id).to_string()
+        deps.app_secret
+            .key_if_loaded(&acme())
+            .expect("the tests load the secret")
+            .pseudonym(&id)
+            .to_string()
     }
 }
 

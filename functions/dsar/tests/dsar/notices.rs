@@ -821,7 +821,9 @@ async fn notices_are_also_emailed_through_ses_where_a_sender_and_an_address_are_
         },
         sent: std::sync::Mutex::new(Vec::new()),
     });
-    let deps = deps.with_mailer(mailer.clone());
+    let mut deps = deps.with_mailer(mailer.clone());
+    // The routes read the setting (they run in dsar-api, which has no mailer).
+    deps.dsar.notice_email_sender = Some(sender.clone());
     let sent_before = ses_delivery_attempts(&stack.endpoint).await;
     let server = receiver(204).await;
     configure(&deps, &server).await;

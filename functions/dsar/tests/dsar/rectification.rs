@@ -29,7 +29,11 @@ fn rectify(body: Value) -> lambda_http::Request {
 
 fn new_pseudonym(deps: &Deps) -> String {
     let id = Identifier::email(NEW_EMAIL).unwrap();
-    deps.pseudonym_key(&acme()).pseudonym(&id).to_string()
+    deps.app_secret
+        .key_if_loaded(&acme())
+        .expect("the tests load the secret")
+        .pseudonym(&id)
+        .to_string()
 }
 
 /// The import refs (`REF#import_object#…`) indexed under a pseudonym: object keys.

@@ -55,7 +55,7 @@ async fn versions(deps: &Deps, key: &str) -> usize {
 #[tokio::test]
 async fn erasure_streams_csv_and_jsonl_byte_for_byte_with_a_multipart_upload() {
     let Env { deps, .. } = env().await;
-    let key = deps.pseudonym_key(&acme());
+    let key = deps.pseudonym_key(&acme()).await.unwrap();
     let pseudonyms = ann(&deps);
     let matcher = SubjectMatcher {
         key: &key,
@@ -169,7 +169,7 @@ async fn erasure_streams_csv_and_jsonl_byte_for_byte_with_a_multipart_upload() {
 #[tokio::test]
 async fn a_failed_rewrite_aborts_the_upload_and_leaves_the_original_current() {
     let Env { deps, .. } = env().await;
-    let key = deps.pseudonym_key(&acme());
+    let key = deps.pseudonym_key(&acme()).await.unwrap();
     let pseudonyms = ann(&deps);
     let matcher = SubjectMatcher {
         key: &key,

@@ -1,0 +1,64 @@
+//! Wiring only: the dsar crate's HTTP routes (`dsar::handle_http`). The table stream
+//! and the daily check run in the `dsar` function.
+
+use dsar::{Deps, DsarConfig};
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let mut startup = custody::startup::Startup::begin();
+    custody::telemetry::init();
+    startup.mark("telemetry");
+    let metrics = custody::metrics::init("dsar-api")?;
+    let config = custody::config::Config::from_env()?;
+    let dsar = DsarConfig::from_env()?;
+    startup.mark("config");
+    let sdk = custody::aws::lambda_sdk_config()?;
+    startup.mark("sdk_config");
+    let clients = custody::aws::Clients::new(&sdk);
+    startup.mark("clients");
+    // Read on first use, not before the first poll (custody::subject::AppSecret).
+    let app_secret =
+        custody::subject::AppSecret::lazy(clients.secrets.clone(), &config.pseudonym_secret_id);
+    let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
+    startup.mark("http_client");
+    // Starting an account deletion has the oauth function revoke grants.
+    let revoker = dsar::revoke::OauthFunction {
+        client: aws_sdk_lambda::Client::new(&sdk),
+        function: dsar.oauth_function.clone(),
+    };
+    let deps = Deps::new(
+        config,
+        dsar,
+        &clients,
+        app_secret,
+        http,
+        custody::clock::system(),
+    )
+    .with_revoker(std::sync::Arc::new(revoker));
+    // Notices of filing and extension are sent from here, and an account deletion
+    // holds the address its last notice goes to: both need the mailer.
+    let deps = match deps.dsar.notice_email_sender.clone() {
+        Some(from) => deps.with_mailer(std::sync::Arc::new(dsar::mail::SesMailer {
+            client: aws_sdk_sesv2::Client::new(&sdk),
+            from,
+        })),
+        None => deps,
+    };
+    startup.finish();
+    let deps = &deps;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        metrics.flushed(handle(deps, event))
+    }))
+    .await
+}
+
+async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+    let request = lambda_http::request::from_str(&event.payload.to_string())?;
+    // Boxed: the routes' future is deep enough to exceed the layout query limit.
+    let response = Box::pin(dsar::handle_http(deps, request)).await;
+    Ok(serde_json::to_value(custody::api::gateway_response(
+        response,
+    ))?)
+}
