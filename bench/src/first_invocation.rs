@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use custody::aws::sdk_config_for_endpoint;
 use custody_local::provision::{Provisioned, function_environment, load_template, provision};
 use custody_local::runtime_api::{InvokeError, LocalFunction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::BenchError;
@@ -64,7 +64,7 @@ impl LocalStack {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FirstInvocation {
     pub function: String,
     /// The event file, relative to the repository.

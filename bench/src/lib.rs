@@ -8,6 +8,7 @@ pub mod build;
 pub mod cold_start;
 pub mod discover;
 pub mod first_invocation;
+pub mod goals;
 pub mod machine;
 pub mod python;
 pub mod report;

@@ -1,6 +1,6 @@
-//! `custody-bench [--runs N] [--out FILE] [--skip-size]`: the benchmarks behind
-//! `make bench` (method in docs/PERFORMANCE.md). Prints Markdown tables and writes
-//! the JSON results.
+//! `custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput|cold-start]`:
+//! the benchmarks behind `make bench` (method in docs/PERFORMANCE.md). Prints
+//! Markdown tables, the goals last, and writes the JSON results.
 //!
 //! `custody-bench workload <export|import|dsar|dsar-erasure|audit> <size>`: one
 //! throughput run, in its own process so its peak RSS is its own.
@@ -14,7 +14,8 @@ use custody_bench::cold_start::{self, Kind, Subject};
 use custody_bench::discover::{Function, Workspace, discover};
 use custody_bench::first_invocation::{self, LocalStack, pick_event};
 use custody_bench::report::{
-    ColdStart, ColdStartRow, FirstInvocationRow, MEASURED, Results, Size, SizeRowStatus, markdown,
+    ColdStart, ColdStartRow, FirstInvocationRow, MEASURED, PhaseRow, Results, Size, SizeRowStatus,
+    markdown,
 };
 use custody_bench::stats::ratio;
 use custody_bench::workloads::{self, Workload};
@@ -23,14 +24,24 @@ use custody_bench::{BenchError, machine, python, repo_root, size, venv_python};
 const PYTHON_BASELINE: &str = "python-boto3";
 /// A process that has not polled after this long has failed its init.
 const POLL_LIMIT: Duration = Duration::from_secs(20);
+/// Starts of each function at log level INFO for its startup line, after the
+/// timed rounds.
+const PHASE_STARTS: usize = 5;
+
+/// `--only`: one part of the benchmark, merged into the existing results file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Throughput,
+    ColdStart,
+}
 
 struct Options {
     runs: usize,
     out: PathBuf,
     skip_size: bool,
-    /// `--only throughput`: run the throughput rows alone and replace them in the
-    /// existing results file, keeping its other sections.
-    only_throughput: bool,
+    /// `--only throughput` / `--only cold-start`: run that part alone and replace it
+    /// in the existing results file, keeping its other sections.
+    only: Option<Only>,
     /// `--workload-timeout SECS`: stop a throughput row that runs longer.
     workload_timeout: Option<Duration>,
     /// `--workload NAME` (repeatable, with `--only throughput`): run only these
@@ -40,7 +51,7 @@ struct Options {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput] [--workload-timeout SECS] [--workload NAME]…\n       custody-bench workload <export|import|dsar|dsar-erasure|audit> <size>"
+        "usage: custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput|cold-start] [--workload-timeout SECS] [--workload NAME]…\n       custody-bench workload <export|import|dsar|dsar-erasure|audit> <size>"
     );
     ExitCode::from(2)
 }
@@ -90,7 +101,7 @@ async fn main() -> ExitCode {
         runs: 20,
         out: root.join("docs/bench-results.json"),
         skip_size: false,
-        only_throughput: false,
+        only: None,
         workload_timeout: None,
         selected: Vec::new(),
     };
@@ -115,13 +126,27 @@ async fn main() -> ExitCode {
                 None => return usage(),
             },
             "--only" => match rest.next().map(String::as_str) {
-                Some("throughput") => options.only_throughput = true,
+                Some("throughput") => options.only = Some(Only::Throughput),
+                Some("cold-start") => options.only = Some(Only::ColdStart),
                 _ => return usage(),
             },
             _ => return usage(),
         }
     }
-    if options.only_throughput {
+    if options.only == Some(Only::ColdStart) {
+        return match cold_start_only(&root, &options).await {
+            Ok(table) => {
+                println!("{table}");
+                println!("cold start rows replaced in {}", options.out.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("custody-bench: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if options.only == Some(Only::Throughput) {
         return match throughput_only(&root, &options) {
             Ok(table) => {
                 println!("{table}");
@@ -181,9 +206,7 @@ fn throughput_only(root: &Path, options: &Options) -> Result<String, BenchError>
         .copied()
         .flat_map(|w| workloads::rows(w, &workspace.functions, &harness, limit))
         .collect();
-    let text = std::fs::read_to_string(out).map_err(|e| BenchError::file(out, e))?;
-    let mut results: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| BenchError::file(out, e))?;
+    let mut results = read_results(out)?;
     let object = results
         .as_object_mut()
         .ok_or_else(|| BenchError::file(out, "not a JSON object"))?;
@@ -226,10 +249,77 @@ fn throughput_only(root: &Path, options: &Options) -> Result<String, BenchError>
     if !partial {
         object.insert("throughput_generated_at".into(), now.into());
     }
+    let goals = write_with_goals(out, results)?;
+    Ok(custody_bench::report::throughput_markdown(&rows) + &goals)
+}
+
+/// The existing results file at `out`, which an `--only` run merges into.
+fn read_results(out: &Path) -> Result<serde_json::Value, BenchError> {
+    let text = std::fs::read_to_string(out).map_err(|e| BenchError::file(out, e))?;
+    let results: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| BenchError::file(out, e))?;
+    if !results.is_object() {
+        return Err(BenchError::file(out, "not a JSON object"));
+    }
+    Ok(results)
+}
+
+/// Recomputes the goals from the whole merged file, writes it to `out`, and
+/// returns the goals table. A file that no longer parses as results keeps its
+/// merged rows but no goals (stale ones are dropped), and the table says why.
+fn write_with_goals(out: &Path, mut results: serde_json::Value) -> Result<String, BenchError> {
+    let goals = custody_bench::goals::evaluate_json(&results);
+    if let Some(object) = results.as_object_mut() {
+        match &goals {
+            Ok(goals) => {
+                let value = serde_json::to_value(goals)
+                    .map_err(|e| BenchError::Measurement(e.to_string()))?;
+                object.insert("goals".into(), value);
+            }
+            Err(_) => {
+                object.remove("goals");
+            }
+        }
+    }
     let json = serde_json::to_string_pretty(&results)
         .map_err(|e| BenchError::Measurement(e.to_string()))?;
     std::fs::write(out, json + "\n").map_err(|e| BenchError::file(out, e))?;
-    Ok(custody_bench::report::throughput_markdown(&rows))
+    Ok(match goals {
+        Ok(goals) => custody_bench::goals::goals_markdown(&goals),
+        Err(err) => format!(
+            "\n### Goals\n\nnot computed: {} does not parse as results: {err}\n",
+            out.display()
+        ),
+    })
+}
+
+/// `--only cold-start`: the timed rounds and the startup phases alone (no first
+/// invocation, size or throughput), replacing the file's `cold_start` section.
+async fn cold_start_only(root: &Path, options: &Options) -> Result<String, BenchError> {
+    let out = options.out.as_path();
+    // Fail before the builds if there is nothing to merge into.
+    read_results(out)?;
+    let workspace = discover(root)?;
+    let python = venv_python();
+    eprintln!("== host release build (timing)");
+    let (baseline, built) = build_host(&workspace)?;
+    let launcher = python::launcher(root, &python, &workspace.target_dir.join("bench/python"))?;
+    eprintln!("== provisioning the local emulator from template.yaml");
+    let stack = LocalStack::provision(root, &custody_local::harness::unique_stage()).await?;
+    let cold =
+        cold_start_section(&workspace, &stack, baseline, launcher, &built, options.runs).await;
+    let mut results = read_results(out)?;
+    let object = results
+        .as_object_mut()
+        .ok_or_else(|| BenchError::file(out, "not a JSON object"))?;
+    object.insert(
+        "cold_start".into(),
+        serde_json::to_value(&cold).map_err(|e| BenchError::Measurement(e.to_string()))?,
+    );
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    object.insert("cold_start_generated_at".into(), now.into());
+    let goals = write_with_goals(out, results)?;
+    Ok(custody_bench::report::cold_start_markdown(&cold) + &goals)
 }
 
 async fn bench(root: &Path, options: &Options) -> Result<Results, BenchError> {
@@ -244,75 +334,8 @@ async fn bench(root: &Path, options: &Options) -> Result<Results, BenchError> {
     eprintln!("== provisioning the local emulator from template.yaml");
     let stack = LocalStack::provision(root, &custody_local::harness::unique_stage()).await?;
 
-    eprintln!("== cold start: {} runs each", options.runs);
-    let mut subjects = vec![
-        Subject {
-            name: BASELINE_BINARY.into(),
-            kind: Kind::RustBaseline,
-            program: baseline,
-            env: stack.environment(BASELINE_BINARY),
-        },
-        Subject {
-            name: PYTHON_BASELINE.into(),
-            kind: Kind::PythonBaseline,
-            program: launcher,
-            env: stack.environment(BASELINE_BINARY),
-        },
-    ];
-    for (function, binary) in &built {
-        if let Ok(program) = binary {
-            subjects.push(Subject {
-                name: function.binary.clone(),
-                kind: Kind::Function,
-                program: program.clone(),
-                env: stack.environment(&function.binary),
-            });
-        }
-    }
-    let measured = cold_start::measure(&subjects, options.runs, POLL_LIMIT).await;
-    let median_of = |name: &str| {
-        subjects
-            .iter()
-            .zip(&measured)
-            .find(|(s, _)| s.name == name)
-            .and_then(|(_, m)| m.as_ref().ok())
-            .map(|(summary, _)| summary.median_ms)
-    };
-    let (hello, python_median) = (median_of(BASELINE_BINARY), median_of(PYTHON_BASELINE));
-    let mut cold_rows: Vec<ColdStartRow> = subjects
-        .iter()
-        .zip(&measured)
-        .map(|(subject, result)| match result {
-            Ok((summary, _)) => ColdStartRow {
-                name: subject.name.clone(),
-                kind: subject.kind,
-                status: MEASURED.into(),
-                vs_hello_lambda: hello.and_then(|h| ratio(summary.median_ms, h)),
-                vs_python: python_median.and_then(|p| ratio(summary.median_ms, p)),
-                summary: Some(summary.clone()),
-            },
-            Err(err) => ColdStartRow {
-                name: subject.name.clone(),
-                kind: subject.kind,
-                status: format!("failed: {err}"),
-                summary: None,
-                vs_hello_lambda: None,
-                vs_python: None,
-            },
-        })
-        .collect();
-    for (function, binary) in &built {
-        if let Err(reason) = binary {
-            cold_rows.push(ColdStartRow {
-                name: function.binary.clone(),
-                kind: Kind::Function,
-                status: reason.clone(),
-                summary: None,
-                vs_hello_lambda: None,
-                vs_python: None,
-            });
-        }
-    }
+    let cold_start =
+        cold_start_section(&workspace, &stack, baseline, launcher, &built, options.runs).await;
 
     eprintln!("== first invocation");
     let mut first_rows = Vec::new();
@@ -345,19 +368,127 @@ async fn bench(root: &Path, options: &Options) -> Result<Results, BenchError> {
     let results = Results {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         machine,
-        cold_start: ColdStart {
-            runs: options.runs,
-            build: "cargo build --release (host target; LTO, codegen-units 1, stripped)".into(),
-            rows: cold_rows,
-        },
+        cold_start,
         first_invocation: first_rows,
         size,
         throughput,
+        goals: Vec::new(),
+    };
+    let results = Results {
+        goals: custody_bench::goals::evaluate(&results),
+        ..results
     };
     let json = serde_json::to_string_pretty(&results)
         .map_err(|e| BenchError::Measurement(e.to_string()))?;
     std::fs::write(&options.out, json + "\n").map_err(|e| BenchError::file(&options.out, e))?;
     Ok(results)
+}
+
+/// The cold start section: `runs` timed interleaved rounds of the baselines and
+/// every built function, then [`PHASE_STARTS`] more starts of each function at log
+/// level INFO for its startup line (where its init goes).
+async fn cold_start_section(
+    workspace: &Workspace,
+    stack: &LocalStack,
+    baseline: PathBuf,
+    launcher: PathBuf,
+    built: &Built,
+    runs: usize,
+) -> ColdStart {
+    eprintln!("== cold start: {runs} runs each");
+    let mut subjects = vec![
+        Subject {
+            name: BASELINE_BINARY.into(),
+            kind: Kind::RustBaseline,
+            program: baseline,
+            env: stack.environment(BASELINE_BINARY),
+        },
+        Subject {
+            name: PYTHON_BASELINE.into(),
+            kind: Kind::PythonBaseline,
+            program: launcher,
+            env: stack.environment(BASELINE_BINARY),
+        },
+    ];
+    for (function, binary) in built {
+        if let Ok(program) = binary {
+            subjects.push(Subject {
+                name: function.binary.clone(),
+                kind: Kind::Function,
+                program: program.clone(),
+                env: stack.environment(&function.binary),
+            });
+        }
+    }
+    let measured = cold_start::measure(&subjects, runs, POLL_LIMIT).await;
+    let median_of = |name: &str| {
+        subjects
+            .iter()
+            .zip(&measured)
+            .find(|(s, _)| s.name == name)
+            .and_then(|(_, m)| m.as_ref().ok())
+            .map(|(summary, _)| summary.median_ms)
+    };
+    let (hello, python_median) = (median_of(BASELINE_BINARY), median_of(PYTHON_BASELINE));
+    let mut cold_rows: Vec<ColdStartRow> = subjects
+        .iter()
+        .zip(&measured)
+        .map(|(subject, result)| match result {
+            Ok((summary, _)) => ColdStartRow {
+                name: subject.name.clone(),
+                kind: subject.kind,
+                status: MEASURED.into(),
+                vs_hello_lambda: hello.and_then(|h| ratio(summary.median_ms, h)),
+                vs_python: python_median.and_then(|p| ratio(summary.median_ms, p)),
+                summary: Some(summary.clone()),
+            },
+            Err(err) => ColdStartRow {
+                name: subject.name.clone(),
+                kind: subject.kind,
+                status: format!("failed: {err}"),
+                summary: None,
+                vs_hello_lambda: None,
+                vs_python: None,
+            },
+        })
+        .collect();
+    for (function, binary) in built {
+        if let Err(reason) = binary {
+            cold_rows.push(ColdStartRow {
+                name: function.binary.clone(),
+                kind: Kind::Function,
+                status: reason.clone(),
+                summary: None,
+                vs_hello_lambda: None,
+                vs_python: None,
+            });
+        }
+    }
+
+    eprintln!("== cold start by phase: {PHASE_STARTS} starts each at log level INFO");
+    let functions: Vec<Subject> = subjects
+        .iter()
+        .filter(|s| s.kind == Kind::Function)
+        .cloned()
+        .collect();
+    let log_dir = workspace.target_dir.join("bench/startup");
+    let found = cold_start::phases(&functions, PHASE_STARTS, POLL_LIMIT, &log_dir).await;
+    let mut phases: Vec<PhaseRow> = functions
+        .iter()
+        .zip(&found)
+        .map(|(subject, found)| PhaseRow::new(&subject.name, found, median_of(&subject.name)))
+        .collect();
+    for (function, binary) in built {
+        if let Err(reason) = binary {
+            phases.push(PhaseRow::new(&function.binary, &Err(reason.clone()), None));
+        }
+    }
+    ColdStart {
+        runs,
+        build: "cargo build --release (host target; LTO, codegen-units 1, stripped)".into(),
+        rows: cold_rows,
+        phases,
+    }
 }
 
 type Built = Vec<(Function, Result<PathBuf, String>)>;

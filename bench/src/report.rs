@@ -3,10 +3,11 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::cold_start::Kind;
+use crate::cold_start::{Kind, PhaseMedian, PhaseResult, us_to_ms};
 use crate::first_invocation::FirstInvocation;
+use crate::goals::{Goal, goals_markdown};
 use crate::machine::Machine;
 use crate::size::{CrateWeight, Duplicate, SizeRow};
 use crate::stats::Summary;
@@ -14,7 +15,7 @@ use crate::workloads::{Workload, WorkloadRow};
 
 pub const MEASURED: &str = "measured";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     pub generated_at: String,
     pub machine: Machine,
@@ -22,16 +23,71 @@ pub struct Results {
     pub first_invocation: Vec<FirstInvocationRow>,
     pub size: Size,
     pub throughput: Vec<WorkloadRow>,
+    /// Every performance goal next to its measured value ([`crate::goals::evaluate`]
+    /// over the other sections; recomputed whenever a section is replaced).
+    #[serde(default)]
+    pub goals: Vec<Goal>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ColdStart {
     pub runs: usize,
     pub build: String,
     pub rows: Vec<ColdStartRow>,
+    /// Where each function's init goes, from its startup line.
+    #[serde(default)]
+    pub phases: Vec<PhaseRow>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One function's startup line, summarised over several starts at log level INFO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseRow {
+    pub function: String,
+    /// `measured`, `no startup line`, `malformed startup line: …` or `failed: …`.
+    pub status: String,
+    /// Starts whose line was read.
+    pub starts: usize,
+    /// Median of each phase, in µs, in the order the function logs them.
+    pub phases: Vec<PhaseMedian>,
+    /// Median `total_us` as ms: from the start of `main` to the end of init.
+    pub init_total_ms: Option<f64>,
+    /// The function's median cold start of the timed rounds.
+    pub cold_start_median_ms: Option<f64>,
+    /// `cold_start_median_ms − init_total_ms`, at least 0: exec and loading before
+    /// `main`, and the runtime's start from the end of init to its first poll.
+    pub before_main_and_runtime_start_ms: Option<f64>,
+}
+
+impl PhaseRow {
+    pub fn new(function: &str, found: &PhaseResult, cold_start_median_ms: Option<f64>) -> Self {
+        match found {
+            Ok(medians) => {
+                let init = us_to_ms(medians.total_us);
+                PhaseRow {
+                    function: function.to_owned(),
+                    status: MEASURED.into(),
+                    starts: medians.starts,
+                    phases: medians.phases.clone(),
+                    init_total_ms: Some(init),
+                    cold_start_median_ms,
+                    before_main_and_runtime_start_ms: cold_start_median_ms
+                        .map(|cold| crate::stats::round_us((cold - init).max(0.0))),
+                }
+            }
+            Err(reason) => PhaseRow {
+                function: function.to_owned(),
+                status: reason.clone(),
+                starts: 0,
+                phases: Vec::new(),
+                init_total_ms: None,
+                cold_start_median_ms,
+                before_main_and_runtime_start_ms: None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ColdStartRow {
     pub name: String,
     pub kind: Kind,
@@ -44,14 +100,14 @@ pub struct ColdStartRow {
     pub vs_python: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FirstInvocationRow {
     pub function: String,
     pub status: String,
     pub measured: Option<FirstInvocation>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Size {
     /// The build command, or why there was none.
     pub build: String,
@@ -64,7 +120,7 @@ pub struct Size {
     pub weight_method: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SizeRowStatus {
     pub binary: String,
     pub status: String,
@@ -97,44 +153,7 @@ pub fn markdown(results: &Results) -> String {
         m.cpu, m.cpus, m.memory, m.os, m.rustc, m.cargo_lambda, m.python, results.generated_at
     );
 
-    let cs = &results.cold_start;
-    let _ = writeln!(
-        out,
-        "### Cold start: process start → first poll of the Runtime API ({} runs each, {})\n",
-        cs.runs, cs.build
-    );
-    out.push_str("| binary | kind | median ms | p90 ms | min ms | max ms | × hello-lambda | × Python | status |\n");
-    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---|\n");
-    for row in &cs.rows {
-        let kind = match row.kind {
-            Kind::Function => "function",
-            Kind::RustBaseline => "bare lambda_runtime",
-            Kind::PythonBaseline => "Python + boto3, 5 clients",
-        };
-        match &row.summary {
-            Some(s) => {
-                let _ = writeln!(
-                    out,
-                    "| {} | {kind} | {} | {} | {} | {} | {} | {} | {} |",
-                    row.name,
-                    ms(s.median_ms),
-                    ms(s.p90_ms),
-                    ms(s.min_ms),
-                    ms(s.max_ms),
-                    times(row.vs_hello_lambda),
-                    times(row.vs_python),
-                    row.status
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "| {} | {kind} | – | – | – | – | – | – | {} |",
-                    row.name, row.status
-                );
-            }
-        }
-    }
+    out.push_str(&cold_start_markdown(&results.cold_start));
 
     out.push_str("\n### First invocation against the local emulator (fresh process)\n\n");
     out.push_str("| function | event | cold start ms | first invocation ms | second (warm) ms | result | status |\n");
@@ -227,6 +246,94 @@ pub fn markdown(results: &Results) -> String {
     }
 
     out.push_str(&throughput_markdown(&results.throughput));
+    out.push_str(&goals_markdown(&results.goals));
+    out
+}
+
+/// The cold start tables: the timed rounds, then where each function's init goes.
+pub fn cold_start_markdown(cs: &ColdStart) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### Cold start: process start → first poll of the Runtime API ({} runs each, {})\n",
+        cs.runs, cs.build
+    );
+    out.push_str("| binary | kind | median ms | p90 ms | min ms | max ms | × hello-lambda | × Python | status |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---|\n");
+    for row in &cs.rows {
+        let kind = match row.kind {
+            Kind::Function => "function",
+            Kind::RustBaseline => "bare lambda_runtime",
+            Kind::PythonBaseline => "Python + boto3, 5 clients",
+        };
+        match &row.summary {
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {kind} | {} | {} | {} | {} | {} | {} | {} |",
+                    row.name,
+                    ms(s.median_ms),
+                    ms(s.p90_ms),
+                    ms(s.min_ms),
+                    ms(s.max_ms),
+                    times(row.vs_hello_lambda),
+                    times(row.vs_python),
+                    row.status
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {kind} | – | – | – | – | – | – | {} |",
+                    row.name, row.status
+                );
+            }
+        }
+    }
+    out.push_str(&phases_markdown(&cs.phases));
+    out
+}
+
+/// A phase time in ms: two decimals below 10 ms.
+fn phase_ms(value: f64) -> String {
+    if value < 10.0 {
+        format!("{value:.2}")
+    } else {
+        ms(value)
+    }
+}
+
+fn phases_markdown(rows: &[PhaseRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let starts = rows.iter().map(|r| r.starts).max().unwrap_or(0);
+    let mut out = format!(
+        "\n### Cold start by phase: the startup line each function logs at the end of its init (median of {starts} more starts at log level INFO)\n\n"
+    );
+    out.push_str("| function | before main and runtime start ms | init total ms | phases, in order (median ms) | cold start median ms | status |\n");
+    out.push_str("|---|---:|---:|---|---:|---|\n");
+    let opt = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), phase_ms);
+    for row in rows {
+        let phases = if row.phases.is_empty() {
+            "–".to_owned()
+        } else {
+            row.phases
+                .iter()
+                .map(|p| format!("{} {}", p.name, phase_ms(p.median_us / 1e3)))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {phases} | {} | {} |",
+            row.function,
+            opt(row.before_main_and_runtime_start_ms),
+            opt(row.init_total_ms),
+            opt(row.cold_start_median_ms),
+            row.status
+        );
+    }
     out
 }
 
@@ -236,9 +343,17 @@ pub fn throughput_markdown(rows: &[WorkloadRow]) -> String {
     let (erasure, rows): (Vec<&WorkloadRow>, Vec<&WorkloadRow>) = rows
         .iter()
         .partition(|row| row.workload == Workload::DsarErasure);
+    let imports: Vec<&WorkloadRow> = rows
+        .iter()
+        .copied()
+        .filter(|row| row.workload == Workload::Import)
+        .collect();
     let mut out = String::new();
     if !rows.is_empty() {
         out.push_str(&generic_throughput_markdown(&rows));
+    }
+    if !imports.is_empty() {
+        out.push_str(&import_markdown(&imports));
     }
     if !erasure.is_empty() {
         out.push_str(&erasure_markdown(&erasure));
@@ -309,6 +424,59 @@ fn erasure_markdown(rows: &[&WorkloadRow]) -> String {
     out
 }
 
+/// The import rows against their baselines: the same object read from S3 without
+/// parsing, and the same bytes parsed and validated from memory.
+fn import_markdown(rows: &[&WorkloadRow]) -> String {
+    let mut out = String::from(
+        "\n### Import against its baselines (same object, same run)\n\n\
+         | rows | CSV MB | import s | import rows/s | bare S3 read rows/s | bare S3 read MB/s | import ÷ bare read | parse + validate from memory rows/s | rows delivered | peak RSS MB (processing) | status |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for row in rows {
+        let size = crate::goals::grouped(row.size as f64);
+        let Some(m) = &row.metrics else {
+            let _ = writeln!(
+                out,
+                "| {size} | – | – | – | – | – | – | – | – | – | {} |",
+                row.status
+            );
+            continue;
+        };
+        let rate = |field: &str| {
+            m[field]
+                .as_f64()
+                .map_or_else(|| "–".to_owned(), crate::goals::grouped)
+        };
+        let number = |field: &str, digits: usize| {
+            m[field]
+                .as_f64()
+                .map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+        };
+        let megabytes = |field: &str| {
+            m[field]
+                .as_f64()
+                .map_or_else(|| "–".to_owned(), |b| format!("{:.1}", b / 1e6))
+        };
+        let versus = m["import_vs_bare_read"]
+            .as_f64()
+            .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
+        let _ = writeln!(
+            out,
+            "| {size} | {} | {} | {} | {} | {} | {versus} | {} | {} | {} | {} |",
+            megabytes("csv_bytes"),
+            number("seconds", 2),
+            rate("rows_per_s"),
+            rate("bare_read_rows_per_s"),
+            number("bare_read_mb_per_s", 1),
+            rate("parse_validate_rows_per_s"),
+            rate("rows_delivered"),
+            megabytes("processing_peak_rss_bytes"),
+            row.status
+        );
+    }
+    out
+}
+
 fn generic_throughput_markdown(rows: &[&WorkloadRow]) -> String {
     let mut out = String::from(
         "\n### Throughput\n\n| workload | size | goal | status | metrics |\n|---|---:|---|---|---|\n",
@@ -329,4 +497,84 @@ fn generic_throughput_markdown(rows: &[&WorkloadRow]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::cold_start::PhaseMedians;
+
+    #[test]
+    fn the_phase_table_shows_every_phase_and_what_is_before_main() {
+        let medians = PhaseMedians {
+            starts: 5,
+            phases: vec![
+                PhaseMedian {
+                    name: "telemetry".into(),
+                    median_us: 120.0,
+                },
+                PhaseMedian {
+                    name: "secret".into(),
+                    median_us: 4000.0,
+                },
+            ],
+            total_us: 4120.0,
+        };
+        let rows = [
+            PhaseRow::new("import", &Ok(medians), Some(13.0)),
+            PhaseRow::new(
+                "oauth",
+                &Err(crate::cold_start::NO_STARTUP_LINE.into()),
+                Some(9.0),
+            ),
+            // Init logged as longer than the whole cold start: clamped at 0.
+            PhaseRow::new(
+                "expiry",
+                &Ok(PhaseMedians {
+                    starts: 5,
+                    phases: Vec::new(),
+                    total_us: 9000.0,
+                }),
+                Some(8.0),
+            ),
+        ];
+        assert_eq!(rows[0].before_main_and_runtime_start_ms, Some(8.88));
+        assert_eq!(rows[2].before_main_and_runtime_start_ms, Some(0.0));
+        let table = phases_markdown(&rows);
+        assert!(
+            table.contains(
+                "| import | 8.88 | 4.12 | telemetry 0.12 · secret 4.00 | 13.0 | measured |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| oauth | – | – | – | 9.00 | no startup line |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn import_rows_show_their_baselines() {
+        let row = WorkloadRow {
+            workload: Workload::Import,
+            function: "import".into(),
+            size: 1_000_000,
+            unit: "CSV rows".into(),
+            goal: Workload::Import.goal().into(),
+            status: MEASURED.into(),
+            metrics: Some(json!({
+                "csv_bytes": 70_600_000, "seconds": 11.7, "rows_per_s": 85_470.0,
+                "bare_read_rows_per_s": 2_000_000.0, "bare_read_mb_per_s": 141.2,
+                "import_vs_bare_read": 0.0427, "parse_validate_rows_per_s": 1_250_000.0,
+                "rows_delivered": 1_000_000, "processing_peak_rss_bytes": 16_700_000,
+            })),
+        };
+        let table = throughput_markdown(&[row]);
+        assert!(
+            table.contains("| 1 000 000 | 70.6 | 11.70 | 85 470 | 2 000 000 | 141.2 | 0.04× | 1 250 000 | 1 000 000 | 16.7 | measured |"),
+            "{table}"
+        );
+    }
 }

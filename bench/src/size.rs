@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
 use crate::build::{describe, run};
@@ -18,7 +18,7 @@ pub const ARM64: &str = "aarch64-unknown-linux-gnu";
 /// The per-bootstrap goal of issue 8.
 pub const GOAL_BYTES: u64 = 8 * 1024 * 1024;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SizeRow {
     pub binary: String,
     pub bootstrap_bytes: u64,
@@ -31,7 +31,7 @@ pub struct SizeRow {
 
 /// A bootstrap's bytes by kind of section. A stripped, LTO'd binary has no symbols
 /// to attribute bytes to crates; the sections still tell code from static tables.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sections {
     /// `.text`: machine code.
     pub code: u64,
@@ -94,7 +94,7 @@ pub fn sections(elf: &[u8]) -> Option<Sections> {
 }
 
 /// A crate linked in more than one version, and who asks for each.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Duplicate {
     pub name: String,
     pub versions: Vec<String>,
@@ -102,7 +102,7 @@ pub struct Duplicate {
     pub pulled_by: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CrateWeight {
     pub name: String,
     pub rlib_bytes: u64,

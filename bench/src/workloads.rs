@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::BenchError;
@@ -27,7 +27,7 @@ pub use dsar_erasure::seed_import_csv;
 pub use export::serve_simulators;
 pub use import::serve_destination;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Workload {
     /// Messages from the simulated HighLevel (rate limiter on, 100 requests / 10 s
@@ -124,7 +124,7 @@ impl Workload {
 }
 
 /// One row of the throughput table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkloadRow {
     pub workload: Workload,
     pub function: String,

@@ -3,6 +3,13 @@
 //! entry point (`import::process::handle_s3`) to a `DestinationSim`: rows/s and the
 //! peak RSS of processing.
 //!
+//! Two baselines, measured in the same run after the processing (so the processing
+//! peak is untouched): the bare streaming read (`GetObject` of the very same object
+//! version from the same emulator, the body read to its end, bytes counted, nothing
+//! parsed) and the parse and validation from memory (the same CSV bytes through
+//! `custody::imports::RowReader` with the import's own format and rules, the
+//! per-row path the function's `stream_rows` runs, without I/O).
+//!
 //! The destination records every batch it accepts, so it runs in its own process
 //! (`custody-bench sim-destination`): its memory is not the function's. The CSV is
 //! generated and uploaded before the measurement, and the peak RSS is reset
@@ -12,6 +19,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use custody::imports::{ParsedRow, RowReader};
 use custody::tenant::TenantId;
 use custody::webhook::RetryPolicy;
 use custody_local::harness::TestStack;
@@ -127,7 +135,26 @@ pub async fn run(rows: u64) -> Result<Value, BenchError> {
     let received: Value =
         serde_json::from_str(received.trim()).map_err(|e| failed("destination report", e))?;
 
+    // The baselines, after the processing peak was read.
+    let bare = bare_read(&deps, &key, &version).await?;
+    if bare.bytes != bytes as u64 {
+        return Err(failed(
+            "bare read",
+            format!("read {} bytes of a {bytes}-byte object", bare.bytes),
+        ));
+    }
+    let parse = parse_validate(&generate_csv(rows), &import)?;
+    if parse.valid != rows {
+        return Err(failed(
+            "parse and validate",
+            format!("{} valid rows of {rows}", parse.valid),
+        ));
+    }
+
     let seconds = elapsed.as_secs_f64();
+    let rows_per_s = rows as f64 / seconds;
+    let bare_s = bare.elapsed.as_secs_f64();
+    let bare_rows_per_s = rows as f64 / bare_s;
     let mut metrics = json!({
         "rows": rows,
         "csv_bytes": bytes,
@@ -139,13 +166,80 @@ pub async fn run(rows: u64) -> Result<Value, BenchError> {
         "batches_delivered": import.batches_delivered,
         "destination_rows_accepted": received["rows"],
         "seconds": seconds,
-        "rows_per_s": rows as f64 / seconds,
+        "rows_per_s": rows_per_s,
+        "bare_read_seconds": bare_s,
+        "bare_read_rows_per_s": bare_rows_per_s,
+        "bare_read_mb_per_s": bytes as f64 / 1e6 / bare_s,
+        "import_vs_bare_read": rows_per_s / bare_rows_per_s,
+        "parse_validate_seconds": parse.elapsed.as_secs_f64(),
+        "parse_validate_rows_per_s": rows as f64 / parse.elapsed.as_secs_f64(),
+        // The parsed bytes are the uploaded ones: their hash is the one the import recorded.
+        "parse_validate_same_bytes": parse.sha256.is_some() && parse.sha256 == import.sha256,
     });
     // The processing peak: measured here, before run() adds the whole-process one.
     if let (Some(object), Some(peak)) = (metrics.as_object_mut(), peak) {
         object.insert("processing_peak_rss_bytes".into(), peak.into());
     }
     Ok(metrics)
+}
+
+/// The bare streaming read: one `GetObject` of the object version, its body read to
+/// the end; nothing parsed or kept.
+struct BareRead {
+    bytes: u64,
+    elapsed: Duration,
+}
+
+async fn bare_read(deps: &Deps, key: &str, version: &str) -> Result<BareRead, BenchError> {
+    let started = Instant::now();
+    let mut body = deps
+        .imports
+        .s3()
+        .get_object()
+        .bucket(deps.imports.bucket())
+        .key(key)
+        .version_id(version)
+        .send()
+        .await
+        .map_err(|e| failed("bare read", custody::aws::error_text(&e)))?
+        .body;
+    let mut bytes = 0u64;
+    while let Some(chunk) = body.next().await {
+        bytes += chunk.map_err(|e| failed("bare read", e))?.len() as u64;
+    }
+    Ok(BareRead {
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The parse and validation from memory: every row of `csv` through the reader the
+/// function's `stream_rows` runs, with the import's format and rules (the SHA-256
+/// of the bytes, computed on the way as in the function, included).
+struct Parsed {
+    valid: u64,
+    sha256: Option<String>,
+    elapsed: Duration,
+}
+
+fn parse_validate(csv: &[u8], import: &custody::imports::Import) -> Result<Parsed, BenchError> {
+    let started = Instant::now();
+    let mut reader = RowReader::new(csv, import.format, import.rules());
+    let mut valid = 0u64;
+    for item in reader.by_ref() {
+        match item.map_err(|e| failed("parse and validate", e))? {
+            ParsedRow::Valid { .. } => valid += 1,
+            ParsedRow::Invalid(error) => {
+                return Err(failed("parse and validate", format!("{error:?}")));
+            }
+        }
+    }
+    let scanned = reader.scanned();
+    Ok(Parsed {
+        valid,
+        sha256: scanned.map(|s| s.sha256),
+        elapsed: started.elapsed(),
+    })
 }
 
 /// `rows` valid rows, each naming a subject by email.
