@@ -22,7 +22,6 @@ use custody::metrics::{self, names};
 use custody::retention::RetentionClass;
 use custody::seal::{Purpose, SealContext};
 use custody::store::keys;
-use custody::subject::PseudonymKey;
 use custody::webhook::{self, MAX_BATCH_ROWS};
 use http::StatusCode;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -827,7 +826,11 @@ async fn accept_rows(
                     .record_data_expiry(tenant, &import.id, import.retention_class, expiry)
                     .await?;
                 let object = ObjectKey::parse(&key).ok_or_else(Problem::internal)?;
-                let pseudonyms = PseudonymKey::derive(&deps.app_secret, tenant);
+                let pseudonyms = deps
+                    .app_secret
+                    .pseudonym_key(tenant)
+                    .await
+                    .map_err(ImportError::from)?;
                 let mut counter = SubjectCounter::new(&deps.imports, &pseudonyms, object, expiry);
                 for found in &subjects {
                     counter.add(found).await?;
@@ -845,8 +848,7 @@ async fn accept_rows(
                     tenant,
                     import.purpose.as_deref(),
                 )
-                .await
-                .map_err(ImportError::from)?;
+                .await?;
                 let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(valid.len());
                 for ((row, _), found) in valid.into_iter().zip(&subjects) {
                     match filter.reason(found) {

@@ -26,7 +26,6 @@ use custody::seal::Sealer;
 use custody::store::Store;
 use custody::webhook::{RetryPolicy, Sender};
 use lambda_runtime::{Error, LambdaEvent};
-use secrecy::SecretSlice;
 use serde_json::Value;
 
 /// The import function's settings, read once.
@@ -61,8 +60,8 @@ pub struct Deps {
     pub audit: AuditLog,
     pub idempotency: Idempotency,
     pub sender: Sender,
-    /// The application secret per-tenant pseudonym keys derive from.
-    pub app_secret: SecretSlice<u8>,
+    /// The application secret per-tenant pseudonym keys derive from (read on first use).
+    pub app_secret: custody::subject::AppSecret,
     pub clock: SharedClock,
 }
 
@@ -72,7 +71,7 @@ impl Deps {
         settings: Settings,
         clients: &Clients,
         http: reqwest::Client,
-        app_secret: SecretSlice<u8>,
+        app_secret: impl Into<custody::subject::AppSecret>,
         clock: SharedClock,
     ) -> Self {
         let store = Store::new(clients.dynamodb.clone(), &config.table, clock.clone());
@@ -84,7 +83,7 @@ impl Deps {
             sender: Sender::new(http, settings.retry),
             config,
             settings,
-            app_secret,
+            app_secret: app_secret.into(),
             clock,
         }
     }

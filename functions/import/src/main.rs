@@ -19,9 +19,9 @@ async fn main() -> Result<(), Error> {
     startup.mark("sdk_config");
     let clients = custody::aws::Clients::new(&sdk);
     startup.mark("clients");
+    // Read on first use, not before the first poll (custody::subject::AppSecret).
     let app_secret =
-        custody::subject::load_app_secret(&clients.secrets, &config.pseudonym_secret_id).await?;
-    startup.mark("secret");
+        custody::subject::AppSecret::lazy(clients.secrets.clone(), &config.pseudonym_secret_id);
     let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
     startup.mark("http_client");
     let deps = std::sync::Arc::new(Deps::new(
@@ -35,7 +35,8 @@ async fn main() -> Result<(), Error> {
     startup.finish();
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         let deps = deps.clone();
-        metrics.flushed(async move { import::handle(&deps, event).await })
+        // Boxed: the handler's future is deep enough to exceed the layout query limit.
+        metrics.flushed(async move { Box::pin(import::handle(&deps, event)).await })
     }))
     .await
 }

@@ -36,7 +36,6 @@ use custody::imports::{
 use custody::metrics::{self, names};
 use custody::seal::{Purpose, SealContext, SealError};
 use custody::store::keys;
-use custody::subject::PseudonymKey;
 use custody::suppression::Reason;
 use custody::tenant::TenantId;
 use custody::webhook::{self, MAX_BATCH_BYTES, MAX_BATCH_ROWS, WebhookError};
@@ -473,7 +472,11 @@ async fn validate(
     deps.imports
         .delete_refs(&object.tenant, &object.refs_prefix())
         .await?;
-    let pseudonyms = PseudonymKey::derive(&deps.app_secret, &object.tenant);
+    let pseudonyms = deps
+        .app_secret
+        .pseudonym_key(&object.tenant)
+        .await
+        .map_err(ImportError::from)?;
     let mut counter = SubjectCounter::new(&deps.imports, &pseudonyms, object.clone(), expires_at);
     let body = get_body(deps, &object.key(), version).await?;
     let (mut rows, reader) = stream_rows(body, import.format, import.rules());
@@ -681,8 +684,7 @@ pub async fn deliver(
         tenant,
         import.purpose.as_deref(),
     )
-    .await
-    .map_err(ImportError::from)?;
+    .await?;
     let mut batches = BatchBuilder::new(import_id);
     let target = Target {
         deps,

@@ -1250,6 +1250,9 @@ pub enum ImportError {
     Store(#[from] StoreError),
     #[error("S3 call failed: {0}")]
     S3(String),
+    /// The pseudonym secret could not be read: ours, a 500.
+    #[error(transparent)]
+    Secret(#[from] crate::domain::subject::SubjectError),
 }
 
 impl HttpError for ImportError {
@@ -1261,6 +1264,9 @@ impl HttpError for ImportError {
             }
             ImportError::Store(e) => e.answer(),
             ImportError::S3(_) => HttpAnswer::internal_logged("import storage error", self),
+            ImportError::Secret(_) => {
+                HttpAnswer::internal_logged("pseudonym secret unreadable", self)
+            }
         }
     }
 }
@@ -1853,14 +1859,22 @@ pub struct RowFilter {
 impl RowFilter {
     /// Loads the list for `purpose` (restricted subjects, and with a purpose those
     /// who withdrew consent for it).
+    /// The secret is read only when someone is suppressed: most deliveries never
+    /// need a pseudonym.
     pub async fn load(
         store: &Store,
-        app_secret: &SecretSlice<u8>,
+        app_secret: &crate::domain::subject::AppSecret,
         tenant: &TenantId,
         purpose: Option<&str>,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, ImportError> {
         let suppressed = Suppressed::load(store, tenant, purpose).await?;
-        Ok(Self::new(suppressed, app_secret, tenant))
+        if suppressed.is_empty() {
+            return Ok(Self {
+                suppressed,
+                key: None,
+            });
+        }
+        Ok(Self::new(suppressed, app_secret.get().await?, tenant))
     }
 
     pub fn new(suppressed: Suppressed, app_secret: &SecretSlice<u8>, tenant: &TenantId) -> Self {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use custody::TenantId;
 use custody::imports::{Status, import_refs_prefix};
-use custody::subject::{Identifier, PseudonymKey};
+use custody::subject::Identifier;
 use custody_local::harness::TestStack;
 use sha2::Digest as _;
 
@@ -73,7 +73,7 @@ async fn csv_rows_reach_the_destination_once_signed_and_invalid_rows_are_reporte
 
     // Subjects are indexed by pseudonym, pointing at the stored object.
     let tenant = TenantId::parse("acme").unwrap();
-    let key = PseudonymKey::derive(&env.deps.app_secret, &tenant);
+    let key = env.deps.app_secret.pseudonym_key(&tenant).await.unwrap();
     let pseudonym = key.pseudonym(&Identifier::email("Person7@Example.com").unwrap());
     let store = env.stack.store(TestStack::system_clock());
     let refs = store
@@ -364,7 +364,7 @@ async fn events_for_unknown_or_foreign_objects_are_ignored() {
 async fn declared_nested_and_aliased_identifiers_are_indexed() {
     let env = env().await;
     let tenant = TenantId::parse("acme").unwrap();
-    let key = PseudonymKey::derive(&env.deps.app_secret, &tenant);
+    let key = env.deps.app_secret.pseudonym_key(&tenant).await.unwrap();
     let store = env.stack.store(TestStack::system_clock());
     let refs_of = |id: Identifier| {
         let store = store.clone();

@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 use custody::privacy::PrivacySettings;
-use custody::subject::{Identifier, IdentifierKind, PseudonymKey};
+use custody::subject::{Identifier, IdentifierKind};
 use custody::suppression::{Scope, lift, suppress};
 use custody::{TenantId, imports::Status};
 use import::http::{Download, RowsAccepted};
@@ -46,7 +46,11 @@ async fn declare(env: &Env, purposes: &[&str]) {
 }
 
 fn pseudonym(env: &Env, kind: IdentifierKind, value: &str) -> String {
-    let key = PseudonymKey::derive(&env.deps.app_secret, &tenant());
+    let key = env
+        .deps
+        .app_secret
+        .key_if_loaded(&tenant())
+        .expect("the tests load the secret");
     key.pseudonym(&Identifier::new(kind, value, None).unwrap())
         .to_string()
 }
