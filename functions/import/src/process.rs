@@ -686,12 +686,14 @@ pub async fn deliver(
     )
     .await?;
     let mut batches = BatchBuilder::new(import_id);
-    let target = Target {
+    let mut target = Target {
         deps,
         import: &import,
         url: &url,
         secret: &secret,
         fence: custody::privacy::FenceWatch::new(deps.imports.store(), tenant),
+        acknowledged: Vec::new(),
+        since: None,
     };
     for (key, version) in objects {
         let body = get_body(deps, &key, version).await?;
@@ -718,8 +720,23 @@ pub async fn deliver(
     {
         return Ok(status);
     }
+    if let Step::Stop(status) = target.checkpoint().await? {
+        return Ok(status);
+    }
     finish_delivery(deps, &import).await
 }
+
+/// Acknowledged batches are recorded on the import together, in one conditional
+/// write per this many batches or per [`CHECKPOINT_INTERVAL`], whichever comes first,
+/// instead of one write per batch (a read and a write of the import item: more than
+/// the delivery itself costs; docs/PERFORMANCE.md). What a crash loses is at most
+/// this many acknowledged batches, which the next run sends again with the same
+/// delivery ids (the receiver deduplicates by id); a failure records every
+/// acknowledged batch before the failure itself.
+const CHECKPOINT_BATCHES: usize = 10;
+/// The longest an acknowledged batch waits to be recorded (and a deleted import goes
+/// on being delivered).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Target<'a> {
     deps: &'a Deps,
@@ -727,10 +744,14 @@ struct Target<'a> {
     url: &'a url::Url,
     secret: &'a SecretString,
     fence: custody::privacy::FenceWatch<'a>,
+    /// Acknowledged batches not yet recorded: (number, rows sent, rows left out).
+    acknowledged: Vec<(u64, usize, LeftOut)>,
+    /// When the oldest of them was acknowledged.
+    since: Option<std::time::Instant>,
 }
 
 impl Target<'_> {
-    async fn send(&self, batch: Batch) -> Result<Step, ProcessError> {
+    async fn send(&mut self, batch: Batch) -> Result<Step, ProcessError> {
         let Batch {
             number,
             rows,
@@ -752,31 +773,58 @@ impl Target<'_> {
                 .deliver(self.url, self.secret, &id, body)
                 .await
         {
+            // What was acknowledged before the failure is recorded first, so a retry
+            // resumes after it.
+            if let Step::Stop(status) = self.checkpoint().await? {
+                return Ok(Step::Stop(status));
+            }
             let status = fail_delivery(self.deps, self.import, &err).await?;
             return Ok(Step::Stop(status));
         }
+        self.acknowledged.push((number, rows, left_out));
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        if self.acknowledged.len() >= CHECKPOINT_BATCHES || since.elapsed() >= CHECKPOINT_INTERVAL {
+            return self.checkpoint().await;
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Records the acknowledged batches on the import, each exactly once: a batch
+    /// advances `batches_delivered` only from its own number, so batches another run
+    /// recorded meanwhile are not counted again.
+    async fn checkpoint(&mut self) -> Result<Step, ProcessError> {
+        if self.acknowledged.is_empty() {
+            return Ok(Step::Continue);
+        }
+        let acknowledged = std::mem::take(&mut self.acknowledged);
+        self.since = None;
+        let mut advanced_rows = 0u64;
         let updated = self
             .deps
             .imports
             .update(&self.import.tenant, &self.import.id, |imp| {
+                advanced_rows = 0;
                 if imp.status != Status::Processing {
                     return Err(ImportError::State(imp.status));
                 }
                 // Counted once: the left-out rows with the batch they were left out of.
-                if imp.batches_delivered == number {
-                    imp.batches_delivered += 1;
-                    imp.rows_delivered += rows as u64;
-                    imp.rows_restricted += left_out.restricted;
-                    imp.rows_consent_withdrawn += left_out.consent_withdrawn;
+                for (number, rows, left_out) in &acknowledged {
+                    if imp.batches_delivered == *number {
+                        imp.batches_delivered += 1;
+                        imp.rows_delivered += *rows as u64;
+                        imp.rows_restricted += left_out.restricted;
+                        imp.rows_consent_withdrawn += left_out.consent_withdrawn;
+                        advanced_rows += *rows as u64;
+                    }
                 }
                 Ok(())
             })
             .await;
         match updated {
-            Ok(imp) => {
-                // Counted once: only the write that advanced past this batch did.
-                if imp.batches_delivered == number + 1 {
-                    metrics::count(names::IMPORT_ROWS_DELIVERED, rows as u64);
+            Ok(_) => {
+                // Counted once: only by the write that advanced past these batches.
+                if advanced_rows > 0 {
+                    metrics::count(names::IMPORT_ROWS_DELIVERED, advanced_rows);
                 }
                 Ok(Step::Continue)
             }

@@ -199,3 +199,40 @@ async fn a_retrys_lost_end_entry_is_written_before_the_next_attempt() {
         vec![failed(0), failed(1), ("import.delivered".to_owned(), 2)]
     );
 }
+
+/// Acknowledged batches are recorded together (`process::CHECKPOINT_BATCHES`), not one
+/// write of the import item per batch; the counts still come out exact.
+#[tokio::test]
+async fn acknowledged_batches_are_recorded_together_and_counted_once() {
+    let env = env().await;
+    let tenant = custody::TenantId::parse("acme").unwrap();
+    let revision = |id: String| {
+        let deps = &env.deps;
+        let tenant = tenant.clone();
+        async move {
+            let import = deps.imports.get(&tenant, &id).await.unwrap().unwrap();
+            assert_eq!(import.status, Status::Delivered);
+            (
+                import.revision,
+                import.batches_delivered,
+                import.rows_delivered,
+            )
+        }
+    };
+    let small = import_file(&env, "csv", "store", csv_rows(1500).as_bytes()).await;
+    let (small_revision, batches, rows) = revision(small.import.id.clone()).await;
+    assert_eq!((batches, rows), (2, 1500));
+    let before = env.dest.rows().len();
+    let large = import_file(&env, "csv", "store", csv_rows(23_500).as_bytes()).await;
+    let (large_revision, batches, rows) = revision(large.import.id.clone()).await;
+    assert_eq!((batches, rows), (24, 23_500));
+    // One write per batch would make 22 more revisions; one per ten batches (or per
+    // second, on a slow machine) makes a handful.
+    assert!(
+        large_revision - small_revision <= 8,
+        "{small_revision} -> {large_revision}"
+    );
+    let ids = delivered_ids(&env.dest);
+    let expected: Vec<String> = (0..23_500).map(|i| format!("row-{i}")).collect();
+    assert_eq!(ids[before..], expected[..], "every row once, in order");
+}
