@@ -7,6 +7,17 @@
 //! scales the window down to [`LIMIT_MAX`] per [`LIMIT_INTERVAL`] so a run spans many
 //! windows. Both simulators hold all their data in memory, so they run in their own
 //! process (`custody-bench sim-export-services`): the peak RSS is the function's.
+//!
+//! Two shapes. `messages` (the rows `make bench` runs): N messages in N/40
+//! conversations, at the scaled rate ceiling; next to the export's share of the
+//! ceiling, `best_case_share` is what one request always in flight gets from the same
+//! limiter (the same client issuing sequential requests, nothing else, for as long as
+//! the export ran, at most [`BEST_CASE_MAX`]). `conversations` (with
+//! `CUSTODY_BENCH_EXPORT_SHAPE=conversations`): N
+//! conversations of one message each, for peak RSS against the number of
+//! conversations; at 10 requests / s 100 000 conversations would take hours, so this
+//! shape raises the simulated limit to [`CONVERSATIONS_LIMIT_MAX`] / s (its share of
+//! the ceiling is against that limit and says little).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -14,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use custody::TenantId;
-use custody::highlevel::Channel;
+use custody::highlevel::{Channel, ExportQuery, HighLevelClient, RetryPolicy};
 use custody::oauth::{Connection, ConnectionStatus, OauthConfig, OauthDeps, ProviderAccount};
 use custody::seal::{Purpose, SealContext};
 use custody::store::keys;
@@ -25,7 +36,7 @@ use export::tokens::OauthTokens;
 use export::{Budget, Deps, ExportConfig, Outcome, TriggerEvent, handle_trigger};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::BenchError;
 
@@ -37,6 +48,54 @@ const DAV_USER: &str = "bench-export";
 const DAV_ROOT: &str = "bench";
 /// Messages per conversation in the generated location.
 const MESSAGES_PER_CONVERSATION: u64 = 40;
+/// The conversations shape's simulated limit per [`LIMIT_INTERVAL`].
+pub const CONVERSATIONS_LIMIT_MAX: u32 = 2_000;
+/// The longest the best case (sequential requests) is measured.
+pub const BEST_CASE_MAX: Duration = Duration::from_secs(60);
+/// Selects the conversations shape for `custody-bench workload export <N>`.
+pub const SHAPE_VAR: &str = "CUSTODY_BENCH_EXPORT_SHAPE";
+/// Tells `sim-export-services` the shape (set by [`run`] on the process it starts).
+const SIM_SHAPE_VAR: &str = "CUSTODY_BENCH_EXPORT_SIM_SHAPE";
+
+/// What the location holds and how fast the simulated API answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `size` messages, 40 per conversation, at the scaled ceiling.
+    Messages,
+    /// `size` conversations of one message each, at a raised limit.
+    Conversations,
+}
+
+impl Shape {
+    fn from_env(var: &str) -> Shape {
+        match std::env::var(var).as_deref() {
+            Ok("conversations") => Shape::Conversations,
+            _ => Shape::Messages,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Messages => "messages",
+            Shape::Conversations => "conversations",
+        }
+    }
+
+    fn limit_max(self) -> u32 {
+        match self {
+            Shape::Messages => LIMIT_MAX,
+            Shape::Conversations => CONVERSATIONS_LIMIT_MAX,
+        }
+    }
+
+    /// `(conversations, messages)` seeded for `size`.
+    fn seed(self, size: u64) -> (u64, u64) {
+        match self {
+            Shape::Messages => ((size / MESSAGES_PER_CONVERSATION).max(1), size),
+            Shape::Conversations => (size.max(1), size.max(1)),
+        }
+    }
+}
 
 const PUT_SETTINGS: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -51,10 +110,18 @@ fn failed(what: &str, err: impl std::fmt::Display) -> BenchError {
     BenchError::Measurement(format!("export workload: {what}: {err}"))
 }
 
-pub async fn run(messages: u64) -> Result<Value, BenchError> {
+/// `custody-bench workload export <size>`: the shape `CUSTODY_BENCH_EXPORT_SHAPE`
+/// names (messages unless it says `conversations`).
+pub async fn run(size: u64) -> Result<Value, BenchError> {
+    run_shape(Shape::from_env(SHAPE_VAR), size).await
+}
+
+async fn run_shape(shape: Shape, size: u64) -> Result<Value, BenchError> {
+    let messages = shape.seed(size).1;
     let exe = std::env::current_exe().map_err(|e| failed("own path", e))?;
     let mut services = tokio::process::Command::new(exe)
-        .args(["sim-export-services", &messages.to_string()])
+        .args(["sim-export-services", &size.to_string()])
+        .env(SIM_SHAPE_VAR, shape.name())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -116,28 +183,62 @@ pub async fn run(messages: u64) -> Result<Value, BenchError> {
         .map_err(|e| failed("run record", e))?
         .ok_or_else(|| failed("run record", "gone"))?;
 
-    drop(services.stdin.take());
+    // The export's counters, then the best case against the same limiter.
+    let mut stdin = services
+        .stdin
+        .take()
+        .ok_or_else(|| failed("simulators", "no stdin"))?;
+    stdin
+        .write_all(b"report\n")
+        .await
+        .map_err(|e| failed("simulator report", e))?;
+    let mut report = String::new();
+    out.read_line(&mut report)
+        .await
+        .map_err(|e| failed("simulator report", e))?;
+    let counters: Value =
+        serde_json::from_str(report.trim()).map_err(|e| failed("simulator report", e))?;
+    let best = best_case(&highlevel_url, &token, elapsed.min(BEST_CASE_MAX)).await?;
+    drop(stdin);
     let mut report = String::new();
     out.read_to_string(&mut report)
         .await
         .map_err(|e| failed("simulator report", e))?;
     let _ = services.wait().await;
-    let counters: Value =
+    let best_counters: Value =
         serde_json::from_str(report.trim()).map_err(|e| failed("simulator report", e))?;
 
     let seconds = elapsed.as_secs_f64();
     let requests = counters["requests"].as_u64().unwrap_or(0);
-    let ceiling = f64::from(LIMIT_MAX) / LIMIT_INTERVAL.as_secs_f64();
+    let ceiling = f64::from(shape.limit_max()) / LIMIT_INTERVAL.as_secs_f64();
+    let best_requests = best_counters["requests"].as_u64().unwrap_or(0);
+    let best_seconds = best.as_secs_f64();
+    let best_share = best_requests as f64 / best_seconds / ceiling;
+    let share = requests as f64 / seconds / ceiling;
+    let (conversations_seeded, _) = shape.seed(size);
     let mut metrics = json!({
+        "shape": shape.name(),
+        "conversations_seeded": conversations_seeded,
         "messages_seeded": messages,
         "messages_exported": exported,
         "conversations": conversations,
         "seconds": seconds,
         "messages_per_s": exported as f64 / seconds,
-        "rate_limit": format!("{LIMIT_MAX} requests / {} s (HighLevel's 100 / 10 s, window scaled down)", LIMIT_INTERVAL.as_secs()),
+        "rate_limit": match shape {
+            Shape::Messages => format!("{LIMIT_MAX} requests / {} s (HighLevel's 100 / 10 s, window scaled down)", LIMIT_INTERVAL.as_secs()),
+            Shape::Conversations => format!("{CONVERSATIONS_LIMIT_MAX} requests / {} s (raised: this shape measures memory)", LIMIT_INTERVAL.as_secs()),
+        },
         "highlevel_requests": requests,
         "requests_per_s": requests as f64 / seconds,
-        "share_of_rate_ceiling": requests as f64 / seconds / ceiling,
+        "share_of_rate_ceiling": share,
+        // One request always in flight (sequential requests through the same client,
+        // nothing else) against the same limiter: what a run without overlap could
+        // reach at best.
+        "best_case_share": best_share,
+        "best_case_seconds": best_seconds,
+        "best_case_requests": best_requests,
+        "best_case_http_429": best_counters["rate_limited"],
+        "share_of_best_case": if best_share > 0.0 { share / best_share } else { 0.0 },
         "http_429": counters["rate_limited"],
         "peak_requests_in_window": counters["peak_in_window"],
         "run_requests": run.requests,
@@ -285,17 +386,18 @@ async fn configure(
 /// `custody-bench sim-export-services <messages>`: HighLevel (rate limiter on, one
 /// seeded location) and WebDAV in a process of their own. Prints their addresses
 /// as one JSON line, serves until stdin closes, then prints HighLevel's counters.
-pub async fn serve_simulators(messages: u64) -> Result<(), BenchError> {
+pub async fn serve_simulators(size: u64) -> Result<(), BenchError> {
+    let shape = Shape::from_env(SIM_SHAPE_VAR);
     let highlevel = HighLevelSim::start(Limits {
-        max: LIMIT_MAX,
+        max: shape.limit_max(),
         interval: LIMIT_INTERVAL,
         daily: 10_000_000,
     })
     .await
     .map_err(|e| failed("HighLevel simulator", e))?;
+    let (conversations, messages) = shape.seed(size);
     let count = usize::try_from(messages).map_err(|e| failed("size", e))?;
-    let conversations = usize::try_from((messages / MESSAGES_PER_CONVERSATION).max(1))
-        .map_err(|e| failed("size", e))?;
+    let conversations = usize::try_from(conversations).map_err(|e| failed("size", e))?;
     highlevel.seed_location(LOCATION, &Seed::small(8, conversations, count));
     let token = highlevel.issue_token(LOCATION);
     let dav_password = format!("dav-pw-{}", ulid_like());
@@ -315,19 +417,61 @@ pub async fn serve_simulators(messages: u64) -> Result<(), BenchError> {
         })
     );
     highlevel.reset_counters();
-    let mut sink = Vec::new();
-    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
-    let counters = highlevel.counters();
-    println!(
-        "{}",
-        json!({
-            "requests": counters.requests,
-            "ok": counters.ok,
-            "rate_limited": counters.rate_limited,
-            "peak_in_window": counters.peak_in_window,
-        })
-    );
+    let report = |highlevel: &HighLevelSim| {
+        let counters = highlevel.counters();
+        highlevel.reset_counters();
+        println!(
+            "{}",
+            json!({
+                "requests": counters.requests,
+                "ok": counters.ok,
+                "rate_limited": counters.rate_limited,
+                "peak_in_window": counters.peak_in_window,
+            })
+        );
+    };
+    // `report` on stdin: the counters so far (then from zero again); end of stdin:
+    // the counters since, and exit.
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "report" {
+            report(&highlevel);
+        }
+    }
+    report(&highlevel);
     Ok(())
+}
+
+/// Sequential requests through a fresh client of the export's kind (its limiter, its
+/// retries) for `duration`: one request always in flight, no other work. Returns how
+/// long it ran; the simulator counts the requests.
+async fn best_case(
+    base_url: &str,
+    token: &str,
+    duration: Duration,
+) -> Result<Duration, BenchError> {
+    let http = custody::http::client(custody::egress::EgressPolicy::LOCAL)
+        .map_err(|e| failed("http client", e))?;
+    let client = HighLevelClient::new(
+        http,
+        base_url,
+        SecretString::from(token.to_owned()),
+        RetryPolicy::default(),
+    )
+    .map_err(|e| failed("best case client", e))?;
+    let query = ExportQuery {
+        location_id: LOCATION.to_owned(),
+        limit: 1,
+        ..ExportQuery::default()
+    };
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        client
+            .export_page(&query)
+            .await
+            .map_err(|e| failed("best case request", e))?;
+    }
+    Ok(started.elapsed())
 }
 
 fn ulid_like() -> String {

@@ -132,23 +132,32 @@ pub fn conversation_file(
     serde_json::to_vec_pretty(&file)
 }
 
+/// The manifest's fields before its list of files.
 #[derive(Serialize)]
-struct Manifest<'a> {
+struct ManifestHeader<'a> {
     format: &'static str,
     run_id: &'a str,
     location_id: &'a str,
     started_at: String,
     window: Window,
     channels: &'a [Channel],
-    totals: Totals,
-    files: Vec<ManifestEntry<'a>>,
+    totals: &'a ManifestTotals,
 }
 
-#[derive(Serialize)]
-struct Totals {
-    conversations: usize,
-    messages: u64,
-    bytes: u64,
+/// The manifest's totals, summed over the run's files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ManifestTotals {
+    pub conversations: u64,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+impl ManifestTotals {
+    pub fn add(&mut self, file: &RunFile) {
+        self.conversations += 1;
+        self.messages += file.messages;
+        self.bytes += file.bytes;
+    }
 }
 
 #[derive(Serialize)]
@@ -160,34 +169,180 @@ struct ManifestEntry<'a> {
     sha256: &'a str,
 }
 
-/// The manifest: every file of the run with its message count and SHA-256.
+/// The manifest (`custody.manifest/v1`): every file of the run with its message count
+/// and SHA-256, encoded one entry at a time, so the run's files never need to be in
+/// memory together (the worker pages them from the table). The bytes are exactly
+/// `serde_json::to_vec_pretty` of the whole document: `format`, `run_id`,
+/// `location_id`, `started_at`, `window`, `channels`, `totals`, `files`.
+pub struct ManifestWriter {
+    out: Vec<u8>,
+    entries: u64,
+}
+
+impl ManifestWriter {
+    /// Starts the manifest; `totals` must be the sums over the files that follow.
+    pub fn new(
+        run: &ExportRun,
+        location_id: &str,
+        totals: &ManifestTotals,
+    ) -> Result<Self, serde_json::Error> {
+        let header = ManifestHeader {
+            format: MANIFEST_FORMAT,
+            run_id: &run.run_id,
+            location_id,
+            started_at: iso(run.started_at),
+            window: window(run),
+            channels: &run.channels,
+            totals,
+        };
+        let mut out = serde_json::to_vec_pretty(&header)?;
+        // The object's closing "\n}" comes back in `finish`.
+        out.truncate(out.len().saturating_sub(2));
+        out.extend_from_slice(b",\n  \"files\": [");
+        Ok(Self { out, entries: 0 })
+    }
+
+    pub fn entry(&mut self, file: &RunFile) -> Result<(), serde_json::Error> {
+        let entry = serde_json::to_vec_pretty(&ManifestEntry {
+            path: &file.path,
+            conversation_id: &file.conversation_id,
+            messages: file.messages,
+            bytes: file.bytes,
+            sha256: &file.sha256,
+        })?;
+        self.out
+            .extend_from_slice(if self.entries == 0 { b"\n" } else { b",\n" });
+        // Indented two levels (inside the object, inside the array); a pretty JSON
+        // string holds no raw newline, so every newline is a line break.
+        self.out.extend_from_slice(b"    ");
+        for byte in entry {
+            self.out.push(byte);
+            if byte == b'\n' {
+                self.out.extend_from_slice(b"    ");
+            }
+        }
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// The bytes so far (the manifest's size grows with its entries).
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        if self.entries == 0 {
+            self.out.extend_from_slice(b"]\n}");
+        } else {
+            self.out.extend_from_slice(b"\n  ]\n}");
+        }
+        self.out
+    }
+}
+
+/// The whole manifest of `files` at once (tests, small runs).
 pub fn manifest(
     run: &ExportRun,
     location_id: &str,
     files: &[RunFile],
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        run_id: &run.run_id,
-        location_id,
-        started_at: iso(run.started_at),
-        window: window(run),
-        channels: &run.channels,
-        totals: Totals {
-            conversations: files.len(),
-            messages: files.iter().map(|f| f.messages).sum(),
-            bytes: files.iter().map(|f| f.bytes).sum(),
-        },
-        files: files
-            .iter()
-            .map(|f| ManifestEntry {
-                path: &f.path,
-                conversation_id: &f.conversation_id,
-                messages: f.messages,
-                bytes: f.bytes,
-                sha256: &f.sha256,
-            })
-            .collect(),
-    };
-    serde_json::to_vec_pretty(&manifest)
+    let mut totals = ManifestTotals::default();
+    files.iter().for_each(|f| totals.add(f));
+    let mut writer = ManifestWriter::new(run, location_id, &totals)?;
+    for file in files {
+        writer.entry(file)?;
+    }
+    Ok(writer.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custody::TenantId;
+
+    /// The manifest as one serde document, the way it was written before it was
+    /// encoded entry by entry.
+    fn whole(run: &ExportRun, location_id: &str, files: &[RunFile]) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Manifest<'a> {
+            format: &'static str,
+            run_id: &'a str,
+            location_id: &'a str,
+            started_at: String,
+            window: Window,
+            channels: &'a [Channel],
+            totals: Totals,
+            files: Vec<ManifestEntry<'a>>,
+        }
+        #[derive(Serialize)]
+        struct Totals {
+            conversations: usize,
+            messages: u64,
+            bytes: u64,
+        }
+        serde_json::to_vec_pretty(&Manifest {
+            format: MANIFEST_FORMAT,
+            run_id: &run.run_id,
+            location_id,
+            started_at: iso(run.started_at),
+            window: window(run),
+            channels: &run.channels,
+            totals: Totals {
+                conversations: files.len(),
+                messages: files.iter().map(|f| f.messages).sum(),
+                bytes: files.iter().map(|f| f.bytes).sum(),
+            },
+            files: files
+                .iter()
+                .map(|f| ManifestEntry {
+                    path: &f.path,
+                    conversation_id: &f.conversation_id,
+                    messages: f.messages,
+                    bytes: f.bytes,
+                    sha256: &f.sha256,
+                })
+                .collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_manifest_written_entry_by_entry_is_the_same_document() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let now = chrono::Utc::now();
+        let run = ExportRun::new(
+            &tenant,
+            "01RUN".into(),
+            crate::model::Trigger::Kick,
+            now,
+            None,
+            now,
+            vec![Channel::Sms, Channel::Email],
+        );
+        let file = |i: u64| RunFile {
+            tenant: tenant.clone(),
+            run_id: run.run_id.clone(),
+            conversation_id: format!("conv\"{i}\n"),
+            path: conversation_path(&format!("conv{i}")),
+            messages: i,
+            bytes: 100 * i,
+            sha256: format!("{i:064}"),
+            expires_at: 0,
+        };
+        for n in [0, 1, 3] {
+            let files: Vec<RunFile> = (1..=n).map(file).collect();
+            let streamed = manifest(&run, "locA", &files).unwrap();
+            assert_eq!(
+                String::from_utf8(streamed.clone()).unwrap(),
+                String::from_utf8(whole(&run, "locA", &files)).unwrap()
+            );
+            let parsed: serde_json::Value = serde_json::from_slice(&streamed).unwrap();
+            assert_eq!(parsed["files"].as_array().unwrap().len(), n as usize);
+            assert_eq!(parsed["totals"]["conversations"], n);
+        }
+    }
 }

@@ -5,17 +5,23 @@
 //!    run at a time (a concurrent duplicate or kick is a no-op).
 //! 2. The run is the tenant's active run (resumed from its checkpoint) or a new one.
 //! 3. Discover: page the export endpoint over the run's window and note each
-//!    conversation touched, page by page (ids only). Write: for each conversation,
-//!    fetch its messages in the window, write one file atomically, record it. Then the
-//!    manifest. The checkpoint is saved after every page and every file.
-//! 4. Near the deadline the run stops at a checkpoint and a one-time schedule continues
-//!    it; on failure it stays active and the next trigger resumes it. Messages pass
-//!    through memory only, one conversation at a time.
+//!    conversation touched, page by page (ids only) on the work list. Write: for each
+//!    conversation, fetch its messages in the window, write one file atomically,
+//!    record it. The two overlap (`Pipeline`): the next discovery page and up to
+//!    `CONVERSATIONS_IN_FLIGHT` conversations run concurrently, paced by the one
+//!    HighLevel client's limiter, and are committed to the checkpoint in work-list
+//!    order. Then the manifest, encoded entry by entry from the run's files read a
+//!    table page at a time.
+//! 4. Near the deadline the run stops launching, waits for the steps in flight, and
+//!    saves its checkpoint; a one-time schedule continues it. On failure it stays
+//!    active and the next trigger resumes it. Messages pass through memory only, at
+//!    most `CONVERSATIONS_IN_FLIGHT` conversations at a time.
 //! 5. A conversation whose contact is suppressed (`crate::suppress`: restricted, or
 //!    withdrew consent for `export` when the settings say so) is not written: no file,
 //!    no manifest entry; only its count on the run moves, with the write position.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,9 +38,12 @@ use custody::metrics::{self, names};
 use custody::schedule::ScheduleError;
 use custody::seal::{Purpose, SealContext};
 use custody::sink::{Receipt, S3Sink, Sink, SinkError, WebDavSink};
-use custody::store::{Condition, Key, StoreError, keys};
+use custody::store::{Condition, Key, PageRequest, StoreError, keys};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::Deps;
 use crate::archive;
@@ -48,7 +57,8 @@ use custody::suppression::Reason;
 /// Actor of the worker's audit entries.
 pub const ACTOR: &str = "system:export";
 /// Time kept back before the Lambda deadline to save the checkpoint and schedule the
-/// continuation; one conversation (fetch + write, with bounded retries) fits in it.
+/// continuation; the conversations in flight at a stop (fetched and written
+/// concurrently, each with bounded retries) finish in it.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(180);
 /// When the continuation of a stopped run fires.
 pub const CONTINUE_AFTER: chrono::Duration = chrono::Duration::minutes(1);
@@ -592,11 +602,11 @@ async fn run(
         token.access_token,
         deps.highlevel_retry,
     ) {
-        Ok(client) => client,
+        Ok(client) => Arc::new(client),
         Err(err) => return fail_run(deps, tenant, &mut run, "highlevel", err.to_string()).await,
     };
     let sink = match open_destination(deps, tenant, &settings).await {
-        Ok(sink) => sink,
+        Ok(sink) => Arc::new(sink),
         Err(detail) => return fail_run(deps, tenant, &mut run, "destination", detail).await,
     };
 
@@ -899,12 +909,20 @@ async fn checkpoint(deps: &Deps, run: &mut ExportRun) -> Result<(), StoreError> 
     deps.store.put(run).await
 }
 
+/// Conversations in flight at once (fetched, checked and written concurrently). The
+/// HighLevel client's limiter paces their requests: this only has to be enough to keep
+/// its window full while destination and table writes are under way, and bounds the
+/// messages in memory to this many conversations.
+pub const CONVERSATIONS_IN_FLIGHT: usize = 16;
+/// Run files per table page while the manifest is written.
+const MANIFEST_PAGE: i32 = 500;
+
 async fn drive(
     deps: &Deps,
     run: &mut ExportRun,
     location_id: &str,
-    client: &HighLevelClient,
-    sink: &AnySink,
+    client: &Arc<HighLevelClient>,
+    sink: &Arc<AnySink>,
     budget: &Budget,
     exclude_withdrawn_consent: bool,
 ) -> Result<Progress, StepError> {
@@ -912,169 +930,25 @@ async fn drive(
     // sweep then comes after this run's last write.
     let tenant = run.tenant.clone();
     let fence = custody::privacy::FenceWatch::new(&deps.store, &tenant);
-    let plan = plan(&run.channels);
     let pk = keys::tenant(&run.tenant);
     let dir = archive::run_dir(location_id, run);
-    let mut discovered: Option<HashSet<String>> = None;
-    // Who is left out: loaded once per invocation, before its first conversation.
-    let mut exclusions: Option<Exclusions> = None;
     loop {
         match run.phase {
-            Phase::Discover => {
-                let Some(channel) = plan.get(run.plan_pos as usize).copied() else {
-                    run.phase = Phase::Write;
-                    run.write_page = 0;
-                    run.write_offset = 0;
-                    checkpoint(deps, run).await?;
-                    continue;
-                };
-                if budget.exhausted() {
-                    return Ok(Progress::OutOfTime);
+            Phase::Discover | Phase::Write => {
+                let context = Arc::new(Context {
+                    deps: deps.clone(),
+                    client: client.clone(),
+                    sink: sink.clone(),
+                    run: run.clone(),
+                    location_id: location_id.to_owned(),
+                    plan: plan(&run.channels),
+                    dir: dir.clone(),
+                });
+                let mut pipeline = Pipeline::new(context, run, exclude_withdrawn_consent);
+                match pipeline.drive(run, budget, &fence).await? {
+                    Some(stop) => return Ok(stop),
+                    None => continue,
                 }
-                if fence.closing().await? {
-                    return Ok(Progress::AccountClosing);
-                }
-                let seen = match &mut discovered {
-                    Some(seen) => seen,
-                    None => {
-                        let pages = deps
-                            .store
-                            .query_all::<RunPage>(&pk, &format!("RUNPAGE#{}#", run.run_id))
-                            .await?;
-                        discovered.insert(
-                            pages
-                                .into_iter()
-                                .filter(|p| p.page < run.pages)
-                                .flat_map(|p| p.conversation_ids)
-                                .collect(),
-                        )
-                    }
-                };
-                let mut request = query(run, location_id, channel);
-                request.cursor = run.cursor.clone();
-                let page = client.export_page(&request).await?;
-                let mut fresh = Vec::new();
-                for message in &page.messages {
-                    if selected(&run.channels, message)
-                        && seen.insert(message.conversation_id.clone())
-                    {
-                        fresh.push(message.conversation_id.clone());
-                    }
-                }
-                if !fresh.is_empty() {
-                    deps.store
-                        .put(&RunPage {
-                            tenant: run.tenant.clone(),
-                            run_id: run.run_id.clone(),
-                            page: run.pages,
-                            conversation_ids: fresh,
-                            expires_at: run.expires_at,
-                        })
-                        .await?;
-                    run.pages += 1;
-                }
-                match page.next_cursor {
-                    Some(cursor) if !page.messages.is_empty() => run.cursor = Some(cursor),
-                    _ => {
-                        run.cursor = None;
-                        run.plan_pos += 1;
-                    }
-                }
-                checkpoint(deps, run).await?;
-            }
-            Phase::Write => {
-                if run.write_page >= run.pages {
-                    run.phase = Phase::Manifest;
-                    checkpoint(deps, run).await?;
-                    continue;
-                }
-                let key = Key::new(
-                    pk.clone(),
-                    keys::export_run_page(&run.run_id, run.write_page),
-                );
-                let page = deps.store.get::<RunPage>(&key).await?.ok_or_else(|| {
-                    StepError::Checkpoint(format!(
-                        "page {} of the work list is missing",
-                        run.write_page
-                    ))
-                })?;
-                while let Some(conversation_id) =
-                    page.conversation_ids.get(run.write_offset as usize)
-                {
-                    if budget.exhausted() {
-                        return Ok(Progress::OutOfTime);
-                    }
-                    if fence.closing().await? {
-                        return Ok(Progress::AccountClosing);
-                    }
-                    let messages =
-                        conversation_messages(run, location_id, conversation_id, client, &plan)
-                            .await?;
-                    let excluded = match &exclusions {
-                        Some(loaded) => loaded,
-                        None => exclusions.insert(
-                            Exclusions::load(
-                                &deps.store,
-                                &deps.app_secret,
-                                &tenant,
-                                exclude_withdrawn_consent,
-                            )
-                            .await?,
-                        ),
-                    };
-                    if let Some(reason) = excluded.reason(&messages) {
-                        drop(messages);
-                        // A file of this run for it from before the subject was left
-                        // out (an invocation stopped between the file and its
-                        // checkpoint) leaves the manifest too.
-                        deps.store
-                            .delete(&Key::new(
-                                pk.clone(),
-                                keys::export_run_file(&run.run_id, conversation_id),
-                            ))
-                            .await?;
-                        // Moved with the write position in one checkpoint: a resumed or
-                        // retried run counts each conversation once.
-                        match reason {
-                            Reason::Restricted => run.conversations_restricted += 1,
-                            Reason::ConsentWithdrawn => run.conversations_consent_withdrawn += 1,
-                        }
-                        run.write_offset += 1;
-                        checkpoint(deps, run).await?;
-                        continue;
-                    }
-                    let content =
-                        archive::conversation_file(run, location_id, conversation_id, &messages)
-                            .map_err(|e| StepError::Encode(e.to_string()))?;
-                    let count = messages.len() as u64;
-                    drop(messages);
-                    let path = archive::conversation_path(conversation_id);
-                    let receipt = sink
-                        .put(&format!("{dir}/{path}"), Bytes::from(content))
-                        .await?;
-                    deps.store
-                        .put(&RunFile {
-                            tenant: run.tenant.clone(),
-                            run_id: run.run_id.clone(),
-                            conversation_id: conversation_id.clone(),
-                            path,
-                            messages: count,
-                            bytes: receipt.bytes,
-                            sha256: receipt.sha256,
-                            expires_at: run.expires_at,
-                        })
-                        .await?;
-                    run.write_offset += 1;
-                    run.conversations += 1;
-                    run.messages += count;
-                    run.bytes += receipt.bytes;
-                    metrics::count(names::EXPORT_MESSAGES, count);
-                    metrics::count(names::EXPORT_BYTES, receipt.bytes);
-                    checkpoint(deps, run).await?;
-                }
-                run.write_page += 1;
-                run.write_offset = 0;
-                checkpoint(deps, run).await?;
             }
             Phase::Manifest => {
                 if budget.exhausted() {
@@ -1083,16 +957,34 @@ async fn drive(
                 if fence.closing().await? {
                     return Ok(Progress::AccountClosing);
                 }
-                let files = deps
-                    .store
-                    .query_all::<RunFile>(&pk, &format!("RUNFILE#{}#", run.run_id))
-                    .await?;
-                let content = archive::manifest(run, location_id, &files)
+                let prefix = format!("RUNFILE#{}#", run.run_id);
+                // Two passes over the run's files, a page at a time: the totals come
+                // before the list in the document.
+                let mut totals = archive::ManifestTotals::default();
+                run_files(deps, &pk, &prefix, |file| {
+                    totals.add(&file);
+                    Ok(())
+                })
+                .await?;
+                let mut writer = archive::ManifestWriter::new(run, location_id, &totals)
                     .map_err(|e| StepError::Encode(e.to_string()))?;
+                let mut listed = archive::ManifestTotals::default();
+                run_files(deps, &pk, &prefix, |file| {
+                    listed.add(&file);
+                    writer
+                        .entry(&file)
+                        .map_err(|e| StepError::Encode(e.to_string()))
+                })
+                .await?;
+                if listed != totals {
+                    return Err(StepError::Checkpoint(
+                        "the run's files changed while the manifest was written".into(),
+                    ));
+                }
                 let receipt = sink
                     .put(
                         &format!("{dir}/{}", archive::MANIFEST_NAME),
-                        Bytes::from(content),
+                        Bytes::from(writer.finish()),
                     )
                     .await?;
                 run.bytes += receipt.bytes;
@@ -1103,6 +995,514 @@ async fn drive(
             Phase::Done => return Ok(Progress::Done),
         }
     }
+}
+
+/// Calls `each` with every file of the run, in sort-key order, one table page at a time.
+async fn run_files(
+    deps: &Deps,
+    pk: &str,
+    prefix: &str,
+    mut each: impl FnMut(RunFile) -> Result<(), StepError>,
+) -> Result<(), StepError> {
+    let mut request = PageRequest {
+        limit: Some(MANIFEST_PAGE),
+        ..PageRequest::default()
+    };
+    loop {
+        let page = deps.store.query::<RunFile>(pk, prefix, &request).await?;
+        for file in page.items {
+            each(file)?;
+        }
+        match page.next_cursor {
+            Some(cursor) => request.cursor = Some(cursor),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// What the concurrent steps of a run share.
+struct Context {
+    deps: Deps,
+    client: Arc<HighLevelClient>,
+    sink: Arc<AnySink>,
+    /// The run as the invocation found it: the fields a file depends on (id, start,
+    /// window, channels) never change.
+    run: ExportRun,
+    location_id: String,
+    plan: Vec<Option<Channel>>,
+    dir: String,
+}
+
+/// What one conversation step did.
+#[derive(Debug, Clone, Copy)]
+enum Written {
+    File {
+        messages: u64,
+        bytes: u64,
+    },
+    /// Left out: its contact is suppressed.
+    Excluded(Reason),
+    /// Nothing to do (a work-list page already written to its end).
+    Nothing,
+}
+
+/// The result of a concurrent task.
+enum StepEvent {
+    /// One discovery page.
+    Page(Result<custody::highlevel::ExportPage, HighLevelError>),
+    /// The conversation step with this sequence number.
+    Conversation(u64, Result<Written, StepError>),
+}
+
+/// A conversation step launched, in work-list order.
+struct Slot {
+    page: u32,
+    offset: u32,
+    /// The last conversation of its page: committing it moves to the next page.
+    last_in_page: bool,
+    done: Option<Written>,
+}
+
+/// A conversation read from the work list, not launched yet.
+struct Pending {
+    page: u32,
+    offset: u32,
+    last_in_page: bool,
+    conversation_id: Option<String>,
+}
+
+/// Discovery and writing, overlapped: the next discovery page and up to
+/// [`CONVERSATIONS_IN_FLIGHT`] conversations are fetched and written concurrently, all
+/// paced by the one HighLevel client. Results are committed to the checkpoint in
+/// work-list order only (the write position moves over the finished prefix), so the
+/// checkpoint stays exact: a conversation after it may have been written already, and
+/// a resumed run writes it again with the same bytes at the same path (as after a
+/// crash between a file and its checkpoint), counting it once. Tasks are never
+/// abandoned: on a stop or an error nothing new starts and every task in flight is
+/// waited for (a dropped write could leave a partial file behind), then the finished
+/// prefix is committed.
+struct Pipeline {
+    context: Arc<Context>,
+    exclude_withdrawn_consent: bool,
+    tasks: JoinSet<StepEvent>,
+    discovering: bool,
+    conversations_in_flight: usize,
+    /// Launched steps from the oldest not yet committed; `base` is its sequence number.
+    window: VecDeque<Slot>,
+    base: u64,
+    /// Read from the work list, not launched.
+    queue: VecDeque<Pending>,
+    /// The next work-list page to read, and where in it to start.
+    next_page: u32,
+    start_offset: u32,
+    /// Digests of the conversation ids on the work list's pages so far (discovery).
+    discovered: Option<HashSet<[u8; 16]>>,
+    exclusions: Option<Arc<Exclusions>>,
+    /// The account is being deleted: steps in flight finish, but the run item is not
+    /// written again (the purge deletes it).
+    closing: bool,
+}
+
+/// A conversation id's place in the discovery set: 128 bits of its SHA-256 (16 bytes
+/// per conversation instead of the id's string).
+fn digest(conversation_id: &str) -> [u8; 16] {
+    let hash = Sha256::digest(conversation_id.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hash[..16]);
+    out
+}
+
+impl Pipeline {
+    fn new(context: Arc<Context>, run: &ExportRun, exclude_withdrawn_consent: bool) -> Self {
+        Self {
+            context,
+            exclude_withdrawn_consent,
+            tasks: JoinSet::new(),
+            discovering: false,
+            conversations_in_flight: 0,
+            window: VecDeque::new(),
+            base: 0,
+            queue: VecDeque::new(),
+            next_page: run.write_page,
+            start_offset: run.write_offset,
+            discovered: None,
+            exclusions: None,
+            closing: false,
+        }
+    }
+
+    /// Runs until discovery and writing are done (`None`: the run is at the manifest)
+    /// or the invocation must stop.
+    async fn drive(
+        &mut self,
+        run: &mut ExportRun,
+        budget: &Budget,
+        fence: &custody::privacy::FenceWatch<'_>,
+    ) -> Result<Option<Progress>, StepError> {
+        let mut stop: Option<Result<Progress, StepError>> = None;
+        loop {
+            if stop.is_none() {
+                match self.launch(run, budget, fence).await {
+                    Ok(Some(progress)) => {
+                        self.closing = matches!(progress, Progress::AccountClosing);
+                        stop = Some(Ok(progress));
+                    }
+                    Ok(None) => {}
+                    Err(err) => stop = Some(Err(err)),
+                }
+            }
+            if self.tasks.is_empty() {
+                if let Some(end) = stop {
+                    return end.map(Some);
+                }
+                if run.phase == Phase::Write
+                    && self.queue.is_empty()
+                    && self.next_page >= run.pages
+                    && self.window.is_empty()
+                {
+                    run.phase = Phase::Manifest;
+                    checkpoint(&self.context.deps, run).await?;
+                    return Ok(None);
+                }
+                // Not reached: with nothing in flight, `launch` started something or
+                // the run moved on.
+                return Err(StepError::Checkpoint(format!(
+                    "the run is stuck at page {} of {} (phase {:?})",
+                    run.write_page, run.pages, run.phase
+                )));
+            }
+            let event = match self.tasks.join_next().await {
+                Some(Ok(event)) => event,
+                Some(Err(err)) => {
+                    // A task panicked: its step is not committed; stop.
+                    if stop.as_ref().is_none_or(Result::is_ok) {
+                        stop = Some(Err(StepError::Checkpoint(format!(
+                            "an export step failed: {err}"
+                        ))));
+                    }
+                    continue;
+                }
+                None => continue,
+            };
+            let handled = match event {
+                StepEvent::Page(page) => {
+                    self.discovering = false;
+                    match page {
+                        Ok(page) => self.discovered_page(run, page).await,
+                        Err(err) => Err(err.into()),
+                    }
+                }
+                StepEvent::Conversation(seq, result) => {
+                    self.conversations_in_flight -= 1;
+                    match result {
+                        Ok(written) => {
+                            let at = usize::try_from(seq - self.base).unwrap_or(usize::MAX);
+                            if let Some(slot) = self.window.get_mut(at) {
+                                slot.done = Some(written);
+                            }
+                            self.commit(run).await
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
+            };
+            if let Err(err) = handled {
+                // The first error is the one reported; a stop for time or the fence
+                // yields to it (the run failed, the next trigger resumes it).
+                if stop.as_ref().is_none_or(Result::is_ok) {
+                    stop = Some(Err(err));
+                }
+            }
+        }
+    }
+
+    /// Starts what may start now: the next discovery page, and conversations up to the
+    /// limit. `Some` when the invocation must stop.
+    async fn launch(
+        &mut self,
+        run: &mut ExportRun,
+        budget: &Budget,
+        fence: &custody::privacy::FenceWatch<'_>,
+    ) -> Result<Option<Progress>, StepError> {
+        let context = self.context.clone();
+        let deps = &context.deps;
+        if run.phase == Phase::Discover && !self.discovering {
+            match self.context.plan.get(run.plan_pos as usize).copied() {
+                None => {
+                    run.phase = Phase::Write;
+                    checkpoint(deps, run).await?;
+                }
+                Some(channel) => {
+                    if budget.exhausted() {
+                        return Ok(Some(Progress::OutOfTime));
+                    }
+                    if fence.closing().await? {
+                        return Ok(Some(Progress::AccountClosing));
+                    }
+                    if self.discovered.is_none() {
+                        let pages = deps
+                            .store
+                            .query_all::<RunPage>(
+                                &keys::tenant(&run.tenant),
+                                &format!("RUNPAGE#{}#", run.run_id),
+                            )
+                            .await?;
+                        self.discovered = Some(
+                            pages
+                                .into_iter()
+                                .filter(|p| p.page < run.pages)
+                                .flat_map(|p| p.conversation_ids)
+                                .map(|id| digest(&id))
+                                .collect(),
+                        );
+                    }
+                    let mut request = query(run, &self.context.location_id, channel);
+                    request.cursor = run.cursor.clone();
+                    let client = self.context.client.clone();
+                    self.tasks.spawn(
+                        async move { StepEvent::Page(client.export_page(&request).await) }
+                            .in_current_span(),
+                    );
+                    self.discovering = true;
+                }
+            }
+        }
+        // Keep the work list read a little ahead of the launches.
+        while self.queue.len() < CONVERSATIONS_IN_FLIGHT && self.next_page < run.pages {
+            self.read_page(run).await?;
+        }
+        while self.conversations_in_flight < CONVERSATIONS_IN_FLIGHT {
+            let Some(pending) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(conversation_id) = pending.conversation_id else {
+                // A page already written to its end: only the position moves.
+                self.window.push_back(Slot {
+                    page: pending.page,
+                    offset: pending.offset,
+                    last_in_page: true,
+                    done: Some(Written::Nothing),
+                });
+                self.commit(run).await?;
+                continue;
+            };
+            if budget.exhausted() {
+                return Ok(Some(Progress::OutOfTime));
+            }
+            if fence.closing().await? {
+                return Ok(Some(Progress::AccountClosing));
+            }
+            let exclusions = match &self.exclusions {
+                Some(loaded) => loaded.clone(),
+                None => {
+                    // Who is left out: loaded once per invocation, before its first
+                    // conversation.
+                    let loaded = Arc::new(
+                        Exclusions::load(
+                            &deps.store,
+                            &deps.app_secret,
+                            &run.tenant,
+                            self.exclude_withdrawn_consent,
+                        )
+                        .await?,
+                    );
+                    self.exclusions.insert(loaded).clone()
+                }
+            };
+            let seq = self.base + self.window.len() as u64;
+            self.window.push_back(Slot {
+                page: pending.page,
+                offset: pending.offset,
+                last_in_page: pending.last_in_page,
+                done: None,
+            });
+            let context = self.context.clone();
+            self.tasks.spawn(
+                async move {
+                    let result = conversation(&context, &exclusions, &conversation_id).await;
+                    StepEvent::Conversation(seq, result)
+                }
+                .in_current_span(),
+            );
+            self.conversations_in_flight += 1;
+        }
+        Ok(None)
+    }
+
+    /// Reads the next page of the work list into the queue.
+    async fn read_page(&mut self, run: &ExportRun) -> Result<(), StepError> {
+        let number = self.next_page;
+        let key = Key::new(
+            keys::tenant(&run.tenant),
+            keys::export_run_page(&run.run_id, number),
+        );
+        let page = self
+            .context
+            .deps
+            .store
+            .get::<RunPage>(&key)
+            .await?
+            .ok_or_else(|| {
+                StepError::Checkpoint(format!("page {number} of the work list is missing"))
+            })?;
+        let start = std::mem::take(&mut self.start_offset);
+        let count = u32::try_from(page.conversation_ids.len()).unwrap_or(u32::MAX);
+        if start >= count {
+            self.queue.push_back(Pending {
+                page: number,
+                offset: start,
+                last_in_page: true,
+                conversation_id: None,
+            });
+        }
+        for (offset, id) in (0u32..).zip(page.conversation_ids).skip(start as usize) {
+            self.queue.push_back(Pending {
+                page: number,
+                offset,
+                last_in_page: offset + 1 == count,
+                conversation_id: Some(id),
+            });
+        }
+        self.next_page += 1;
+        Ok(())
+    }
+
+    /// Notes a discovery page's new conversations on the work list.
+    async fn discovered_page(
+        &mut self,
+        run: &mut ExportRun,
+        page: custody::highlevel::ExportPage,
+    ) -> Result<(), StepError> {
+        let deps = &self.context.deps;
+        let seen = self.discovered.get_or_insert_with(HashSet::new);
+        let mut fresh = Vec::new();
+        for message in &page.messages {
+            if selected(&run.channels, message) && seen.insert(digest(&message.conversation_id)) {
+                fresh.push(message.conversation_id.clone());
+            }
+        }
+        if !fresh.is_empty() {
+            deps.store
+                .put(&RunPage {
+                    tenant: run.tenant.clone(),
+                    run_id: run.run_id.clone(),
+                    page: run.pages,
+                    conversation_ids: fresh,
+                    expires_at: run.expires_at,
+                })
+                .await?;
+            run.pages += 1;
+        }
+        match page.next_cursor {
+            Some(cursor) if !page.messages.is_empty() => run.cursor = Some(cursor),
+            _ => {
+                run.cursor = None;
+                run.plan_pos += 1;
+            }
+        }
+        checkpoint(deps, run).await?;
+        Ok(())
+    }
+
+    /// Moves the write position over the finished prefix of the launched steps,
+    /// counting each, in one checkpoint.
+    async fn commit(&mut self, run: &mut ExportRun) -> Result<(), StepError> {
+        let mut moved = false;
+        while let Some(Slot {
+            page,
+            offset,
+            last_in_page,
+            done: Some(written),
+        }) = self.window.front()
+        {
+            let (page, offset, last_in_page, written) = (*page, *offset, *last_in_page, *written);
+            self.window.pop_front();
+            self.base += 1;
+            match written {
+                Written::File { messages, bytes } => {
+                    run.conversations += 1;
+                    run.messages += messages;
+                    run.bytes += bytes;
+                    metrics::count(names::EXPORT_MESSAGES, messages);
+                    metrics::count(names::EXPORT_BYTES, bytes);
+                }
+                // Moved with the write position in one checkpoint: a resumed or
+                // retried run counts each conversation once.
+                Written::Excluded(Reason::Restricted) => run.conversations_restricted += 1,
+                Written::Excluded(Reason::ConsentWithdrawn) => {
+                    run.conversations_consent_withdrawn += 1
+                }
+                Written::Nothing => {}
+            }
+            if last_in_page {
+                run.write_page = page + 1;
+                run.write_offset = 0;
+            } else {
+                run.write_page = page;
+                run.write_offset = offset + 1;
+            }
+            moved = true;
+        }
+        if moved && !self.closing {
+            checkpoint(&self.context.deps, run).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One conversation: its messages fetched, checked against who is left out, and its
+/// file written and recorded.
+async fn conversation(
+    context: &Context,
+    exclusions: &Exclusions,
+    conversation_id: &str,
+) -> Result<Written, StepError> {
+    let Context {
+        deps,
+        client,
+        sink,
+        run,
+        location_id,
+        plan,
+        dir,
+    } = context;
+    let file_key = Key::new(
+        keys::tenant(&run.tenant),
+        keys::export_run_file(&run.run_id, conversation_id),
+    );
+    let messages = conversation_messages(run, location_id, conversation_id, client, plan).await?;
+    if let Some(reason) = exclusions.reason(&messages) {
+        drop(messages);
+        // A file of this run for it from before the subject was left out (an
+        // invocation stopped between the file and its checkpoint) leaves the manifest
+        // too.
+        deps.store.delete(&file_key).await?;
+        return Ok(Written::Excluded(reason));
+    }
+    let content = archive::conversation_file(run, location_id, conversation_id, &messages)
+        .map_err(|e| StepError::Encode(e.to_string()))?;
+    let count = messages.len() as u64;
+    drop(messages);
+    let path = archive::conversation_path(conversation_id);
+    let receipt = sink
+        .put(&format!("{dir}/{path}"), Bytes::from(content))
+        .await?;
+    deps.store
+        .put(&RunFile {
+            tenant: run.tenant.clone(),
+            run_id: run.run_id.clone(),
+            conversation_id: conversation_id.to_owned(),
+            path,
+            messages: count,
+            bytes: receipt.bytes,
+            sha256: receipt.sha256,
+            expires_at: run.expires_at,
+        })
+        .await?;
+    Ok(Written::File {
+        messages: count,
+        bytes: receipt.bytes,
+    })
 }
 
 /// Every message of one conversation in the run's window and channels, in order.

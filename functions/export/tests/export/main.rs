@@ -7,6 +7,7 @@ mod audit_log;
 mod aws_faults;
 mod faults;
 mod notices;
+mod pipeline;
 mod privacy;
 mod resume;
 mod suppression;
