@@ -308,6 +308,9 @@ async fn cold_start_only(root: &Path, options: &Options) -> Result<String, Bench
     let stack = LocalStack::provision(root, &custody_local::harness::unique_stage()).await?;
     let cold =
         cold_start_section(&workspace, &stack, baseline, launcher, &built, options.runs).await;
+    // Beside it, what the first invocation pays (dependencies built on first use).
+    eprintln!("== first invocation");
+    let first_rows = first_invocation_rows(root, &stack, &built).await;
     let mut results = read_results(out)?;
     let object = results
         .as_object_mut()
@@ -317,9 +320,15 @@ async fn cold_start_only(root: &Path, options: &Options) -> Result<String, Bench
         serde_json::to_value(&cold).map_err(|e| BenchError::Measurement(e.to_string()))?,
     );
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    object.insert(
+        "first_invocation".into(),
+        serde_json::to_value(&first_rows).map_err(|e| BenchError::Measurement(e.to_string()))?,
+    );
     object.insert("cold_start_generated_at".into(), now.into());
     let goals = write_with_goals(out, results)?;
-    Ok(custody_bench::report::cold_start_markdown(&cold) + &goals)
+    Ok(custody_bench::report::cold_start_markdown(&cold)
+        + &custody_bench::report::first_invocation_markdown(&first_rows)
+        + &goals)
 }
 
 async fn bench(root: &Path, options: &Options) -> Result<Results, BenchError> {
@@ -338,18 +347,7 @@ async fn bench(root: &Path, options: &Options) -> Result<Results, BenchError> {
         cold_start_section(&workspace, &stack, baseline, launcher, &built, options.runs).await;
 
     eprintln!("== first invocation");
-    let mut first_rows = Vec::new();
-    for (function, binary) in &built {
-        let row = match binary {
-            Err(reason) => FirstInvocationRow {
-                function: function.binary.clone(),
-                status: reason.clone(),
-                measured: None,
-            },
-            Ok(program) => first_invocation_row(root, &stack, function, program).await,
-        };
-        first_rows.push(row);
-    }
+    let first_rows = first_invocation_rows(root, &stack, &built).await;
 
     let size = if options.skip_size {
         skipped_size("skipped (--skip-size)")
@@ -533,6 +531,26 @@ fn build_host(workspace: &Workspace) -> Result<(PathBuf, Built), BenchError> {
         })
         .collect();
     Ok((baseline_path, built))
+}
+
+async fn first_invocation_rows(
+    root: &Path,
+    stack: &LocalStack,
+    built: &Built,
+) -> Vec<FirstInvocationRow> {
+    let mut rows = Vec::new();
+    for (function, binary) in built {
+        let row = match binary {
+            Err(reason) => FirstInvocationRow {
+                function: function.binary.clone(),
+                status: reason.clone(),
+                measured: None,
+            },
+            Ok(program) => first_invocation_row(root, stack, function, program).await,
+        };
+        rows.push(row);
+    }
+    rows
 }
 
 async fn first_invocation_row(

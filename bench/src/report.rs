@@ -155,37 +155,7 @@ pub fn markdown(results: &Results) -> String {
 
     out.push_str(&cold_start_markdown(&results.cold_start));
 
-    out.push_str("\n### First invocation against the local emulator (fresh process)\n\n");
-    out.push_str("| function | event | cold start ms | first invocation ms | second (warm) ms | result | status |\n");
-    out.push_str("|---|---|---:|---:|---:|---|---|\n");
-    for row in &results.first_invocation {
-        match &row.measured {
-            Some(f) => {
-                let result = match (&f.status_code, &f.error) {
-                    (Some(code), _) => format!("HTTP {code}"),
-                    (None, Some(err)) => format!("error: {err}"),
-                    (None, None) => "ok".to_owned(),
-                };
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} | {result} | {} |",
-                    f.function,
-                    f.event,
-                    ms(f.cold_start_ms),
-                    ms(f.first_invocation_ms),
-                    ms(f.second_invocation_ms),
-                    row.status
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "| {} | – | – | – | – | – | {} |",
-                    row.function, row.status
-                );
-            }
-        }
-    }
+    out.push_str(&first_invocation_markdown(&results.first_invocation));
 
     let size = &results.size;
     let _ = writeln!(
@@ -251,6 +221,44 @@ pub fn markdown(results: &Results) -> String {
 }
 
 /// The cold start tables: the timed rounds, then where each function's init goes.
+/// The first-invocation table: what a fresh process pays on its first event (the
+/// dependencies built on first use, the first connections) beside a warm one.
+pub fn first_invocation_markdown(rows: &[FirstInvocationRow]) -> String {
+    let mut out = String::new();
+    out.push_str("\n### First invocation against the local emulator (fresh process)\n\n");
+    out.push_str("| function | event | cold start ms | first invocation ms | second (warm) ms | result | status |\n");
+    out.push_str("|---|---|---:|---:|---:|---|---|\n");
+    for row in rows {
+        match &row.measured {
+            Some(f) => {
+                let result = match (&f.status_code, &f.error) {
+                    (Some(code), _) => format!("HTTP {code}"),
+                    (None, Some(err)) => format!("error: {err}"),
+                    (None, None) => "ok".to_owned(),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {result} | {} |",
+                    f.function,
+                    f.event,
+                    ms(f.cold_start_ms),
+                    ms(f.first_invocation_ms),
+                    ms(f.second_invocation_ms),
+                    row.status
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "| {} | – | – | – | – | – | {} |",
+                    row.function, row.status
+                );
+            }
+        }
+    }
+    out
+}
+
 pub fn cold_start_markdown(cs: &ColdStart) -> String {
     let mut out = String::new();
     let _ = writeln!(

@@ -1,6 +1,6 @@
 //! Wiring only: telemetry, configuration (read once, naming any missing variable),
-//! clients built once, then `lib.rs` handles S3 lifecycle notifications and DynamoDB
-//! stream records.
+//! clients built once on the first invocation, then `lib.rs` handles S3 lifecycle
+//! notifications and DynamoDB stream records.
 
 use expiry::Deps;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
@@ -16,13 +16,19 @@ async fn main() -> Result<(), Error> {
     startup.mark("config");
     let sdk = custody::aws::lambda_sdk_config()?;
     startup.mark("sdk_config");
-    let clients = custody::aws::Clients::new(&sdk);
-    let deps = std::sync::Arc::new(Deps::new(&config, &clients, custody::clock::system()));
-    startup.mark("clients");
     startup.finish();
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
-        let deps = deps.clone();
-        metrics.flushed(async move { expiry::handle(&deps, event).await.map(|_| ()) })
+    // The clients are built on the first invocation (custody::startup::OnFirstUse).
+    let deps = custody::startup::OnFirstUse::new();
+    let build = || async {
+        let clients = custody::aws::Clients::new(&sdk);
+        Ok::<_, Error>(Deps::new(&config, &clients, custody::clock::system()))
+    };
+    let (deps, build) = (&deps, &build);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        metrics.flushed(async move {
+            let deps = deps.get(build).await?;
+            expiry::handle(deps, event).await.map(|_| ())
+        })
     }))
     .await
 }

@@ -54,9 +54,9 @@ pub struct Deps {
     /// The SDK config S3 destinations assume the customer's role from (`None`: a
     /// destination with a role cannot be opened).
     pub sdk: Option<aws_config::SdkConfig>,
-    /// The pseudonym application secret, read on first use (`suppress::AppSecret`):
+    /// The pseudonym application secret, read on first use (`custody::subject::AppSecret`):
     /// only a run with suppressed subjects needs it.
-    pub app_secret: suppress::AppSecret,
+    pub app_secret: custody::subject::AppSecret,
 }
 
 impl Deps {
@@ -95,7 +95,7 @@ impl Deps {
             },
             sink_retry: SinkRetry::default(),
             sdk: None,
-            app_secret: suppress::AppSecret::new(
+            app_secret: custody::subject::AppSecret::lazy(
                 clients.secrets.clone(),
                 &config.pseudonym_secret_id,
             ),

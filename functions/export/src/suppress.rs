@@ -15,61 +15,12 @@
 //! is not empty.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use custody::TenantId;
 use custody::highlevel::Message;
 use custody::store::{Store, StoreError};
-use custody::subject::{Identifier, PseudonymKey, SubjectError, load_app_secret};
+use custody::subject::{AppSecret, Identifier, PseudonymKey, SubjectError};
 use custody::suppression::{EXPORT_PURPOSE, Reason, Suppressed};
-use secrecy::SecretSlice;
-use tokio::sync::OnceCell;
-
-/// The application secret pseudonym keys derive from (Secrets Manager,
-/// `Config::pseudonym_secret_id`).
-///
-/// Read lazily, on first use per container, and kept for the container's life: not at
-/// cold start, because most invocations never need it (the HTTP routes, and every run
-/// of a tenant with nobody suppressed), and a Secrets Manager round trip at init would
-/// lengthen every cold start for them. A failed read is not kept: the next use tries
-/// again.
-#[derive(Clone)]
-pub struct AppSecret {
-    client: aws_sdk_secretsmanager::Client,
-    secret_id: String,
-    cell: Arc<OnceCell<SecretSlice<u8>>>,
-}
-
-impl AppSecret {
-    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: &str) -> Self {
-        Self {
-            client,
-            secret_id: secret_id.to_owned(),
-            cell: Arc::new(OnceCell::new()),
-        }
-    }
-
-    /// The secret, read on the first call.
-    pub async fn get(&self) -> Result<&SecretSlice<u8>, SubjectError> {
-        self.cell
-            .get_or_try_init(|| load_app_secret(&self.client, &self.secret_id))
-            .await
-    }
-
-    /// Whether the secret has been read in this container (tests).
-    pub fn loaded(&self) -> bool {
-        self.cell.initialized()
-    }
-}
-
-impl std::fmt::Debug for AppSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppSecret")
-            .field("secret_id", &self.secret_id)
-            .field("loaded", &self.loaded())
-            .finish_non_exhaustive()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExclusionError {
@@ -146,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_conversation_is_matched_by_its_contact_ids_pseudonym() {
-        let secret = SecretSlice::from(vec![7u8; 32]);
+        let secret = secrecy::SecretSlice::from(vec![7u8; 32]);
         let tenant = TenantId::parse("acme").unwrap();
         let key = PseudonymKey::derive(&secret, &tenant);
         let of = |contact: &str| {

@@ -1,6 +1,7 @@
 //! Wiring only: telemetry, configuration (read once, naming any missing variable),
-//! clients and the pseudonym application secret loaded once, then `lib.rs` handles
-//! both the HTTP API requests and the S3 notifications.
+//! clients built once on the first invocation and the pseudonym application secret
+//! read on first use, then `lib.rs` handles both the HTTP API requests and the S3
+//! notifications.
 
 use import::{Deps, Settings};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
@@ -17,26 +18,31 @@ async fn main() -> Result<(), Error> {
     startup.mark("config");
     let sdk = custody::aws::lambda_sdk_config()?;
     startup.mark("sdk_config");
-    let clients = custody::aws::Clients::new(&sdk);
-    startup.mark("clients");
-    // Read on first use, not before the first poll (custody::subject::AppSecret).
-    let app_secret =
-        custody::subject::AppSecret::lazy(clients.secrets.clone(), &config.pseudonym_secret_id);
-    let http = custody::http::client(custody::egress::EgressPolicy::from_env())?;
-    startup.mark("http_client");
-    let deps = std::sync::Arc::new(Deps::new(
-        config,
-        settings,
-        &clients,
-        http,
-        app_secret,
-        custody::clock::system(),
-    ));
+    let egress = custody::egress::EgressPolicy::from_env();
     startup.finish();
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
-        let deps = deps.clone();
+    // The clients are built on the first invocation (custody::startup::OnFirstUse), and
+    // the pseudonym secret read on first use (custody::subject::AppSecret).
+    let deps = custody::startup::OnFirstUse::new();
+    let build = || async {
+        let clients = custody::aws::Clients::new(&sdk);
+        let app_secret =
+            custody::subject::AppSecret::lazy(clients.secrets.clone(), &config.pseudonym_secret_id);
+        Ok::<_, Error>(Deps::new(
+            config.clone(),
+            settings,
+            &clients,
+            custody::http::client(egress)?,
+            app_secret,
+            custody::clock::system(),
+        ))
+    };
+    let (deps, build) = (&deps, &build);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         // Boxed: the handler's future is deep enough to exceed the layout query limit.
-        metrics.flushed(async move { Box::pin(import::handle(&deps, event)).await })
+        metrics.flushed(async move {
+            let deps = deps.get(build).await?;
+            Box::pin(import::handle(deps, event)).await
+        })
     }))
     .await
 }

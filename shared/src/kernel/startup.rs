@@ -1,4 +1,5 @@
-//! Where a cold start's time goes. Each function's `main` marks its init phases in
+//! Where a cold start's time goes, and what waits for the first invocation
+//! ([`OnFirstUse`]). Each function's `main` marks its init phases in
 //! order and logs them once, just before the runtime's first poll: one INFO line
 //! (`"message": "initialized"`) whose `phases` field is `name:microseconds` pairs and
 //! `total_us` their sum. `make bench` reads the line to print the phase breakdown
@@ -54,6 +55,56 @@ impl Startup {
     }
 }
 
+/// What a function builds on its first invocation instead of before its first poll:
+/// the SDK clients (the first one loads the TLS roots) and the HTTP client (which
+/// loads them again), several milliseconds that only the invocations of a fresh
+/// container pay, not every cold start's init (docs/PERFORMANCE.md). Built once and
+/// kept; a failed build is not kept, the next invocation tries again. The build is
+/// logged like the init: `"message": "dependencies built"` with its `phases`.
+pub struct OnFirstUse<T> {
+    cell: tokio::sync::OnceCell<T>,
+}
+
+impl<T> Default for OnFirstUse<T> {
+    fn default() -> Self {
+        Self {
+            cell: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+impl<T> OnFirstUse<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value, built by `build` on the first call.
+    pub async fn get<E, F, Fut>(&self, build: F) -> Result<&T, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.cell
+            .get_or_try_init(|| async {
+                let mut startup = Startup::begin();
+                let built = build().await?;
+                startup.mark("dependencies");
+                tracing::info!(
+                    phases = %startup.phases(),
+                    total_us = startup.total().as_micros() as u64,
+                    "dependencies built"
+                );
+                Ok(built)
+            })
+            .await
+    }
+
+    /// Whether the value has been built in this container.
+    pub fn is_built(&self) -> bool {
+        self.cell.initialized()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +131,26 @@ mod tests {
         let sum: u128 = pairs.iter().map(|p| p.1).sum();
         // Each pair is rounded down to whole microseconds.
         assert!(startup.total().as_micros() - sum <= 2, "{line}");
+    }
+
+    #[tokio::test]
+    async fn dependencies_are_built_once_and_a_failed_build_is_retried() {
+        let built = OnFirstUse::new();
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let build = || async {
+            let n = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == 0 {
+                Err("first build fails")
+            } else {
+                Ok(n)
+            }
+        };
+        assert!(!built.is_built());
+        assert_eq!(built.get(build).await, Err("first build fails"));
+        assert!(!built.is_built());
+        assert_eq!(built.get(build).await, Ok(&1));
+        assert_eq!(built.get(build).await, Ok(&1));
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -494,5 +494,5 @@ async fn with_nobody_suppressed_no_secret_is_read() {
         (0, 0)
     );
     assert!(run.conversations > 0);
-    assert!(!env.deps.app_secret.loaded());
+    assert!(!env.deps.app_secret.is_loaded());
 }
