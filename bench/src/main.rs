@@ -33,6 +33,7 @@ const PHASE_STARTS: usize = 5;
 enum Only {
     Throughput,
     ColdStart,
+    Size,
 }
 
 struct Options {
@@ -51,7 +52,7 @@ struct Options {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput|cold-start] [--workload-timeout SECS] [--workload NAME]…\n       custody-bench workload <export|import|dsar|dsar-erasure|audit> <size>"
+        "usage: custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput|cold-start|size] [--workload-timeout SECS] [--workload NAME]…\n       custody-bench workload <export|import|dsar|dsar-erasure|audit> <size>"
     );
     ExitCode::from(2)
 }
@@ -128,6 +129,7 @@ async fn main() -> ExitCode {
             "--only" => match rest.next().map(String::as_str) {
                 Some("throughput") => options.only = Some(Only::Throughput),
                 Some("cold-start") => options.only = Some(Only::ColdStart),
+                Some("size") => options.only = Some(Only::Size),
                 _ => return usage(),
             },
             _ => return usage(),
@@ -138,6 +140,19 @@ async fn main() -> ExitCode {
             Ok(table) => {
                 println!("{table}");
                 println!("cold start rows replaced in {}", options.out.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("custody-bench: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if options.only == Some(Only::Size) {
+        return match size_only(&root, &options) {
+            Ok(table) => {
+                println!("{table}");
+                println!("size rows replaced in {}", options.out.display());
                 ExitCode::SUCCESS
             }
             Err(err) => {
@@ -295,6 +310,46 @@ fn write_with_goals(out: &Path, mut results: serde_json::Value) -> Result<String
 
 /// `--only cold-start`: the timed rounds and the startup phases alone (no first
 /// invocation, size or throughput), replacing the file's `cold_start` section.
+/// `--only size`: the arm64 size rows alone (step 6), merged into the results file.
+fn size_only(root: &Path, options: &Options) -> Result<String, BenchError> {
+    let out = options.out.as_path();
+    read_results(out)?;
+    let workspace = discover(root)?;
+    let python = venv_python();
+    // The size step needs only which functions exist, not host binaries.
+    let built: Built = workspace
+        .functions
+        .iter()
+        .map(|f| match &f.pending {
+            None => (f.clone(), Ok(PathBuf::new())),
+            Some(reason) => (f.clone(), Err(reason.clone())),
+        })
+        .collect();
+    eprintln!("== arm64 release build (size); LTO on two cores takes minutes");
+    let size = measure_size(&workspace, &python, &built);
+    let mut lines =
+        String::from("\n### Size (arm64)\n\n| binary | bytes | status |\n|---|---:|---|\n");
+    for row in &size.rows {
+        let bytes = row
+            .measured
+            .as_ref()
+            .map_or_else(|| "–".to_owned(), |m| m.bootstrap_bytes.to_string());
+        lines.push_str(&format!("| {} | {bytes} | {} |\n", row.binary, row.status));
+    }
+    let mut results = read_results(out)?;
+    let object = results
+        .as_object_mut()
+        .ok_or_else(|| BenchError::file(out, "not a JSON object"))?;
+    object.insert(
+        "size".into(),
+        serde_json::to_value(&size).map_err(|e| BenchError::Measurement(e.to_string()))?,
+    );
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    object.insert("size_generated_at".into(), now.into());
+    let goals = write_with_goals(out, results)?;
+    Ok(lines + &goals)
+}
+
 async fn cold_start_only(root: &Path, options: &Options) -> Result<String, BenchError> {
     let out = options.out.as_path();
     // Fail before the builds if there is nothing to merge into.
