@@ -36,7 +36,7 @@ macro_rules! event {
     ($name:literal) => {
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../events/dsar/",
+            "/../events/dsar-api/",
             $name,
             ".json"
         ))

@@ -46,7 +46,7 @@ pub const GOAL_BYTES: u64 = 64_000_000;
 
 const DELETE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../events/dsar/post_privacy_delete.json"
+    "/../events/dsar-api/post_privacy_delete.json"
 ));
 
 fn failed(what: &str, err: impl std::fmt::Display) -> BenchError {

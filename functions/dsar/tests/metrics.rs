@@ -42,7 +42,7 @@ fn request(event: &str, tenant: &str, body: Value) -> lambda_http::Request {
 }
 
 async fn file(deps: &Deps, regulation: &str) -> String {
-    let event = include_str!("../../../events/dsar/post_privacy_export.json");
+    let event = include_str!("../../../events/dsar-api/post_privacy_export.json");
     let body = json!({
         "subject": { "email": SUBJECT[0], "phone": SUBJECT[1], "contact_id": SUBJECT[2] },
         "regulation": regulation,

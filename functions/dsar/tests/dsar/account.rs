@@ -177,7 +177,7 @@ async fn account_deletion_removes_tokens_at_once_and_purges_everything() {
 
     // The purge, interrupted after one page, then continued; duplicates are harmless.
     let record: aws_lambda_events::event::dynamodb::Event =
-        serde_json::from_str(event!("stream_account_deletion")).unwrap();
+        serde_json::from_str(worker_event!("stream_account_deletion")).unwrap();
     assert!(
         dsar::handle_stream(&deps, record.clone(), Budget::Steps(1))
             .await

@@ -29,7 +29,7 @@ const DAV_PASSWORD: &str = "dav-plaintext-password-of-acme";
 const IMPORT: &str = "01JH5555555555555555555555";
 
 fn stream(id: &str, tenant: &str) -> aws_lambda_events::event::dynamodb::Event {
-    let text = event!("stream_account_export")
+    let text = worker_event!("stream_account_export")
         .replace("01JH0000000000000000000000", id)
         .replace("T#acme", &format!("T#{tenant}"));
     serde_json::from_str(&text).unwrap()

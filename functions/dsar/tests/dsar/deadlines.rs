@@ -62,10 +62,10 @@ async fn overdue_requests_and_stuck_purges_are_counted_and_on_time_ones_are_not(
 
 #[test]
 fn the_schedule_event_is_told_apart_by_its_shape() {
-    let check: Value = serde_json::from_str(event!("schedule_deadline_check")).unwrap();
+    let check: Value = serde_json::from_str(worker_event!("schedule_deadline_check")).unwrap();
     assert!(DeadlineCheck::matches(&check));
     for other in [
-        event!("stream_request_pending"),
+        worker_event!("stream_request_pending"),
         event!("post_privacy_export"),
         event!("delete_account"),
     ] {
@@ -92,6 +92,6 @@ fn the_template_schedules_the_check_daily_with_that_shape() {
     let input: Value =
         serde_json::from_str(schedule["Properties"]["Input"].as_str().unwrap()).unwrap();
     assert!(DeadlineCheck::matches(&input));
-    let file: Value = serde_json::from_str(event!("schedule_deadline_check")).unwrap();
+    let file: Value = serde_json::from_str(worker_event!("schedule_deadline_check")).unwrap();
     assert_eq!(input, file);
 }

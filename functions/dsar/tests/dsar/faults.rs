@@ -449,7 +449,7 @@ async fn file(deps: &Deps, world: &World, erasure: bool) -> String {
 /// The stream record of request `id` with `status`, as the event source delivers it
 /// (the payload `stream_event` parses).
 fn record(tenant: &str, id: &str, status: &str) -> Value {
-    let text = event!("stream_request_pending")
+    let text = worker_event!("stream_request_pending")
         .replace("01JH0000000000000000000000", id)
         .replace("T#acme", &format!("T#{tenant}"))
         .replace("\"pending\"", &format!("\"{status}\""));

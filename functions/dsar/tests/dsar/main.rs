@@ -36,8 +36,21 @@ use dsar::{Deps, DsarConfig};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-/// Loads an event file of events/dsar by name.
+/// Loads an event file of events/dsar-api (the routes) by name.
 macro_rules! event {
+    ($name:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../events/dsar-api/",
+            $name,
+            ".json"
+        ))
+    };
+}
+pub(crate) use event;
+
+/// Loads an event file of events/dsar (the stream and the schedule) by name.
+macro_rules! worker_event {
     ($name:literal) => {
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -47,7 +60,7 @@ macro_rules! event {
         ))
     };
 }
-pub(crate) use event;
+pub(crate) use worker_event;
 
 pub struct Env {
     pub stack: TestStack,
@@ -145,7 +158,7 @@ pub fn stream_event(
     id: &str,
     status: &str,
 ) -> aws_lambda_events::event::dynamodb::Event {
-    let text = event!("stream_request_pending")
+    let text = worker_event!("stream_request_pending")
         .replace("01JH0000000000000000000000", id)
         .replace("T#acme", &format!("T#{tenant}"))
         .replace("\"pending\"", &format!("\"{status}\""));

@@ -619,7 +619,7 @@ async fn the_account_purge_notice_is_sent_once_when_the_purge_is_done_and_leaves
 /// filter passes it for notices other functions wrote.
 fn notice_record(event_id: &str) -> aws_lambda_events::event::dynamodb::Event {
     let sk = format!("{}{event_id}", custody::notice::KEY_PREFIX);
-    let text = event!("stream_request_pending")
+    let text = worker_event!("stream_request_pending")
         .replace("DSAR#01JH0000000000000000000000", &sk)
         .replace("\"privacy_request\"", "\"notice\"")
         .replace("\"MODIFY\"", "\"INSERT\"");
