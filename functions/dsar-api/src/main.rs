@@ -22,32 +22,15 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     // the pseudonym secret read on first use (custody::subject::AppSecret).
     let deps = custody::startup::OnFirstUse::new();
     let build = || async {
-        let clients = custody::aws::Clients::new(&sdk);
-        let app_secret =
-            custody::subject::AppSecret::lazy(clients.secrets.clone(), &config.pseudonym_secret_id);
         // Starting an account deletion has the oauth function revoke grants.
         let revoker = dsar::revoke::OauthFunction {
             client: aws_sdk_lambda::Client::new(&sdk),
             function: dsar.oauth_function.clone(),
         };
-        let deps = Deps::new(
-            config.clone(),
-            dsar.clone(),
-            &clients,
-            app_secret,
-            custody::http::client(egress)?,
-            custody::clock::system(),
+        Ok::<_, lambda_runtime::Error>(
+            Deps::for_lambda(&sdk, config.clone(), dsar.clone(), egress)?
+                .with_revoker(std::sync::Arc::new(revoker)),
         )
-        .with_revoker(std::sync::Arc::new(revoker));
-        // Notices of filing and extension are sent from here, and an account deletion
-        // holds the address its last notice goes to: both need the mailer.
-        Ok::<_, lambda_runtime::Error>(match deps.dsar.notice_email_sender.clone() {
-            Some(from) => deps.with_mailer(std::sync::Arc::new(dsar::mail::SesMailer {
-                client: aws_sdk_sesv2::Client::new(&sdk),
-                from,
-            })),
-            None => deps,
-        })
     };
     let (deps, build) = (&deps, &build);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {

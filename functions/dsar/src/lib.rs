@@ -193,6 +193,34 @@ impl Deps {
         }
     }
 
+    /// What both dsar functions build on their first invocation: the clients, the
+    /// pseudonym secret (read on its own first use), the HTTP client under `egress`,
+    /// and the SES mailer where the deployment has a sender (`NoticeEmailSender`).
+    pub fn for_lambda(
+        sdk: &aws_config::SdkConfig,
+        config: Config,
+        dsar: DsarConfig,
+        egress: custody::egress::EgressPolicy,
+    ) -> Result<Self, custody::http::HttpClientError> {
+        let clients = custody::aws::Clients::new(sdk);
+        let app_secret = AppSecret::lazy(clients.secrets.clone(), &config.pseudonym_secret_id);
+        let deps = Deps::new(
+            config,
+            dsar,
+            &clients,
+            app_secret,
+            custody::http::client(egress)?,
+            custody::clock::system(),
+        );
+        Ok(match deps.dsar.notice_email_sender.clone() {
+            Some(from) => deps.with_mailer(Arc::new(mail::SesMailer {
+                client: aws_sdk_sesv2::Client::new(sdk),
+                from,
+            })),
+            None => deps,
+        })
+    }
+
     /// Sends notices by e-mail too.
     pub fn with_mailer(mut self, mailer: Arc<dyn custody::notice::Mailer>) -> Self {
         self.mailer = Some(mailer);

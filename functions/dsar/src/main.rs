@@ -30,24 +30,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     // the pseudonym secret read on first use (custody::subject::AppSecret).
     let deps = custody::startup::OnFirstUse::new();
     let build = || async {
-        let clients = custody::aws::Clients::new(&sdk);
-        let app_secret =
-            custody::subject::AppSecret::lazy(clients.secrets.clone(), &config.pseudonym_secret_id);
-        let deps = Deps::new(
+        Ok::<_, lambda_runtime::Error>(Deps::for_lambda(
+            &sdk,
             config.clone(),
             dsar.clone(),
-            &clients,
-            app_secret,
-            custody::http::client(egress)?,
-            custody::clock::system(),
-        );
-        Ok::<_, lambda_runtime::Error>(match deps.dsar.notice_email_sender.clone() {
-            Some(from) => deps.with_mailer(std::sync::Arc::new(dsar::mail::SesMailer {
-                client: aws_sdk_sesv2::Client::new(&sdk),
-                from,
-            })),
-            None => deps,
-        })
+            egress,
+        )?)
     };
     let (deps, build) = (&deps, &build);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
