@@ -18,7 +18,7 @@ use http::HeaderMap;
 use rand::Rng as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The production API.
@@ -278,20 +278,43 @@ impl RetryPolicy {
 
 /// What the client knows about its request budget, from the documented limits and
 /// then from each response's headers.
-#[derive(Debug, Clone)]
+///
+/// A request holds a place in the window from the moment it is allowed to go until
+/// one window after its answer came back (or it failed). The answer is the earliest
+/// time the client knows the server has counted the request, so however late a task
+/// actually sends after being allowed to, the request that takes the freed place
+/// arrives at least one window after the one that left it (docs/ARCHITECTURE.md,
+/// "Export at the ceiling"). Stamping requests when they were allowed to go, as an
+/// earlier version did, let a starved task's request arrive late and the next one
+/// early: 429s under load.
+#[derive(Debug)]
 struct Limiter {
     max: u32,
     interval: Duration,
     daily_remaining: Option<u64>,
-    /// Send times of the requests within the last interval.
-    sent: VecDeque<Instant>,
-    /// No request before this instant (after a 429 or a server-reported zero).
+    /// Requests allowed to go whose answer has not come yet.
+    in_flight: usize,
+    /// When each answered (or failed) request of the last window ended, oldest first.
+    ended: VecDeque<Instant>,
+    /// No request before this instant (after a 429 or a spent window the client did
+    /// not spend itself).
     not_before: Option<Instant>,
 }
 
-/// Extra time added to the window: requests are timed when sent, the server counts
-/// them when they arrive, and a delayed earlier request would otherwise overlap.
-const WINDOW_SLACK: Duration = Duration::from_millis(50);
+/// Added to the window: the ends are taken on this machine's clock and the server
+/// counts on its own; a small margin for timer rounding and clock drift.
+const WINDOW_SLACK: Duration = Duration::from_millis(10);
+
+/// What [`Limiter::wait`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Go now (the place is taken).
+    Go,
+    /// Ask again after this long.
+    For(Duration),
+    /// Every place is held by a request in flight: ask again when one ends.
+    ForAnEnd,
+}
 
 impl Limiter {
     fn documented() -> Self {
@@ -299,7 +322,8 @@ impl Limiter {
             max: DOCUMENTED_BURST_MAX,
             interval: DOCUMENTED_BURST_INTERVAL,
             daily_remaining: None,
-            sent: VecDeque::new(),
+            in_flight: 0,
+            ended: VecDeque::new(),
             not_before: None,
         }
     }
@@ -308,35 +332,57 @@ impl Limiter {
         self.interval + WINDOW_SLACK
     }
 
-    /// How long to wait before the next request may be sent, or zero.
-    fn wait(&mut self, now: Instant) -> Duration {
+    fn prune(&mut self, now: Instant) {
         let window = self.window();
         while self
-            .sent
+            .ended
             .front()
-            .is_some_and(|first| now.duration_since(*first) >= window)
+            .is_some_and(|end| now.duration_since(*end) >= window)
         {
-            self.sent.pop_front();
+            self.ended.pop_front();
         }
-        let mut wait = Duration::ZERO;
-        if let Some(at) = self.not_before {
-            wait = wait.max(at.saturating_duration_since(now));
-        }
-        if self.sent.len() >= self.max.max(1) as usize {
-            // The oldest request in the window must age out first.
-            let excess = self.sent.len() + 1 - self.max.max(1) as usize;
-            if let Some(oldest) = self.sent.get(excess - 1) {
-                wait = wait.max((*oldest + window).saturating_duration_since(now));
+    }
+
+    /// Places in the window the client itself holds.
+    fn held(&mut self, now: Instant) -> usize {
+        self.prune(now);
+        self.in_flight + self.ended.len()
+    }
+
+    /// Whether a request may go now; if so its place is taken ([`Self::end`] gives
+    /// it back one window later).
+    fn wait(&mut self, now: Instant) -> Wait {
+        let max = self.max.max(1) as usize;
+        let held = self.held(now);
+        let mut wait = self
+            .not_before
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        if held >= max {
+            // The (held - max + 1) oldest ended requests must age out first; if fewer
+            // have ended, only an answer can free a place.
+            match self.ended.get(held - max) {
+                Some(end) => {
+                    wait = wait.max((*end + self.window()).saturating_duration_since(now));
+                }
+                None => return Wait::ForAnEnd,
             }
         }
-        wait
+        if wait.is_zero() {
+            self.in_flight += 1;
+            Wait::Go
+        } else {
+            Wait::For(wait)
+        }
     }
 
-    fn record_send(&mut self, at: Instant) {
-        self.sent.push_back(at);
+    /// A request allowed by [`Self::wait`] was answered or failed.
+    fn end(&mut self, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.ended.push_back(now);
     }
 
-    /// Adopts what the server reports: its window size and what is left of it.
+    /// Adopts what the server reports: its window size and what is left of it. Called
+    /// while the answered request still holds its place.
     fn observe(&mut self, headers: &HeaderMap, now: Instant) {
         let number = |name: &str| -> Option<u64> {
             headers
@@ -353,8 +399,10 @@ impl Limiter {
         if let Some(remaining) = number(headers::DAILY_REMAINING) {
             self.daily_remaining = Some(remaining);
         }
-        if number(headers::REMAINING) == Some(0) {
-            // The server says this window is spent: wait a whole window.
+        if number(headers::REMAINING) == Some(0) && self.held(now) < self.max.max(1) as usize {
+            // The server says the window is spent, but not by this client alone
+            // (another run on the same location): when its other requests age out
+            // is unknown, so wait a whole window.
             let until = now + self.window();
             self.not_before = Some(self.not_before.map_or(until, |at| at.max(until)));
         }
@@ -362,6 +410,19 @@ impl Limiter {
 
     fn back_off_until(&mut self, until: Instant) {
         self.not_before = Some(self.not_before.map_or(until, |at| at.max(until)));
+    }
+}
+
+/// A place in the window, held until the request it was taken for ends (answered,
+/// failed, or the future dropped), then kept for one window.
+struct Place<'a> {
+    client: &'a HighLevelClient,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.client.limiter().end(Instant::now());
+        self.client.ended.notify_waiters();
     }
 }
 
@@ -380,7 +441,10 @@ pub struct HighLevelClient {
     base: url::Url,
     token: SecretString,
     retry: RetryPolicy,
-    limiter: Mutex<Limiter>,
+    /// A std mutex: never held across an await, and released from `Drop`.
+    limiter: std::sync::Mutex<Limiter>,
+    /// Woken whenever a request ends, for tasks waiting on a place.
+    ended: Notify,
     stats: std::sync::Mutex<ClientStats>,
 }
 
@@ -400,13 +464,18 @@ impl HighLevelClient {
             base,
             token,
             retry,
-            limiter: Mutex::new(Limiter::documented()),
+            limiter: std::sync::Mutex::new(Limiter::documented()),
+            ended: Notify::new(),
             stats: std::sync::Mutex::new(ClientStats::default()),
         })
     }
 
     pub fn stats(&self) -> ClientStats {
         *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, Limiter> {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn count(&self, f: impl FnOnce(&mut ClientStats)) {
@@ -429,7 +498,7 @@ impl HighLevelClient {
                 self.count(|s| s.retries += 1);
                 tokio::time::sleep(self.retry.backoff(attempt)).await;
             }
-            self.pace().await?;
+            let place = self.pace().await?;
             self.count(|s| s.requests += 1);
             let sent = self
                 .http
@@ -449,10 +518,9 @@ impl HighLevelClient {
                 }
             };
             let status = response.status();
-            self.limiter
-                .lock()
-                .await
-                .observe(response.headers(), Instant::now());
+            self.limiter().observe(response.headers(), Instant::now());
+            // Answered: the place is kept for one window from now.
+            drop(place);
             if status.is_success() {
                 match response.bytes().await {
                     Ok(bytes) => {
@@ -482,7 +550,7 @@ impl HighLevelClient {
                         crate::kernel::metrics::names::HIGHLEVEL_THROTTLED,
                         1,
                     );
-                    let mut limiter = self.limiter.lock().await;
+                    let mut limiter = self.limiter();
                     if limiter.daily_remaining == Some(0) {
                         return Err(HighLevelError::DailyQuotaExhausted);
                     }
@@ -499,23 +567,25 @@ impl HighLevelClient {
         })
     }
 
-    /// Waits until a request fits the window, then books it.
-    async fn pace(&self) -> Result<(), HighLevelError> {
+    /// Waits until a request fits the window, then takes its place.
+    async fn pace(&self) -> Result<Place<'_>, HighLevelError> {
         loop {
+            // Registered before the limiter is read, so an end in between is not missed.
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
             let wait = {
-                let mut limiter = self.limiter.lock().await;
+                let mut limiter = self.limiter();
                 if limiter.daily_remaining == Some(0) {
                     return Err(HighLevelError::DailyQuotaExhausted);
                 }
-                let now = Instant::now();
-                let wait = limiter.wait(now);
-                if wait.is_zero() {
-                    limiter.record_send(now);
-                    return Ok(());
-                }
-                wait
+                limiter.wait(Instant::now())
             };
-            tokio::time::sleep(wait).await;
+            match wait {
+                Wait::Go => return Ok(Place { client: self }),
+                Wait::For(wait) => tokio::time::sleep(wait).await,
+                Wait::ForAnEnd => ended.await,
+            }
         }
     }
 }
@@ -574,24 +644,72 @@ mod tests {
         }
     }
 
-    #[test]
-    fn limiter_keeps_to_the_window() {
+    fn limiter_of(max: &str) -> Limiter {
         let mut limiter = Limiter::documented();
         let mut headers = HeaderMap::new();
-        headers.insert(headers::MAX, "3".parse().unwrap());
+        headers.insert(headers::MAX, max.parse().unwrap());
         headers.insert(headers::INTERVAL_MS, "1000".parse().unwrap());
+        limiter.observe(&headers, Instant::now());
+        limiter
+    }
+
+    #[test]
+    fn limiter_keeps_to_the_window() {
+        let mut limiter = limiter_of("3");
         let start = Instant::now();
-        limiter.observe(&headers, start);
         for _ in 0..3 {
-            assert_eq!(limiter.wait(start), Duration::ZERO);
-            limiter.record_send(start);
+            assert_eq!(limiter.wait(start), Wait::Go);
         }
-        let wait = limiter.wait(start);
+        // All three in flight: only an answer frees a place.
+        assert_eq!(limiter.wait(start), Wait::ForAnEnd);
+        for _ in 0..3 {
+            limiter.end(start);
+        }
+        let Wait::For(wait) = limiter.wait(start) else {
+            panic!("a full window must wait");
+        };
         assert!(wait >= Duration::from_millis(1000), "{wait:?}");
-        assert_eq!(
-            limiter.wait(start + Duration::from_millis(1100)),
-            Duration::ZERO
-        );
+        assert_eq!(limiter.wait(start + Duration::from_millis(1100)), Wait::Go);
+    }
+
+    #[test]
+    fn a_place_is_kept_one_window_from_the_answer_not_from_the_permission() {
+        // A request allowed at 0 but answered at 600 ms (a starved task, a slow
+        // server) was counted by the server at some time up to 600 ms: its place
+        // frees one window after that, never one window after the permission.
+        let mut limiter = limiter_of("2");
+        let start = Instant::now();
+        assert_eq!(limiter.wait(start), Wait::Go);
+        assert_eq!(limiter.wait(start), Wait::Go);
+        limiter.end(start + Duration::from_millis(100));
+        limiter.end(start + Duration::from_millis(600));
+        let at = |ms| start + Duration::from_millis(ms);
+        assert!(matches!(limiter.wait(at(1050)), Wait::For(_)));
+        assert_eq!(limiter.wait(at(1110)), Wait::Go);
+        // The second place is still held until 600 ms + the window.
+        assert!(matches!(limiter.wait(at(1110)), Wait::For(w) if w >= Duration::from_millis(490)));
+        assert_eq!(limiter.wait(at(1610)), Wait::Go);
+    }
+
+    #[test]
+    fn a_window_spent_by_someone_else_waits_a_whole_window() {
+        let mut limiter = limiter_of("10");
+        let start = Instant::now();
+        assert_eq!(limiter.wait(start), Wait::Go);
+        let mut spent = HeaderMap::new();
+        spent.insert(headers::REMAINING, "0".parse().unwrap());
+        // One request of this client's own, yet the server says the window is spent.
+        limiter.observe(&spent, start);
+        limiter.end(start);
+        assert!(matches!(limiter.wait(start), Wait::For(w) if w >= Duration::from_millis(1000)));
+        // When the client spent the window itself, its own places say when to go.
+        let mut own = limiter_of("2");
+        assert_eq!(own.wait(start), Wait::Go);
+        own.end(start);
+        assert_eq!(own.wait(start), Wait::Go);
+        own.observe(&spent, start);
+        own.end(start + Duration::from_millis(5));
+        assert_eq!(own.not_before, None);
     }
 
     #[test]
