@@ -352,12 +352,25 @@ fn import(rows: &[WorkloadRow], goals: &mut Vec<Goal>) {
         format!("≥ {IMPORT_VS_BARE_READ}× the bare read's rows/s"),
         versus.unwrap_or_else(Outcome::Missing),
     ));
+    // Judged per second of the parsing thread's CPU where the run recorded it: the
+    // pass is one thread with no I/O, so on a dedicated core (a Lambda's) that is its
+    // rate, and other work on the bench machine does not count against it.
     let parse = large.clone().and_then(|m| {
-        let rate = number(m, "parse_validate_rows_per_s")?;
-        Ok(Outcome::Measured(
-            format!("{} rows/s", grouped(rate)),
-            rate >= PARSE_ROWS_PER_S,
-        ))
+        let wall = number(m, "parse_validate_rows_per_s")?;
+        Ok(match number(m, "parse_validate_rows_per_cpu_s") {
+            Ok(cpu) => Outcome::Measured(
+                format!(
+                    "{} rows per CPU-second ({} rows/s wall clock)",
+                    grouped(cpu),
+                    grouped(wall)
+                ),
+                cpu >= PARSE_ROWS_PER_S,
+            ),
+            Err(_) => Outcome::Measured(
+                format!("{} rows/s", grouped(wall)),
+                wall >= PARSE_ROWS_PER_S,
+            ),
+        })
     });
     goals.push(Goal::new(
         "import: parse and validate from memory, 1 000 000 rows",

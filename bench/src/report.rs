@@ -437,15 +437,15 @@ fn erasure_markdown(rows: &[&WorkloadRow]) -> String {
 fn import_markdown(rows: &[&WorkloadRow]) -> String {
     let mut out = String::from(
         "\n### Import against its baselines (same object, same run)\n\n\
-         | rows | CSV MB | import s | import rows/s | bare S3 read rows/s | bare S3 read MB/s | import ÷ bare read | parse + validate from memory rows/s | rows delivered | peak RSS MB (processing) | status |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         | rows | CSV MB | import s | import rows/s | bare S3 read rows/s | bare S3 read MB/s | import ÷ bare read | parse + validate from memory rows/s | parse + encode from memory rows/s | rows delivered | peak RSS MB (processing) | status |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for row in rows {
         let size = crate::goals::grouped(row.size as f64);
         let Some(m) = &row.metrics else {
             let _ = writeln!(
                 out,
-                "| {size} | – | – | – | – | – | – | – | – | – | {} |",
+                "| {size} | – | – | – | – | – | – | – | – | – | – | {} |",
                 row.status
             );
             continue;
@@ -470,13 +470,14 @@ fn import_markdown(rows: &[&WorkloadRow]) -> String {
             .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
         let _ = writeln!(
             out,
-            "| {size} | {} | {} | {} | {} | {} | {versus} | {} | {} | {} | {} |",
+            "| {size} | {} | {} | {} | {} | {} | {versus} | {} | {} | {} | {} | {} |",
             megabytes("csv_bytes"),
             number("seconds", 2),
             rate("rows_per_s"),
             rate("bare_read_rows_per_s"),
             number("bare_read_mb_per_s", 1),
             rate("parse_validate_rows_per_s"),
+            rate("parse_encode_rows_per_s"),
             rate("rows_delivered"),
             megabytes("processing_peak_rss_bytes"),
             row.status

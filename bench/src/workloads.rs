@@ -295,6 +295,15 @@ fn status_bytes(field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time the calling thread has had so far (`/proc/thread-self/schedstat`, first
+/// field, nanoseconds), Linux only. For single-threaded work with no I/O it is what the
+/// wall clock would show on an idle machine, whatever else runs beside it.
+pub fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
 /// Resets `VmHWM` to the current resident set (Linux ≥ 4.0), so the peak that
 /// follows is what comes after, not the set-up's. False if the kernel refused.
 pub fn reset_peak_rss() -> bool {

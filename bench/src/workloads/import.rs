@@ -10,8 +10,11 @@
 //! `custody::imports::RowReader` with the import's own format and rules, the
 //! per-row path the function's `stream_rows` runs, without I/O).
 //!
-//! The destination records every batch it accepts, so it runs in its own process
-//! (`custody-bench sim-destination`): its memory is not the function's. The CSV is
+//! The destination verifies and parses every batch it accepts and keeps their sizes
+//! (`DestinationSim::start_counting`; with `CUSTODY_BENCH_DESTINATION_KEEP=1` it keeps
+//! every row, as the tests' receiver does, for comparing with earlier runs), and it
+//! runs in its own process (`custody-bench sim-destination`): its memory is not the
+//! function's. The CSV is
 //! generated and uploaded before the measurement, and the peak RSS is reset
 //! (`/proc/self/clear_refs`) once the buffer is freed, so the number is processing
 //! alone.
@@ -19,7 +22,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use custody::imports::{ParsedRow, RowReader};
+use custody::imports::{ParsedRow, RowForm, RowReader};
 use custody::tenant::TenantId;
 use custody::webhook::RetryPolicy;
 use custody_local::harness::TestStack;
@@ -143,12 +146,19 @@ pub async fn run(rows: u64) -> Result<Value, BenchError> {
             format!("read {} bytes of a {bytes}-byte object", bare.bytes),
         ));
     }
-    let parse = parse_validate(&generate_csv(rows), &import)?;
-    if parse.valid != rows {
-        return Err(failed(
-            "parse and validate",
-            format!("{} valid rows of {rows}", parse.valid),
-        ));
+    let csv = generate_csv(rows);
+    let parse = parse_validate(&csv, &import, RowForm::Subjects)?;
+    let encode = parse_validate(&csv, &import, RowForm::Json)?;
+    // Every row built as a map: what both passes did before `RowForm`.
+    let map = parse_validate(&csv, &import, RowForm::Map)?;
+    drop(csv);
+    for pass in [&parse, &encode, &map] {
+        if pass.valid != rows {
+            return Err(failed(
+                "parse and validate",
+                format!("{} valid rows of {rows}", pass.valid),
+            ));
+        }
     }
 
     let seconds = elapsed.as_secs_f64();
@@ -173,6 +183,16 @@ pub async fn run(rows: u64) -> Result<Value, BenchError> {
         "import_vs_bare_read": rows_per_s / bare_rows_per_s,
         "parse_validate_seconds": parse.elapsed.as_secs_f64(),
         "parse_validate_rows_per_s": rows as f64 / parse.elapsed.as_secs_f64(),
+        // The delivery pass's parse: the same, each row also encoded as JSON.
+        "parse_encode_seconds": encode.elapsed.as_secs_f64(),
+        "parse_encode_rows_per_s": rows as f64 / encode.elapsed.as_secs_f64(),
+        // Per second of the parsing thread's CPU: the same on a busy machine as on an
+        // idle one, where it equals the wall-clock rate (one thread, no I/O).
+        "parse_validate_cpu_seconds": parse.cpu.map(|c| c.as_secs_f64()),
+        "parse_validate_rows_per_cpu_s": parse.cpu.map(|c| rows as f64 / c.as_secs_f64()),
+        "parse_encode_rows_per_cpu_s": encode.cpu.map(|c| rows as f64 / c.as_secs_f64()),
+        "parse_map_rows_per_s": rows as f64 / map.elapsed.as_secs_f64(),
+        "parse_map_rows_per_cpu_s": map.cpu.map(|c| rows as f64 / c.as_secs_f64()),
         // The parsed bytes are the uploaded ones: their hash is the one the import recorded.
         "parse_validate_same_bytes": parse.sha256.is_some() && parse.sha256 == import.sha256,
     });
@@ -215,16 +235,25 @@ async fn bare_read(deps: &Deps, key: &str, version: &str) -> Result<BareRead, Be
 
 /// The parse and validation from memory: every row of `csv` through the reader the
 /// function's `stream_rows` runs, with the import's format and rules (the SHA-256
-/// of the bytes, computed on the way as in the function, included).
+/// of the bytes, computed on the way as in the function, included), in the form
+/// one of its passes asks for: subjects only (validation and indexing) or each row
+/// encoded as JSON (delivery).
 struct Parsed {
     valid: u64,
     sha256: Option<String>,
     elapsed: Duration,
+    /// The thread's CPU time for the pass, where the platform tells it.
+    cpu: Option<Duration>,
 }
 
-fn parse_validate(csv: &[u8], import: &custody::imports::Import) -> Result<Parsed, BenchError> {
+fn parse_validate(
+    csv: &[u8],
+    import: &custody::imports::Import,
+    form: RowForm,
+) -> Result<Parsed, BenchError> {
     let started = Instant::now();
-    let mut reader = RowReader::new(csv, import.format, import.rules());
+    let cpu_before = crate::workloads::thread_cpu_time();
+    let mut reader = RowReader::new(csv, import.format, import.rules()).with_form(form);
     let mut valid = 0u64;
     for item in reader.by_ref() {
         match item.map_err(|e| failed("parse and validate", e))? {
@@ -235,10 +264,15 @@ fn parse_validate(csv: &[u8], import: &custody::imports::Import) -> Result<Parse
         }
     }
     let scanned = reader.scanned();
+    let elapsed = started.elapsed();
+    let cpu = cpu_before
+        .zip(crate::workloads::thread_cpu_time())
+        .map(|(before, after)| after.saturating_sub(before));
     Ok(Parsed {
         valid,
         sha256: scanned.map(|s| s.sha256),
-        elapsed: started.elapsed(),
+        elapsed,
+        cpu,
     })
 }
 
@@ -316,23 +350,28 @@ fn s3_event(
     serde_json::from_value(event).map_err(|e| failed("S3 event", e))
 }
 
+/// Makes the bench's destination keep every row, as runs before `start_counting` did.
+pub const DESTINATION_KEEP_ENV: &str = "CUSTODY_BENCH_DESTINATION_KEEP";
+
 /// `custody-bench sim-destination`: a `DestinationSim` in its own process; prints
 /// its URL, serves until stdin closes, then prints what it accepted as JSON.
 pub async fn serve_destination() -> Result<(), BenchError> {
-    let destination = DestinationSim::start(SECRET)
-        .await
-        .map_err(|e| failed("destination", e))?;
+    let destination = if std::env::var(DESTINATION_KEEP_ENV).as_deref() == Ok("1") {
+        DestinationSim::start(SECRET).await
+    } else {
+        DestinationSim::start_counting(SECRET).await
+    }
+    .map_err(|e| failed("destination", e))?;
     println!("{}", destination.url());
     let mut sink = Vec::new();
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;
-    let requests = destination.requests();
-    let accepted = destination.accepted();
+    let summary = destination.summary();
     println!(
         "{}",
         json!({
-            "requests": requests.len(),
-            "batches": accepted.len(),
-            "rows": accepted.iter().map(|b| b.rows.len()).sum::<usize>(),
+            "requests": summary.requests,
+            "batches": summary.batches,
+            "rows": summary.rows,
         })
     );
     Ok(())

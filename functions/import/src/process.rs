@@ -30,8 +30,8 @@ use custody::audit::{Event, Outcome};
 use custody::idempotency::RunError;
 use custody::imports::{
     FileError, Import, ImportError, LeftOut, LineError, MAX_RECORDED_ERRORS, Mode, ObjectKey,
-    ObjectKind, ParseError, ParsedRow, Purged, REWRITE_TAG, RowFilter, Status, SubjectCounter,
-    stream_rows,
+    ObjectKind, ParseError, ParsedRow, Purged, REWRITE_TAG, RowFilter, RowForm, Status,
+    SubjectCounter, stream_rows,
 };
 use custody::metrics::{self, names};
 use custody::seal::{Purpose, SealContext, SealError};
@@ -40,7 +40,7 @@ use custody::suppression::Reason;
 use custody::tenant::TenantId;
 use custody::webhook::{self, MAX_BATCH_BYTES, MAX_BATCH_ROWS, WebhookError};
 use secrecy::SecretString;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::Deps;
 
@@ -62,6 +62,10 @@ pub enum ProcessError {
     Read(String),
     #[error("the object changed between validation and delivery")]
     Changed,
+    /// A batch's send task ended without an answer (it panicked): nothing is
+    /// recorded for the batch, and the retried event sends it again.
+    #[error("sending a batch failed inside custody: {0}")]
+    SendTask(String),
     /// The tenant's account deletion started: processing stops writing (the purge
     /// removes what there is). 409 on an HTTP route; an event handled as done.
     #[error("the account is being deleted; processing stopped")]
@@ -479,7 +483,7 @@ async fn validate(
         .map_err(ImportError::from)?;
     let mut counter = SubjectCounter::new(&deps.imports, &pseudonyms, object.clone(), expires_at);
     let body = get_body(deps, &object.key(), version).await?;
-    let (mut rows, reader) = stream_rows(body, import.format, import.rules());
+    let (mut rows, reader) = stream_rows(body, import.format, import.rules(), RowForm::Subjects);
     let mut validation = Validation {
         verdict: Ok(()),
         rows_total: 0,
@@ -600,8 +604,8 @@ impl BatchBuilder {
 
     /// Adds a row, or with a `reason` takes its place without adding it; returns the
     /// previous batch when this row did not fit in it.
-    fn push(&mut self, row: &Map<String, Value>, left_out: Option<Reason>) -> Option<Batch> {
-        let json = serde_json::to_vec(row).unwrap_or_else(|_| b"{}".to_vec());
+    /// `json` is the row encoded (the reader encodes it: [`RowForm::Json`]).
+    fn push(&mut self, json: &[u8], left_out: Option<Reason>) -> Option<Batch> {
         let full = self.slots == MAX_BATCH_ROWS
             || (self.slots > 0 && self.span + json.len() + 3 > MAX_BATCH_BYTES);
         let finished = if full { self.finish() } else { None };
@@ -616,7 +620,7 @@ impl BatchBuilder {
                 if self.rows > 0 {
                     self.body.push(b',');
                 }
-                self.body.extend_from_slice(&json);
+                self.body.extend_from_slice(json);
                 self.rows += 1;
             }
         }
@@ -629,11 +633,13 @@ impl BatchBuilder {
             return None;
         }
         self.body.extend_from_slice(b"]}");
+        let size = self.body.len();
         let done = Batch {
             number: self.number,
             rows: self.rows,
             left_out: self.left_out,
-            body: Bytes::from(std::mem::take(&mut self.body)),
+            // The next batch is about as large: sized once instead of grown by doubling.
+            body: Bytes::from(std::mem::replace(&mut self.body, Vec::with_capacity(size))),
         };
         self.number += 1;
         self.start();
@@ -692,12 +698,13 @@ pub async fn deliver(
         url: &url,
         secret: &secret,
         fence: custody::privacy::FenceWatch::new(deps.imports.store(), tenant),
+        in_flight: None,
         acknowledged: Vec::new(),
         since: None,
     };
     for (key, version) in objects {
         let body = get_body(deps, &key, version).await?;
-        let (mut rows, reader) = stream_rows(body, import.format, import.rules());
+        let (mut rows, reader) = stream_rows(body, import.format, import.rules(), RowForm::Json);
         while let Some(item) = rows.recv().await {
             let (row, subjects) = match item {
                 Ok(ParsedRow::Valid { row, subjects, .. }) => (row, subjects),
@@ -705,7 +712,7 @@ pub async fn deliver(
                 Err(ParseError::File(_)) => return Err(ProcessError::Changed),
                 Err(ParseError::Read(reason)) => return Err(ProcessError::Read(reason)),
             };
-            if let Some(batch) = batches.push(&row, filter.reason(&subjects))
+            if let Some(batch) = batches.push(&row.into_json(), filter.reason(&subjects))
                 && let Step::Stop(status) = target.send(batch).await?
             {
                 return Ok(status);
@@ -718,6 +725,9 @@ pub async fn deliver(
     if let Some(batch) = batches.finish()
         && let Step::Stop(status) = target.send(batch).await?
     {
+        return Ok(status);
+    }
+    if let Step::Stop(status) = target.settle().await? {
         return Ok(status);
     }
     if let Step::Stop(status) = target.checkpoint().await? {
@@ -744,10 +754,30 @@ struct Target<'a> {
     url: &'a url::Url,
     secret: &'a SecretString,
     fence: custody::privacy::FenceWatch<'a>,
+    /// The batch being sent, if any: its send runs while the next batch is read and
+    /// encoded, and is settled before the next one goes, so batches still reach the
+    /// destination one at a time and in order.
+    in_flight: Option<InFlight>,
     /// Acknowledged batches not yet recorded: (number, rows sent, rows left out).
     acknowledged: Vec<(u64, usize, LeftOut)>,
     /// When the oldest of them was acknowledged.
     since: Option<std::time::Instant>,
+}
+
+/// A batch's send, spawned so it progresses while rows are read. Aborted if dropped
+/// unsettled (the run stopped): an unacknowledged batch is sent again by the next
+/// run under the same delivery id.
+struct InFlight {
+    number: u64,
+    rows: usize,
+    left_out: LeftOut,
+    send: tokio::task::JoinHandle<Result<webhook::Delivered, WebhookError>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.send.abort();
+    }
 }
 
 impl Target<'_> {
@@ -761,18 +791,40 @@ impl Target<'_> {
         if number < self.import.batches_delivered {
             return Ok(Step::Continue);
         }
+        if let Step::Stop(status) = self.settle().await? {
+            return Ok(Step::Stop(status));
+        }
         if self.fence.closing().await.map_err(ImportError::from)? {
             return Err(ProcessError::AccountClosing);
         }
         // A batch whose every row is left out is not sent; it is done all the same.
+        if rows == 0 {
+            return self.acknowledge(number, rows, left_out).await;
+        }
         let id = webhook::delivery_id(&self.import.id, number);
-        if rows > 0
-            && let Err(err) = self
-                .deps
-                .sender
-                .deliver(self.url, self.secret, &id, body)
-                .await
-        {
+        let (sender, url, secret) = (
+            self.deps.sender.clone(),
+            self.url.clone(),
+            self.secret.clone(),
+        );
+        self.in_flight = Some(InFlight {
+            number,
+            rows,
+            left_out,
+            send: tokio::spawn(async move { sender.deliver(&url, &secret, &id, body).await }),
+        });
+        Ok(Step::Continue)
+    }
+
+    /// Waits for the batch in flight, if any, and records its outcome.
+    async fn settle(&mut self) -> Result<Step, ProcessError> {
+        let Some(mut in_flight) = self.in_flight.take() else {
+            return Ok(Step::Continue);
+        };
+        let sent = (&mut in_flight.send)
+            .await
+            .map_err(|join| ProcessError::SendTask(join.to_string()))?;
+        if let Err(err) = sent {
             // What was acknowledged before the failure is recorded first, so a retry
             // resumes after it.
             if let Step::Stop(status) = self.checkpoint().await? {
@@ -781,6 +833,16 @@ impl Target<'_> {
             let status = fail_delivery(self.deps, self.import, &err).await?;
             return Ok(Step::Stop(status));
         }
+        self.acknowledge(in_flight.number, in_flight.rows, in_flight.left_out)
+            .await
+    }
+
+    async fn acknowledge(
+        &mut self,
+        number: u64,
+        rows: usize,
+        left_out: LeftOut,
+    ) -> Result<Step, ProcessError> {
         self.acknowledged.push((number, rows, left_out));
         let since = *self.since.get_or_insert_with(std::time::Instant::now);
         if self.acknowledged.len() >= CHECKPOINT_BATCHES || since.elapsed() >= CHECKPOINT_INTERVAL {
@@ -949,12 +1011,13 @@ pub(crate) async fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
-    fn row(n: usize, width: usize) -> Map<String, Value> {
+    fn row(n: usize, width: usize) -> Vec<u8> {
         let mut row = Map::new();
         row.insert("n".into(), Value::from(n));
         row.insert("pad".into(), Value::String("x".repeat(width)));
-        row
+        serde_json::to_vec(&row).unwrap()
     }
 
     #[test]

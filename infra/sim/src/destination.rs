@@ -35,12 +35,24 @@ pub struct Received {
     pub signature_valid: bool,
     /// The status the simulator answered with.
     pub status: u16,
-    /// The parsed body, if it was a [`Batch`].
+    /// The parsed body, if it was a [`Batch`] (posted to [`HOOK_PATH`]); without its
+    /// rows on a receiver started with [`DestinationSim::start_counting`].
     pub batch: Option<Batch>,
+    /// Rows in the batch, kept or not.
+    pub rows: usize,
     /// Which path it was posted to ([`HOOK_PATH`] or [`NOTICE_PATH`]).
     pub path: &'static str,
-    /// The body as JSON, if it was JSON (a notice's message).
+    /// The body as JSON, if it was a JSON object posted to [`NOTICE_PATH`] (a notice's
+    /// message).
     pub json: Option<Value>,
+}
+
+/// What a receiver accepted, counted without copying what it keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub requests: usize,
+    pub batches: usize,
+    pub rows: usize,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +72,9 @@ struct Inner {
     secret: Vec<u8>,
     switches: Switches,
     received: Vec<Received>,
+    /// Whether accepted batches keep their rows (tests read them; the bench only
+    /// counts them, so the receiver's memory and copies do not weigh on the import).
+    keep_rows: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -90,7 +105,18 @@ impl Drop for DestinationSim {
 impl DestinationSim {
     /// Starts a receiver on 127.0.0.1 (random port) that verifies with `secret`.
     pub async fn start(secret: &str) -> std::io::Result<Self> {
+        Self::start_keeping(secret, true).await
+    }
+
+    /// A receiver that verifies and parses every batch as [`Self::start`]'s does but
+    /// keeps only its size: for measuring the sender, not the receiver.
+    pub async fn start_counting(secret: &str) -> std::io::Result<Self> {
+        Self::start_keeping(secret, false).await
+    }
+
+    async fn start_keeping(secret: &str, keep_rows: bool) -> std::io::Result<Self> {
         let shared = Shared(Arc::new(Mutex::new(Inner {
+            keep_rows,
             secret: secret.as_bytes().to_vec(),
             switches: Switches {
                 fail_status: 503,
@@ -164,6 +190,22 @@ impl DestinationSim {
             .collect()
     }
 
+    /// Requests, accepted batches and their rows.
+    pub fn summary(&self) -> Summary {
+        let inner = self.shared.lock();
+        let accepted = || {
+            inner
+                .received
+                .iter()
+                .filter(|r| r.status < 300 && r.batch.is_some())
+        };
+        Summary {
+            requests: inner.received.len(),
+            batches: accepted().count(),
+            rows: accepted().map(|r| r.rows).sum(),
+        }
+    }
+
     /// The notification-webhook URL (signed with the same secret).
     pub fn notice_url(&self) -> String {
         format!("http://{}{NOTICE_PATH}", self.addr)
@@ -218,11 +260,22 @@ async fn record(
         DEFAULT_TOLERANCE_SECS,
     )
     .is_ok();
-    let batch = serde_json::from_slice::<Batch>(body).ok();
-    let json = serde_json::from_slice::<Value>(body)
-        .ok()
-        .filter(Value::is_object);
+    // Parsed once, as what the path takes.
+    let (mut batch, json) = if path == HOOK_PATH {
+        (serde_json::from_slice::<Batch>(body).ok(), None)
+    } else {
+        let json = serde_json::from_slice::<Value>(body)
+            .ok()
+            .filter(Value::is_object);
+        (None, json)
+    };
+    let rows = batch.as_ref().map_or(0, |b| b.rows.len());
     let mut inner = shared.lock();
+    if !inner.keep_rows
+        && let Some(batch) = batch.as_mut()
+    {
+        batch.rows = Vec::new();
+    }
     if inner.switches.down_after == Some(0) {
         inner.switches.down = true;
         inner.switches.down_after = None;
@@ -234,7 +287,7 @@ async fn record(
         inner.switches.fail_status
     } else if !signature_valid {
         401
-    } else if (path == HOOK_PATH && batch.is_none()) || json.is_none() {
+    } else if (path == HOOK_PATH && batch.is_none()) || (path == NOTICE_PATH && json.is_none()) {
         400
     } else {
         if let Some(left) = inner.switches.down_after.as_mut() {
@@ -247,6 +300,7 @@ async fn record(
         signature_valid,
         status,
         batch,
+        rows,
         path,
         json,
     });

@@ -531,14 +531,24 @@ fn normalise_column(name: &str) -> String {
 }
 
 /// The kind of identifier a column holds, by its name (see the `*_COLUMNS` lists).
+/// Runs for every column of every imported row, so it compares in place rather than
+/// building the normalised name.
 pub fn subject_kind(column: &str) -> Option<IdentifierKind> {
-    let name = normalise_column(column);
-    let name = name.as_str();
-    if EMAIL_COLUMNS.contains(&name) {
+    let name = column.trim();
+    let is = |known: &&str| {
+        known.len() == name.len()
+            && known.bytes().zip(name.bytes()).all(|(k, c)| {
+                k == match c {
+                    b'-' | b' ' => b'_',
+                    c => c.to_ascii_lowercase(),
+                }
+            })
+    };
+    if EMAIL_COLUMNS.iter().any(is) {
         Some(IdentifierKind::Email)
-    } else if PHONE_COLUMNS.contains(&name) {
+    } else if PHONE_COLUMNS.iter().any(is) {
         Some(IdentifierKind::Phone)
-    } else if CONTACT_ID_COLUMNS.contains(&name) {
+    } else if CONTACT_ID_COLUMNS.iter().any(is) {
         Some(IdentifierKind::ContactId)
     } else {
         None
@@ -623,7 +633,7 @@ pub struct IdentifierValue<'a> {
     pub kind: IdentifierKind,
     /// Where it was found (`Customer Email`, `contact.email`, `/a/b`), safe to show:
     /// names that are not well-formed column names are `<column>`.
-    pub place: String,
+    pub place: std::borrow::Cow<'a, str>,
     pub value: &'a Value,
 }
 
@@ -641,7 +651,7 @@ pub fn identifier_values<'a>(
         if let Some(kind) = subject_kind(column) {
             found.push(IdentifierValue {
                 kind,
-                place: safe_column(column).to_owned(),
+                place: safe_column(column).into(),
                 value,
             });
         } else if let Value::Object(nested) = value {
@@ -650,7 +660,7 @@ pub fn identifier_values<'a>(
                 if let Some(kind) = subject_kind(key).or_else(|| subject_kind(&joined)) {
                     found.push(IdentifierValue {
                         kind,
-                        place: format!("{}.{}", safe_column(column), safe_column(key)),
+                        place: format!("{}.{}", safe_column(column), safe_column(key)).into(),
                         value: inner,
                     });
                 }
@@ -681,7 +691,7 @@ pub fn identifier_values<'a>(
         {
             found.push(IdentifierValue {
                 kind,
-                place: field.to_owned(),
+                place: field.to_owned().into(),
                 value,
             });
         }
@@ -716,9 +726,9 @@ impl RowRules {
         let mut subjects = Vec::new();
         for found in identifier_values(row, self.identifiers.as_ref()) {
             let (kind, place) = (found.kind, &found.place);
-            let text = match found.value {
-                Value::String(s) if !s.trim().is_empty() => s.clone(),
-                Value::Number(n) if kind != IdentifierKind::Email => n.to_string(),
+            let text: std::borrow::Cow<'_, str> = match found.value {
+                Value::String(s) if !s.trim().is_empty() => s.as_str().into(),
+                Value::Number(n) if kind != IdentifierKind::Email => n.to_string().into(),
                 Value::Null => continue,
                 Value::String(_) => continue,
                 _ => return Err(format!("column '{place}' must be text")),
@@ -785,10 +795,53 @@ pub enum ParseError {
 pub enum ParsedRow {
     Valid {
         line: u64,
-        row: Map<String, Value>,
+        row: Row,
         subjects: Vec<Identifier>,
     },
     Invalid(LineError),
+}
+
+/// What a [`RowReader`] hands out for a valid row besides its subjects: a reader
+/// builds only what its caller uses (docs/PERFORMANCE.md, "Import profile").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RowForm {
+    /// The row as a JSON object.
+    #[default]
+    Map,
+    /// The row encoded as compact JSON, keys in the order a [`Map`] gives them:
+    /// the bytes `serde_json::to_vec` makes of [`RowForm::Map`]'s row. For delivery.
+    Json,
+    /// Nothing but the subjects: for validation and indexing.
+    Subjects,
+}
+
+/// A valid row, in the [`RowForm`] its reader was asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    Map(Map<String, Value>),
+    Json(Vec<u8>),
+    Omitted,
+}
+
+impl Row {
+    /// The row as compact JSON. An omitted row has no content (its reader was asked
+    /// for subjects only) and encodes as `{}`.
+    pub fn into_json(self) -> Vec<u8> {
+        match self {
+            Row::Json(json) => json,
+            Row::Map(map) => serde_json::to_vec(&map).unwrap_or_else(|_| b"{}".to_vec()),
+            Row::Omitted => b"{}".to_vec(),
+        }
+    }
+
+    /// The row as a JSON object; `None` for an omitted row.
+    pub fn into_map(self) -> Option<Map<String, Value>> {
+        match self {
+            Row::Map(map) => Some(map),
+            Row::Json(json) => serde_json::from_slice(&json).ok(),
+            Row::Omitted => None,
+        }
+    }
 }
 
 /// Size and hash of everything read.
@@ -947,6 +1000,8 @@ enum Engine<R: Read> {
     Csv {
         reader: Box<csv::Reader<Scanner<R>>>,
         headers: Vec<String>,
+        /// Made from the header, once per file.
+        plan: Option<CsvPlan>,
         record: csv::ByteRecord,
     },
     Jsonl {
@@ -956,11 +1011,121 @@ enum Engine<R: Read> {
     },
 }
 
+/// Where [`RowRules::check`] looks in a CSV row, worked out once from the header
+/// rather than for every row: CSV rows are flat text, so which columns are required
+/// and which hold identifiers depends on the header alone.
+#[derive(Debug)]
+struct CsvPlan {
+    /// Column indexes in the order a [`Map`] of the row iterates (by name).
+    sorted: Vec<usize>,
+    /// Each required column by name, with its index (`None`: not in the header).
+    required: Vec<(String, Option<usize>)>,
+    /// The identifier columns in the order [`identifier_values`] finds them: index,
+    /// kind, and the place an error names.
+    identifiers: Vec<(usize, IdentifierKind, String)>,
+}
+
+impl CsvPlan {
+    fn new(headers: &[String], rules: &RowRules) -> Self {
+        let mut sorted: Vec<usize> = (0..headers.len()).collect();
+        sorted.sort_by(|a, b| headers[*a].cmp(&headers[*b]));
+        // The same function the row-by-row check runs, over a row whose every value
+        // is its own column index: what it finds is where it would look.
+        let probe: Map<String, Value> = headers
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), Value::String(i.to_string())))
+            .collect();
+        let identifiers = identifier_values(&probe, rules.identifiers.as_ref())
+            .into_iter()
+            .filter_map(|found| match found.value {
+                Value::String(index) => index
+                    .parse()
+                    .ok()
+                    .map(|i| (i, found.kind, found.place.into_owned())),
+                _ => None,
+            })
+            .collect();
+        let required = rules
+            .required
+            .iter()
+            .map(|name| (name.clone(), headers.iter().position(|h| h == name)))
+            .collect();
+        Self {
+            sorted,
+            required,
+            identifiers,
+        }
+    }
+
+    /// [`RowRules::check`] of the row these fields make, without making it.
+    fn check(&self, rules: &RowRules, fields: &[&str]) -> Result<Vec<Identifier>, String> {
+        for (name, index) in &self.required {
+            if !index.is_some_and(|i| fields.get(i).is_some_and(|f| !f.trim().is_empty())) {
+                return Err(format!("required column '{name}' is empty or missing"));
+            }
+        }
+        let mut subjects = Vec::new();
+        for (index, kind, place) in &self.identifiers {
+            let Some(text) = fields.get(*index).filter(|f| !f.trim().is_empty()) else {
+                continue;
+            };
+            let id = Identifier::new(*kind, text, rules.default_country_code.as_deref())
+                .map_err(|err| format!("column '{place}': {err}"))?;
+            if !subjects.contains(&id) {
+                subjects.push(id);
+            }
+        }
+        Ok(subjects)
+    }
+
+    /// The row in `form`.
+    fn row(&self, form: RowForm, headers: &[String], fields: &[&str]) -> Row {
+        match form {
+            RowForm::Map => Row::Map(
+                headers
+                    .iter()
+                    .zip(fields)
+                    .map(|(name, value)| (name.clone(), Value::String((*value).to_owned())))
+                    .collect(),
+            ),
+            RowForm::Json => {
+                let size: usize = headers
+                    .iter()
+                    .zip(fields)
+                    .map(|(h, f)| h.len() + f.len() + 6)
+                    .sum();
+                let mut json = Vec::with_capacity(size + 2);
+                json.push(b'{');
+                for (n, &i) in self.sorted.iter().enumerate() {
+                    if n > 0 {
+                        json.push(b',');
+                    }
+                    write_json_str(&mut json, &headers[i]);
+                    json.push(b':');
+                    write_json_str(&mut json, fields[i]);
+                }
+                json.push(b'}');
+                Row::Json(json)
+            }
+            RowForm::Subjects => Row::Omitted,
+        }
+    }
+}
+
+/// `s` as a JSON string, escaped exactly as serde_json escapes it.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    let mut ser = serde_json::Serializer::new(out);
+    // Writing a string into a Vec cannot fail.
+    let _ = serde::Serializer::serialize_str(&mut ser, s);
+}
+
 /// Reads rows from any byte source, one at a time: memory holds one record.
 pub struct RowReader<R: Read> {
     engine: Option<Engine<R>>,
     format: Format,
     rules: RowRules,
+    form: RowForm,
     rows: u64,
     finished: bool,
 }
@@ -972,10 +1137,17 @@ impl<R: Read> RowReader<R> {
             engine: None,
             format,
             rules,
+            form: RowForm::Map,
             rows: 0,
             finished: false,
         }
         .with_source(source)
+    }
+
+    /// Valid rows come out in `form` (by default [`RowForm::Map`]).
+    pub fn with_form(mut self, form: RowForm) -> Self {
+        self.form = form;
+        self
     }
 
     fn with_source(mut self, source: R) -> Self {
@@ -992,6 +1164,7 @@ impl<R: Read> RowReader<R> {
                         .from_reader(Scanner::new(source, true)),
                 ),
                 headers: Vec::new(),
+                plan: None,
                 record: csv::ByteRecord::new(),
             },
             Format::Jsonl | Format::Rows => Engine::Jsonl {
@@ -1022,11 +1195,13 @@ impl<R: Read> RowReader<R> {
 
     fn next_row(&mut self) -> Result<Option<ParsedRow>, ParseError> {
         let rules = &self.rules;
+        let form = self.form;
         match self.engine.as_mut() {
             None => Ok(None),
             Some(Engine::Csv {
                 reader,
                 headers,
+                plan,
                 record,
             }) => loop {
                 let more = reader.read_byte_record(record).map_err(csv_error)?;
@@ -1048,6 +1223,7 @@ impl<R: Read> RowReader<R> {
                 }
                 if headers.is_empty() {
                     *headers = read_header(&fields, &rules.required)?;
+                    *plan = Some(CsvPlan::new(headers, rules));
                     continue;
                 }
                 if fields.len() != headers.len() {
@@ -1061,12 +1237,15 @@ impl<R: Read> RowReader<R> {
                         ),
                     })));
                 }
-                let row: Map<String, Value> = headers
-                    .iter()
-                    .zip(fields)
-                    .map(|(name, value)| (name.clone(), Value::String(value.to_owned())))
-                    .collect();
-                return Ok(Some(checked(rules, line, row)));
+                let plan = plan.get_or_insert_with(|| CsvPlan::new(headers, rules));
+                return Ok(Some(match plan.check(rules, &fields) {
+                    Ok(subjects) => ParsedRow::Valid {
+                        line,
+                        row: plan.row(form, headers, &fields),
+                        subjects,
+                    },
+                    Err(message) => invalid(line, message),
+                }));
             },
             Some(Engine::Jsonl { reader, line, buf }) => loop {
                 buf.clear();
@@ -1082,7 +1261,7 @@ impl<R: Read> RowReader<R> {
                     continue;
                 }
                 let parsed = match serde_json::from_str::<Value>(text) {
-                    Ok(Value::Object(row)) => checked(rules, line, row),
+                    Ok(Value::Object(row)) => checked(rules, form, line, row),
                     Ok(_) => invalid(line, "is not a JSON object".into()),
                     Err(err) => {
                         invalid(line, format!("is not valid JSON (column {})", err.column()))
@@ -1102,11 +1281,15 @@ fn invalid(line: u64, message: String) -> ParsedRow {
     })
 }
 
-fn checked(rules: &RowRules, line: u64, row: Map<String, Value>) -> ParsedRow {
+fn checked(rules: &RowRules, form: RowForm, line: u64, row: Map<String, Value>) -> ParsedRow {
     match rules.check(&row) {
         Ok(subjects) => ParsedRow::Valid {
             line,
-            row,
+            row: match form {
+                RowForm::Map => Row::Map(row),
+                RowForm::Json => Row::Json(Row::Map(row).into_json()),
+                RowForm::Subjects => Row::Omitted,
+            },
             subjects,
         },
         Err(message) => invalid(line, message),
@@ -1202,19 +1385,45 @@ impl Read for BlockingBody {
     }
 }
 
+/// Rows handed from the parsing thread in chunks of at most this many rows…
+const CHUNK_ROWS: usize = 128;
+/// …or of rows read from at most this many bytes, whichever comes first.
+const CHUNK_BYTES: u64 = 256 * 1024;
+/// Chunks waiting for the consumer: with the one being filled and the one being
+/// consumed, about 4 × 128 rows are in memory at once.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
+/// The receiving end of [`stream_rows`]: rows in file order, the failure (if any)
+/// last.
+pub struct RowStream {
+    rx: tokio::sync::mpsc::Receiver<Vec<Result<ParsedRow, ParseError>>>,
+    chunk: std::vec::IntoIter<Result<ParsedRow, ParseError>>,
+}
+
+impl RowStream {
+    /// The next row, or `None` once the file (or the parse) ended.
+    pub async fn recv(&mut self) -> Option<Result<ParsedRow, ParseError>> {
+        loop {
+            if let Some(item) = self.chunk.next() {
+                return Some(item);
+            }
+            self.chunk = self.rx.recv().await?.into_iter();
+        }
+    }
+}
+
 /// Parses an S3 body on a blocking thread and hands rows over a bounded channel (so
-/// a slow consumer — a webhook — holds back reading). The join handle gives the size
-/// and hash once everything was read, or `None` if the consumer stopped early or the
-/// parse failed (the failure is the last item on the channel).
+/// a slow consumer — a webhook — holds back reading). Rows cross in chunks: one
+/// hand-over per row cost more than parsing the row (docs/PERFORMANCE.md). The join
+/// handle gives the size and hash once everything was read, or `None` if the
+/// consumer stopped early or the parse failed (the failure is the last item).
 pub fn stream_rows(
     body: ByteStream,
     format: Format,
     rules: RowRules,
-) -> (
-    tokio::sync::mpsc::Receiver<Result<ParsedRow, ParseError>>,
-    tokio::task::JoinHandle<Option<Scanned>>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    form: RowForm,
+) -> (RowStream, tokio::task::JoinHandle<Option<Scanned>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
     let handle = tokio::runtime::Handle::current();
     let task = tokio::task::spawn_blocking(move || {
         let source = BlockingBody {
@@ -1222,16 +1431,33 @@ pub fn stream_rows(
             body,
             chunk: bytes::Bytes::new(),
         };
-        let mut rows = RowReader::new(source, format, rules);
-        for item in rows.by_ref() {
+        let mut rows = RowReader::new(source, format, rules).with_form(form);
+        let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+        let mut chunk_from = 0;
+        while let Some(item) = rows.next() {
             let failed = item.is_err();
-            if tx.blocking_send(item).is_err() || failed {
-                return None;
+            chunk.push(item);
+            let read = rows.bytes_read();
+            if failed || chunk.len() == CHUNK_ROWS || read - chunk_from >= CHUNK_BYTES {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
+                chunk_from = read;
+                if tx.blocking_send(full).is_err() || failed {
+                    return None;
+                }
             }
+        }
+        if !chunk.is_empty() && tx.blocking_send(chunk).is_err() {
+            return None;
         }
         rows.scanned()
     });
-    (rx, task)
+    (
+        RowStream {
+            rx,
+            chunk: Vec::new().into_iter(),
+        },
+        task,
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -1776,7 +2002,10 @@ pub struct SubjectCounter<'a> {
     key: &'a PseudonymKey,
     object: ObjectKey,
     expires_at: i64,
-    counts: HashMap<Pseudonym, u64>,
+    /// Counted by identifier: the pseudonym (an HMAC) is computed once per distinct
+    /// subject at [`Self::flush`], not once per row (a file names the same people
+    /// over and over; docs/PERFORMANCE.md, "Import profile").
+    counts: HashMap<Identifier, u64>,
     rounds: u32,
 }
 
@@ -1801,7 +2030,12 @@ impl<'a> SubjectCounter<'a> {
         // A row naming one person in two columns (email and phone) counts once per
         // identifier: each identifier is its own index entry.
         for subject in subjects {
-            *self.counts.entry(self.key.pseudonym(subject)).or_default() += 1;
+            match self.counts.get_mut(subject) {
+                Some(count) => *count += 1,
+                None => {
+                    self.counts.insert(subject.clone(), 1);
+                }
+            }
         }
         if self.counts.len() >= MAX_PENDING_SUBJECTS {
             self.flush().await?;
@@ -1810,7 +2044,11 @@ impl<'a> SubjectCounter<'a> {
     }
 
     pub async fn flush(&mut self) -> Result<(), ImportError> {
-        let counts = std::mem::take(&mut self.counts);
+        // Distinct identifiers have distinct pseudonyms, so no two counts merge here.
+        let counts = std::mem::take(&mut self.counts)
+            .into_iter()
+            .map(|(subject, count)| (self.key.pseudonym(&subject), count))
+            .collect();
         let first_round = self.rounds == 0;
         self.rounds += 1;
         self.imports
@@ -1903,7 +2141,9 @@ mod tests {
         items
             .iter()
             .filter_map(|item| match item {
-                Ok(ParsedRow::Valid { line, row, .. }) => Some((*line, row.clone())),
+                Ok(ParsedRow::Valid { line, row, .. }) => {
+                    Some((*line, row.clone().into_map().unwrap_or_default()))
+                }
                 _ => None,
             })
             .collect()
@@ -1927,6 +2167,90 @@ mod tests {
         assert_eq!(rows[0].1["note"], "multi\r\nline, with comma");
         assert_eq!(rows[1].0, 4);
         assert_eq!(rows[1].1["note"], "say \"hi\"");
+    }
+
+    /// The CSV reader checks rows through a plan made once from the header, and
+    /// builds only the form asked for: every form must find what `RowRules::check`
+    /// finds on the row as a map (same subjects, same errors, same lines), and the
+    /// JSON form must be the very bytes serde_json makes of the map.
+    #[test]
+    fn csv_rows_in_every_form_check_and_encode_as_the_map_does() {
+        let files = [
+            // Aliased identifier columns out of name order, a required column, quotes,
+            // escapes, non-ASCII, an empty identifier, a bad email and phone.
+            "Zip,Customer Email,name,Mobile Phone,contactId,note\n\
+             1,A@Example.com,Ann,+44 7700 900123,c1,\"say \"\"hi\"\"\"\n\
+             2,,Bob,07700 900123,,tab\there\n\
+             3,not-an-email,Cy,,c3,ünïcode ✓\n\
+             4,d@example.com,,+1 202 555 0100,c4,\"line\nbreak\"\n\
+             5,e@example.com,Eve,12,c5,back\\slash\n",
+            // Declared fields: a column, a pointer to a column, a pointer into text
+            // (never found in CSV), duplicates of a default column.
+            "who,email,alt,Phone\nx@example.com,y@example.com,z@example.com,+442079460000\n\
+             ,Y@EXAMPLE.COM,,\nbad,y@example.com,,\n",
+        ];
+        let rules = [
+            RowRules {
+                required: vec!["name".into()],
+                default_country_code: Some("44".into()),
+                identifiers: None,
+            },
+            RowRules {
+                required: vec![],
+                default_country_code: None,
+                identifiers: Some(IdentifierFields {
+                    email: vec!["who".into(), "/alt".into(), "/who/x".into(), "email".into()],
+                    phone: vec!["/Phone".into()],
+                    contact_id: vec![],
+                }),
+            },
+        ];
+        for (file, rules) in files.iter().zip(rules) {
+            let read = |form| {
+                RowReader::new(file.as_bytes(), Format::Csv, rules.clone())
+                    .with_form(form)
+                    .collect::<Vec<_>>()
+            };
+            let maps = read(RowForm::Map);
+            let (json, subjects) = (read(RowForm::Json), read(RowForm::Subjects));
+            assert_eq!(maps.len(), json.len());
+            assert_eq!(maps.len(), subjects.len());
+            let mut valid = 0;
+            for ((map, json), only) in maps.iter().zip(&json).zip(&subjects) {
+                match (map, json, only) {
+                    (
+                        Ok(ParsedRow::Valid {
+                            line,
+                            row: Row::Map(row),
+                            subjects: s,
+                        }),
+                        Ok(ParsedRow::Valid {
+                            line: l2,
+                            row: Row::Json(bytes),
+                            subjects: s2,
+                        }),
+                        Ok(ParsedRow::Valid {
+                            line: l3,
+                            row: Row::Omitted,
+                            subjects: s3,
+                        }),
+                    ) => {
+                        valid += 1;
+                        assert_eq!((line, line), (l2, l3));
+                        assert_eq!(&rules.check(row).unwrap(), s);
+                        assert_eq!((s, s), (s2, s3));
+                        assert_eq!(bytes, &serde_json::to_vec(row).unwrap(), "line {line}");
+                    }
+                    (a, b, c) => {
+                        assert!(!matches!(a, Ok(ParsedRow::Valid { .. })), "{a:?}");
+                        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+                        assert_eq!(format!("{a:?}"), format!("{c:?}"));
+                    }
+                }
+            }
+            assert!(valid >= 2, "{maps:?}");
+            assert!(maps.iter().any(|m| matches!(m, Ok(ParsedRow::Invalid(_)))));
+        }
     }
 
     #[test]
@@ -2104,7 +2428,7 @@ mod tests {
     ) -> Vec<(IdentifierKind, String)> {
         identifier_values(row.as_object().unwrap(), declared)
             .into_iter()
-            .map(|f| (f.kind, f.place))
+            .map(|f| (f.kind, f.place.into_owned()))
             .collect()
     }
 
