@@ -577,12 +577,13 @@ mod tests {
                 "csv_bytes": 70_600_000, "seconds": 11.7, "rows_per_s": 85_470.0,
                 "bare_read_rows_per_s": 2_000_000.0, "bare_read_mb_per_s": 141.2,
                 "import_vs_bare_read": 0.0427, "parse_validate_rows_per_s": 1_250_000.0,
+                "parse_encode_rows_per_s": 1_100_000.0,
                 "rows_delivered": 1_000_000, "processing_peak_rss_bytes": 16_700_000,
             })),
         };
         let table = throughput_markdown(&[row]);
         assert!(
-            table.contains("| 1 000 000 | 70.6 | 11.70 | 85 470 | 2 000 000 | 141.2 | 0.04× | 1 250 000 | 1 000 000 | 16.7 | measured |"),
+            table.contains("| 1 000 000 | 70.6 | 11.70 | 85 470 | 2 000 000 | 141.2 | 0.04× | 1 250 000 | 1 100 000 | 1 000 000 | 16.7 | measured |"),
             "{table}"
         );
     }
