@@ -17,7 +17,10 @@
 //! conversations of one message each, for peak RSS against the number of
 //! conversations; at 10 requests / s 100 000 conversations would take hours, so this
 //! shape raises the simulated limit to [`CONVERSATIONS_LIMIT_MAX`] / s (its share of
-//! the ceiling is against that limit and says little).
+//! the ceiling is against that limit and says little). `make bench` does not run it:
+//! at 100 000 conversations the local stack's Query (moto scans and sorts the whole
+//! partition per page) makes the manifest's table reads take most of an hour
+//! (docs/PERFORMANCE.md).
 
 use std::process::Stdio;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The export format: one JSON document per conversation and a manifest per run.
 //! Field names are ours and stable (snake_case), times ISO-8601 UTC with milliseconds.
-//! Built only in memory on their way to the destination.
+//! Built only in memory on their way to the destination; the manifest a piece at a
+//! time ([`ManifestWriter::take`]), streamed.
 
 use std::collections::BTreeSet;
 
@@ -173,10 +174,14 @@ struct ManifestEntry<'a> {
 /// and SHA-256, encoded one entry at a time, so the run's files never need to be in
 /// memory together (the worker pages them from the table). The bytes are exactly
 /// `serde_json::to_vec_pretty` of the whole document: `format`, `run_id`,
-/// `location_id`, `started_at`, `window`, `channels`, `totals`, `files`.
+/// `location_id`, `started_at`, `window`, `channels`, `totals`, `files`. The bytes
+/// can be taken as they come ([`ManifestWriter::take`]), so the manifest streams to
+/// the destination without ever being whole in memory.
 pub struct ManifestWriter {
     out: Vec<u8>,
     entries: u64,
+    /// Bytes already taken out of `out`.
+    taken: usize,
 }
 
 impl ManifestWriter {
@@ -199,7 +204,11 @@ impl ManifestWriter {
         // The object's closing "\n}" comes back in `finish`.
         out.truncate(out.len().saturating_sub(2));
         out.extend_from_slice(b",\n  \"files\": [");
-        Ok(Self { out, entries: 0 })
+        Ok(Self {
+            out,
+            entries: 0,
+            taken: 0,
+        })
     }
 
     pub fn entry(&mut self, file: &RunFile) -> Result<(), serde_json::Error> {
@@ -225,15 +234,24 @@ impl ManifestWriter {
         Ok(())
     }
 
-    /// The bytes so far (the manifest's size grows with its entries).
+    /// The bytes so far, taken or not (the manifest's size grows with its entries).
     pub fn len(&self) -> usize {
-        self.out.len()
+        self.taken + self.out.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.out.is_empty()
+        self.len() == 0
     }
 
+    /// The bytes encoded since the last `take`: the manifest is these, in order,
+    /// followed by what [`ManifestWriter::finish`] returns.
+    pub fn take(&mut self) -> Vec<u8> {
+        let out = std::mem::take(&mut self.out);
+        self.taken += out.len();
+        out
+    }
+
+    /// The rest of the manifest (all of it when nothing was taken).
     pub fn finish(mut self) -> Vec<u8> {
         if self.entries == 0 {
             self.out.extend_from_slice(b"]\n}");
@@ -340,6 +358,18 @@ mod tests {
                 String::from_utf8(streamed.clone()).unwrap(),
                 String::from_utf8(whole(&run, "locA", &files)).unwrap()
             );
+            // Taken piece by piece, the same bytes.
+            let mut totals = ManifestTotals::default();
+            files.iter().for_each(|f| totals.add(f));
+            let mut writer = ManifestWriter::new(&run, "locA", &totals).unwrap();
+            let mut pieces = writer.take();
+            for file in &files {
+                writer.entry(file).unwrap();
+                pieces.extend(writer.take());
+            }
+            assert_eq!(writer.len(), pieces.len());
+            pieces.extend(writer.finish());
+            assert_eq!(pieces, streamed);
             let parsed: serde_json::Value = serde_json::from_slice(&streamed).unwrap();
             assert_eq!(parsed["files"].as_array().unwrap().len(), n as usize);
             assert_eq!(parsed["totals"]["conversations"], n);

@@ -11,7 +11,7 @@
 //!    `CONVERSATIONS_IN_FLIGHT` conversations run concurrently, paced by the one
 //!    HighLevel client's limiter, and are committed to the checkpoint in work-list
 //!    order. Then the manifest, encoded entry by entry from the run's files read a
-//!    table page at a time.
+//!    table page at a time and streamed to the destination (`Sink::put_stream`).
 //! 4. Near the deadline the run stops launching, waits for the steps in flight, and
 //!    saves its checkpoint; a one-time schedule continues it. On failure it stays
 //!    active and the next trigger resumes it. Messages pass through memory only, at
@@ -37,7 +37,9 @@ use custody::idempotency::{IdempotencyError, Outcome as IdemOutcome, RunError};
 use custody::metrics::{self, names};
 use custody::schedule::ScheduleError;
 use custody::seal::{Purpose, SealContext};
-use custody::sink::{Receipt, S3Sink, Sink, SinkError, WebDavSink};
+use custody::sink::{
+    BodyError, BodySource, BodyStream, Receipt, S3Sink, Sink, SinkError, WebDavSink,
+};
 use custody::store::{Condition, Key, PageRequest, StoreError, keys};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -820,6 +822,13 @@ impl Sink for AnySink {
             AnySink::S3(sink) => sink.put(path, content).await,
         }
     }
+
+    async fn put_stream(&self, path: &str, body: &dyn BodySource) -> Result<Receipt, SinkError> {
+        match self {
+            AnySink::WebDav(sink) => sink.put_stream(path, body).await,
+            AnySink::S3(sink) => sink.put_stream(path, body).await,
+        }
+    }
 }
 
 async fn open_destination(
@@ -959,34 +968,32 @@ async fn drive(
                 }
                 let prefix = format!("RUNFILE#{}#", run.run_id);
                 // Two passes over the run's files, a page at a time: the totals come
-                // before the list in the document.
+                // before the list in the document. The second pass is the manifest's
+                // body, streamed to the destination (again for each retry of the
+                // write), so the manifest is never whole in memory.
                 let mut totals = archive::ManifestTotals::default();
                 run_files(deps, &pk, &prefix, |file| {
                     totals.add(&file);
                     Ok(())
                 })
                 .await?;
-                let mut writer = archive::ManifestWriter::new(run, location_id, &totals)
-                    .map_err(|e| StepError::Encode(e.to_string()))?;
-                let mut listed = archive::ManifestTotals::default();
-                run_files(deps, &pk, &prefix, |file| {
-                    listed.add(&file);
-                    writer
-                        .entry(&file)
-                        .map_err(|e| StepError::Encode(e.to_string()))
-                })
-                .await?;
-                if listed != totals {
-                    return Err(StepError::Checkpoint(
-                        "the run's files changed while the manifest was written".into(),
-                    ));
-                }
+                let body = ManifestBody {
+                    deps: deps.clone(),
+                    pk: pk.clone(),
+                    prefix,
+                    run: run.clone(),
+                    location_id: location_id.to_owned(),
+                    totals,
+                    failure: Arc::default(),
+                };
                 let receipt = sink
-                    .put(
-                        &format!("{dir}/{}", archive::MANIFEST_NAME),
-                        Bytes::from(writer.finish()),
-                    )
-                    .await?;
+                    .put_stream(&format!("{dir}/{}", archive::MANIFEST_NAME), &body)
+                    .await
+                    .map_err(|err| match err {
+                        // Our own failure, with its own kind (store, encoding, …).
+                        SinkError::Source(_) => body.take_failure().unwrap_or(err.into()),
+                        err => err.into(),
+                    })?;
                 run.bytes += receipt.bytes;
                 metrics::count(names::EXPORT_BYTES, receipt.bytes);
                 run.phase = Phase::Done;
@@ -1017,6 +1024,108 @@ async fn run_files(
             Some(cursor) => request.cursor = Some(cursor),
             None => return Ok(()),
         }
+    }
+}
+
+/// The manifest's body: the run's files read a table page at a time, encoded entry by
+/// entry, one chunk per page. Each opening reads them again from the start.
+struct ManifestBody {
+    deps: Deps,
+    pk: String,
+    prefix: String,
+    run: ExportRun,
+    location_id: String,
+    /// The sums of the first pass: the header states them, the list must match them.
+    totals: archive::ManifestTotals,
+    /// The typed error behind the last opening's failure (the sink sees its text).
+    failure: Arc<std::sync::Mutex<Option<StepError>>>,
+}
+
+/// Where a manifest body is: the next table page to read, or done reading.
+struct ManifestCursor {
+    /// `None` once finished.
+    writer: Option<archive::ManifestWriter>,
+    listed: archive::ManifestTotals,
+    next: Option<PageRequest>,
+}
+
+impl ManifestBody {
+    fn take_failure(&self) -> Option<StepError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn fail(failure: &std::sync::Mutex<Option<StepError>>, err: StepError) -> BodyError {
+        let text = err.to_string();
+        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+        BodyError(text)
+    }
+}
+
+impl BodySource for ManifestBody {
+    fn open(&self) -> BodyStream {
+        let failure = self.failure.clone();
+        let writer = match archive::ManifestWriter::new(&self.run, &self.location_id, &self.totals)
+        {
+            Ok(writer) => writer,
+            Err(err) => {
+                let err = Self::fail(&failure, StepError::Encode(err.to_string()));
+                return Box::pin(futures_util::stream::once(async move { Err(err) }));
+            }
+        };
+        let start = ManifestCursor {
+            writer: Some(writer),
+            listed: archive::ManifestTotals::default(),
+            next: Some(PageRequest {
+                limit: Some(MANIFEST_PAGE),
+                ..PageRequest::default()
+            }),
+        };
+        let (store, pk, prefix, totals) = (
+            self.deps.store.clone(),
+            self.pk.clone(),
+            self.prefix.clone(),
+            self.totals,
+        );
+        Box::pin(futures_util::stream::try_unfold(start, move |mut at| {
+            let (store, pk, prefix, failure) =
+                (store.clone(), pk.clone(), prefix.clone(), failure.clone());
+            async move {
+                let Some(writer) = at.writer.as_mut() else {
+                    return Ok(None);
+                };
+                let Some(request) = at.next.take() else {
+                    if at.listed != totals {
+                        return Err(Self::fail(
+                            &failure,
+                            StepError::Checkpoint(
+                                "the run's files changed while the manifest was written".into(),
+                            ),
+                        ));
+                    }
+                    let tail = at.writer.take().map(|w| w.finish()).unwrap_or_default();
+                    return Ok(Some((Bytes::from(tail), at)));
+                };
+                let page = store
+                    .query::<RunFile>(&pk, &prefix, &request)
+                    .await
+                    .map_err(|e| Self::fail(&failure, e.into()))?;
+                for file in page.items {
+                    at.listed.add(&file);
+                    writer
+                        .entry(&file)
+                        .map_err(|e| Self::fail(&failure, StepError::Encode(e.to_string())))?;
+                }
+                let chunk = Bytes::from(writer.take());
+                at.next = page.next_cursor.map(|cursor| PageRequest {
+                    cursor: Some(cursor),
+                    ..request
+                });
+                Ok(Some((chunk, at)))
+            }
+        }))
     }
 }
 

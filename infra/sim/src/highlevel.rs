@@ -307,9 +307,35 @@ impl std::fmt::Debug for Authority {
     }
 }
 
+/// A seeded location: its messages sorted by `(dateAdded, id)`, and per conversation
+/// the positions of its messages in that order. The index is built once at seeding so
+/// a conversation's query reads its own messages, not the location's: at 100 000
+/// conversations a scan per query made a run quadratic in the size.
+#[derive(Debug, Default)]
+struct Location {
+    messages: Arc<Vec<SimMessage>>,
+    by_conversation: HashMap<String, Vec<u32>>,
+}
+
+impl Location {
+    fn new(messages: Arc<Vec<SimMessage>>) -> Self {
+        let mut by_conversation: HashMap<String, Vec<u32>> = HashMap::new();
+        for (at, message) in (0u32..).zip(messages.iter()) {
+            by_conversation
+                .entry(message.conversation_id.clone())
+                .or_default()
+                .push(at);
+        }
+        Self {
+            messages,
+            by_conversation,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    locations: HashMap<String, Arc<Vec<SimMessage>>>,
+    locations: HashMap<String, Arc<Location>>,
     tokens: HashMap<String, String>,
     /// The OAuth provider whose access tokens this API accepts (one simulated world).
     authority: Option<Authority>,
@@ -368,10 +394,11 @@ impl HighLevelSim {
     /// Seeds a location and returns its messages (sorted by date, then id).
     pub fn seed_location(&self, location_id: &str, seed: &Seed) -> Arc<Vec<SimMessage>> {
         let messages = Arc::new(generate(location_id, seed));
+        let location = Arc::new(Location::new(messages.clone()));
         self.shared
             .lock()
             .locations
-            .insert(location_id.to_owned(), messages.clone());
+            .insert(location_id.to_owned(), location);
         messages
     }
 
@@ -380,7 +407,7 @@ impl HighLevelSim {
             .lock()
             .locations
             .get(location_id)
-            .cloned()
+            .map(|location| location.messages.clone())
             .unwrap_or_default()
     }
 
@@ -571,7 +598,7 @@ async fn export(
         let messages = inner.locations.get(&location).cloned().unwrap_or_default();
         (fault, rate_headers, messages)
     };
-    let (fault, rate_headers, messages) = decided;
+    let (fault, rate_headers, location) = decided;
 
     let mut response = match fault {
         Fault::TooMany => error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
@@ -580,7 +607,7 @@ async fn export(
             if let Fault::Slow(by) = fault {
                 tokio::time::sleep(by).await;
             }
-            let page = match page(&messages, &params) {
+            let page = match page(&location, &params) {
                 Ok(page) => page,
                 Err(message) => {
                     shared.lock().counters.bad_requests += 1;
@@ -668,85 +695,184 @@ fn broken_response(page: String) -> Response {
     response
 }
 
-/// One page of the filtered, ordered messages, as JSON.
-fn page(messages: &[SimMessage], params: &ExportParams) -> Result<String, &'static str> {
-    let limit = match params.limit.as_deref() {
-        None => 100,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (10..=500).contains(l))
-            .ok_or("limit must be a number between 10 and 500")?,
-    };
-    let channel = params.channel.as_deref();
-    if let Some(channel) = channel
-        && !["Call", "SMS", "Email", "WhatsApp", "Instagram", "Facebook"].contains(&channel)
-    {
-        return Err("channel must be one of Call, SMS, Email, WhatsApp, Instagram, Facebook");
-    }
-    let start = match params.start_date.as_deref() {
-        Some(raw) => Some(parse_date(raw).ok_or("startDate is not a date")?),
-        None => None,
-    };
-    let end = match params.end_date.as_deref() {
-        Some(raw) => Some(parse_date(raw).ok_or("endDate is not a date")?),
-        None => None,
-    };
-    let cursor = match params.cursor.as_deref() {
-        Some(raw) => Some(
-            URL_SAFE_NO_PAD
-                .decode(raw)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<Cursor>(&bytes).ok())
-                .ok_or("cursor is not valid")?,
-        ),
-        None => None,
-    };
-    let descending = params.sort_order.as_deref() == Some("desc");
+/// An export request's parameters, checked (in the order the API reports them).
+struct Request<'a> {
+    limit: usize,
+    channel: Option<&'a str>,
+    conversation_id: Option<&'a str>,
+    contact_id: Option<&'a str>,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    cursor: Option<Cursor>,
+    descending: bool,
+}
 
-    let matches = |m: &&SimMessage| {
-        let channel_ok = match channel {
+impl<'a> Request<'a> {
+    fn parse(params: &'a ExportParams) -> Result<Self, &'static str> {
+        let limit = match params.limit.as_deref() {
+            None => 100,
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|l| (10..=500).contains(l))
+                .ok_or("limit must be a number between 10 and 500")?,
+        };
+        let channel = params.channel.as_deref();
+        if let Some(channel) = channel
+            && !["Call", "SMS", "Email", "WhatsApp", "Instagram", "Facebook"].contains(&channel)
+        {
+            return Err("channel must be one of Call, SMS, Email, WhatsApp, Instagram, Facebook");
+        }
+        let start = match params.start_date.as_deref() {
+            Some(raw) => Some(parse_date(raw).ok_or("startDate is not a date")?),
+            None => None,
+        };
+        let end = match params.end_date.as_deref() {
+            Some(raw) => Some(parse_date(raw).ok_or("endDate is not a date")?),
+            None => None,
+        };
+        let cursor = match params.cursor.as_deref() {
+            Some(raw) => Some(
+                URL_SAFE_NO_PAD
+                    .decode(raw)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<Cursor>(&bytes).ok())
+                    .ok_or("cursor is not valid")?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            limit,
+            channel,
+            conversation_id: params.conversation_id.as_deref(),
+            contact_id: params.contact_id.as_deref(),
+            start,
+            end,
+            cursor,
+            descending: params.sort_order.as_deref() == Some("desc"),
+        })
+    }
+
+    /// Every filter except the cursor.
+    fn matches(&self, m: &SimMessage) -> bool {
+        let channel_ok = match self.channel {
             Some(channel) => m.channel() == Some(channel),
             // HighLevel's default: every type except email, activities included.
             None => m.channel() != Some("Email"),
         };
         channel_ok
-            && params
+            && self
                 .conversation_id
-                .as_deref()
                 .is_none_or(|id| m.conversation_id == id)
-            && params
-                .contact_id
-                .as_deref()
-                .is_none_or(|id| m.contact_id == id)
-            && start.is_none_or(|s| m.date_added >= s)
-            && end.is_none_or(|e| m.date_added < e)
+            && self.contact_id.is_none_or(|id| m.contact_id == id)
+            && self.start.is_none_or(|s| m.date_added >= s)
+            && self.end.is_none_or(|e| m.date_added < e)
+    }
+}
+
+/// The messages a query can select, in `(dateAdded, id)` order: the location's, or one
+/// conversation's through the index.
+enum Candidates<'a> {
+    All(&'a [SimMessage]),
+    Indexed(&'a [SimMessage], &'a [u32]),
+}
+
+impl<'a> Candidates<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Candidates::All(messages) => messages.len(),
+            Candidates::Indexed(_, positions) => positions.len(),
+        }
+    }
+
+    fn get(&self, at: usize) -> Option<&'a SimMessage> {
+        match self {
+            Candidates::All(messages) => messages.get(at),
+            Candidates::Indexed(messages, positions) => messages.get(*positions.get(at)? as usize),
+        }
+    }
+
+    /// The first position in `range` where `before` turns false (`before` must hold
+    /// on a prefix of the ordered candidates: a binary search).
+    fn partition(
+        &self,
+        range: std::ops::Range<usize>,
+        before: impl Fn(&SimMessage) -> bool,
+    ) -> usize {
+        let (mut lo, mut hi) = (range.start, range.end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.get(mid).is_some_and(&before) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// The cursor's sort key of a message. Seeded dates are whole milliseconds, so the
+/// `(dateAdded, id)` order is the `(millis, id)` order the binary search relies on.
+fn key(m: &SimMessage) -> (i64, &str) {
+    (m.date_added.timestamp_millis(), m.id.as_str())
+}
+
+/// One page of the filtered, ordered messages, as JSON. The candidates are narrowed
+/// by index and binary search (conversation, date range, cursor), then filtered, so
+/// a request costs what its range holds, not what the location holds.
+fn page(location: &Location, params: &ExportParams) -> Result<String, &'static str> {
+    let request = Request::parse(params)?;
+    let messages = location.messages.as_slice();
+    let candidates = match request.conversation_id {
+        Some(id) => match location.by_conversation.get(id) {
+            Some(positions) => Candidates::Indexed(messages, positions),
+            None => Candidates::Indexed(messages, &[]),
+        },
+        None => Candidates::All(messages),
     };
-    let after_cursor = |m: &&SimMessage| match &cursor {
-        None => true,
+    // The date window, [lo, hi).
+    let all = 0..candidates.len();
+    let lo = match request.start {
+        Some(start) => candidates.partition(all.clone(), |m| m.date_added < start),
+        None => 0,
+    };
+    let hi = match request.end {
+        Some(end) => candidates.partition(all, |m| m.date_added < end),
+        None => candidates.len(),
+    }
+    .max(lo);
+    let total = (lo..hi)
+        .filter_map(|at| candidates.get(at))
+        .filter(|m| request.matches(m))
+        .count();
+    // The cursor's position within the window.
+    let (from, to) = match &request.cursor {
+        None => (lo, hi),
         Some(c) => {
-            let key = (m.date_added.timestamp_millis(), m.id.as_str());
             let at = (c.t, c.id.as_str());
-            if descending { key < at } else { key > at }
+            if request.descending {
+                (lo, candidates.partition(lo..hi, |m| key(m) < at))
+            } else {
+                (candidates.partition(lo..hi, |m| key(m) <= at), hi)
+            }
         }
     };
-    let total = messages.iter().filter(matches).count();
-    let selected: Vec<&SimMessage> = if descending {
-        messages
-            .iter()
-            .rev()
-            .filter(matches)
-            .filter(after_cursor)
-            .take(limit + 1)
-            .collect()
+    let positions: Box<dyn Iterator<Item = usize>> = if request.descending {
+        Box::new((from..to).rev())
     } else {
-        messages
-            .iter()
-            .filter(matches)
-            .filter(after_cursor)
-            .take(limit + 1)
-            .collect()
+        Box::new(from..to)
     };
+    let selected: Vec<&SimMessage> = positions
+        .filter_map(|at| candidates.get(at))
+        .filter(|m| request.matches(m))
+        .take(request.limit + 1)
+        .collect();
+    respond(selected, request.limit, total)
+}
+
+/// The page of `selected` (up to `limit + 1` messages: one more says there are more).
+fn respond(selected: Vec<&SimMessage>, limit: usize, total: usize) -> Result<String, &'static str> {
     let more = selected.len() > limit;
     let page: Vec<&SimMessage> = selected.into_iter().take(limit).collect();
     let next_cursor = match page.last() {
@@ -793,7 +919,8 @@ mod tests {
 
     #[test]
     fn pages_walk_every_match_once() {
-        let messages = generate("loc", &Seed::small(3, 20, 700));
+        let messages = Arc::new(generate("loc", &Seed::small(3, 20, 700)));
+        let location = Location::new(messages.clone());
         let mut params = ExportParams {
             location_id: Some("loc".into()),
             limit: Some("100".into()),
@@ -808,7 +935,7 @@ mod tests {
         let mut seen = Vec::new();
         loop {
             let json: serde_json::Value =
-                serde_json::from_str(&page(&messages, &params).unwrap()).unwrap();
+                serde_json::from_str(&page(&location, &params).unwrap()).unwrap();
             for m in json["messages"].as_array().unwrap() {
                 seen.push(m["id"].as_str().unwrap().to_owned());
             }
@@ -823,5 +950,160 @@ mod tests {
             .map(|m| m.id.clone())
             .collect();
         assert_eq!(seen, want);
+    }
+
+    /// The page as the simulator answered before the index: every message of the
+    /// location scanned on every request.
+    fn page_scan(messages: &[SimMessage], params: &ExportParams) -> Result<String, &'static str> {
+        let request = Request::parse(params)?;
+        let after_cursor = |m: &&SimMessage| match &request.cursor {
+            None => true,
+            Some(c) => {
+                let at = (c.t, c.id.as_str());
+                if request.descending {
+                    key(m) < at
+                } else {
+                    key(m) > at
+                }
+            }
+        };
+        let total = messages.iter().filter(|m| request.matches(m)).count();
+        let selected: Vec<&SimMessage> = if request.descending {
+            messages
+                .iter()
+                .rev()
+                .filter(|m| request.matches(m))
+                .filter(after_cursor)
+                .take(request.limit + 1)
+                .collect()
+        } else {
+            messages
+                .iter()
+                .filter(|m| request.matches(m))
+                .filter(after_cursor)
+                .take(request.limit + 1)
+                .collect()
+        };
+        respond(selected, request.limit, total)
+    }
+
+    fn cursor_at(m: &SimMessage) -> String {
+        URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&Cursor {
+                t: m.date_added.timestamp_millis(),
+                id: m.id.clone(),
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn indexed_pages_equal_the_scanned_ones() {
+        let messages = Arc::new(generate("loc", &Seed::small(11, 60, 3000)));
+        let location = Location::new(messages.clone());
+        let mut rng = SplitMix::new(99);
+        let conversations: Vec<String> = location.by_conversation.keys().cloned().collect();
+        let channels = [
+            None,
+            Some("SMS"),
+            Some("Email"),
+            Some("Call"),
+            Some("WhatsApp"),
+        ];
+        let pick = |rng: &mut SplitMix| messages[rng.below(messages.len() as u64) as usize].clone();
+        let date = |rng: &mut SplitMix, m: &SimMessage| -> String {
+            // Exact message dates (bounds on a message) and dates between messages,
+            // as ISO and as epoch milliseconds.
+            let at = m.date_added + chrono::Duration::milliseconds(rng.below(3) as i64 - 1);
+            if rng.below(2) == 0 {
+                iso(at)
+            } else {
+                at.timestamp_millis().to_string()
+            }
+        };
+        let mut compared = 0;
+        for round in 0..3000u64 {
+            let mut params = ExportParams {
+                location_id: Some("loc".into()),
+                limit: Some(["10", "37", "100", "500"][rng.below(4) as usize].into()),
+                cursor: None,
+                sort_order: match rng.below(3) {
+                    0 => None,
+                    1 => Some("asc".into()),
+                    _ => Some("desc".into()),
+                },
+                conversation_id: match rng.below(4) {
+                    0 => None,
+                    1 => Some("no-such-conversation".into()),
+                    _ => {
+                        Some(conversations[rng.below(conversations.len() as u64) as usize].clone())
+                    }
+                },
+                contact_id: (rng.below(8) == 0).then(|| pick(&mut rng).contact_id),
+                channel: channels[rng.below(channels.len() as u64) as usize].map(str::to_owned),
+                start_date: None,
+                end_date: None,
+            };
+            if rng.below(2) == 0 {
+                let m = pick(&mut rng);
+                params.start_date = Some(date(&mut rng, &m));
+            }
+            if rng.below(2) == 0 {
+                let m = pick(&mut rng);
+                params.end_date = Some(date(&mut rng, &m));
+            }
+            match rng.below(4) {
+                // A cursor on some message of the location (not necessarily a match).
+                0 | 1 => params.cursor = Some(cursor_at(&pick(&mut rng))),
+                // A cursor between messages (same millisecond, other id).
+                2 => {
+                    let m = pick(&mut rng);
+                    let mut shifted = m.clone();
+                    shifted.id = format!("{}~", m.id);
+                    params.cursor = Some(cursor_at(&shifted));
+                }
+                _ => {}
+            }
+            if round % 500 == 0 {
+                // Walk every page of this query: each page equal, the cursors too.
+                params.cursor = None;
+            }
+            let mut pages = 0;
+            loop {
+                let indexed = page(&location, &params);
+                let scanned = page_scan(&messages, &params);
+                assert_eq!(indexed, scanned, "round {round}: {params:?}");
+                compared += 1;
+                pages += 1;
+                let Ok(json) = indexed else { break };
+                let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+                match json["nextCursor"].as_str() {
+                    Some(next) if pages < 50 => params.cursor = Some(next.to_owned()),
+                    _ => break,
+                }
+            }
+        }
+        assert!(compared > 3000, "{compared}");
+        // Invalid requests fail the same way.
+        for (limit, channel, start, cursor) in [
+            (Some("5"), None, None, None),
+            (None, Some("Fax"), None, None),
+            (None, None, Some("yesterday"), None),
+            (None, None, None, Some("%%%")),
+        ] {
+            let params = ExportParams {
+                location_id: Some("loc".into()),
+                limit: limit.map(str::to_owned),
+                cursor: cursor.map(str::to_owned),
+                sort_order: None,
+                conversation_id: None,
+                contact_id: None,
+                channel: channel.map(str::to_owned),
+                start_date: start.map(str::to_owned),
+                end_date: None,
+            };
+            assert!(page(&location, &params).is_err());
+            assert_eq!(page(&location, &params), page_scan(&messages, &params));
+        }
     }
 }

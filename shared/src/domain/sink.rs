@@ -6,17 +6,26 @@
 //! check the stored length. S3: a single `PutObject` is already atomic; it carries the
 //! SHA-256 so S3 rejects a corrupted upload, and a `HeadObject` confirms length and
 //! checksum. Nothing is kept on our side: bytes go from memory to the destination.
+//!
+//! A file too large to hold whole (a run's manifest) is written from a [`BodySource`]
+//! with [`Sink::put_stream`], in bounded memory: to WebDAV as a streamed `PUT` (same
+//! temporary name, `MOVE` and check; each retry asks the source for the body again),
+//! to S3 as a multipart upload of [`S3_PART_BYTES`] parts (one `PutObject` when the
+//! body is smaller than a part). Length and SHA-256 are computed as the bytes go out.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
 use rand::Rng as _;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -48,6 +57,10 @@ pub enum SinkError {
     Forbidden,
     #[error("PROPFIND response is larger than {MAX_PROPFIND_BYTES} bytes")]
     PropfindTooLarge,
+    /// A streamed file's content could not be produced (our side, not the
+    /// destination's): the write is abandoned, nothing appears at the final path.
+    #[error("file content could not be produced: {0}")]
+    Source(String),
 }
 
 /// Most bytes of a PROPFIND answer read: one `getcontentlength` fits in far less, and
@@ -148,6 +161,31 @@ fn probe_content() -> Bytes {
     Bytes::from_static(b"{\"custody\":\"destination test; safe to delete\"}\n")
 }
 
+/// Why a streamed body could not be produced. Its text goes into [`SinkError::Source`]:
+/// it must name no secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(pub String);
+
+/// A file's content as a stream of chunks.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send + 'static>>;
+
+/// Produces a file's content from its first byte, as often as asked: a streamed body
+/// cannot be replayed, so every attempt of a write opens a fresh one. Each opening
+/// must yield the same bytes. Any `Fn() -> BodyStream` is one.
+pub trait BodySource: Send + Sync {
+    fn open(&self) -> BodyStream;
+}
+
+impl<F> BodySource for F
+where
+    F: Fn() -> BodyStream + Send + Sync,
+{
+    fn open(&self) -> BodyStream {
+        self()
+    }
+}
+
 /// A destination that writes whole files atomically and verifies them.
 pub trait Sink: Send + Sync {
     /// Writes `content` at `path` (relative to the destination root, `/`-separated),
@@ -157,6 +195,51 @@ pub trait Sink: Send + Sync {
         path: &str,
         content: Bytes,
     ) -> impl Future<Output = Result<Receipt, SinkError>> + Send;
+
+    /// Writes the content `body` produces at `path`, as [`Sink::put`] does (atomic,
+    /// verified, idempotent), holding a bounded part of it in memory at a time. The
+    /// receipt's length and SHA-256 are of the bytes written.
+    fn put_stream(
+        &self,
+        path: &str,
+        body: &dyn BodySource,
+    ) -> impl Future<Output = Result<Receipt, SinkError>> + Send;
+}
+
+/// Length and SHA-256 of the bytes a body yielded so far, and its first error.
+#[derive(Default)]
+struct Tally {
+    hasher: Sha256,
+    bytes: u64,
+    failed: Option<BodyError>,
+}
+
+impl Tally {
+    fn add(&mut self, item: &Result<Bytes, BodyError>) {
+        match item {
+            Ok(chunk) => {
+                self.hasher.update(chunk);
+                self.bytes += chunk.len() as u64;
+            }
+            Err(err) => {
+                self.failed.get_or_insert_with(|| err.clone());
+            }
+        }
+    }
+}
+
+type SharedTally = Arc<std::sync::Mutex<Tally>>;
+
+fn tally_of(tally: &SharedTally) -> std::sync::MutexGuard<'_, Tally> {
+    tally.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `stream`, counted and hashed into `tally` as the HTTP client reads it.
+fn tallied(stream: BodyStream, tally: SharedTally) -> impl Stream<Item = Result<Bytes, BodyError>> {
+    stream.map(move |item| {
+        tally_of(&tally).add(&item);
+        item
+    })
 }
 
 /// Bounded retries with exponential backoff and full jitter.
@@ -314,7 +397,11 @@ impl WebDavSink {
         Ok(())
     }
 
-    async fn attempt(&self, segments: &[&str], content: &Bytes) -> Result<(), StepError> {
+    async fn attempt(
+        &self,
+        segments: &[&str],
+        content: Content<'_>,
+    ) -> Result<(u64, String), StepError> {
         let (name, dirs) = segments
             .split_last()
             .ok_or_else(|| StepError::Fatal(SinkError::Path("empty path".into())))?;
@@ -333,9 +420,30 @@ impl WebDavSink {
         let put = self
             .request("PUT", temp.clone())
             .map_err(StepError::Fatal)?
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(content.clone());
-        self.send("PUT", put, &[200, 201, 204]).await?;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        let (length, sha256) = match content {
+            Content::Whole(bytes) => {
+                self.send("PUT", put.body(bytes.clone()), &[200, 201, 204])
+                    .await?;
+                (bytes.len() as u64, sha256_hex(bytes))
+            }
+            Content::Streamed(source) => {
+                let tally = SharedTally::default();
+                let body = reqwest::Body::wrap_stream(tallied(source.open(), tally.clone()));
+                // The body is produced while it is sent (a run's manifest is read from
+                // the table page by page): the whole request gets longer than one
+                // buffered upload would.
+                let put = put.timeout(STREAMED_PUT_TIMEOUT).body(body);
+                let sent = self.send("PUT", put, &[200, 201, 204]).await;
+                let mut tally = std::mem::take(&mut *tally_of(&tally));
+                // Our own failure is not the destination's: no retry.
+                if let Some(err) = tally.failed.take() {
+                    return Err(StepError::Fatal(SinkError::Source(err.0)));
+                }
+                sent?;
+                (tally.bytes, hex::encode(tally.hasher.finalize()))
+            }
+        };
 
         let mv = self
             .request("MOVE", temp)
@@ -355,17 +463,51 @@ impl WebDavSink {
         let response = self.send("PROPFIND", propfind, &[207]).await?;
         let xml = read_capped(response, MAX_PROPFIND_BYTES).await?;
         match content_length_of(&xml) {
-            Some(length) if length == content.len() as u64 => Ok(()),
-            Some(length) => Err(StepError::Fatal(SinkError::Verification(format!(
-                "stored length {length}, expected {}",
-                content.len()
+            Some(stored) if stored == length => Ok((length, sha256)),
+            Some(stored) => Err(StepError::Fatal(SinkError::Verification(format!(
+                "stored length {stored}, expected {length}"
             )))),
             None => Err(StepError::Fatal(SinkError::Verification(
                 "PROPFIND did not report getcontentlength".into(),
             ))),
         }
     }
+
+    /// Writes `content` with bounded retries, each attempt from the start.
+    async fn write(&self, path: &str, content: Content<'_>) -> Result<Receipt, SinkError> {
+        let segments = check_path(path)?;
+        let attempts = self.retry.max_attempts.max(1);
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(self.retry.backoff(attempt)).await;
+            }
+            match self.attempt(&segments, content).await {
+                Ok((bytes, sha256)) => {
+                    return Ok(Receipt {
+                        path: path.to_owned(),
+                        bytes,
+                        sha256,
+                    });
+                }
+                Err(StepError::Fatal(err)) => return Err(err),
+                Err(StepError::Retry(why)) => last = why,
+            }
+        }
+        Err(SinkError::Exhausted { attempts, last })
+    }
 }
+
+/// What a WebDAV write sends: bytes in memory, or a body produced anew per attempt.
+#[derive(Clone, Copy)]
+enum Content<'a> {
+    Whole(&'a Bytes),
+    Streamed(&'a dyn BodySource),
+}
+
+/// The longest a streamed `PUT` may take, body production included (instead of the
+/// client's per-request timeout, sized for buffered bodies).
+pub const STREAMED_PUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Reads a response body as text, chunk by chunk, refusing it past `limit` bytes.
 async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<String, StepError> {
@@ -414,26 +556,11 @@ impl WebDavSink {
 
 impl Sink for WebDavSink {
     async fn put(&self, path: &str, content: Bytes) -> Result<Receipt, SinkError> {
-        let segments = check_path(path)?;
-        let attempts = self.retry.max_attempts.max(1);
-        let mut last = String::new();
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.retry.backoff(attempt)).await;
-            }
-            match self.attempt(&segments, &content).await {
-                Ok(()) => {
-                    return Ok(Receipt {
-                        path: path.to_owned(),
-                        bytes: content.len() as u64,
-                        sha256: sha256_hex(&content),
-                    });
-                }
-                Err(StepError::Fatal(err)) => return Err(err),
-                Err(StepError::Retry(why)) => last = why,
-            }
-        }
-        Err(SinkError::Exhausted { attempts, last })
+        self.write(path, Content::Whole(&content)).await
+    }
+
+    async fn put_stream(&self, path: &str, body: &dyn BodySource) -> Result<Receipt, SinkError> {
+        self.write(path, Content::Streamed(body)).await
     }
 }
 
@@ -516,19 +643,36 @@ impl S3Sink {
     }
 }
 
-impl Sink for S3Sink {
-    async fn put(&self, path: &str, content: Bytes) -> Result<Receipt, SinkError> {
-        check_path(path)?;
-        let key = self.key_of(path);
-        let digest = Sha256::digest(&content);
-        let checksum = STANDARD.encode(digest);
-        let length = content.len() as u64;
-        self.put_object(&key, content, &checksum).await?;
+/// The smallest S3 part but the last (5 MiB): a streamed upload holds about one part
+/// in memory; a body smaller than one part goes up as one `PutObject`.
+pub const S3_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// The next part of `stream`: chunks until at least `S3_PART_BYTES`, or the end (then
+/// `true`). Counts and hashes the whole body into `tally` on the way.
+async fn next_part(stream: &mut BodyStream, tally: &mut Tally) -> Result<(Bytes, bool), SinkError> {
+    let mut part = bytes::BytesMut::new();
+    while part.len() < S3_PART_BYTES {
+        match stream.next().await {
+            None => return Ok((part.freeze(), true)),
+            Some(item) => {
+                tally.add(&item);
+                part.extend_from_slice(&item.map_err(|e| SinkError::Source(e.0))?);
+            }
+        }
+    }
+    Ok((part.freeze(), false))
+}
+
+impl S3Sink {
+    /// Confirms what S3 stored at `key`: its length, and the SHA-256 it reports
+    /// (`checksum`, base64: of the object, or for a multipart upload the composite,
+    /// the SHA-256 of its parts' SHA-256s, which S3 writes with a `-<parts>` suffix).
+    async fn verify(&self, key: &str, length: u64, checksum: &str) -> Result<(), SinkError> {
         let head = self
             .client
             .head_object()
             .bucket(&self.bucket)
-            .key(&key)
+            .key(key)
             .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
@@ -540,14 +684,142 @@ impl Sink for S3Sink {
             )));
         }
         if let Some(stored) = head.checksum_sha256.as_deref() {
-            // A full-object checksum; a multipart composite would carry a `-N` suffix.
-            if !stored.contains('-') && stored != checksum {
+            let value = stored.split('-').next().unwrap_or(stored);
+            if value != checksum {
                 return Err(SinkError::Verification("stored SHA-256 differs".into()));
             }
         }
+        Ok(())
+    }
+
+    /// A multipart upload of `first` and the rest of `stream`, completed only when
+    /// every part is up: until then nothing is visible at `key`. Each part carries its
+    /// SHA-256 (S3 refuses a corrupted part); the SDK retries transient errors of each
+    /// call (a part is in memory, so it can be resent).
+    async fn multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Bytes,
+        stream: &mut BodyStream,
+        tally: &mut Tally,
+    ) -> Result<String, SinkError> {
+        let mut parts = Vec::new();
+        // The parts' raw SHA-256s, for the composite checksum S3 reports.
+        let mut digests = Vec::new();
+        let (mut part, mut ended) = (first, false);
+        for number in 1.. {
+            let digest = Sha256::digest(&part);
+            digests.extend_from_slice(&digest);
+            let checksum = STANDARD.encode(digest);
+            let uploaded = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&checksum)
+                .body(ByteStream::from(part))
+                .send()
+                .await
+                .map_err(|e| SinkError::S3(error_text(&e)))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(uploaded.e_tag)
+                    .checksum_sha256(uploaded.checksum_sha256.unwrap_or(checksum))
+                    .build(),
+            );
+            if ended {
+                break;
+            }
+            (part, ended) = next_part(stream, tally).await?;
+            if part.is_empty() {
+                break;
+            }
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| SinkError::S3(error_text(&e)))?;
+        Ok(STANDARD.encode(Sha256::digest(&digests)))
+    }
+}
+
+impl Sink for S3Sink {
+    async fn put(&self, path: &str, content: Bytes) -> Result<Receipt, SinkError> {
+        check_path(path)?;
+        let key = self.key_of(path);
+        let digest = Sha256::digest(&content);
+        let checksum = STANDARD.encode(digest);
+        let length = content.len() as u64;
+        self.put_object(&key, content, &checksum).await?;
+        self.verify(&key, length, &checksum).await?;
         Ok(Receipt {
             path: path.to_owned(),
             bytes: length,
+            sha256: hex::encode(digest),
+        })
+    }
+
+    async fn put_stream(&self, path: &str, body: &dyn BodySource) -> Result<Receipt, SinkError> {
+        check_path(path)?;
+        let key = self.key_of(path);
+        let mut stream = body.open();
+        let mut tally = Tally::default();
+        let (first, ended) = next_part(&mut stream, &mut tally).await?;
+        if ended {
+            // Smaller than a part: one `PutObject`, as `put` writes.
+            return self.put(path, first).await;
+        }
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(|e| SinkError::S3(error_text(&e)))?;
+        let upload_id = upload
+            .upload_id
+            .ok_or_else(|| SinkError::S3("CreateMultipartUpload returned no upload id".into()))?;
+        let uploaded = self
+            .multipart(&key, &upload_id, first, &mut stream, &mut tally)
+            .await;
+        let composite = match uploaded {
+            Ok(composite) => composite,
+            Err(err) => {
+                // Parts of an abandoned upload are billed until aborted; a failed abort is
+                // left to the bucket's lifecycle rule, the write's error is what matters.
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                return Err(err);
+            }
+        };
+        self.verify(&key, tally.bytes, &composite).await?;
+        let digest = tally.hasher.finalize();
+        Ok(Receipt {
+            path: path.to_owned(),
+            bytes: tally.bytes,
             sha256: hex::encode(digest),
         })
     }

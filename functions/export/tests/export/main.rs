@@ -10,6 +10,7 @@ mod notices;
 mod pipeline;
 mod privacy;
 mod resume;
+mod stream;
 mod suppression;
 mod worker;
 

@@ -70,7 +70,7 @@ fn run_files_on_server(
         .collect()
 }
 
-async fn stored_files(env: &Env, run: &ExportRun) -> Vec<RunFile> {
+pub(crate) async fn stored_files(env: &Env, run: &ExportRun) -> Vec<RunFile> {
     env.deps
         .store
         .query_all::<RunFile>(
