@@ -802,16 +802,22 @@ impl Sink for S3Sink {
         let composite = match uploaded {
             Ok(composite) => composite,
             Err(err) => {
-                // Parts of an abandoned upload are billed until aborted; a failed abort is
-                // left to the bucket's lifecycle rule, the write's error is what matters.
-                let _ = self
+                // Parts of an abandoned upload stay in the customer's bucket (billed)
+                // until aborted; a failed abort is logged, the write's error returned.
+                if let Err(abort) = self
                     .client
                     .abort_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&key)
                     .upload_id(&upload_id)
                     .send()
-                    .await;
+                    .await
+                {
+                    tracing::warn!(
+                        error = %error_text(&abort),
+                        "aborting a multipart upload to the destination bucket failed; its parts stay until the bucket's lifecycle rule or a later abort removes them"
+                    );
+                }
                 return Err(err);
             }
         };
