@@ -114,6 +114,89 @@ def serialize_dynamodb() -> None:
     DynamoHandler.call_action = call_action
 
 
+def query_partitions() -> None:
+    """moto answers every table Query by listing the whole table, sorting it with
+    Python comparisons and walking past the exclusive start key one item at a time:
+    about 12 s per page once a partition holds 100 000 items, so long paginations
+    (an export's manifest, a DSAR over a big tenant) cannot run locally. DynamoDB reads
+    one partition in key order from the start key. This does the same before moto's
+    own query runs: it hands moto only the partition's items from the start key on,
+    up to the first one past the page (the key condition's matches are contiguous in
+    key order), so moto's limit, size cap, filter, projection and LastEvaluatedKey
+    logic still decide the answer. Index queries, legacy filters and non-string,
+    non-number sort keys go to moto unchanged. infra/test_emulator.py checks the
+    answers equal moto's own."""
+    import bisect
+
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
+
+    original = Table.query
+
+    def query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+              scan_index_forward, projection_expressions, index_name=None,
+              consistent_read=False, filter_expression=None, hash_key_conditions=None,
+              range_key_conditions=None, **filter_kwargs):
+        rest = dict(consistent_read=consistent_read, filter_expression=filter_expression,
+                    hash_key_conditions=hash_key_conditions,
+                    range_key_conditions=range_key_conditions, **filter_kwargs)
+        plain = (
+            index_name is None
+            and not filter_kwargs
+            and hash_key is not None
+            and self.range_key_attr
+            and self.range_key_type in ("S", "N")
+            and len(range_key_conditions or []) <= 1
+        )
+        partition = self.items.get(hash_key) if plain else None
+        if not partition:
+            return original(self, hash_key, range_comparison, range_objs, limit,
+                            exclusive_start_key, scan_index_forward,
+                            projection_expressions, index_name, **rest)
+        items = sorted(partition.values(), key=lambda item: item.range_key.cast_value)
+        keys = [item.range_key.cast_value for item in items]
+        if scan_index_forward:
+            start = 0
+            if exclusive_start_key and self.range_key_attr in exclusive_start_key:
+                after = DynamoType(exclusive_start_key[self.range_key_attr]).cast_value
+                start = bisect.bisect_right(keys, after)
+            if range_comparison in ("EQ", "GE", "GT", "BETWEEN", "BEGINS_WITH"):
+                start = max(start, bisect.bisect_left(keys, range_objs[0].cast_value))
+            candidates = items[start:]
+        else:
+            end = len(items)
+            if exclusive_start_key and self.range_key_attr in exclusive_start_key:
+                before = DynamoType(exclusive_start_key[self.range_key_attr]).cast_value
+                end = bisect.bisect_left(keys, before)
+            candidates = items[end - 1::-1] if end else []
+        page, matched, size, started = [], 0, 0, False
+        for item in candidates:
+            if range_comparison and not item.range_key.compare(range_comparison, range_objs):
+                if started:
+                    # Past the contiguous run of matches. moto still looks at this
+                    # item: a full page then reports a LastEvaluatedKey (as DynamoDB
+                    # may), which must not change.
+                    page.append(item)
+                    break
+                continue
+            started = True
+            page.append(item)
+            matched += 1
+            size += item.size()
+            # One past the page: moto then reports the page's LastEvaluatedKey.
+            if (limit is not None and matched > limit) or size > RESULT_SIZE_LIMIT:
+                break
+        self.all_items = lambda: page  # moto's query lists candidates through this
+        try:
+            return original(self, hash_key, range_comparison, range_objs, limit, None,
+                            scan_index_forward, projection_expressions, index_name,
+                            **rest)
+        finally:
+            del self.all_items
+
+    Table.query = query
+
+
 def start_server(port: int):
     from moto.server import ThreadedMotoServer
 
@@ -184,6 +267,7 @@ def main() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
     serialize_dynamodb()
+    query_partitions()
     enforce_trust_policies()
     server = start_server(args.port)
     port = server.get_host_and_port()[1]
