@@ -336,9 +336,8 @@ impl Section {
         Some(match kind {
             "connection" | "account_link" => Section::Connections,
             "export_settings" | "privacy_settings" | "notification_webhook" => Section::Settings,
-            "export_run" | "export_run_page" | "export_run_file" | "export_state" => {
-                Section::ExportLog
-            }
+            "export_run" | "export_run_page" | "export_run_seen" | "export_run_file"
+            | "export_state" => Section::ExportLog,
             "import" | "import_data" | "import_session" => Section::Imports,
             "privacy_request" | "suppression" => Section::PrivacyRequests,
             "consent" => Section::Consent,

@@ -99,6 +99,10 @@ pub struct ExportRun {
     pub cursor: Option<String>,
     /// Pages of conversation ids discovered so far.
     pub pages: u32,
+    /// Work-list pages whose conversations are all written as [`RunSeen`] items (the
+    /// items follow their page's checkpoint; a resumed run writes the rest first).
+    #[serde(default)]
+    pub seen_pages: u32,
     pub write_page: u32,
     pub write_offset: u32,
 
@@ -154,6 +158,7 @@ impl ExportRun {
             plan_pos: 0,
             cursor: None,
             pages: 0,
+            seen_pages: 0,
             write_page: 0,
             write_offset: 0,
             conversations: 0,
@@ -215,6 +220,37 @@ impl Entity for RunPage {
         Key::new(
             keys::tenant(&self.tenant),
             keys::export_run_page(&self.run_id, self.page),
+        )
+    }
+
+    fn expires_at(&self) -> Option<i64> {
+        Some(self.expires_at)
+    }
+}
+
+/// A conversation on a run's work list: one item per conversation, keyed by a digest
+/// of its id, so the set of conversations discovery has seen lives in the table and
+/// memory does not grow with the location. Written only once the work-list page that
+/// lists the conversation is committed (`page` < the run's `pages`), so every item
+/// stands for a conversation that is on the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSeen {
+    pub tenant: TenantId,
+    pub run_id: String,
+    /// Hex of the first 128 bits of the SHA-256 of the conversation id.
+    pub digest: String,
+    /// The work-list page that lists the conversation.
+    pub page: u32,
+    pub expires_at: i64,
+}
+
+impl Entity for RunSeen {
+    const KIND: &'static str = "export_run_seen";
+
+    fn key(&self) -> Key {
+        Key::new(
+            keys::tenant(&self.tenant),
+            keys::export_run_seen(&self.run_id, &self.digest),
         )
     }
 

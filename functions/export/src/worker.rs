@@ -50,7 +50,7 @@ use tracing::Instrument as _;
 use crate::Deps;
 use crate::archive;
 use crate::kick;
-use crate::model::{ExportRun, ExportState, Phase, RunFile, RunPage, RunStatus, Trigger};
+use crate::model::{ExportRun, ExportState, Phase, RunFile, RunPage, RunSeen, RunStatus, Trigger};
 use crate::settings::{Destination, ExportSettings, password_record};
 use crate::suppress::{ExclusionError, Exclusions};
 use crate::tokens::TokenError;
@@ -1204,21 +1204,32 @@ struct Pipeline {
     /// The next work-list page to read, and where in it to start.
     next_page: u32,
     start_offset: u32,
-    /// Digests of the conversation ids on the work list's pages so far (discovery).
-    discovered: Option<HashSet<[u8; 16]>>,
     exclusions: Option<Arc<Exclusions>>,
     /// The account is being deleted: steps in flight finish, but the run item is not
     /// written again (the purge deletes it).
     closing: bool,
 }
 
-/// A conversation id's place in the discovery set: 128 bits of its SHA-256 (16 bytes
-/// per conversation instead of the id's string).
-fn digest(conversation_id: &str) -> [u8; 16] {
-    let hash = Sha256::digest(conversation_id.as_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&hash[..16]);
-    out
+/// Marks every conversation of a committed work-list page as seen.
+async fn write_seen(deps: &Deps, run: &ExportRun, listed: &RunPage) -> Result<(), StoreError> {
+    let items: Vec<RunSeen> = listed
+        .conversation_ids
+        .iter()
+        .map(|id| RunSeen {
+            tenant: run.tenant.clone(),
+            run_id: run.run_id.clone(),
+            digest: digest(id),
+            page: listed.page,
+            expires_at: run.expires_at,
+        })
+        .collect();
+    deps.store.put_all(&items).await
+}
+
+/// A conversation id's key in the discovery set ([`RunSeen`]): the hex of 128 bits of
+/// its SHA-256, so the key's length does not depend on what the server sent.
+fn digest(conversation_id: &str) -> String {
+    hex::encode(&Sha256::digest(conversation_id.as_bytes())[..16])
 }
 
 impl Pipeline {
@@ -1234,7 +1245,6 @@ impl Pipeline {
             queue: VecDeque::new(),
             next_page: run.write_page,
             start_offset: run.write_offset,
-            discovered: None,
             exclusions: None,
             closing: false,
         }
@@ -1348,23 +1358,6 @@ impl Pipeline {
                     if fence.closing().await? {
                         return Ok(Some(Progress::AccountClosing));
                     }
-                    if self.discovered.is_none() {
-                        let pages = deps
-                            .store
-                            .query_all::<RunPage>(
-                                &keys::tenant(&run.tenant),
-                                &format!("RUNPAGE#{}#", run.run_id),
-                            )
-                            .await?;
-                        self.discovered = Some(
-                            pages
-                                .into_iter()
-                                .filter(|p| p.page < run.pages)
-                                .flat_map(|p| p.conversation_ids)
-                                .map(|id| digest(&id))
-                                .collect(),
-                        );
-                    }
                     let mut request = query(run, &self.context.location_id, channel);
                     request.cursor = run.cursor.clone();
                     let client = self.context.client.clone();
@@ -1476,32 +1469,52 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Notes a discovery page's new conversations on the work list.
+    /// Notes a discovery page's new conversations on the work list: those with no
+    /// [`RunSeen`] item become the next work-list page, committed with the cursor in
+    /// one checkpoint, and only then are marked seen. A crash between the two leaves a
+    /// committed page whose items are missing (never an item without its page), and
+    /// the next discovery page writes them first ([`Pipeline::mark_seen_pages`]).
     async fn discovered_page(
         &mut self,
         run: &mut ExportRun,
         page: custody::highlevel::ExportPage,
     ) -> Result<(), StepError> {
         let deps = &self.context.deps;
-        let seen = self.discovered.get_or_insert_with(HashSet::new);
-        let mut fresh = Vec::new();
+        self.mark_seen_pages(run).await?;
+        let pk = keys::tenant(&run.tenant);
+        let mut on_page = HashSet::new();
+        let mut candidates = Vec::new();
         for message in &page.messages {
-            if selected(&run.channels, message) && seen.insert(digest(&message.conversation_id)) {
-                fresh.push(message.conversation_id.clone());
+            if selected(&run.channels, message) && on_page.insert(message.conversation_id.as_str())
+            {
+                let key = Key::new(
+                    pk.clone(),
+                    keys::export_run_seen(&run.run_id, &digest(&message.conversation_id)),
+                );
+                candidates.push((message.conversation_id.clone(), key));
             }
         }
-        if !fresh.is_empty() {
-            deps.store
-                .put(&RunPage {
-                    tenant: run.tenant.clone(),
-                    run_id: run.run_id.clone(),
-                    page: run.pages,
-                    conversation_ids: fresh,
-                    expires_at: run.expires_at,
-                })
-                .await?;
+        let keys: Vec<Key> = candidates.iter().map(|(_, key)| key.clone()).collect();
+        let seen = deps.store.existing(&keys).await?;
+        let fresh: Vec<String> = candidates
+            .into_iter()
+            .filter(|(_, key)| !seen.contains(key))
+            .map(|(id, _)| id)
+            .collect();
+        let listed = if fresh.is_empty() {
+            None
+        } else {
+            let listed = RunPage {
+                tenant: run.tenant.clone(),
+                run_id: run.run_id.clone(),
+                page: run.pages,
+                conversation_ids: fresh,
+                expires_at: run.expires_at,
+            };
+            deps.store.put(&listed).await?;
             run.pages += 1;
-        }
+            Some(listed)
+        };
         match page.next_cursor {
             Some(cursor) if !page.messages.is_empty() => run.cursor = Some(cursor),
             _ => {
@@ -1510,6 +1523,32 @@ impl Pipeline {
             }
         }
         checkpoint(deps, run).await?;
+        if let Some(listed) = listed {
+            // The next checkpoint records it; a crash before that only repeats these
+            // writes.
+            write_seen(deps, run, &listed).await?;
+            run.seen_pages = run.pages;
+        }
+        Ok(())
+    }
+
+    /// Writes the [`RunSeen`] items of committed pages that may lack them (after a
+    /// crash between a page's checkpoint and its items): normally none, at most the
+    /// last page.
+    async fn mark_seen_pages(&self, run: &mut ExportRun) -> Result<(), StepError> {
+        let deps = &self.context.deps;
+        while run.seen_pages < run.pages {
+            let number = run.seen_pages;
+            let key = Key::new(
+                keys::tenant(&run.tenant),
+                keys::export_run_page(&run.run_id, number),
+            );
+            let listed = deps.store.get::<RunPage>(&key).await?.ok_or_else(|| {
+                StepError::Checkpoint(format!("page {number} of the work list is missing"))
+            })?;
+            write_seen(deps, run, &listed).await?;
+            run.seen_pages += 1;
+        }
         Ok(())
     }
 

@@ -1531,10 +1531,8 @@ pub struct Imports {
 const MAX_PENDING_SUBJECTS: usize = 10_000;
 /// Concurrent DynamoDB/S3 calls when writing or deleting many items.
 const WRITE_CONCURRENCY: usize = 8;
-/// Attempts of an optimistic update (or a throttled batch) before giving up.
+/// Attempts of an optimistic update before giving up.
 const MAX_UPDATE_ATTEMPTS: usize = 10;
-/// Most items in one `BatchWriteItem`.
-const BATCH_WRITE_ITEMS: usize = 25;
 
 impl Imports {
     pub fn new(store: Store, s3: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
@@ -1739,7 +1737,8 @@ impl Imports {
             })
             .collect();
         if first_round {
-            let chunks: Vec<&[SubjectRef]> = refs.chunks(BATCH_WRITE_ITEMS).collect();
+            let chunks: Vec<&[SubjectRef]> =
+                refs.chunks(crate::kernel::store::BATCH_WRITE).collect();
             let mut results =
                 futures_util::stream::iter(chunks.into_iter().map(|c| self.put_refs(c)))
                     .buffer_unordered(WRITE_CONCURRENCY);
@@ -1757,43 +1756,7 @@ impl Imports {
     }
 
     async fn put_refs(&self, refs: &[SubjectRef]) -> Result<(), ImportError> {
-        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
-        let mut requests = refs
-            .iter()
-            .map(|r| {
-                let put = PutRequest::builder()
-                    .set_item(Some(Store::encode(r)?))
-                    .build()
-                    .map_err(|e| StoreError::Encode(e.to_string()))?;
-                Ok(WriteRequest::builder().put_request(put).build())
-            })
-            .collect::<Result<Vec<_>, ImportError>>()?;
-        // Unprocessed items (throttling) are sent again, a bounded number of times.
-        for attempt in 0..MAX_UPDATE_ATTEMPTS {
-            if requests.is_empty() {
-                return Ok(());
-            }
-            if attempt > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt.min(6))).await;
-            }
-            let out = self
-                .store
-                .client()
-                .batch_write_item()
-                .request_items(self.store.table(), requests)
-                .send()
-                .await
-                .map_err(|e| StoreError::Dynamo(error_text(&e)))?;
-            requests = out
-                .unprocessed_items
-                .and_then(|mut items| items.remove(self.store.table()))
-                .unwrap_or_default();
-        }
-        if requests.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::Dynamo("subject refs stayed unprocessed".into()).into())
-        }
+        Ok(self.store.put_all(refs).await?)
     }
 
     async fn add_ref(&self, subject_ref: &SubjectRef) -> Result<(), ImportError> {

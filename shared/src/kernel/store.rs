@@ -4,7 +4,7 @@
 //! on `expires_at` itself: an item whose time has passed is never returned, counted
 //! or treated as present, whether or not TTL has removed it yet.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use base64::Engine as _;
@@ -61,6 +61,12 @@ pub mod keys {
     /// `RUN#`, so listing runs never returns these.
     pub fn export_run_page(run_id: &str, page: u32) -> String {
         format!("RUNPAGE#{run_id}#{page:06}")
+    }
+
+    /// A conversation a run's discovery has put on its work list, by a digest of its
+    /// id (hex): the set of conversations seen, kept in the table instead of memory.
+    pub fn export_run_seen(run_id: &str, digest: &str) -> String {
+        format!("RUNSEEN#{run_id}#{digest}")
     }
 
     /// One file a run wrote (path, count, hash), for its checkpoint and manifest.
@@ -226,6 +232,17 @@ pub struct Page<T> {
 
 /// Items per request when [`Store::query_all`] reads a whole list.
 pub const QUERY_ALL_PAGE: i32 = 200;
+/// DynamoDB's most items per BatchWriteItem and keys per BatchGetItem.
+pub const BATCH_WRITE: usize = 25;
+pub const BATCH_GET: usize = 100;
+/// Requests per batch before items or keys DynamoDB keeps leaving unprocessed are an
+/// error.
+const BATCH_ATTEMPTS: u32 = 10;
+
+/// The pause before a batch's `attempt`-th resend: 50 ms doubling, at most 3.2 s.
+fn batch_pause(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(50 << attempt.min(6))
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct PageRequest {
@@ -531,6 +548,114 @@ impl Store {
                 None => return Ok(all),
             }
         }
+    }
+
+    /// Writes every entity, [`BATCH_WRITE`] to a request. Items DynamoDB leaves
+    /// unprocessed (throttling) are sent again, with a growing pause, a bounded number
+    /// of times. Not atomic: each item lands or not on its own, so callers only batch
+    /// writes that are safe to repeat.
+    pub async fn put_all<E: Entity>(&self, entities: &[E]) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        for chunk in entities.chunks(BATCH_WRITE) {
+            let mut requests = chunk
+                .iter()
+                .map(|entity| {
+                    let put = PutRequest::builder()
+                        .set_item(Some(Self::encode(entity)?))
+                        .build()
+                        .map_err(|e| StoreError::Encode(e.to_string()))?;
+                    Ok(WriteRequest::builder().put_request(put).build())
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            for attempt in 0..BATCH_ATTEMPTS {
+                if requests.is_empty() {
+                    break;
+                }
+                if attempt > 0 {
+                    tokio::time::sleep(batch_pause(attempt)).await;
+                }
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(|err| StoreError::Dynamo(error_text(&err)))?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut items| items.remove(&self.table))
+                    .unwrap_or_default();
+            }
+            if !requests.is_empty() {
+                return Err(StoreError::Dynamo(format!(
+                    "{} items stayed unprocessed after {BATCH_ATTEMPTS} batch writes",
+                    requests.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Which of `keys` hold a live item: consistent reads, [`BATCH_GET`] keys to a
+    /// request, only the keys and the expiry read back. Keys DynamoDB leaves
+    /// unprocessed are asked again, a bounded number of times.
+    pub async fn existing(&self, keys: &[Key]) -> Result<HashSet<Key>, StoreError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut found = HashSet::new();
+        let mut distinct: Vec<&Key> = keys.iter().collect();
+        distinct.sort_by(|a, b| (&a.pk, &a.sk).cmp(&(&b.pk, &b.sk)));
+        // BatchGetItem refuses a request that names one key twice.
+        distinct.dedup();
+        for chunk in distinct.chunks(BATCH_GET) {
+            let mut wanted = KeysAndAttributes::builder()
+                .set_keys(Some(chunk.iter().map(|key| key.to_item()).collect()))
+                .consistent_read(true)
+                .projection_expression("pk, sk, #exp")
+                .expression_attribute_names("#exp", TTL_ATTRIBUTE)
+                .build()
+                .map_err(|e| StoreError::Encode(e.to_string()))?;
+            let mut attempt = 0;
+            loop {
+                if attempt > 0 {
+                    tokio::time::sleep(batch_pause(attempt)).await;
+                }
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, wanted)
+                    .send()
+                    .await
+                    .map_err(|err| StoreError::Dynamo(error_text(&err)))?;
+                for item in out
+                    .responses
+                    .and_then(|mut tables| tables.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    if self.is_expired(&item) {
+                        continue;
+                    }
+                    if let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) =
+                        (item.get("pk"), item.get("sk"))
+                    {
+                        found.insert(Key::new(pk.clone(), sk.clone()));
+                    }
+                }
+                match out
+                    .unprocessed_keys
+                    .and_then(|mut tables| tables.remove(&self.table))
+                {
+                    Some(rest) if !rest.keys.is_empty() => wanted = rest,
+                    _ => break,
+                }
+                attempt += 1;
+                if attempt == BATCH_ATTEMPTS {
+                    return Err(StoreError::Dynamo(format!(
+                        "keys stayed unprocessed after {BATCH_ATTEMPTS} batch reads"
+                    )));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Keys of every live item indexed under a data subject (the `by_subject` GSI),

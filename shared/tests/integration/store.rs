@@ -242,3 +242,45 @@ async fn query_all_reads_a_list_longer_than_one_page_exactly_once() {
         .collect();
     assert_eq!(ids, expected);
 }
+
+/// `put_all` writes more than one batch's worth; `existing` answers over more than one
+/// batch read, names a repeated key once, and leaves out missing and expired items
+/// (as every read helper does).
+#[tokio::test]
+async fn batch_writes_and_existence_checks_cover_every_key_once() {
+    let stack = TestStack::new().await;
+    let now = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();
+    let store = stack.store(Arc::new(ManualClock::at(now)));
+    let acme = TenantId::parse("acme").unwrap();
+    let past = (now - Duration::seconds(1)).timestamp();
+    let future = (now + Duration::days(1)).timestamp();
+    // 130 items (six batch writes): every tenth expired.
+    let runs: Vec<Run> = (0..130)
+        .map(|i| {
+            let expires_at = if i % 10 == 0 { past } else { future };
+            run(&acme, &format!("{i:03}"), Some(expires_at))
+        })
+        .collect();
+    store.put_all(&runs).await.unwrap();
+    for r in &runs {
+        assert_eq!(
+            store.get_item(&r.key()).await.unwrap().is_some(),
+            r.expires_at == Some(future)
+        );
+    }
+    // 130 written, 70 never written, and the first 40 asked twice: 240 keys, more than
+    // two batch reads.
+    let mut asked: Vec<Key> = (0..200)
+        .map(|i| run(&acme, &format!("{i:03}"), None).key())
+        .collect();
+    asked.extend(asked[..40].to_vec());
+    let found = store.existing(&asked).await.unwrap();
+    let want: std::collections::HashSet<Key> = runs
+        .iter()
+        .filter(|r| r.expires_at == Some(future))
+        .map(Entity::key)
+        .collect();
+    assert_eq!(want.len(), 117);
+    assert_eq!(found, want);
+    assert!(store.existing(&[]).await.unwrap().is_empty());
+}

@@ -7,9 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use custody::highlevel::{Channel, Message};
+use custody::store::Entity as _;
 use custody::store::keys;
 use custody_sim::highlevel::{Seed, SimMessage};
-use export::model::{ExportRun, RunFile, RunStatus};
+use export::model::{ExportRun, Phase, RunFile, RunPage, RunSeen, RunStatus};
 use export::{Budget, Outcome};
 
 use crate::{Archive, Env, all_time, dav_run_dir, expected, fast_limits, tenant};
@@ -221,6 +222,99 @@ async fn a_run_stopped_by_its_budget_resumes_without_a_gap_or_a_second_write() {
     // No gap and no second write: every stop waited for the steps in flight and
     // committed them, so each file went to the destination exactly once.
     let writes = b.files.len() as u64 + 1;
+    assert_eq!(
+        (after.puts - before.puts, after.moves - before.moves),
+        (writes, writes)
+    );
+}
+
+/// Discovery marks a page's conversations seen only after the page's checkpoint, so a
+/// crash between the two leaves a committed page without its `RunSeen` items. Each
+/// stop here is turned into that crash (the last page's items deleted, `seen_pages`
+/// moved back): the resumed run must write them again before it reads the next page,
+/// or those conversations would be listed, written and counted twice.
+#[tokio::test]
+async fn a_crash_between_a_discovery_checkpoint_and_its_seen_marks_lists_nothing_twice() {
+    let env = Env::new(fast_limits()).await;
+    let location = "locPipeline03";
+    // Two messages per conversation on average, spread over the whole window, so
+    // later discovery pages meet conversations earlier pages listed.
+    env.highlevel
+        .seed_location(location, &Seed::small(4545, 600, 1300));
+    let channels = Channel::ALL;
+    let acme = tenant("crash");
+    env.connect(&acme, location, None).await;
+    let settings = env.webdav_settings("crash", &channels, all_time()).await;
+    env.configure(&acme, settings).await;
+    let before = env.dav.counters();
+    let mut run_id = None;
+    let mut rewound = 0;
+    let mut discovering = true;
+    for _ in 0..200 {
+        // Short invocations while discovery lasts, then one to the end.
+        let budget = if discovering {
+            Budget::checks(3)
+        } else {
+            Budget::unlimited()
+        };
+        let outcome = export::handle_trigger(&env.deps, crate::kick_event(&acme), &budget)
+            .await
+            .unwrap();
+        match outcome {
+            Outcome::Continued { run_id: id } => {
+                let mut run = env.run(&acme, &id).await;
+                discovering = run.phase == Phase::Discover;
+                if discovering && run.pages > 0 {
+                    let last = run.pages - 1;
+                    let pk = keys::tenant(&run.tenant);
+                    let seen = env
+                        .deps
+                        .store
+                        .query_all::<RunSeen>(&pk, &format!("RUNSEEN#{}#", run.run_id))
+                        .await
+                        .unwrap();
+                    let mut deleted = 0;
+                    for item in seen.iter().filter(|s| s.page == last) {
+                        env.deps.store.delete(&item.key()).await.unwrap();
+                        deleted += 1;
+                    }
+                    assert!(deleted > 0, "page {last} had its seen items");
+                    run.seen_pages = last;
+                    env.deps.store.put(&run).await.unwrap();
+                    rewound += 1;
+                }
+                run_id = Some(id);
+            }
+            Outcome::Completed { run_id: id, .. } => {
+                run_id = Some(id);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(rewound >= 3, "crashed during discovery {rewound} times");
+    let run = env.run(&acme, &run_id.unwrap()).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    // Each conversation on the work list once.
+    let pk = keys::tenant(&run.tenant);
+    let pages = env
+        .deps
+        .store
+        .query_all::<RunPage>(&pk, &format!("RUNPAGE#{}#", run.run_id))
+        .await
+        .unwrap();
+    let listed: Vec<&String> = pages.iter().flat_map(|p| &p.conversation_ids).collect();
+    let distinct: std::collections::HashSet<&String> = listed.iter().copied().collect();
+    assert_eq!(listed.len(), distinct.len(), "a conversation listed twice");
+
+    let seeded = env.highlevel.messages(location);
+    let all = env.dav.files().await;
+    let archive = Archive::verify(&all, &dav_run_dir("crash", location, &run));
+    archive.assert_exactly(&expected(&seeded, &channels, None, run.window_end));
+    assert_eq!(run.conversations, archive.files.len() as u64);
+    assert_eq!(distinct.len(), archive.files.len());
+    let after = env.dav.counters();
+    let writes = archive.files.len() as u64 + 1;
     assert_eq!(
         (after.puts - before.puts, after.moves - before.moves),
         (writes, writes)
