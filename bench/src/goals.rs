@@ -276,7 +276,7 @@ fn export(rows: &[WorkloadRow], goals: &mut Vec<Goal>) {
     // The conversations shape by the conversations seeded: the export skips the few
     // seeded activity entries no channel selects, so fewer are exported.
     let conversations = |n: u64| {
-        metrics_where(rows, Workload::Export, move |_, m| {
+        metrics_where(rows, Workload::ExportConversations, move |_, m| {
             shape(m) != Some("messages")
                 && m.and_then(|m| {
                     m.get("conversations_seeded")
@@ -602,12 +602,12 @@ mod tests {
                 ),
                 // The memory shape: its 5 000 messages are not the 5 000-message row.
                 row(
-                    Workload::Export,
+                    Workload::ExportConversations,
                     5_000,
                     json!({"shape": "conversations", "messages_seeded": 5000, "conversations": 5000, "processing_peak_rss_bytes": 30_000_000, "http_429": 0, "share_of_rate_ceiling": 0.1}),
                 ),
                 row(
-                    Workload::Export,
+                    Workload::ExportConversations,
                     100_000,
                     json!({"shape": "conversations", "conversations_seeded": 100_000, "messages_seeded": 100_000, "conversations": 97_012, "processing_peak_rss_bytes": 36_000_000}),
                 ),

@@ -2,7 +2,7 @@
 //! the benchmarks behind `make bench` (method in docs/PERFORMANCE.md). Prints
 //! Markdown tables, the goals last, and writes the JSON results.
 //!
-//! `custody-bench workload <export|import|dsar|dsar-erasure|audit> <size>`: one
+//! `custody-bench workload <export|export-conversations|import|dsar|dsar-erasure|audit> <size>`: one
 //! throughput run, in its own process so its peak RSS is its own.
 
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ struct Options {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput|cold-start|size] [--workload-timeout SECS] [--workload NAME]…\n       custody-bench workload <export|import|dsar|dsar-erasure|audit> <size>"
+        "usage: custody-bench [--runs N] [--out FILE] [--skip-size] [--only throughput|cold-start|size] [--workload-timeout SECS] [--workload NAME]…\n       custody-bench workload <export|export-conversations|import|dsar|dsar-erasure|audit> <size>"
     );
     ExitCode::from(2)
 }

@@ -35,6 +35,11 @@ pub enum Workload {
     /// ceiling used, 429 count, messages/s, peak RSS. Goal: RSS at 5 000 and 50 000
     /// within 10 % of each other.
     Export,
+    /// The same path over N conversations of one message each, the simulated limit
+    /// raised (`workloads/export.rs`): peak RSS against the number of conversations.
+    /// Goal: RSS at 5 000 and 100 000 within 10 % of each other.
+    #[serde(rename = "export-conversations")]
+    ExportConversations,
     /// A generated CSV through the S3 path to a local destination: rows/s, peak RSS.
     /// Goal: ≤ 64 MB, and not growing from 100 000 to 1 000 000 rows.
     Import,
@@ -51,8 +56,9 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Export,
+        Workload::ExportConversations,
         Workload::Import,
         Workload::Dsar,
         Workload::DsarErasure,
@@ -62,6 +68,7 @@ impl Workload {
     pub fn name(self) -> &'static str {
         match self {
             Workload::Export => "export",
+            Workload::ExportConversations => "export-conversations",
             Workload::Import => "import",
             Workload::Dsar => "dsar",
             Workload::DsarErasure => "dsar-erasure",
@@ -73,6 +80,7 @@ impl Workload {
     pub fn function(self) -> &'static str {
         match self {
             Workload::DsarErasure => "dsar",
+            Workload::ExportConversations => "export",
             _ => self.name(),
         }
     }
@@ -80,6 +88,7 @@ impl Workload {
     pub fn sizes(self) -> &'static [u64] {
         match self {
             Workload::Export => &[5_000, 50_000],
+            Workload::ExportConversations => &[5_000, 100_000],
             Workload::Import => &[100_000, 1_000_000],
             Workload::Dsar => &[1_000, 100_000],
             Workload::DsarErasure => &[10_000_000, 1_000_000_000],
@@ -90,6 +99,7 @@ impl Workload {
     pub fn unit(self) -> &'static str {
         match self {
             Workload::Export => "messages",
+            Workload::ExportConversations => "conversations",
             Workload::Import => "CSV rows",
             Workload::Dsar => "table items",
             Workload::DsarErasure => "bytes of CSV",
@@ -100,6 +110,7 @@ impl Workload {
     pub fn goal(self) -> &'static str {
         match self {
             Workload::Export => "peak RSS at 5 000 and 50 000 within 10 %; 0 × 429 at steady state",
+            Workload::ExportConversations => "peak RSS at 5 000 and 100 000 within 10 %",
             Workload::Import => "peak RSS ≤ 64 MB and flat from 100 000 to 1 000 000 rows",
             Workload::Dsar => "same DynamoDB request count at 1 000 and 100 000 items",
             Workload::DsarErasure => "≤ 64 MB",
@@ -111,6 +122,7 @@ impl Workload {
     pub fn wired(self) -> bool {
         match self {
             Workload::Export
+            | Workload::ExportConversations
             | Workload::Import
             | Workload::Dsar
             | Workload::DsarErasure
@@ -255,6 +267,7 @@ pub async fn run(workload: Workload, size: u64) -> Result<Value, BenchError> {
         Workload::DsarErasure => dsar_erasure::run(size).await?,
         Workload::Import => import::run(size).await?,
         Workload::Export => export::run(size).await?,
+        Workload::ExportConversations => export::run_conversations(size).await?,
         Workload::Audit => audit::run(size).await?,
     };
     if let Some(object) = metrics.as_object_mut() {

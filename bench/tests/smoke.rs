@@ -161,4 +161,20 @@ mod throughput {
         let share = number(&metrics, "share_of_rate_ceiling");
         assert!(share > 0.0 && share <= 1.0, "{metrics}");
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn export_conversations_exports_one_message_per_conversation() {
+        let metrics = tokio::task::spawn_blocking(|| run(Workload::ExportConversations, 300))
+            .await
+            .unwrap();
+        common(&metrics);
+        assert_eq!(metrics["shape"], "conversations", "{metrics}");
+        assert_eq!(metrics["conversations_seeded"], 300, "{metrics}");
+        // A few seeded entries are activity no channel selects; every exported
+        // conversation holds its one message.
+        let exported = number(&metrics, "conversations");
+        assert!(exported > 250.0 && exported <= 300.0, "{metrics}");
+        assert_eq!(number(&metrics, "messages_exported"), exported, "{metrics}");
+        assert_eq!(metrics["http_429"], 0, "{metrics}");
+    }
 }

@@ -8,19 +8,15 @@
 //! windows. Both simulators hold all their data in memory, so they run in their own
 //! process (`custody-bench sim-export-services`): the peak RSS is the function's.
 //!
-//! Two shapes. `messages` (the rows `make bench` runs): N messages in N/40
-//! conversations, at the scaled rate ceiling; next to the export's share of the
-//! ceiling, `best_case_share` is what one request always in flight gets from the same
-//! limiter (the same client issuing sequential requests, nothing else, for as long as
-//! the export ran, at most [`BEST_CASE_MAX`]). `conversations` (with
-//! `CUSTODY_BENCH_EXPORT_SHAPE=conversations`): N
-//! conversations of one message each, for peak RSS against the number of
-//! conversations; at 10 requests / s 100 000 conversations would take hours, so this
-//! shape raises the simulated limit to [`CONVERSATIONS_LIMIT_MAX`] / s (its share of
-//! the ceiling is against that limit and says little). `make bench` does not run it:
-//! at 100 000 conversations the local stack's Query (moto scans and sorts the whole
-//! partition per page) makes the manifest's table reads take most of an hour
-//! (docs/PERFORMANCE.md).
+//! Two shapes. `messages` (workload `export`): N messages in N/40 conversations, at
+//! the scaled rate ceiling; next to the export's share of the ceiling,
+//! `best_case_share` is what one request always in flight gets from the same limiter
+//! (the same client issuing sequential requests, nothing else, for as long as the
+//! export ran, at most [`BEST_CASE_MAX`]). `conversations` (workload
+//! `export-conversations`): N conversations of one message each, for peak RSS against
+//! the number of conversations; at 10 requests / s 100 000 conversations would take
+//! hours, so this shape raises the simulated limit to [`CONVERSATIONS_LIMIT_MAX`] / s
+//! (its share of the ceiling is against that limit and says little).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -55,8 +51,6 @@ const MESSAGES_PER_CONVERSATION: u64 = 40;
 pub const CONVERSATIONS_LIMIT_MAX: u32 = 2_000;
 /// The longest the best case (sequential requests) is measured.
 pub const BEST_CASE_MAX: Duration = Duration::from_secs(60);
-/// Selects the conversations shape for `custody-bench workload export <N>`.
-pub const SHAPE_VAR: &str = "CUSTODY_BENCH_EXPORT_SHAPE";
 /// Tells `sim-export-services` the shape (set by [`run`] on the process it starts).
 const SIM_SHAPE_VAR: &str = "CUSTODY_BENCH_EXPORT_SIM_SHAPE";
 
@@ -113,10 +107,15 @@ fn failed(what: &str, err: impl std::fmt::Display) -> BenchError {
     BenchError::Measurement(format!("export workload: {what}: {err}"))
 }
 
-/// `custody-bench workload export <size>`: the shape `CUSTODY_BENCH_EXPORT_SHAPE`
-/// names (messages unless it says `conversations`).
+/// `custody-bench workload export <size>`: `size` messages, 40 per conversation.
 pub async fn run(size: u64) -> Result<Value, BenchError> {
-    run_shape(Shape::from_env(SHAPE_VAR), size).await
+    run_shape(Shape::Messages, size).await
+}
+
+/// `custody-bench workload export-conversations <size>`: `size` conversations of one
+/// message each.
+pub async fn run_conversations(size: u64) -> Result<Value, BenchError> {
+    run_shape(Shape::Conversations, size).await
 }
 
 async fn run_shape(shape: Shape, size: u64) -> Result<Value, BenchError> {
