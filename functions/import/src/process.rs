@@ -66,6 +66,10 @@ pub enum ProcessError {
     /// recorded for the batch, and the retried event sends it again.
     #[error("sending a batch failed inside custody: {0}")]
     SendTask(String),
+    /// A row reached delivery without its content (its reader was asked for the
+    /// subjects only): a defect in custody, never sent as an empty row. 500.
+    #[error("a row reached delivery without its content")]
+    RowWithoutContent,
     /// The tenant's account deletion started: processing stops writing (the purge
     /// removes what there is). 409 on an HTTP route; an event handled as done.
     #[error("the account is being deleted; processing stopped")]
@@ -712,7 +716,8 @@ pub async fn deliver(
                 Err(ParseError::File(_)) => return Err(ProcessError::Changed),
                 Err(ParseError::Read(reason)) => return Err(ProcessError::Read(reason)),
             };
-            if let Some(batch) = batches.push(&row.into_json(), filter.reason(&subjects))
+            let json = row.into_json().ok_or(ProcessError::RowWithoutContent)?;
+            if let Some(batch) = batches.push(&json, filter.reason(&subjects))
                 && let Step::Stop(status) = target.send(batch).await?
             {
                 return Ok(status);

@@ -824,13 +824,13 @@ pub enum Row {
 }
 
 impl Row {
-    /// The row as compact JSON. An omitted row has no content (its reader was asked
-    /// for subjects only) and encodes as `{}`.
-    pub fn into_json(self) -> Vec<u8> {
+    /// The row as compact JSON; `None` for an omitted row (its reader was asked for
+    /// subjects only), so no caller can deliver an empty row in its place.
+    pub fn into_json(self) -> Option<Vec<u8>> {
         match self {
-            Row::Json(json) => json,
-            Row::Map(map) => serde_json::to_vec(&map).unwrap_or_else(|_| b"{}".to_vec()),
-            Row::Omitted => b"{}".to_vec(),
+            Row::Json(json) => Some(json),
+            Row::Map(map) => Some(map_json(&map)),
+            Row::Omitted => None,
         }
     }
 
@@ -842,6 +842,12 @@ impl Row {
             Row::Omitted => None,
         }
     }
+}
+
+/// A JSON object as compact JSON. Encoding a `Map` of `Value`s cannot fail (string
+/// keys, no non-finite numbers); `{}` stands in only if serde_json ever disagreed.
+fn map_json(map: &Map<String, Value>) -> Vec<u8> {
+    serde_json::to_vec(map).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 /// Size and hash of everything read.
@@ -1287,7 +1293,7 @@ fn checked(rules: &RowRules, form: RowForm, line: u64, row: Map<String, Value>) 
             line,
             row: match form {
                 RowForm::Map => Row::Map(row),
-                RowForm::Json => Row::Json(Row::Map(row).into_json()),
+                RowForm::Json => Row::Json(map_json(&row)),
                 RowForm::Subjects => Row::Omitted,
             },
             subjects,
