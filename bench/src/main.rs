@@ -61,6 +61,9 @@ fn usage() -> ExitCode {
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("workload") {
+        // The function code runs in this process: with the allocator as each
+        // function's `main` sets it.
+        custody::startup::steady_allocator();
         return workload(&args[1..]).await;
     }
     // The export workload's simulators, in a process of their own (see workloads).
