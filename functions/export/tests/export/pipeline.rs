@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use custody::highlevel::{Channel, Message};
+use custody::retention::TTL_ATTRIBUTE;
 use custody::store::Entity as _;
 use custody::store::keys;
 use custody_sim::highlevel::{Seed, SimMessage};
@@ -319,4 +321,46 @@ async fn a_crash_between_a_discovery_checkpoint_and_its_seen_marks_lists_nothing
         (after.puts - before.puts, after.moves - before.moves),
         (writes, writes)
     );
+
+    // Every work item of the run (one mark per listed conversation, the pages, the
+    // files) carries the run's expiry as the table's TTL attribute, read raw, so TTL
+    // removes them with the export log.
+    for prefix in ["RUNSEEN#", "RUNPAGE#", "RUNFILE#"] {
+        let items = env
+            .deps
+            .store
+            .client()
+            .query()
+            .table_name(env.deps.store.table())
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+            .expression_attribute_values(
+                ":prefix",
+                AttributeValue::S(format!("{prefix}{}#", run.run_id)),
+            )
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        match prefix {
+            // The marks a stop took away after the last discovery page are not
+            // written again: discovery was over, nothing asks for them.
+            "RUNSEEN#" => assert!(
+                !items.is_empty() && items.len() <= distinct.len(),
+                "{} marks for {} listed conversations",
+                items.len(),
+                distinct.len()
+            ),
+            "RUNPAGE#" => assert_eq!(items.len(), pages.len()),
+            _ => assert_eq!(items.len(), archive.files.len()),
+        }
+        for item in &items {
+            assert_eq!(
+                item.get(TTL_ATTRIBUTE),
+                Some(&AttributeValue::N(run.expires_at.to_string())),
+                "{prefix} item without the run's expiry: {item:?}"
+            );
+        }
+    }
 }
